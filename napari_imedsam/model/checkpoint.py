@@ -1,0 +1,197 @@
+"""Adapter checkpoints: trained weights as safetensors plus a JSON config.
+
+``NAME.safetensors`` holds the tensors and, in its header metadata, the same
+JSON that is written beside it as ``NAME.json`` for people and tools. Only the
+adapter scope is saved (LoRA, frequency adapters, prompt encoder, upscaling,
+implicit decoder, with BatchNorm statistics) unless the model was trained in
+full, e.g. a small variant from scratch. No pickle is involved.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from .. import __version__
+from .config import ModelConfig
+from .modeling.imedsam import IMedSAM
+from .weights import CheckpointError
+
+FORMAT = "napari-imedsam-adapter"
+FORMAT_VERSION = 1
+Scope = Literal["adapters", "full"]
+
+# State-dict keys that belong to the adapter scope.
+_ADAPTER_PREFIXES = (
+    "image_encoder.frequency.",
+    "prompt_encoder.",
+    "mask_decoder.output_upscaling.",
+    "implicit_decoder.",
+)
+# Config fields an adapter cannot be loaded without matching.
+_MUST_MATCH = ("variant", "input_size", "num_classes", "encoder", "prompt", "decoder", "adapters")
+
+
+def _in_scope(key: str, scope: Scope) -> bool:
+    return scope == "full" or key.startswith(_ADAPTER_PREFIXES) or ".lora_" in key
+
+
+def adapter_state_dict(model: IMedSAM, scope: Scope = "adapters") -> dict[str, torch.Tensor]:
+    """The tensors that an adapter file of ``scope`` stores."""
+    return {
+        k: v.detach().to("cpu").contiguous()
+        for k, v in model.state_dict().items()
+        if _in_scope(k, scope)
+    }
+
+
+def json_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, flush to disk, then rename over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_adapter(
+    model: IMedSAM,
+    path: str | Path,
+    *,
+    scope: Scope = "adapters",
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model``'s adapter (or full) weights to ``path`` (``.safetensors``) atomically.
+
+    An existing file is never replaced unless ``overwrite`` is true.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors")
+    if not overwrite and (path.exists() or json_path(path).exists()):
+        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(model, "base_weights", None) or {}
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "scope": scope,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"name": base.get("name"), "sha256": base.get("sha256")},
+        "model": model.config.to_dict(),
+        "extra": extra or {},
+    }
+    text = json.dumps(config, indent=2, sort_keys=True)
+    payload = save(adapter_state_dict(model, scope), metadata={"imedsam_config": text})
+    _atomic_write(path, payload)
+    _atomic_write(json_path(path), (text + "\n").encode())
+    return path
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an adapter file; every failure is a :class:`CheckpointError` saying what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"adapter file {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors adapter ({exc}). It may be truncated or of "
+            "another type; adapters are the .safetensors files written by napari-imedsam."
+        ) from exc
+    text = metadata.get("imedsam_config")
+    if text is None and json_path(path).is_file():
+        text = json_path(path).read_text()
+    try:
+        config = json.loads(text) if text else None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: its JSON config is corrupt ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a napari-imedsam adapter")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer napari-imedsam ({config.get('package_version')}); "
+            "upgrade the package to load it"
+        )
+    return tensors, config
+
+
+def adapter_model_config(config: dict[str, Any]) -> ModelConfig:
+    """The :class:`ModelConfig` recorded in an adapter's JSON."""
+    try:
+        return ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"adapter config does not describe a model: {exc}") from exc
+
+
+def check_compatible(model: IMedSAM, config: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` listing every difference that prevents loading."""
+    theirs = adapter_model_config(config).to_dict()
+    ours = model.config.to_dict()
+    problems = [
+        f"{key}: adapter has {theirs[key]!r}, model has {ours[key]!r}"
+        for key in _MUST_MATCH
+        if theirs[key] != ours[key]
+    ]
+    base = config.get("base_model") or {}
+    mine = getattr(model, "base_weights", None) or {}
+    if config.get("scope") != "full" and base.get("sha256") and mine.get("sha256"):
+        if base["sha256"] != mine["sha256"]:
+            problems.append(
+                f"base weights: adapter was trained on {base.get('name')} "
+                f"(sha256 {base['sha256'][:12]}...), model uses {mine.get('name')} "
+                f"(sha256 {mine['sha256'][:12]}...)"
+            )
+    if problems:
+        raise CheckpointError(
+            "this adapter does not fit the loaded model:\n  - " + "\n  - ".join(problems)
+            + "\nLoad it with the model it was trained for, or train a new adapter."
+        )
+
+
+def load_adapter(model: IMedSAM, path: str | Path) -> dict[str, Any]:
+    """Load an adapter file into ``model`` after checking it fits; returns its config."""
+    tensors, config = read_adapter(path)
+    check_compatible(model, config)
+    scope = config.get("scope", "adapters")
+    expected = set(adapter_state_dict(model, scope))
+    missing, unexpected = expected - set(tensors), set(tensors) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors do not match the model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {sorted(missing or unexpected)[0]})"
+        )
+    own = model.state_dict()
+    for key, value in tensors.items():
+        if own[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(tensors, strict=False)
+    if scope == "full":
+        model.base_weights = dict(config.get("base_model") or {})
+    return config

@@ -1,0 +1,204 @@
+"""Hyperparameters of every model variant, in one registry.
+
+Every number that shapes a network lives here, so the builder and the adapter
+checkpoints can describe a model completely with a JSON-serialisable config.
+Shapes of ``vit_b/l/h`` follow SAM; the decoder follows the I-MedSAM paper and
+the authors' implementation (see ``shared/reference/DESIGN.md`` section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FrequencyMode = Literal["amplitude", "phase", "off"]
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """SAM ViT image encoder shapes."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    #: Size SAM's weights were trained at; position tables are resized from it.
+    pretrain_size: int = 1024
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """SAM prompt encoder, two-way transformer and upscaling shapes."""
+
+    embed_dim: int = 256
+    transformer_depth: int = 2
+    transformer_mlp_dim: int = 2048
+    transformer_heads: int = 8
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Coarse-to-fine implicit decoder (Dec_c, Dec_f) and uncertainty sampling."""
+
+    coarse_hidden: tuple[int, ...] = (1024, 512)
+    coarse_feature_dim: int = 256
+    fine_hidden: tuple[int, ...] = (256, 256)
+    fine_head_hidden: int = 128
+    pe_frequencies: int = 10
+    dropout: float = 0.5
+    mc_samples: int = 8
+    top_k_ratio: float = 0.125
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Trainable additions to the frozen encoder."""
+
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: tuple[str, ...] = ("q", "v")
+    frequency_mode: FrequencyMode = "amplitude"
+    frequency_bottleneck: int = 4
+    frequency_weight: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model, apart from weights."""
+
+    variant: str
+    input_size: int
+    num_classes: int = 1
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+
+    @property
+    def token_grid(self) -> int:
+        """Side of the image-embedding grid (input_size / patch_size)."""
+        return self.input_size // self.encoder.patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = set(values) - names
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+        data = dict(data)
+        parts = {
+            "encoder": EncoderConfig,
+            "prompt": PromptConfig,
+            "decoder": DecoderConfig,
+            "adapters": AdapterConfig,
+        }
+        for key, kind in parts.items():
+            if key in data:
+                data[key] = build(kind, data[key])
+        return build(cls, data)
+
+
+_VIT_B = EncoderConfig()
+_VIT_L = EncoderConfig(
+    embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)
+)
+_VIT_H = EncoderConfig(
+    embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
+)
+
+#: Encoder input size used when the caller gives none (the paper's polyp size).
+DEFAULT_INPUT_SIZE = 384
+
+VARIANTS: dict[str, ModelConfig] = {
+    "vit_b": ModelConfig("vit_b", DEFAULT_INPUT_SIZE, encoder=_VIT_B),
+    "vit_l": ModelConfig("vit_l", DEFAULT_INPUT_SIZE, encoder=_VIT_L),
+    "vit_h": ModelConfig("vit_h", DEFAULT_INPUT_SIZE, encoder=_VIT_H),
+    # A narrow encoder and prompt path but the paper's decoder shapes: small
+    # enough to train from scratch on a CPU and to ship, while decoder timings
+    # stay representative of vit_b.
+    "demo": ModelConfig(
+        "demo",
+        256,
+        encoder=EncoderConfig(
+            embed_dim=192,
+            depth=4,
+            num_heads=3,
+            global_attn_indexes=(1, 3),
+            window_size=8,
+            pretrain_size=256,
+        ),
+        prompt=PromptConfig(transformer_mlp_dim=512),
+    ),
+    # For tests: every component present, everything tiny.
+    "tiny": ModelConfig(
+        "tiny",
+        64,
+        encoder=EncoderConfig(
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            global_attn_indexes=(1,),
+            window_size=2,
+            pretrain_size=64,
+        ),
+        prompt=PromptConfig(
+            embed_dim=32,
+            transformer_depth=1,
+            transformer_mlp_dim=64,
+            transformer_heads=2,
+            iou_head_hidden_dim=32,
+        ),
+        decoder=DecoderConfig(
+            coarse_hidden=(64, 32),
+            coarse_feature_dim=16,
+            fine_hidden=(32, 32),
+            fine_head_hidden=16,
+            pe_frequencies=6,
+            mc_samples=4,
+        ),
+    ),
+}
+
+
+def get_config(
+    variant: str,
+    *,
+    input_size: int | None = None,
+    num_classes: int = 1,
+    **adapter_overrides: Any,
+) -> ModelConfig:
+    """The registered config of ``variant`` with the given overrides.
+
+    ``adapter_overrides`` are fields of :class:`AdapterConfig`
+    (e.g. ``frequency_mode="phase"``, ``lora_rank=8``).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    base = VARIANTS[variant]
+    size = base.input_size if input_size is None else int(input_size)
+    patch = base.encoder.patch_size
+    if size % patch or size < 2 * patch or size > 1024:
+        raise ValueError(
+            f"input_size must be a multiple of {patch} between {2 * patch} and 1024, got {size}"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    adapters = dataclasses.replace(base.adapters, **adapter_overrides)
+    if adapters.frequency_mode not in ("amplitude", "phase", "off"):
+        raise ValueError(
+            f"frequency_mode must be 'amplitude', 'phase' or 'off', got {adapters.frequency_mode!r}"
+        )
+    return dataclasses.replace(base, input_size=size, num_classes=num_classes, adapters=adapters)

@@ -1,0 +1,204 @@
+"""I-MedSAM: adapted SAM encoder, SAM's box prompt path, implicit decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from torch import nn
+
+from ..config import ModelConfig
+from .image_encoder import AdaptedImageEncoder
+from .implicit_decoder import ImplicitDecoder
+
+
+@dataclass
+class PromptFeatures:
+    """What the implicit decoder reads for a batch of ``N`` boxes."""
+
+    features: torch.Tensor  # (N, C, 4g, 4g) upscaled fused features (C = 32 for SAM)
+    dense_pe: torch.Tensor  # (1, D, g, g) SAM's dense positional encoding (D = 256)
+
+
+@dataclass
+class Prediction:
+    """Decoder results for ``N`` boxes, ``K`` classes and ``P`` query points.
+
+    Point queries give tensors shaped ``(N, K, P)``; grid queries reshape the
+    last axis to ``(H, W)``. ``refined`` has no class axis.
+    """
+
+    coarse_logits: torch.Tensor
+    logits: torch.Tensor
+    uncertainty: torch.Tensor
+    refined: torch.Tensor
+
+    @property
+    def coarse_prob(self) -> torch.Tensor:
+        """Coarse probability (Dec_c, dropout off)."""
+        return torch.sigmoid(self.coarse_logits.float())
+
+    @property
+    def prob(self) -> torch.Tensor:
+        """Final probability: coarse everywhere, fine at refined points (Eq. 6)."""
+        return torch.sigmoid(self.logits.float())
+
+
+def grid_points(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """Centres of an ``height x width`` grid covering the encoder input, ``(H*W, 2)`` (x, y)."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * (2.0 / height) - 1.0
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * (2.0 / width) - 1.0
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=-1)
+
+
+class IMedSAM(nn.Module):
+    """The full model. Build it with :func:`napari_imedsam.model.build_model`."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        image_encoder: AdaptedImageEncoder,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        implicit_decoder: ImplicitDecoder,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.implicit_decoder = implicit_decoder
+        #: Name and SHA-256 of the SAM weights loaded into the base model, if any.
+        self.base_weights: dict[str, str | None] = {"name": None, "sha256": None}
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` RGB in [0, 255] -> ``(B, D, g, g)`` image embeddings."""
+        return self.image_encoder(images)
+
+    def _prompt(
+        self, embeddings: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+        if embeddings.shape[0] not in (1, boxes.shape[0]):
+            raise ValueError(
+                f"{embeddings.shape[0]} embeddings for {boxes.shape[0]} boxes: "
+                "give one embedding per box, or one for all"
+            )
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        return sparse, dense, self.prompt_encoder.get_dense_pe()
+
+    def encode_prompt(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> PromptFeatures:
+        """Fuse box prompts with image embeddings through SAM's two-way transformer.
+
+        Args:
+            embeddings: ``(1 or N, D, g, g)`` from :meth:`embed`.
+            boxes: ``(N, 4)`` as x0, y0, x1, y1 in encoder-input pixels.
+        """
+        sparse, dense, dense_pe = self._prompt(embeddings, boxes)
+        decoder = self.mask_decoder
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat(
+            [output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1
+        )
+        src = embeddings.expand(boxes.shape[0], -1, -1, -1) + dense
+        pos = dense_pe.expand(boxes.shape[0], -1, -1, -1)
+        n, c, h, w = src.shape
+        _, src = decoder.transformer(src, pos, tokens)
+        fused = src.transpose(1, 2).reshape(n, c, h, w)
+        return PromptFeatures(decoder.output_upscaling(fused), dense_pe)
+
+    def decode_points(
+        self,
+        prompt: PromptFeatures,
+        points: torch.Tensor,
+        *,
+        mc_samples: int | None = None,
+        top_k_ratio: float | None = None,
+        refine_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Prediction:
+        """Query the implicit decoder at arbitrary points.
+
+        Args:
+            prompt: from :meth:`encode_prompt` for ``N`` boxes.
+            points: ``(P, 2)`` shared by all boxes or ``(N, P, 2)``, in ``[-1, 1]``
+                encoder-input coordinates, (x, y) order.
+            mc_samples, top_k_ratio: default to the config (T = 8, 12.5 %).
+            refine_mask: ``(N, P)`` bool, points to refine instead of the top-K.
+            generator: seeds the MC-dropout networks.
+
+        Returns:
+            A :class:`Prediction` with ``(N, K, P)`` tensors and ``refined (N, P)``.
+        """
+        cfg = self.config.decoder
+        samples = cfg.mc_samples if mc_samples is None else mc_samples
+        ratio = cfg.top_k_ratio if top_k_ratio is None else top_k_ratio
+        n = prompt.features.shape[0]
+        if points.dim() == 2:
+            points = points.unsqueeze(0).expand(n, -1, -1)
+        if points.dim() != 3 or points.shape[0] != n or points.shape[2] != 2:
+            raise ValueError(f"points must be (P, 2) or ({n}, P, 2), got {tuple(points.shape)}")
+        z_p = self.implicit_decoder.point_inputs(points, prompt.features, prompt.dense_pe)
+        out = self.implicit_decoder(
+            z_p, mc_samples=samples, top_k_ratio=ratio, refine_mask=refine_mask,
+            generator=generator,
+        )
+        return Prediction(
+            coarse_logits=out.coarse_logits.transpose(1, 2),
+            logits=out.logits.transpose(1, 2),
+            uncertainty=out.uncertainty.transpose(1, 2),
+            refined=out.refined,
+        )
+
+    def decode_grid(
+        self, prompt: PromptFeatures, size: tuple[int, int], **kwargs: object
+    ) -> Prediction:
+        """Decode a full ``(H, W)`` grid over the encoder input; tensors ``(N, K, H, W)``."""
+        height, width = size
+        points = grid_points(height, width, device=prompt.features.device)
+        pred = self.decode_points(prompt, points, **kwargs)  # type: ignore[arg-type]
+        n, k = pred.logits.shape[:2]
+        return Prediction(
+            coarse_logits=pred.coarse_logits.view(n, k, height, width),
+            logits=pred.logits.view(n, k, height, width),
+            uncertainty=pred.uncertainty.view(n, k, height, width),
+            refined=pred.refined.view(n, height, width),
+        )
+
+    def predict_discrete(
+        self, embeddings: torch.Tensor, boxes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's own mask decoder: the paper's "w/o INR" path and base-SAM mode.
+
+        Returns low-resolution logits ``(N, 1, 4g, 4g)`` over the encoder input
+        and SAM's predicted IoU ``(N, 1)``.
+        """
+        sparse, dense, dense_pe = self._prompt(embeddings, boxes)
+        masks, ious = [], []
+        for i in range(boxes.shape[0]):
+            # SAM's decoder repeats its image embedding per prompt: give it one image.
+            emb = embeddings[min(i, embeddings.shape[0] - 1)].unsqueeze(0)
+            mask, iou = self.mask_decoder(
+                image_embeddings=emb,
+                image_pe=dense_pe,
+                sparse_prompt_embeddings=sparse[i : i + 1],
+                dense_prompt_embeddings=dense[i : i + 1],
+                multimask_output=False,
+            )
+            masks.append(mask)
+            ious.append(iou)
+        return torch.cat(masks), torch.cat(ious)
+
+    def forward(
+        self, images: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, **kwargs: object
+    ) -> Prediction:
+        """Training entry: one box per image; ``points (N, P, 2)`` or ``(P, 2)``."""
+        prompt = self.encode_prompt(self.embed(images), boxes)
+        return self.decode_points(prompt, points, **kwargs)  # type: ignore[arg-type]
