@@ -2,30 +2,45 @@
 
 ``build_model`` assembles a variant from :data:`VARIANTS`; ``save_adapter`` /
 ``load_adapter`` move trained weights as safetensors + JSON.
+
+Names are imported on first use, so ``napari_imedsam.model.weights`` and the
+``imedsam weights`` command do not pay for importing torch.
 """
 
-from .build import TRAIN_MODES, build_model, parameter_counts, set_trainable, trainable_parts
-from .checkpoint import load_adapter, read_adapter, save_adapter
-from .config import VARIANTS, ModelConfig, get_config
-from .devices import autocast, resolve_device
-from .modeling.imedsam import IMedSAM, Prediction, PromptFeatures, grid_points
+from __future__ import annotations
 
-__all__ = [
-    "TRAIN_MODES",
-    "VARIANTS",
-    "IMedSAM",
-    "ModelConfig",
-    "Prediction",
-    "PromptFeatures",
-    "autocast",
-    "build_model",
-    "get_config",
-    "grid_points",
-    "load_adapter",
-    "parameter_counts",
-    "read_adapter",
-    "resolve_device",
-    "save_adapter",
-    "set_trainable",
-    "trainable_parts",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TRAIN_MODES": ".config",
+    "build_model": ".build",
+    "parameter_counts": ".build",
+    "set_trainable": ".build",
+    "trainable_parts": ".build",
+    "load_adapter": ".checkpoint",
+    "read_adapter": ".checkpoint",
+    "save_adapter": ".checkpoint",
+    "VARIANTS": ".config",
+    "ModelConfig": ".config",
+    "get_config": ".config",
+    "autocast": ".devices",
+    "resolve_device": ".devices",
+    "IMedSAM": ".modeling.imedsam",
+    "Prediction": ".modeling.imedsam",
+    "PromptFeatures": ".modeling.imedsam",
+    "grid_points": ".modeling.imedsam",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Literal
-
 import torch
 from segment_anything.modeling import (
     ImageEncoderViT,
@@ -16,7 +14,7 @@ from segment_anything.modeling import (
 from torch import nn
 from torch.nn import functional as F
 
-from .config import ModelConfig, get_config
+from .config import TRAIN_MODES, ModelConfig, TrainMode, get_config
 from .modeling.frequency_adapter import FrequencyAdapter
 from .modeling.image_encoder import AdaptedImageEncoder
 from .modeling.imedsam import IMedSAM
@@ -30,8 +28,6 @@ from .weights import (
     sha256_file,
 )
 
-TrainMode = Literal["adapters", "decoder", "full"]
-TRAIN_MODES: tuple[str, ...] = ("adapters", "decoder", "full")
 
 
 def _sam_modules(cfg: ModelConfig) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder]:
@@ -104,7 +100,12 @@ def load_sam_weights(
     difference (e.g. vit_l weights for a vit_b model) is a :class:`CheckpointError`.
     """
     for prefix, module in modules.items():
-        own = module.state_dict()
+        # SAM's names for this module's base weights: LoRA wraps qkv as qkv.base
+        # and adds lora_ tensors that no SAM checkpoint has.
+        own_names = {
+            k.replace(".qkv.base.", ".qkv."): k for k in module.state_dict() if ".lora_" not in k
+        }
+        own = {sam: module.state_dict()[k] for sam, k in own_names.items()}
         part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
         part = _resize_position_tables(part, own)
         missing = sorted(set(own) - set(part))
@@ -125,7 +126,7 @@ def load_sam_weights(
                 f"{source} does not fit this model's {prefix}: " + "; ".join(details)
                 + ". Check that the checkpoint matches the chosen variant (vit_b, vit_l, vit_h)."
             )
-        module.load_state_dict(part)
+        module.load_state_dict({own_names[k]: v for k, v in part.items()}, strict=False)
 
 
 def build_model(

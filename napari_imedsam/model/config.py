@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 FrequencyMode = Literal["amplitude", "phase", "off"]
+TrainMode = Literal["adapters", "decoder", "full"]
+#: What trains: the paper's adapters; the decoder side only; or everything.
+TRAIN_MODES: tuple[str, ...] = ("adapters", "decoder", "full")
 
 
 @dataclass(frozen=True)

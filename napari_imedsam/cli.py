@@ -1,0 +1,91 @@
+"""The ``imedsam`` command line.
+
+Each subcommand lives in its own ``_cli_*`` module with ``add_parser`` and a
+``func`` default; this module only wires them. Heavy imports (torch) happen
+inside the subcommands, so ``imedsam --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import __version__, _cli_weights
+
+
+def _params(args: argparse.Namespace) -> int:
+    import torch
+
+    from .model import build_model, parameter_counts
+
+    # Parameter shapes are all that is needed: build without allocating memory.
+    with torch.device("meta"):
+        model = build_model(
+            args.variant,
+            input_size=args.input_size,
+            num_classes=args.classes,
+            frequency_mode=args.frequency,
+        )
+    counts = parameter_counts(model, args.mode)
+    if args.json:
+        print(json.dumps({
+            "variant": args.variant,
+            "classes": args.classes,
+            "mode": args.mode,
+            "parts": {k: v for k, v in counts.items() if k != "total"},
+            "trainable": counts["total"],
+        }, indent=2))
+    else:
+        print(f"Trainable parameters of {args.variant}, {args.classes} class(es), mode {args.mode}:")
+        for name, count in counts.items():
+            if name == "total":
+                continue
+            print(f"  {name:<18} {count:>12,}")
+        print(f"  {'total':<18} {counts['total']:>12,}  ({counts['total'] / 1e6:.2f}M)")
+    return 0
+
+
+def _add_params(subparsers: argparse._SubParsersAction) -> None:
+    from .model.config import TRAIN_MODES, VARIANTS
+
+    p = subparsers.add_parser("params", help="count trainable parameters per part")
+    p.add_argument("--variant", default="vit_b", choices=sorted(VARIANTS))
+    p.add_argument("--classes", type=int, default=1, help="number of foreground classes")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--mode", default="adapters", choices=TRAIN_MODES)
+    p.add_argument("--frequency", default="amplitude", choices=("amplitude", "phase", "off"))
+    p.add_argument("--json", action="store_true", help="print JSON (top-level 'trainable')")
+    p.set_defaults(func=_params)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imedsam",
+        description="I-MedSAM: box-prompted medical image segmentation at any resolution.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_params(subparsers)
+    _cli_weights.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except (ValueError, RuntimeError, OSError) as exc:
+        # User-facing errors get one line, not a traceback.
+        print(f"imedsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
