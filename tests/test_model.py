@@ -240,7 +240,8 @@ def test_uncertainty_is_variance_of_sampled_probabilities():
     coarse = model.implicit_decoder.coarse
     hidden = torch.randn(50, 32)
     samples = 6
-    got = coarse.mc_variance(hidden, samples, torch.Generator().manual_seed(3))
+    networks = coarse.sample_networks(samples, torch.Generator().manual_seed(3))
+    got = coarse.mc_variance(hidden, networks)
     keep = torch.rand(samples, 32, generator=torch.Generator().manual_seed(3)) >= coarse.p
     probs = []
     for t in range(samples):
@@ -358,3 +359,15 @@ def test_bad_inputs_are_clear():
         get_config("vit_b", input_size=100)
     with pytest.raises(ValueError, match="unknown variant"):
         get_config("vit_x")
+
+
+def test_chunked_decoding_equals_one_pass():
+    model = build_model("tiny").eval()
+    with torch.no_grad():
+        prompt = _prompt(model)
+        one = model.decode_grid(prompt, (20, 20), generator=torch.Generator().manual_seed(4))
+        chunked = model.decode_grid(prompt, (20, 20), chunk_size=37,
+                                    generator=torch.Generator().manual_seed(4))
+    assert torch.equal(one.refined, chunked.refined)
+    assert torch.allclose(one.logits, chunked.logits, atol=1e-5)
+    assert torch.allclose(one.uncertainty, chunked.uncertainty, atol=1e-6)

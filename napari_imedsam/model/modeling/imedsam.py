@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .image_encoder import AdaptedImageEncoder
-from .implicit_decoder import ImplicitDecoder
+from .implicit_decoder import ImplicitDecoder, top_k_mask
 
 
 @dataclass
@@ -123,6 +123,7 @@ class IMedSAM(nn.Module):
         top_k_ratio: float | None = None,
         refine_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
     ) -> Prediction:
         """Query the implicit decoder at arbitrary points.
 
@@ -133,6 +134,9 @@ class IMedSAM(nn.Module):
             mc_samples, top_k_ratio: default to the config (T = 8, 12.5 %).
             refine_mask: ``(N, P)`` bool, points to refine instead of the top-K.
             generator: seeds the MC-dropout networks.
+            chunk_size: bound memory by decoding at most this many points at a
+                time (two passes: coarse + uncertainty, then Dec_f on the chosen
+                points); the result equals one-pass decoding.
 
         Returns:
             A :class:`Prediction` with ``(N, K, P)`` tensors and ``refined (N, P)``.
@@ -145,6 +149,10 @@ class IMedSAM(nn.Module):
             points = points.unsqueeze(0).expand(n, -1, -1)
         if points.dim() != 3 or points.shape[0] != n or points.shape[2] != 2:
             raise ValueError(f"points must be (P, 2) or ({n}, P, 2), got {tuple(points.shape)}")
+        if chunk_size is not None and points.shape[1] > chunk_size:
+            return self._decode_chunked(
+                prompt, points, samples, ratio, refine_mask, generator, chunk_size
+            )
         z_p = self.implicit_decoder.point_inputs(points, prompt.features, prompt.dense_pe)
         out = self.implicit_decoder(
             z_p, mc_samples=samples, top_k_ratio=ratio, refine_mask=refine_mask,
@@ -155,6 +163,53 @@ class IMedSAM(nn.Module):
             logits=out.logits.transpose(1, 2),
             uncertainty=out.uncertainty.transpose(1, 2),
             refined=out.refined,
+        )
+
+    def _decode_chunked(
+        self,
+        prompt: PromptFeatures,
+        points: torch.Tensor,
+        samples: int,
+        ratio: float,
+        refine_mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+        chunk_size: int,
+    ) -> Prediction:
+        dec = self.implicit_decoder
+        networks = dec.coarse.sample_networks(samples, generator)
+        n, p, _ = points.shape
+
+        def inputs(i: int, pts: torch.Tensor) -> torch.Tensor:
+            feats = prompt.features[i : i + 1]
+            return dec.point_inputs(pts[None], feats, prompt.dense_pe)[0]
+
+        coarse, uncertainty = [], []
+        for i in range(n):
+            logits_i, unc_i = [], []
+            for start in range(0, p, chunk_size):
+                z_p = inputs(i, points[i, start : start + chunk_size])
+                hidden, logits, _ = dec.coarse(z_p)
+                logits_i.append(logits)
+                unc_i.append(dec.coarse.mc_variance(hidden, networks))
+            coarse.append(torch.cat(logits_i))
+            uncertainty.append(torch.cat(unc_i))
+        coarse_logits = torch.stack(coarse)  # (N, P, K)
+        unc = torch.stack(uncertainty)
+        if refine_mask is None:
+            refine_mask = top_k_mask(unc.amax(dim=2), ratio)
+        final = coarse_logits.clone()
+        for i in range(n):
+            index = refine_mask[i].nonzero().squeeze(1)
+            for start in range(0, index.numel(), chunk_size):
+                chosen = index[start : start + chunk_size]
+                z_p = inputs(i, points[i, chosen])
+                _, _, z_c = dec.coarse(z_p)
+                final[i, chosen] = dec.fine(z_c, z_p).to(final.dtype)
+        return Prediction(
+            coarse_logits=coarse_logits.transpose(1, 2),
+            logits=final.transpose(1, 2),
+            uncertainty=unc.transpose(1, 2),
+            refined=refine_mask,
         )
 
     def decode_grid(

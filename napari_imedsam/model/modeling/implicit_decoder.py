@@ -84,24 +84,34 @@ class CoarseDecoder(nn.Module):
         out = self.heads(self.dropout(hidden)).view(-1, self.classes, 1 + self.feature_dim)
         return hidden, out[..., 0], out[..., 1:]
 
-    def mc_variance(
-        self, hidden: torch.Tensor, samples: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Variance of sigmoid probabilities over ``samples`` dropout networks (Eq. 7).
+    def sample_networks(
+        self, samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """Logit-head weights of ``samples`` dropout networks, ``(T, K, H)``.
 
-        ``(M, H)`` -> ``(M, K)``. Only the logit columns of the heads are used.
+        Drawn once per query, then applied to every chunk of points, so that
+        chunked and one-pass decoding see the same networks.
         """
         if samples < 2 or self.p <= 0.0:
-            return hidden.new_zeros(hidden.shape[0], self.classes)
-        width = hidden.shape[1]
-        device = generator.device if generator is not None else hidden.device
-        keep = torch.rand(samples, width, generator=generator, device=device).to(hidden.device)
-        keep = (keep >= self.p).to(hidden.dtype) / (1.0 - self.p)
-        weight = self.heads.weight.view(self.classes, 1 + self.feature_dim, width)[:, 0]
+            return None
+        weight = self.heads.weight
+        width = weight.shape[1]
+        device = generator.device if generator is not None else weight.device
+        keep = torch.rand(samples, width, generator=generator, device=device).to(weight.device)
+        keep = (keep >= self.p).to(weight.dtype) / (1.0 - self.p)
+        logit_rows = weight.view(self.classes, 1 + self.feature_dim, width)[:, 0]
+        return keep[:, None, :] * logit_rows[None]
+
+    def mc_variance(self, hidden: torch.Tensor, networks: torch.Tensor | None) -> torch.Tensor:
+        """Variance of sigmoid probabilities over the sampled networks (Eq. 7).
+
+        ``hidden (M, H)`` -> ``(M, K)``; zero when no networks were sampled.
+        """
+        if networks is None:
+            return hidden.new_zeros(hidden.shape[0], self.classes, dtype=torch.float32)
         bias = self.heads.bias.view(self.classes, 1 + self.feature_dim)[:, 0]
-        # (T, K, H): head weights of each sampled network.
-        sampled = keep[:, None, :] * weight.to(hidden.dtype)[None]
-        logits = torch.einsum("mh,tkh->mtk", hidden, sampled) + bias.to(hidden.dtype)
+        logits = torch.einsum("mh,tkh->mtk", hidden, networks.to(hidden.dtype))
+        logits = logits + bias.to(hidden.dtype)
         return torch.sigmoid(logits.float()).var(dim=1, unbiased=False)
 
 
@@ -196,6 +206,7 @@ class ImplicitDecoder(nn.Module):
         top_k_ratio: float | None = None,
         refine_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        networks: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Decode ``N`` query sets of ``P`` points each.
 
@@ -206,13 +217,17 @@ class ImplicitDecoder(nn.Module):
                 each query set (uncertainty = the largest over classes).
             refine_mask: ``(N, P)`` bool, explicit points to refine (overrides ratio).
             generator: makes the dropout networks reproducible.
+            networks: dropout networks from ``coarse.sample_networks`` (instead
+                of drawing new ones).
         """
         n, p, _ = z_p.shape
         flat = z_p.reshape(n * p, -1)
         # All points in one pass: BatchNorm sees the whole batch while training.
         hidden, coarse_logits, z_c = self.coarse(flat)
         with torch.no_grad():
-            uncertainty = self.coarse.mc_variance(hidden.detach(), mc_samples, generator)
+            if networks is None:
+                networks = self.coarse.sample_networks(mc_samples, generator)
+            uncertainty = self.coarse.mc_variance(hidden.detach(), networks)
         uncertainty = uncertainty.view(n, p, -1)
         if refine_mask is None:
             refine_mask = top_k_mask(uncertainty.amax(dim=2), top_k_ratio or 0.0)
