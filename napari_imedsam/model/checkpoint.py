@@ -44,20 +44,25 @@ def _in_scope(key: str, scope: Scope) -> bool:
     return scope == "full" or key.startswith(_ADAPTER_PREFIXES) or ".lora_" in key
 
 
-def adapter_state_dict(model: IMedSAM, scope: Scope = "adapters") -> dict[str, torch.Tensor]:
-    """The tensors that an adapter file of ``scope`` stores."""
-    return {
-        k: v.detach().to("cpu").contiguous()
-        for k, v in model.state_dict().items()
-        if _in_scope(k, scope)
-    }
+def adapter_state_dict(
+    model: IMedSAM, scope: Scope = "adapters", dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors that an adapter file of ``scope`` stores (floats cast to ``dtype``)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if _in_scope(key, scope):
+            value = value.detach().to("cpu")
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            state[key] = value.contiguous()
+    return state
 
 
 def json_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, flush to disk, then rename over it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -78,10 +83,12 @@ def save_adapter(
     scope: Scope = "adapters",
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Save ``model``'s adapter (or full) weights to ``path`` (``.safetensors``) atomically.
 
     An existing file is never replaced unless ``overwrite`` is true.
+    ``dtype=torch.float16`` halves the file; loading casts back to the model's dtype.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -101,9 +108,9 @@ def save_adapter(
         "extra": extra or {},
     }
     text = json.dumps(config, indent=2, sort_keys=True)
-    payload = save(adapter_state_dict(model, scope), metadata={"imedsam_config": text})
-    _atomic_write(path, payload)
-    _atomic_write(json_path(path), (text + "\n").encode())
+    payload = save(adapter_state_dict(model, scope, dtype), metadata={"imedsam_config": text})
+    atomic_write(path, payload)
+    atomic_write(json_path(path), (text + "\n").encode())
     return path
 
 

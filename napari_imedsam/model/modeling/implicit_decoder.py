@@ -36,7 +36,9 @@ class PositionalEncoding(nn.Module):
         self.num_frequencies = num_frequencies
         scales = (2.0 ** torch.arange(num_frequencies)) * math.pi
         self.register_buffer("scales", scales, persistent=False)
-        self.register_buffer("window", torch.ones(num_frequencies), persistent=False)
+        # Persistent: a model trained with some frequencies faded out must be
+        # evaluated the same way, so the window travels with its checkpoint.
+        self.register_buffer("window", torch.ones(num_frequencies))
 
     @property
     def out_dim(self) -> int:

@@ -1,0 +1,184 @@
+"""``imedsam train`` and ``imedsam evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (a folder with images/ and masks/, or two folders)")
+    g.add_argument("--data", type=Path, help="DIR with images/ and masks/ (Kvasir layout)")
+    g.add_argument("--images", type=Path, help="folder of images (with --masks)")
+    g.add_argument("--masks", type=Path, help="folder of masks with matching names")
+    g.add_argument("--split", type=Path, help="CSV with columns name,split")
+    g.add_argument("--ct-slices", type=Path, help="AMOS-style folder of CT slices")
+    g.add_argument("--synthetic", type=int, metavar="N",
+                   help="use N generated images instead of files (--synthetic-kind)")
+    g.add_argument("--synthetic-kind", default="mixed", choices=("ct", "rgb", "mixed"))
+    g.add_argument("--multiclass-labels", action="store_true",
+                   help="masks are integer class images, not binary masks")
+
+
+def _load(args: argparse.Namespace, subset: str | None, seed: int) -> list[Any]:
+    from .train import data
+
+    if args.synthetic:
+        from .train.synthetic import synthetic_dataset
+
+        offset = {"train": 0, "val": 1, "test": 2}.get(subset or "train", 0)
+        count = args.synthetic if offset == 0 else max(8, args.synthetic // 5)
+        pairs = synthetic_dataset(count, size=256, kind=args.synthetic_kind,
+                                  seed=seed + 7919 * offset)
+        return [data.LabeledImage(f"synthetic_{offset}_{i}", im, lab)
+                for i, (im, lab) in enumerate(pairs)]
+    if args.ct_slices:
+        return data.load_ct_slices(args.ct_slices)
+    if not (args.data or (args.images and args.masks)):
+        raise ValueError("give --data DIR, or --images DIR and --masks DIR, or --synthetic N")
+    return data.load_folder(args.data, images_dir=args.images, masks_dir=args.masks,
+                            split_csv=args.split if subset else None, subset=subset,
+                            binary=not args.multiclass_labels)
+
+
+def _split(args: argparse.Namespace, seed: int) -> tuple[list[Any], list[Any]]:
+    """Train/val from the split CSV, else a seeded 80/20 hold-out."""
+    import numpy as np
+
+    if args.split or args.synthetic:
+        return _load(args, "train", seed), _load(args, "val", seed)
+    items = _load(args, None, seed)
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_val = max(1, len(items) // 5)
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .model import build_model, load_adapter
+    from .train.engine import TrainConfig, train
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
+                      points_per_sample=args.points, seed=args.seed, device=args.device,
+                      precision=args.precision, augment=not args.no_augment,
+                      val_label_size=args.val_label_size, time_budget_s=args.time_budget,
+                      lr_base=args.lr_base)
+    train_set, val_set = _split(args, args.seed)
+    model = build_model(args.variant, checkpoint=args.base_weights, input_size=args.input_size,
+                        num_classes=args.classes, frequency_mode=args.frequency)
+    if args.init:
+        load_adapter(model, args.init)
+    print(f"training {args.variant} ({args.mode}) on {len(train_set)} images, "
+          f"validating on {len(val_set)}; best adapter -> {args.out}")
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+    log_path = Path(args.out).with_suffix(".log.csv")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("a")
+    if log.tell() == 0:
+        log.write("time_s,epoch,step,loss,coarse_loss,fine_loss,val_dice\n")
+
+    def on_progress(event: Any) -> None:
+        if bar.total is None:
+            bar.reset(total=event.steps_per_epoch * event.epochs)
+        if event.kind == "step":
+            bar.update(1)
+            bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}",
+                            best=f"{event.best_val_dice or 0:.4f}")
+        log.write(f"{event.elapsed_s:.1f},{event.epoch},{event.step},{event.loss or ''},"
+                  f"{event.coarse_loss or ''},{event.fine_loss or ''},{event.val_dice or ''}\n")
+        if event.kind == "epoch":
+            log.flush()
+            tqdm.write(f"epoch {event.epoch + 1}/{event.epochs}: loss {event.loss:.4f}, "
+                       f"val Dice {event.val_dice:.4f} (best {event.best_val_dice:.4f})")
+
+    extra = {"command": "imedsam train", "data": str(args.data or args.images or "synthetic"),
+             "base_weights": str(args.base_weights) if args.base_weights else None}
+    start = time.monotonic()
+    try:
+        result = train(model, train_set, val_set, cfg, args.out, on_progress=on_progress,
+                       resume=args.resume, overwrite=args.overwrite, extra=extra)
+    finally:
+        bar.close()
+        log.close()
+    print(json.dumps({"adapter": str(result.adapter), "best_val_dice": result.best_val_dice,
+                      "best_epoch": result.best_epoch, "epochs_done": result.epochs_done,
+                      "stopped": result.stopped,
+                      "minutes": round((time.monotonic() - start) / 60, 2)}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .model.devices import resolve_device
+    from .model.loading import load_model, model_from_adapter
+    from .train.evaluate import evaluate_model, summary, write_report
+
+    device = resolve_device(args.device)
+    if args.adapter:
+        model = model_from_adapter(args.adapter, base_checkpoint=args.base_weights, device=device)
+    else:
+        model = load_model(args.model, device=device)
+    images = _load(args, args.subset if (args.split or args.synthetic) else None, args.seed)
+    with tqdm(total=None, unit="object") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        rows = evaluate_model(model, images, label_size=args.label_size, device=device,
+                              on_progress=progress)
+    report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
+                     subset=args.subset, input_size=model.config.input_size)
+    csv_path = write_report(report, rows, args.json)
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.json} and {csv_path}")
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    from .model.config import TRAIN_MODES, VARIANTS
+
+    t = subparsers.add_parser("train", help="fine-tune adapters (or train a small model)")
+    _add_data_args(t)
+    t.add_argument("--out", required=True, type=Path, help="best adapter: NAME.safetensors")
+    t.add_argument("--variant", default="vit_b", choices=sorted(VARIANTS))
+    t.add_argument("--base-weights", help="SAM weights name (vit_b...) or .pth path")
+    t.add_argument("--init", type=Path, help="start from this adapter")
+    t.add_argument("--mode", default="adapters", choices=TRAIN_MODES)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--input-size", type=int, default=None)
+    t.add_argument("--classes", type=int, default=1)
+    t.add_argument("--frequency", default="amplitude", choices=("amplitude", "phase", "off"))
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--points", type=int, default=4096, help="query points per sample")
+    t.add_argument("--lr-base", type=float, default=3e-4, help="encoder lr in full mode")
+    t.add_argument("--val-label-size", type=int, default=128)
+    t.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--device", default="auto", choices=DEVICES)
+    t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue the run at --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier run at --out")
+    t.set_defaults(func=_train)
+
+    e = subparsers.add_parser("evaluate", help="Dice, HD, HD95 next to the ellipse baseline")
+    _add_data_args(e)
+    e.add_argument("--adapter", type=Path, help="adapter file to evaluate")
+    e.add_argument("--model", default="demo", help="demo, vit_b... (when no --adapter)")
+    e.add_argument("--base-weights", help="SAM weights the adapter was trained on")
+    e.add_argument("--subset", default="test")
+    e.add_argument("--label-size", type=int, default=384)
+    e.add_argument("--json", required=True, type=Path)
+    e.add_argument("--device", default="auto", choices=DEVICES)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_evaluate)

@@ -1,0 +1,70 @@
+"""Load a ready-to-use model by name: the shipped ``demo``, a SAM base, or an adapter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .build import build_model
+from .checkpoint import adapter_model_config, load_adapter, read_adapter
+from .config import VARIANTS
+from .modeling.imedsam import IMedSAM
+from .weights import REGISTRY, CheckpointError
+
+#: The self-trained demo model shipped in the package (full scope, fp16).
+DEMO_PATH = Path(__file__).resolve().parent.parent / "resources" / "demo.safetensors"
+
+
+def model_from_adapter(
+    adapter: str | Path,
+    *,
+    base_checkpoint: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> IMedSAM:
+    """Build the model an adapter was trained for and load it.
+
+    A ``full``-scope file holds every weight. An ``adapters`` file also needs
+    its SAM base weights: ``base_checkpoint``, or else the registry name the
+    adapter records (fetched or found in the cache).
+    """
+    _, config = read_adapter(adapter)
+    cfg = adapter_model_config(config)
+    checkpoint = None
+    if config.get("scope") != "full":
+        recorded = (config.get("base_model") or {}).get("name")
+        checkpoint = base_checkpoint or (recorded if recorded in REGISTRY else None)
+        if checkpoint is None:
+            raise CheckpointError(
+                f"{adapter} adapts SAM weights {recorded or '(unknown)'}: pass the base "
+                "checkpoint file it was trained on"
+            )
+    model = build_model(config=cfg, checkpoint=checkpoint)
+    load_adapter(model, adapter)
+    return model.to(device).eval()
+
+
+def load_model(
+    name: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    input_size: int | None = None,
+    device: torch.device | str = "cpu",
+) -> IMedSAM:
+    """``demo``; ``vit_b``/``vit_l``/``vit_h`` (SAM weights, fetched once); or a
+    SAM-layout ``.pth`` file (e.g. MedSAM, taken as vit_b); optionally with an adapter.
+    """
+    if str(name) == "demo":
+        if not DEMO_PATH.is_file():
+            raise FileNotFoundError(f"the demo model is missing from the package ({DEMO_PATH})")
+        model = model_from_adapter(DEMO_PATH, device=device)
+        if adapter is not None:
+            load_adapter(model, adapter)
+        return model
+    if adapter is not None:
+        return model_from_adapter(adapter, base_checkpoint=name, device=device)
+    variant = str(name) if str(name) in REGISTRY else "vit_b"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}")
+    model = build_model(variant, checkpoint=name, input_size=input_size)
+    return model.to(device).eval()

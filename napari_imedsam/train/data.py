@@ -1,0 +1,338 @@
+"""Reading 2D segmentation data sets: images, masks, splits and box prompts.
+
+Pure numpy/scipy/scikit-image on purpose (no torch), so the same loaders serve
+training, benchmarks and tests. Images come out as (H, W, 3) uint8 RGB, the
+input SAM expects; masks as (H, W) int32 label images.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+Pair = tuple[str, Path, Path]
+Box = tuple[float, float, float, float]
+
+
+@dataclass
+class LabeledImage:
+    """One image with its ground truth; ``label_names`` maps ids to names when known."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    labels: np.ndarray  # (H, W) int32, 0 = background, 1..n = objects or class ids
+    label_names: dict[int, str] = field(default_factory=dict)
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert a 2D grey, RGB or RGBA image of any numeric dtype to (H, W, 3) uint8.
+
+    Alpha is dropped and grey is repeated to 3 channels. Non-uint8 data is scaled
+    by its 0.5-99.5 percentiles (over all channels jointly, so colours keep their
+    balance) to [0, 255]; NaN/inf become 0 first; a constant image gives zeros.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
+    elif arr.ndim != 2:
+        raise ValueError(
+            f"expected a 2D image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {arr.shape}"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"expected a numeric image, got dtype {arr.dtype}")
+    if arr.dtype != np.uint8:
+        arr = _scale_to_uint8(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    data = arr.astype(np.float64)
+    data[~np.isfinite(data)] = 0.0
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    if hi <= lo:
+        # Sparse images (a few bright pixels on a flat background) collapse the
+        # percentiles; the full range keeps them visible instead of blank.
+        lo, hi = float(data.min()), float(data.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    scaled = np.clip((data - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _read_raw(path: Path) -> np.ndarray:
+    """Pixels as stored; palette PNGs stay indices (label masks rely on that)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(path))
+        # Channel-first TIFFs (C, H, W) are common in microscopy; move C last.
+        if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4:
+            arr = np.moveaxis(arr, 0, -1)
+        return arr
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow normally ships with scikit-image's imageio
+        from skimage import io
+
+        return np.asarray(io.imread(path))
+    with Image.open(path) as img:
+        if img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
+            img = img.convert("RGB")
+        elif img.mode in ("LA", "PA"):
+            img = img.convert("RGBA")
+        return np.asarray(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file (.tif/.tiff with tifffile, others with Pillow) as (H, W, 3) uint8."""
+    return as_rgb_uint8(_read_raw(Path(path)))
+
+
+def read_mask(path: str | Path, binary: bool = True) -> np.ndarray:
+    """Read a mask file as an (H, W) int32 array.
+
+    ``binary=True`` gives {0, 1}: colour masks use the max over channels; a
+    two-valued mask (0/1, 0/255, 0/65535...) takes its larger value as foreground;
+    otherwise (JPEG noise) uint8 is thresholded at > 127 (half the dtype range,
+    so a noisy empty mask stays empty) and other dtypes at > half the observed max
+    (> 0.5 for floats within [0, 1]). ``binary=False`` keeps integer labels as is
+    and rejects non-integer floats and colour-coded masks.
+    """
+    arr = _read_raw(Path(path))
+    if arr.ndim == 3 and arr.shape[-1] in (2, 4):
+        arr = arr[..., :-1]  # drop alpha
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3):
+        if binary:
+            arr = arr.max(axis=-1)
+        elif np.all(arr == arr[..., :1]):
+            arr = arr[..., 0]
+        else:
+            raise ValueError(f"{path}: colour-coded label masks are not supported; save ids as a grey image")
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2D mask, got shape {arr.shape}")
+    if binary:
+        return _binarize(arr).astype(np.int32)
+    if arr.dtype.kind == "f":
+        if not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise ValueError(f"{path}: float mask with non-integer values; use binary=True")
+    if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"{path}: label values do not fit in int32")
+    return arr.astype(np.int32)
+
+
+def _binarize(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr
+    lo, hi = arr.min(), arr.max()
+    if lo == hi:  # constant: foreground only if the value is clearly "on"
+        on = hi == 1 or (hi > 127 if arr.dtype == np.uint8 else hi > 0)
+        return np.full(arr.shape, bool(on))
+    if np.all((arr == lo) | (arr == hi)):
+        return arr == hi
+    if arr.dtype == np.uint8:
+        return arr > 127
+    if arr.dtype.kind == "f" and hi <= 1:
+        return arr > 0.5
+    return arr > hi / 2
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def list_pairs(
+    data_dir: str | Path | None = None,
+    *,
+    images_dir: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+) -> list[Pair]:
+    """Match images with masks: ``data_dir/images`` + ``data_dir/masks``, or two explicit folders.
+
+    A mask matches by file name first, else by stem (``a.jpg`` with ``a.png``).
+    Returns sorted ``(image file name, image path, mask path)``.
+    """
+    if data_dir is not None:
+        if images_dir is not None or masks_dir is not None:
+            raise ValueError("give either data_dir or images_dir + masks_dir, not both")
+        images_dir, masks_dir = Path(data_dir) / "images", Path(data_dir) / "masks"
+    if images_dir is None or masks_dir is None:
+        raise ValueError("give data_dir (with images/ and masks/) or both images_dir and masks_dir")
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"folder not found: {folder}")
+    masks = _image_files(masks_dir)
+    by_name = {p.name: p for p in masks}
+    by_stem: dict[str, list[Path]] = {}
+    for p in masks:
+        by_stem.setdefault(p.stem, []).append(p)
+    pairs: list[Pair] = []
+    missing: list[str] = []
+    for img in _image_files(images_dir):
+        mask = by_name.get(img.name)
+        if mask is None:
+            candidates = by_stem.get(img.stem, [])
+            if len(candidates) > 1:
+                raise ValueError(f"ambiguous masks for {img.name}: {[c.name for c in candidates]}")
+            mask = candidates[0] if candidates else None
+        if mask is None:
+            missing.append(img.name)
+        else:
+            pairs.append((img.name, img, mask))
+    if not pairs:
+        raise FileNotFoundError(
+            f"no image/mask pairs in {images_dir} and {masks_dir} "
+            f"(matched by file name or stem; suffixes {', '.join(IMAGE_SUFFIXES)})"
+        )
+    if missing:
+        warnings.warn(
+            f"{len(missing)} image(s) in {images_dir} have no mask and are skipped, e.g. {missing[:3]}",
+            stacklevel=2,
+        )
+    return sorted(pairs)
+
+
+def read_split(csv_path: str | Path) -> dict[str, str]:
+    """Read a ``name,split`` CSV into {name: split} (split lower-cased)."""
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+        if "name" not in fields or "split" not in fields:
+            raise ValueError(f"{csv_path}: expected a header with 'name' and 'split', got {reader.fieldnames}")
+        out: dict[str, str] = {}
+        for row in reader:
+            name = row[fields["name"]].strip()
+            split = row[fields["split"]].strip().lower()
+            if name in out and out[name] != split:
+                raise ValueError(f"{csv_path}: {name} is in both {out[name]} and {split}")
+            out[name] = split
+    return out
+
+
+def select_split(pairs: Sequence[Pair], split_map: dict[str, str], subset: str) -> list[Pair]:
+    """Keep the pairs whose name (or stem: the CSV may omit extensions) is in ``subset``."""
+    subset = subset.strip().lower()
+    wanted = {name for name, split in split_map.items() if split == subset}
+    if not wanted:
+        raise ValueError(f"split {subset!r} is empty; the CSV has {sorted(set(split_map.values()))}")
+    wanted_stems = {Path(n).stem for n in wanted}
+    chosen = [p for p in pairs if p[0] in wanted or Path(p[0]).stem in wanted_stems]
+    found = {p[0] for p in chosen} | {Path(p[0]).stem for p in chosen}
+    unknown = sorted(n for n in wanted if n not in found and Path(n).stem not in found)
+    if unknown:
+        # A split naming files that are not there means the wrong folder or CSV:
+        # silently evaluating on fewer images would make numbers incomparable.
+        raise ValueError(f"{len(unknown)} {subset} name(s) have no image/mask pair, e.g. {unknown[:3]}")
+    return chosen
+
+
+def load_folder(
+    data_dir: str | Path | None = None,
+    *,
+    images_dir: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    split_csv: str | Path | None = None,
+    subset: str | None = None,
+    binary: bool = True,
+) -> list[LabeledImage]:
+    """Load image/mask pairs (optionally one subset of a split CSV) into memory."""
+    pairs = list_pairs(data_dir, images_dir=images_dir, masks_dir=masks_dir)
+    if (split_csv is None) != (subset is None):
+        raise ValueError("split_csv and subset go together")
+    if split_csv is not None and subset is not None:
+        pairs = select_split(pairs, read_split(split_csv), subset)
+    items = []
+    for name, image_path, mask_path in pairs:
+        image, labels = read_image(image_path), read_mask(mask_path, binary=binary)
+        if image.shape[:2] != labels.shape:
+            raise ValueError(f"{name}: image {image.shape[:2]} and mask {labels.shape} differ in size")
+        items.append(LabeledImage(name, image, labels))
+    return items
+
+
+_ORGAN_MASK = re.compile(r"^(?P<organ>.+)_(?P<index>\d+)$")
+
+
+def load_ct_slices(ct_dir: str | Path) -> list[LabeledImage]:
+    """Load the AMOS layout: ``images/<slice>.png`` and ``masks/<slice>_<organ>_<k>.png``.
+
+    Class ids are 1..n over the organ names of the whole folder in sorted order, so
+    one organ has one id on every slice; ``label_names`` lists those on each slice.
+    Several masks of one organ (``_000``, ``_001``) merge into its id. A slice
+    without masks is kept (all background) with a warning.
+    """
+    ct_dir = Path(ct_dir)
+    images = _image_files(ct_dir / "images")
+    if not images:
+        raise FileNotFoundError(f"no slices in {ct_dir / 'images'}")
+    # Longest slice name first, so 'a_1' never claims the masks of 'a_10'.
+    slice_names = sorted((p.stem for p in images), key=len, reverse=True)
+    per_slice: dict[str, list[tuple[str, Path]]] = {s: [] for s in slice_names}
+    for mask in _image_files(ct_dir / "masks"):
+        for s in slice_names:
+            match = _ORGAN_MASK.match(mask.stem[len(s) + 1:]) if mask.stem.startswith(s + "_") else None
+            if match:
+                per_slice[s].append((match["organ"], mask))
+                break
+    organs = sorted({organ for masks in per_slice.values() for organ, _ in masks})
+    ids = {organ: i + 1 for i, organ in enumerate(organs)}
+    items = []
+    for image_path in images:
+        image = read_image(image_path)
+        labels = np.zeros(image.shape[:2], dtype=np.int32)
+        names: dict[int, str] = {}
+        if not per_slice[image_path.stem]:
+            warnings.warn(f"{image_path.name}: no organ masks; kept as all background", stacklevel=2)
+        for organ, mask_path in sorted(per_slice[image_path.stem]):
+            mask = read_mask(mask_path).astype(bool)
+            if mask.shape != labels.shape:
+                raise ValueError(f"{mask_path.name}: mask {mask.shape} vs image {labels.shape}")
+            labels[mask] = ids[organ]  # organs should not overlap; if they do, the later name wins
+            names[ids[organ]] = organ
+        items.append(LabeledImage(image_path.stem, image, labels, names))
+    return items
+
+
+def object_ids(labels: np.ndarray) -> list[int]:
+    """Sorted unique non-zero ids of a label image."""
+    values = np.unique(np.asarray(labels))
+    return [int(v) for v in values if v != 0]
+
+
+def box_of(mask: np.ndarray) -> Box:
+    """Tight box (x0, y0, x1, y1) in pixel-edge coordinates: x1 = last column + 1."""
+    ys, xs = np.nonzero(np.asarray(mask))
+    if xs.size == 0:
+        raise ValueError("empty mask has no box")
+    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+
+
+def jitter_box(box: Box, rng: np.random.Generator, max_shift: float, width: int, height: int) -> Box:
+    """Move each side outward by uniform(0, max_shift) px, clipped to the image.
+
+    Only outward, so the prompt still covers the whole object, as a user's box does.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    x0, y0, x1, y1 = box
+    d = rng.uniform(0.0, max_shift, size=4) if max_shift > 0 else np.zeros(4)
+    return (
+        float(max(0.0, x0 - d[0])),
+        float(max(0.0, y0 - d[1])),
+        float(min(float(width), x1 + d[2])),
+        float(min(float(height), y1 + d[3])),
+    )

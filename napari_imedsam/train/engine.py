@@ -1,0 +1,270 @@
+"""The training loop: plain callbacks in, best adapter out. No Qt, no napari.
+
+Runs single-process, or data-parallel under ``torchrun`` (torch.distributed:
+gloo on CPU, NCCL on GPU); rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model.build import set_trainable, trainable_parts
+from ..model.checkpoint import save_adapter
+from ..model.devices import autocast
+from ..model.modeling.imedsam import IMedSAM
+from . import run_state
+from .augment import Augmenter
+from .data import LabeledImage
+from .distributed import DistContext, all_ranks_stop, init_distributed
+from .evaluate import evaluate_model
+from .losses import coarse_fine_weights, seg_loss
+from .samples import collate, make_sample, sample_refs
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Learning rates and weight decay are the paper's."""
+
+    mode: str = "adapters"
+    epochs: int = 100
+    batch_size: int = 4
+    points_per_sample: int = 4096
+    lr_decoder: float = 1e-3
+    lr_adapters: float = 5e-5
+    #: Encoder and SAM decoder weights in ``full`` mode (training from scratch).
+    lr_base: float = 3e-4
+    weight_decay: float = 0.01
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    #: The authors' schedules (5 and 20 epochs), shortened to 10 % and 20 % of short runs.
+    coarse_to_fine_epochs: float = 5.0
+    pe_warmup_epochs: float = 20.0
+    augment: bool = True
+    jitter_boxes: bool = True
+    val_label_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    time_budget_s: float | None = None
+
+
+@dataclass
+class TrainEvent:
+    """What a progress callback receives after each step and each epoch."""
+
+    kind: str  # "step", "epoch" or "done"
+    epoch: int
+    epochs: int
+    step: int
+    steps_per_epoch: int
+    loss: float | None = None
+    coarse_loss: float | None = None
+    fine_loss: float | None = None
+    val_dice: float | None = None
+    best_val_dice: float | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    adapter: Path | None
+    best_val_dice: float | None
+    best_epoch: int | None
+    epochs_done: int
+    stopped: bool
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Step(nn.Module):
+    """The differentiable part of a step, as one module so DDP can wrap it."""
+
+    def __init__(self, model: IMedSAM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor,
+                embedded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = images if embedded else self.model.embed(images)
+        pred = self.model.decode_points(self.model.encode_prompt(emb, boxes), points)
+        return pred.coarse_logits, pred.logits
+
+
+def _optimizer(model: IMedSAM, cfg: TrainConfig) -> torch.optim.Optimizer:
+    set_trainable(model, cfg.mode)  # type: ignore[arg-type]
+    parts = trainable_parts(model, cfg.mode)  # type: ignore[arg-type]
+    rates = {"lora": cfg.lr_adapters, "frequency_adapter": cfg.lr_adapters,
+             "encoder_base": cfg.lr_base, "mask_decoder_base": cfg.lr_base}
+    groups = [{"params": ps, "lr": rates.get(name, cfg.lr_decoder), "name": name}
+              for name, ps in parts.items() if ps]
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def train(
+    model: IMedSAM,
+    train_images: list[LabeledImage],
+    val_images: list[LabeledImage],
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    on_progress: Callable[[TrainEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; the best validation epoch's adapter goes to ``out``.
+
+    ``should_stop`` is polled between steps: training then ends cleanly, the
+    best adapter so far kept (one is validated and saved if none was yet).
+    ``resume`` continues a run from the files beside ``out``.
+    """
+    dist = init_distributed()
+    device = dist.device if dist.world > 1 else _device(cfg.device)
+    model.to(device)
+    classes = model.config.num_classes
+    refs = sample_refs(train_images, classes)
+    if not refs:
+        raise ValueError("no labelled objects to train on: every label image is empty")
+    out = Path(out).with_suffix(".safetensors")
+    files = run_state.RunFiles(out)
+    if dist.rank == 0 and not resume:
+        files.check_new(overwrite)
+    scope = "full" if cfg.mode == "full" else "adapters"
+    optimizer = _optimizer(model, cfg)
+    per_rank = len(refs) // dist.world
+    steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total_steps, cfg))
+    state = run_state.RunProgress()
+    if resume:
+        state = files.load(model, optimizer, scheduler)
+    torch.manual_seed(cfg.seed + 1000 * dist.rank + state.epochs_done)
+    step_module: nn.Module = _Step(model)
+    if dist.world > 1:
+        step_module = torch.nn.parallel.DistributedDataParallel(
+            step_module, find_unused_parameters=True)
+    dtype_scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(device, cfg.precision))
+    augmenter = Augmenter(seed=cfg.seed + dist.rank) if cfg.augment and cfg.mode != "decoder" else None
+    cache: dict[int, torch.Tensor] = {}
+    decoding = model.implicit_decoder.positional_encoding
+    ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
+    warmup = min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs)
+    start, stopped = time.monotonic(), False
+    for epoch in range(state.epochs_done, cfg.epochs):
+        model.train()
+        rng = np.random.default_rng([cfg.seed, epoch, dist.rank])
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(refs))
+        mine = order[dist.rank :: dist.world][:per_rank]
+        losses = []
+        for step in range(steps_per_epoch):
+            stop_now = (should_stop is not None and should_stop()) or (
+                cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s)
+            if all_ranks_stop(dist, stop_now):
+                stopped = True
+                break
+            chosen = [refs[i] for i in mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            batch = collate(
+                [make_sample(train_images[r.index], r, num_classes=classes,
+                             input_size=model.config.input_size,
+                             points=cfg.points_per_sample, rng=rng, augmenter=augmenter,
+                             jitter=cfg.jitter_boxes) for r in chosen],
+                [r.index for r in chosen],
+            )
+            progress = epoch + step / steps_per_epoch
+            decoding.set_progress(decoding.num_frequencies * (
+                1.0 if warmup <= 0 else min(1.0, progress / warmup)))
+            w_coarse, w_fine = coarse_fine_weights(progress, ramp)
+            images, embedded = batch.images.to(device), False
+            if cfg.mode == "decoder":
+                images, embedded = _cached_embeddings(model, batch, cache, device), True
+            with autocast(device, cfg.precision):
+                coarse, final = step_module(images, batch.boxes.to(device),
+                                            batch.points.to(device), embedded)
+            targets = batch.targets.to(device)
+            coarse_loss, fine_loss = seg_loss(coarse, targets), seg_loss(final, targets)
+            loss = w_coarse * coarse_loss + w_fine * fine_loss
+            optimizer.zero_grad(set_to_none=True)
+            dtype_scaler.scale(loss).backward()
+            dtype_scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            dtype_scaler.step(optimizer)
+            dtype_scaler.update()
+            scheduler.step()
+            losses.append(float(loss))
+            _emit(on_progress, dist, TrainEvent(
+                "step", epoch, cfg.epochs, step + 1, steps_per_epoch, float(loss),
+                float(coarse_loss), float(fine_loss), None, state.best_val_dice,
+                time.monotonic() - start))
+        if stopped and not losses and state.best_val_dice is not None:
+            break
+        val = _validate(model, val_images or train_images, cfg, device) if dist.rank == 0 else None
+        state.record(epoch, float(np.mean(losses)) if losses else None, val)
+        if dist.rank == 0:
+            if state.best_epoch == epoch:
+                save_adapter(model, out, scope=scope, overwrite=True,
+                             extra={**(extra or {}), "best_epoch": epoch, "val_dice": val,
+                                    "train_config": asdict(cfg)})
+            files.save(model, optimizer, scheduler, state, scope, cfg)
+        _emit(on_progress, dist, TrainEvent(
+            "epoch", epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, state.last_loss,
+            None, None, val, state.best_val_dice, time.monotonic() - start))
+        if stopped:
+            break
+    dist.barrier()
+    _emit(on_progress, dist, TrainEvent(
+        "done", state.epochs_done, cfg.epochs, 0, steps_per_epoch, state.last_loss, None, None,
+        None, state.best_val_dice, time.monotonic() - start))
+    return TrainResult(out if out.exists() else None, state.best_val_dice, state.best_epoch,
+                       state.epochs_done, stopped, state.history)
+
+
+def _device(name: str) -> torch.device:
+    from ..model.devices import resolve_device
+
+    return resolve_device(name)
+
+
+def _uses_fp16(device: torch.device, precision: str) -> bool:
+    from ..model.devices import autocast_dtype
+
+    return device.type == "cuda" and autocast_dtype(device, precision) == torch.float16
+
+
+def _cosine(step: int, total: int, cfg: TrainConfig) -> float:
+    t = min(1.0, step / max(1, total))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def _cached_embeddings(model: IMedSAM, batch: Any, cache: dict[int, torch.Tensor],
+                       device: torch.device) -> torch.Tensor:
+    """Decoder mode: the encoder is frozen, so each image is embedded once."""
+    missing = [i for i, key in enumerate(batch.keys) if key not in cache]
+    if missing:
+        embs = model.embed(batch.images[missing].to(device))
+        for j, i in enumerate(missing):
+            cache[batch.keys[i]] = embs[j : j + 1]
+    return torch.cat([cache[key] for key in batch.keys])
+
+
+def _validate(model: IMedSAM, images: list[LabeledImage], cfg: TrainConfig,
+              device: torch.device) -> float:
+    rows = evaluate_model(model, images, label_size=cfg.val_label_size, device=device,
+                          with_distances=False, seed=cfg.seed)
+    return float(np.mean([r["dice"] for r in rows])) if rows else 0.0
+
+
+def _emit(callback: Callable[[TrainEvent], None] | None, dist: DistContext,
+          event: TrainEvent) -> None:
+    if callback is not None and dist.rank == 0:
+        callback(event)

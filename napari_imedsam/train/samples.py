@@ -1,0 +1,121 @@
+"""Training samples: one object (or one multi-class image), its box, and query points.
+
+Targets are read from the label image at its native resolution at continuous
+point positions, so training never builds a dense label map at any size and
+memory stays bounded whatever the label resolution (896 x 896 or more).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..model.transforms import Letterbox, letterbox_image
+from .augment import Augmenter
+from .data import LabeledImage, box_of, jitter_box, object_ids
+
+#: Box jitter of the authors: up to 20 px per side at a 384 px input.
+JITTER_PX_AT_384 = 20.0
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One training sample: ``object_id`` in image ``index``, or all classes if None."""
+
+    index: int
+    object_id: int | None
+
+
+def sample_refs(images: list[LabeledImage], num_classes: int) -> list[SampleRef]:
+    """One sample per object for binary models; one per image for multi-class ones."""
+    refs = []
+    for i, item in enumerate(images):
+        ids = object_ids(item.labels)
+        if num_classes == 1:
+            refs.extend(SampleRef(i, obj) for obj in ids)
+        elif ids:
+            refs.append(SampleRef(i, None))
+    return refs
+
+
+def targets_for(item: LabeledImage, ref: SampleRef, num_classes: int) -> np.ndarray:
+    """``(K, H, W)`` bool targets of a sample."""
+    if ref.object_id is not None:
+        return (item.labels == ref.object_id)[None]
+    return np.stack([item.labels == k + 1 for k in range(num_classes)])
+
+
+@dataclass
+class Batch:
+    """Tensors for one step; ``B`` samples, ``P`` points, ``K`` classes."""
+
+    images: torch.Tensor  # (B, 3, S, S) letterboxed RGB in [0, 255]
+    boxes: torch.Tensor  # (B, 4) in input pixels
+    points: torch.Tensor  # (B, P, 2) in [-1, 1]
+    targets: torch.Tensor  # (B, K, P) float 0/1
+    keys: list[int]  # image indices, for embedding caches
+
+
+def make_sample(
+    item: LabeledImage,
+    ref: SampleRef,
+    *,
+    num_classes: int,
+    input_size: int,
+    points: int,
+    rng: np.random.Generator,
+    augmenter: Augmenter | None,
+    jitter: bool,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """Image tensor ``(1, 3, S, S)``, box (input px), points ``(P, 2)``, targets ``(K, P)``."""
+    image, target = item.image, targets_for(item, ref, num_classes)
+    if augmenter is not None:
+        # Geometric augmentation moves image and labels together; the union of
+        # the targets is what must stay in frame.
+        label = np.zeros(target.shape[1:], dtype=np.int32)
+        for k in range(target.shape[0]):
+            label[target[k]] = k + 1
+        image, label = augmenter(image, label)
+        target = np.stack([label == k + 1 for k in range(target.shape[0])])
+    tensor, box_map = letterbox_image(image, input_size)
+    height, width = target.shape[1:]
+    box = np.asarray(box_of(target.any(axis=0)), dtype=np.float64)
+    if jitter:
+        # The authors' pixels are at a 384 input; convert to this image's pixels.
+        shift = JITTER_PX_AT_384 * (input_size / 384.0) / min(box_map.scale_xy)
+        box = np.asarray(jitter_box(tuple(box), rng, shift, width, height))
+    xy = _sample_points(rng, points, box, width, height)
+    cols = np.clip(xy[:, 0].astype(np.int64), 0, width - 1)
+    rows = np.clip(xy[:, 1].astype(np.int64), 0, height - 1)
+    labels = target[:, rows, cols].astype(np.float32)
+    return tensor, box_map.boxes_to_input(box)[0], box_map.normalize(xy), labels
+
+
+def _sample_points(
+    rng: np.random.Generator, count: int, box: np.ndarray, width: int, height: int
+) -> np.ndarray:
+    """Half of the points uniform in the box, half uniform over the image."""
+    inside = count // 2
+    x0, y0, x1, y1 = box
+    in_box = rng.uniform([x0, y0], [x1, y1], size=(inside, 2))
+    anywhere = rng.uniform([0.0, 0.0], [width, height], size=(count - inside, 2))
+    return np.concatenate([in_box, anywhere])
+
+
+def collate(
+    samples: list[tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]], keys: list[int]
+) -> Batch:
+    images, boxes, points, targets = zip(*samples)
+    return Batch(
+        images=torch.cat(images),
+        boxes=torch.as_tensor(np.stack(boxes), dtype=torch.float32),
+        points=torch.as_tensor(np.stack(points), dtype=torch.float32),
+        targets=torch.as_tensor(np.stack(targets), dtype=torch.float32),
+        keys=keys,
+    )
+
+
+def letterbox_for(item: LabeledImage, input_size: int) -> Letterbox:
+    return Letterbox(item.image.shape[0], item.image.shape[1], input_size)
