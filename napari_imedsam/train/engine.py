@@ -147,13 +147,11 @@ def train(
     state = run_state.RunProgress()
     if resume:
         state = files.load(model, optimizer, scheduler)
-    torch.manual_seed(cfg.seed + 1000 * dist.rank + state.epochs_done)
     step_module: nn.Module = _Step(model)
     if dist.world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, find_unused_parameters=True)
     dtype_scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(device, cfg.precision))
-    augmenter = Augmenter(seed=cfg.seed + dist.rank) if cfg.augment and cfg.mode != "decoder" else None
     cache: dict[int, torch.Tensor] = {}
     decoding = model.implicit_decoder.positional_encoding
     ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
@@ -161,7 +159,12 @@ def train(
     start, stopped = time.monotonic(), False
     for epoch in range(state.epochs_done, cfg.epochs):
         model.train()
+        # Every random stream restarts from (seed, epoch, rank): a resumed run
+        # continues exactly as an uninterrupted one.
+        torch.manual_seed(hash((cfg.seed, epoch, dist.rank)) % (2**31))
         rng = np.random.default_rng([cfg.seed, epoch, dist.rank])
+        augmenter = (Augmenter(seed=int(rng.integers(2**31)))
+                     if cfg.augment and cfg.mode != "decoder" else None)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(refs))
         mine = order[dist.rank :: dist.world][:per_rank]
         losses = []
@@ -200,7 +203,7 @@ def train(
             dtype_scaler.step(optimizer)
             dtype_scaler.update()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             _emit(on_progress, dist, TrainEvent(
                 "step", epoch, cfg.epochs, step + 1, steps_per_epoch, float(loss),
                 float(coarse_loss), float(fine_loss), None, state.best_val_dice,
@@ -249,7 +252,8 @@ def _cosine(step: int, total: int, cfg: TrainConfig) -> float:
 def _cached_embeddings(model: IMedSAM, batch: Any, cache: dict[int, torch.Tensor],
                        device: torch.device) -> torch.Tensor:
     """Decoder mode: the encoder is frozen, so each image is embedded once."""
-    missing = [i for i, key in enumerate(batch.keys) if key not in cache]
+    first = {key: i for i, key in reversed(list(enumerate(batch.keys)))}
+    missing = [i for key, i in first.items() if key not in cache]
     if missing:
         embs = model.embed(batch.images[missing].to(device))
         for j, i in enumerate(missing):
