@@ -120,6 +120,7 @@ def test_augment_shapes_and_dtypes() -> None:
 def test_augment_determinism_and_global_rng_untouched() -> None:
     img, mask = _border_case()
     torch_state, np_state = torch.random.get_rng_state(), np.random.get_state()[1].copy()
+    threads = torch.get_num_threads()
     a, b, c = Augmenter(seed=11), Augmenter(seed=11), Augmenter(seed=12)
     outs_a = [a(img, mask) for _ in range(5)]
     outs_b = [b(img, mask) for _ in range(5)]
@@ -130,6 +131,7 @@ def test_augment_determinism_and_global_rng_untouched() -> None:
     assert any(not np.array_equal(ia, ic) for (ia, _), (ic, _) in zip(outs_a, outs_c))
     assert torch.equal(torch_state, torch.random.get_rng_state())
     np.testing.assert_array_equal(np_state, np.random.get_state()[1])
+    assert torch.get_num_threads() == threads  # the single-thread section is undone
 
 
 def test_mask_values_stay_in_original_set() -> None:

@@ -205,8 +205,8 @@ def train(
             scheduler.step()
             losses.append(float(loss.detach()))
             _emit(on_progress, dist, TrainEvent(
-                "step", epoch, cfg.epochs, step + 1, steps_per_epoch, float(loss),
-                float(coarse_loss), float(fine_loss), None, state.best_val_dice,
+                "step", epoch, cfg.epochs, step + 1, steps_per_epoch, loss.item(),
+                coarse_loss.item(), fine_loss.item(), None, state.best_val_dice,
                 time.monotonic() - start))
         if stopped and not losses and state.best_val_dice is not None:
             break
