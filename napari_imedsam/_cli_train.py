@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -77,13 +78,16 @@ def _train(args: argparse.Namespace) -> int:
                         num_classes=args.classes, frequency_mode=args.frequency)
     if args.init:
         load_adapter(model, args.init)
-    print(f"training {args.variant} ({args.mode}) on {len(train_set)} images, "
-          f"validating on {len(val_set)}; best adapter -> {args.out}")
-    bar = tqdm(total=None, unit="step", dynamic_ncols=True)
+    # Under torchrun every rank runs this; only rank 0 talks and writes the log.
+    lead = int(os.environ.get("RANK", "0")) == 0
+    if lead:
+        print(f"training {args.variant} ({args.mode}) on {len(train_set)} images, "
+              f"validating on {len(val_set)}; best adapter -> {args.out}")
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=not lead)
     log_path = Path(args.out).with_suffix(".log.csv")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("a")
-    if log.tell() == 0:
+    log = log_path.open("a") if lead else open(os.devnull, "w")
+    if lead and log.tell() == 0:
         log.write("time_s,epoch,step,loss,coarse_loss,fine_loss,val_dice\n")
 
     def on_progress(event: Any) -> None:
@@ -109,6 +113,8 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         log.close()
+    if not lead:
+        return 0
     print(json.dumps({"adapter": str(result.adapter), "best_val_dice": result.best_val_dice,
                       "best_epoch": result.best_epoch, "epochs_done": result.epochs_done,
                       "stopped": result.stopped,
@@ -136,6 +142,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         rows = evaluate_model(model, images, label_size=args.label_size, device=device,
                               on_progress=progress)
+    if args.only_class is not None:
+        rows = [r for r in rows if r["object"] == args.only_class]
     report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
                      subset=args.subset, input_size=model.config.input_size)
     csv_path = write_report(report, rows, args.json)
@@ -178,6 +186,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--base-weights", help="SAM weights the adapter was trained on")
     e.add_argument("--subset", default="test")
     e.add_argument("--label-size", type=int, default=384)
+    e.add_argument("--only-class", type=int, help="multi-class: report this class id only")
     e.add_argument("--json", required=True, type=Path)
     e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--seed", type=int, default=0)
