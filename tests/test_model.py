@@ -371,3 +371,19 @@ def test_chunked_decoding_equals_one_pass():
     assert torch.equal(one.refined, chunked.refined)
     assert torch.allclose(one.logits, chunked.logits, atol=1e-5)
     assert torch.allclose(one.uncertainty, chunked.uncertainty, atol=1e-6)
+
+
+def test_image_coordinate_points_follow_the_letterbox():
+    from napari_imedsam.model.transforms import Letterbox
+
+    model = build_model("tiny").eval()
+    box = Letterbox(30, 120, 64)  # wide image: scaled by 64/120, padded below
+    xy = torch.tensor([[0.0, 0.0], [120.0, 30.0], [60.0, 15.0]])
+    expected = torch.as_tensor(box.normalize(xy.numpy()), dtype=torch.float32)
+    assert torch.allclose(expected[0], torch.tensor([-1.0, -1.0]))
+    assert expected[1, 0] == 1.0 and expected[1, 1] < 0  # padding below the image
+    with torch.no_grad():
+        prompt = _prompt(model)
+        a = model.decode_image_points(prompt, xy, (30, 120), top_k_ratio=0.0)
+        b = model.decode_points(prompt, expected, top_k_ratio=0.0)
+    assert torch.allclose(a.coarse_logits, b.coarse_logits, atol=1e-5)

@@ -212,6 +212,26 @@ class IMedSAM(nn.Module):
             refined=refine_mask,
         )
 
+    def decode_image_points(
+        self,
+        prompt: PromptFeatures,
+        points_xy: torch.Tensor,
+        image_shape: tuple[int, int],
+        **kwargs: object,
+    ) -> Prediction:
+        """:meth:`decode_points` for points in pixel coordinates of the original image.
+
+        ``points_xy`` is ``(P, 2)`` or ``(N, P, 2)``, (x, y) with 0 at the image's
+        top-left edge; ``image_shape`` is its ``(H, W)``, letterboxed into the
+        encoder input as :class:`~napari_imedsam.model.transforms.Letterbox` does.
+        """
+        from ..transforms import Letterbox
+
+        box = Letterbox(image_shape[0], image_shape[1], self.config.input_size)
+        sx, sy = box.scale_xy
+        scale = points_xy.new_tensor([sx, sy]) * (2.0 / box.size)
+        return self.decode_points(prompt, points_xy * scale - 1.0, **kwargs)  # type: ignore[arg-type]
+
     def decode_grid(
         self, prompt: PromptFeatures, size: tuple[int, int], **kwargs: object
     ) -> Prediction:
