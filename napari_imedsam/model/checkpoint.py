@@ -58,6 +58,12 @@ def adapter_state_dict(
     return state
 
 
+def _file_sha256(path: Path) -> str:
+    from .weights import sha256_file
+
+    return sha256_file(path)
+
+
 def json_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
@@ -199,6 +205,7 @@ def load_adapter(model: IMedSAM, path: str | Path) -> dict[str, Any]:
                 f"{path}: {key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}"
             )
     model.load_state_dict(tensors, strict=False)
+    model.adapter_sha256 = _file_sha256(Path(path))
     if scope == "full":
         model.base_weights = dict(config.get("base_model") or {})
     return config

@@ -72,6 +72,9 @@ class IMedSAM(nn.Module):
         self.implicit_decoder = implicit_decoder
         #: Name and SHA-256 of the SAM weights loaded into the base model, if any.
         self.base_weights: dict[str, str | None] = {"name": None, "sha256": None}
+        #: SHA-256 of the adapter file loaded last (None: the implicit decoder is
+        #: untrained, and only SAM's own decoder gives meaningful masks).
+        self.adapter_sha256: str | None = None
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,80 @@
+"""Intensities the encoder can read: CT windows, and percentile scaling for the rest.
+
+SAM's encoder expects 8-bit RGB. CT in Hounsfield units is windowed first (the
+presets radiologists use); MR, microscopy and anything else not already 8-bit
+is scaled by its 0.5-99.5 percentiles (``train.data.as_rgb_uint8``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..train.data import as_rgb_uint8
+
+#: (width, level) in Hounsfield units.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (400.0, 40.0),
+    "liver": (150.0, 30.0),
+    "mediastinum": (350.0, 50.0),
+    "lung": (1500.0, -600.0),
+    "bone": (1800.0, 400.0),
+    "brain": (80.0, 40.0),
+}
+
+Window = str | tuple[float, float] | None
+
+
+def parse_window(window: Window) -> tuple[float, float] | None:
+    """A preset name, ``"W,L"`` text, or a ``(width, level)`` pair; None for no window."""
+    if window is None or window == "none":
+        return None
+    if isinstance(window, str):
+        if window in CT_WINDOWS:
+            return CT_WINDOWS[window]
+        try:
+            width, level = (float(v) for v in window.split(","))
+        except ValueError:
+            raise ValueError(
+                f"unknown CT window {window!r}: use one of {', '.join(CT_WINDOWS)} or 'WIDTH,LEVEL'"
+            ) from None
+    else:
+        width, level = (float(v) for v in window)
+    if not width > 0:
+        raise ValueError(f"a CT window needs a positive width, got {width}")
+    return width, level
+
+
+def apply_window(image: np.ndarray, window: Window) -> np.ndarray:
+    """Hounsfield units -> uint8 grey through ``window``; NaN reads as air (the low end)."""
+    parsed = parse_window(window)
+    if parsed is None:
+        raise ValueError("apply_window needs a window")
+    width, level = parsed
+    data = np.asarray(image, dtype=np.float32)
+    data = np.nan_to_num(data, nan=level - width, posinf=level + width, neginf=level - width)
+    scaled = np.clip((data - (level - width / 2)) / width, 0.0, 1.0)
+    return np.rint(scaled * 255).astype(np.uint8)
+
+
+def to_encoder_rgb(image: np.ndarray, window: Window = None) -> np.ndarray:
+    """Any 2D image (grey, RGB, RGBA; any numeric dtype) -> ``(H, W, 3)`` uint8 RGB.
+
+    With a ``window`` the image must be single-channel (CT); without one,
+    8-bit data passes through and other data is percentile-scaled. NaN/inf are
+    replaced (by air with a window, by 0 otherwise). 3D volumes must be sliced
+    first: the error says so.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"got an array of shape {arr.shape}: pass one 2D slice (H, W) or an RGB(A) "
+            "image (H, W, 3|4); volumes are segmented slice by slice"
+        )
+    if arr.size == 0 or min(arr.shape[:2]) < 2:
+        raise ValueError(f"image of shape {arr.shape} is too small to segment")
+    if parse_window(window) is not None:
+        if arr.ndim == 3 and arr.shape[-1] != 1:
+            raise ValueError("a CT window applies to single-channel images, not RGB")
+        grey = apply_window(arr.reshape(arr.shape[:2]), window)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return as_rgb_uint8(arr)
