@@ -1,0 +1,146 @@
+"""``imedsam segment`` and ``imedsam bench``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".gz", ".dcm")
+
+
+def _box(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"a box is X0,Y0,X1,Y1 (four numbers), got {text!r}")
+    return values
+
+
+def _slice_of(data: Any, index: int | None, source: str) -> Any:
+    """A 2D image from what was read: RGB(A) and 2D pass; volumes need --slice."""
+    if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
+        return data
+    if data.ndim == 3:
+        if index is None:
+            raise ValueError(f"{source} is a volume of {data.shape[0]} slices: choose one "
+                             "with --slice Z")
+        if not 0 <= index < data.shape[0]:
+            raise ValueError(f"--slice {index} is outside 0..{data.shape[0] - 1}")
+        return data[index]
+    raise ValueError(f"{source} has shape {data.shape}: expected a 2D image or a 3D volume")
+
+
+def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    from .inference.session import boundary_polygons
+    from .io import atomic_save, read_any, write_tiff
+
+    loaded = read_any(image_path)
+    image = _slice_of(loaded.data, args.slice, str(image_path))
+    session.set_image(image, window=args.window)
+    result = session.predict(boxes, scale=args.scale)
+    labels = result.labels()
+    spacing = loaded.spacing[-2:] if loaded.spacing else None
+    pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
+             else (1.0 / args.scale, 1.0 / args.scale))
+    unit = "mm" if spacing else "pixel"
+    write_tiff(out, labels.astype("uint16"), pixel_size=pixel, unit=unit, overwrite=args.overwrite)
+    written = [str(out)]
+    if args.uncertainty:
+        if result.uncertainty is None:
+            print("note: SAM's own decoder gives no uncertainty (load an adapter or --model demo)")
+        else:
+            unc = result.uncertainty.max(axis=(0, 1)).astype("float32")
+            write_tiff(args.uncertainty, unc, pixel_size=pixel, unit=unit,
+                       overwrite=args.overwrite)
+            written.append(str(args.uncertainty))
+    if args.polygons:
+        polys = boundary_polygons(result)
+        payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
+                   "objects": [{"id": i + 1, "box": list(map(float, b)),
+                                "polygons": [p.round(3).tolist() for p in ps]}
+                               for i, (b, ps) in enumerate(zip(result.boxes, polys))]}
+        atomic_save(args.polygons, lambda tmp: tmp.write_text(json.dumps(payload)),
+                    overwrite=args.overwrite)
+        written.append(str(args.polygons))
+    return {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
+            "shape": list(labels.shape), "written": written}
+
+
+def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
+    """CSV with columns image,x0,y0,x1,y1 (one row per box)."""
+    boxes: dict[str, list[list[float]]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 ({exc})") from None
+            boxes.setdefault(row["image"], []).append(box)
+    return boxes
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .inference.session import SegmentationSession
+    from .model.loading import load_model
+
+    model = load_model(args.model, adapter=args.adapter, device="cpu")
+    session = SegmentationSession(model, device=args.device)
+    if args.batch:
+        if not (args.boxes_file and args.out_dir):
+            raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
+        reports = []
+        for name, boxes in sorted(_read_boxes_file(args.boxes_file).items()):
+            out = args.out_dir / (Path(name).name.split(".")[0] + "_mask.tif")
+            reports.append(_segment_one(session, args.batch / name, boxes, out, args))
+        print(json.dumps(reports, indent=2))
+        return 0
+    if not (args.image and args.box and args.out):
+        raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 and --out MASK.tif "
+                         "(or --batch DIR --boxes-file CSV --out-dir DIR)")
+    print(json.dumps(_segment_one(session, args.image, args.box, args.out, args), indent=2))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .inference.bench import run_benchmark
+
+    results = run_benchmark(args.device, repeats=args.repeats)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("segment", help="box -> mask (+ uncertainty, polygons)")
+    s.add_argument("image", nargs="?", type=Path, help="PNG/JPEG/TIFF, NIfTI or DICOM")
+    s.add_argument("--box", type=_box, action="append", help="X0,Y0,X1,Y1 in pixels; repeat")
+    s.add_argument("--out", type=Path, help="label TIFF: one id per box")
+    s.add_argument("--scale", type=float, default=1.0, help="output scale, 0.25 to 8")
+    s.add_argument("--uncertainty", type=Path, help="uncertainty TIFF (float32)")
+    s.add_argument("--polygons", type=Path, help="sub-pixel boundaries as JSON")
+    s.add_argument("--model", default="demo", help="demo, vit_b, vit_l, vit_h or a .pth")
+    s.add_argument("--adapter", type=Path, help="adapter .safetensors")
+    s.add_argument("--window", default=None, help="CT window: abdomen, lung, bone, brain, "
+                   "liver, mediastinum or WIDTH,LEVEL")
+    s.add_argument("--slice", type=int, help="slice index for volumes")
+    s.add_argument("--device", default="auto", choices=DEVICES)
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--batch", type=Path, help="folder of images (batch mode)")
+    s.add_argument("--boxes-file", type=Path, help="CSV image,x0,y0,x1,y1 (batch mode)")
+    s.add_argument("--out-dir", type=Path, help="output folder (batch mode)")
+    s.set_defaults(func=_segment)
+
+    b = subparsers.add_parser("bench", help="time the encoder and box -> mask decoding")
+    b.add_argument("--device", default="auto", choices=DEVICES)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--json", type=Path, help="also write the numbers here")
+    b.set_defaults(func=_bench)
