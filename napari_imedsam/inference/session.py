@@ -34,6 +34,9 @@ class SegmentationResult:
     prob: np.ndarray  # (N, K, H', W') float32
     uncertainty: np.ndarray | None  # (N, K, H', W'); None from SAM's own decoder
     refined: np.ndarray | None  # (N, H', W') bool: points Dec_f refined
+    #: (N, H', W') bool: points the decoder computed (the rest were interpolated
+    #: by adaptive evaluation, or lie outside the box's window).
+    evaluated: np.ndarray | None
     mode: str  # "imedsam" (implicit decoder) or "sam" (SAM's mask decoder)
     region: Region
     boxes: np.ndarray  # (N, 4) as used (clipped to the image)
@@ -181,6 +184,7 @@ class SegmentationSession:
         prob = np.zeros((len(boxes), classes, rows, cols), np.float32)
         unc = np.zeros_like(prob) if self.mode == "imedsam" else None
         refined = np.zeros((len(boxes), rows, cols), bool) if self.mode == "imedsam" else None
+        evaluated = np.zeros((len(boxes), rows, cols), bool)
         use_adaptive = self.adaptive if adaptive is None else adaptive
         for i, box in enumerate(boxes):
             window = _window_of(box, region, out_shape, margin)
@@ -190,12 +194,14 @@ class SegmentationSession:
             points_of = self._points_of(region, out_shape, r0, c0)
             if self.mode == "sam":
                 prob[i, :, r0:r1, c0:c1] = self._sam_prob(box, points_of, (r1 - r0, c1 - c0))
+                evaluated[i, r0:r1, c0:c1] = True
                 continue
             maps = self._implicit(box, points_of, (r1 - r0, c1 - c0), use_adaptive)
             prob[i, :, r0:r1, c0:c1] = maps[0]
             unc[i, :, r0:r1, c0:c1] = maps[1]  # type: ignore[index]
             refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
-        return SegmentationResult(prob, unc, refined, self.mode, region, boxes)
+            evaluated[i, r0:r1, c0:c1] = maps[3]
+        return SegmentationResult(prob, unc, refined, evaluated, self.mode, region, boxes)
 
     def predict_points(self, box: Sequence[float], points_xy: np.ndarray) -> dict[str, np.ndarray]:
         """Probability (and uncertainty) of one box at ``(P, 2)`` image points (x, y)."""
@@ -235,7 +241,7 @@ class SegmentationSession:
 
     @torch.no_grad()
     def _implicit(self, box: np.ndarray, points_of, shape: tuple[int, int],  # noqa: ANN001
-                  adaptive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  adaptive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         prompt = self._prompt(box)
         cfg = self.model.config.decoder
         if adaptive:
@@ -244,7 +250,7 @@ class SegmentationSession:
             maps = adaptive_decode(FastDecoder(self.model, prompt, networks), points_of, shape,
                                    top_k_ratio=cfg.top_k_ratio)
             return (maps.prob.cpu().numpy(), maps.uncertainty.cpu().numpy(),
-                    maps.refined.cpu().numpy())
+                    maps.refined.cpu().numpy(), maps.evaluated.cpu().numpy())
         rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
         points = points_of(rows.ravel(), cols.ravel())
         pred = self.model.decode_points(prompt, points, generator=self._generator(),
@@ -252,7 +258,7 @@ class SegmentationSession:
         k = pred.logits.shape[1]
         return (pred.prob[0].reshape(k, *shape).cpu().numpy(),
                 pred.uncertainty[0].reshape(k, *shape).cpu().numpy(),
-                pred.refined[0].reshape(shape).cpu().numpy())
+                pred.refined[0].reshape(shape).cpu().numpy(), np.ones(shape, bool))
 
     @torch.no_grad()
     def _sam_prob(self, box: np.ndarray, points_of, shape: tuple[int, int] | None) -> np.ndarray:  # noqa: ANN001

@@ -51,13 +51,20 @@ def load_model(
     input_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> IMedSAM:
-    """``demo``; ``vit_b``/``vit_l``/``vit_h`` (SAM weights, fetched once); or a
-    SAM-layout ``.pth`` file (e.g. MedSAM, taken as vit_b); optionally with an adapter.
+    """``demo``; ``vit_b``/``vit_l``/``vit_h`` (SAM weights, fetched once); a
+    SAM-layout ``.pth`` file (e.g. MedSAM, taken as vit_b); or a full-scope
+    ``.safetensors`` model; optionally with an adapter.
     """
     if str(name) == "demo":
         if not DEMO_PATH.is_file():
             raise FileNotFoundError(f"the demo model is missing from the package ({DEMO_PATH})")
         model = model_from_adapter(DEMO_PATH, device=device)
+        if adapter is not None:
+            load_adapter(model, adapter)
+        return model
+    if str(name).endswith(".safetensors"):
+        # A self-contained (full-scope) model file, e.g. a small variant trained here.
+        model = model_from_adapter(name, device=device)
         if adapter is not None:
             load_adapter(model, adapter)
         return model

@@ -83,7 +83,7 @@ def letterbox_image(image: np.ndarray, size: int) -> tuple[torch.Tensor, Letterb
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
     box = Letterbox(image.shape[0], image.shape[1], size)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    tensor = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
     h, w = box.resized
     if (h, w) != tuple(image.shape[:2]):
         tensor = F.interpolate(tensor, size=(h, w), mode="bilinear", align_corners=False,

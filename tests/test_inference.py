@@ -1,0 +1,247 @@
+"""The inference engine: coordinates, caching, scales and regions, adaptive vs dense."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_imedsam.cli import main
+from napari_imedsam.inference.cache import EmbeddingCache
+from napari_imedsam.inference.intensity import apply_window, parse_window, to_encoder_rgb
+from napari_imedsam.inference.session import SegmentationSession, boundary_polygons
+from napari_imedsam.model import build_model
+from napari_imedsam.model.loading import load_model
+from napari_imedsam.train.data import LabeledImage
+from napari_imedsam.train.engine import TrainConfig, train
+from napari_imedsam.train.metrics import dice
+
+
+def _scene(height: int = 60, width: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc off-centre on a noisy, non-square image, and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    cx, cy, r = rng.uniform(0.55, 0.8) * width, rng.uniform(0.3, 0.6) * height, height * 0.2
+    mask = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 < r**2
+    image = rng.normal(40, 10, (height, width, 3))
+    image[mask] += 150
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory) -> str:
+    """A tiny model trained for seconds on discs: it segments them in the right place."""
+    items = []
+    for i in range(16):
+        image, mask = _scene(64 + 8 * (i % 3), 64 + 16 * (i % 4), seed=i)
+        items.append(LabeledImage(f"s{i}", image, mask.astype(np.int32)))
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    cfg = TrainConfig(mode="full", epochs=12, batch_size=4, points_per_sample=512,
+                      val_label_size=48, device="cpu", precision="fp32", augment=False,
+                      lr_base=1e-3, lr_decoder=3e-3)
+    train(model, items[:14], items[14:], cfg, path)
+    return str(path)
+
+
+def _session(path: str, **kw) -> SegmentationSession:
+    return SegmentationSession(load_model(path), device="cpu", **kw)
+
+
+def test_ct_windows_and_intensities():
+    assert parse_window("abdomen") == (400.0, 40.0) and parse_window("80,40") == (80.0, 40.0)
+    hu = np.array([[-1000, -160, 40], [240, 3000, np.nan]], dtype=np.float32)
+    grey = apply_window(hu, "abdomen")
+    assert grey.tolist() == [[0, 0, 128], [255, 255, 0]]
+    rgb = to_encoder_rgb(hu.astype(np.float32), "lung")
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8 and (rgb[..., 0] == rgb[..., 2]).all()
+    mr = np.random.default_rng(0).normal(300, 50, (20, 20)).astype(np.uint16)
+    assert to_encoder_rgb(mr).max() == 255  # percentile-scaled
+    assert (to_encoder_rgb(np.full((8, 8), 7.0)) == 0).all()  # constant: no division by zero
+    for bad, match in ((np.zeros((4, 8, 8)), "slice"), (np.zeros((1, 5)), "too small")):
+        with pytest.raises(ValueError, match=match):
+            to_encoder_rgb(bad)
+    with pytest.raises(ValueError, match="WIDTH,LEVEL"):
+        parse_window("soft")
+    with pytest.raises(ValueError, match="single-channel"):
+        to_encoder_rgb(np.zeros((8, 8, 3)), "abdomen")
+
+
+def test_embedding_cache_is_lru_under_budget():
+    cache = EmbeddingCache(max_bytes=3 * 400)
+    for i in range(4):
+        cache.put(i, torch.zeros(100))  # 400 bytes each
+    assert 0 not in cache and all(i in cache for i in (1, 2, 3))
+    assert cache.get(1) is not None  # 1 is now the most recent
+    cache.put(4, torch.zeros(100))
+    assert 2 not in cache and 1 in cache and cache.nbytes <= 1200
+
+
+def test_mask_lands_in_the_right_place_at_every_scale():
+    """Exact geometry, independent of what a model learned: SAM's decoder is replaced by
+    the known disc, drawn in encoder-input coordinates; the session must map it back
+    onto the image grid at every scale."""
+    image, mask = _scene(60, 100, seed=99)
+    session = SegmentationSession(build_model("tiny"), device="cpu", mode="sam")
+    session.set_image(image)
+    box_map = session._letterbox
+    sx, sy = box_map.scale_xy
+    ys, xs = np.nonzero(mask)
+    cx, cy = (xs.mean() + 0.5) * sx, (ys.mean() + 0.5) * sy
+    radius = np.sqrt(mask.sum() / np.pi) * sx
+    size = 512
+    grid = (np.arange(size) + 0.5) * (box_map.size / size)
+    gx, gy = np.meshgrid(grid, grid)
+    logits = np.where((gx - cx) ** 2 + (gy - cy) ** 2 < radius**2, 20.0, -20.0)
+    session.model.predict_discrete = lambda emb, boxes: (
+        torch.as_tensor(logits, dtype=torch.float32)[None, None], torch.ones(1, 1))
+    box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    for scale in (0.5, 1.0, 3.0):
+        result = session.predict([box], scale=scale)
+        assert result.shape == (round(60 * scale), round(100 * scale))
+        # The true disc sampled at the output grid's pixel centres.
+        rows = (np.arange(result.shape[0]) + 0.5) / scale
+        cols = (np.arange(result.shape[1]) + 0.5) / scale
+        truth = ((cols[None] - xs.mean() - 0.5) ** 2 + (rows[:, None] - ys.mean() - 0.5) ** 2
+                 < mask.sum() / np.pi)
+        assert dice(result.masks()[0], truth) > 0.97, scale
+
+
+def test_trained_model_finds_the_object(trained_tiny):
+    session = _session(trained_tiny)
+    image, mask = _scene(60, 100, seed=99)
+    session.set_image(image)
+    ys, xs = np.nonzero(mask)
+    result = session.predict([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]])
+    found = result.masks()[0]
+    assert dice(found, mask) > 0.5
+    # Its centre is where the object is, not somewhere else in the box.
+    fy, fx = np.nonzero(found)
+    assert abs(fx.mean() - xs.mean()) < 5 and abs(fy.mean() - ys.mean()) < 5
+
+
+def test_grid_points_region_and_point_queries_agree(trained_tiny):
+    session = _session(trained_tiny)
+    image, mask = _scene(60, 100, seed=5)
+    session.set_image(image)
+    box = [50.0, 10.0, 95.0, 50.0]
+    full = session.predict([box], scale=2.0, adaptive=False)
+    # A region on the same 2x grid: rows 20..60 and cols 120..180 of the full result.
+    region = session.predict([box], region=(10.0, 60.0, 30.0, 90.0), out_shape=(40, 60),
+                             adaptive=False)
+    crop = (slice(20, 60), slice(120, 180))
+    # Same points, same dropout networks: the same uncertainty everywhere...
+    np.testing.assert_allclose(region.uncertainty[0, 0], full.uncertainty[0, 0][crop], atol=1e-6)
+    # ...and the same probability wherever neither query refined the point (top-K is
+    # taken per query set, so the two refine different points).
+    same = ~region.refined[0] & ~full.refined[0][crop]
+    assert same.mean() > 0.8
+    np.testing.assert_allclose(region.prob[0, 0][same], full.prob[0, 0][crop][same], atol=1e-5)
+    # Points at those pixel centres, in image coordinates.
+    pts = np.array([[60.25, 10.25], [75.75, 20.25], [89.75, 29.75]])
+    got = session.predict_points(box, pts)["uncertainty"][0]
+    expected = full.uncertainty[0, 0, [20, 40, 59], [120, 151, 179]]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_many_boxes_labels_and_polygons(trained_tiny):
+    session = _session(trained_tiny)
+    image, mask = _scene(60, 100, seed=7)
+    session.set_image(image)
+    ys, xs = np.nonzero(mask)
+    tight = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    result = session.predict([tight, [0, 0, 20, 20]])
+    labels = result.labels()
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    assert dice(labels == 1, mask) > 0.5  # a tiny model, seconds of training
+    polys = boundary_polygons(result)[0]
+    assert polys, "no boundary found"
+    # Boundaries sit on the mask's edge, in image coordinates (pixel edges at integers).
+    found = result.masks()[0]
+    fy, fx = np.nonzero(found)
+    vertices = np.concatenate(polys)
+    assert fx.min() - 0.01 <= vertices[:, 1].min() <= fx.min() + 1.01
+    assert fx.max() - 0.01 <= vertices[:, 1].max() <= fx.max() + 1.01
+    assert fy.min() - 0.01 <= vertices[:, 0].min() <= fy.min() + 1.01
+    assert result.uncertainty is not None and result.uncertainty.shape == result.prob.shape
+
+
+def test_adaptive_matches_dense(trained_tiny):
+    session = _session(trained_tiny)
+    image, mask = _scene(120, 200, seed=11)
+    session.set_image(image)
+    ys, xs = np.nonzero(mask)
+    box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    for scale in (0.64, 1.92, 4.48):  # 128, 384 and 896 columns
+        adaptive = session.predict([box], scale=scale, adaptive=True)
+        dense = session.predict([box], scale=scale, adaptive=False)
+        assert dice(adaptive.masks()[0], dense.masks()[0]) >= 0.995, scale
+        # Where adaptive evaluation computed a point, its uncertainty is the dense one.
+        exact = adaptive.evaluated[0]
+        assert 0 < exact.mean() < 0.6, scale  # the work followed the boundary
+        np.testing.assert_allclose(adaptive.uncertainty[0, 0][exact],
+                                   dense.uncertainty[0, 0][exact], atol=1e-5)
+
+
+def test_cache_and_precompute(trained_tiny):
+    session = _session(trained_tiny, cache_bytes=1 << 20)
+    volume = np.stack([_scene(64, 64, seed=s)[0][..., 0] for s in range(5)])
+    done = session.precompute([lambda z=z: volume[z] for z in range(5)], keys=list(range(5)))
+    assert done == 5 and len(session.cache) == 5
+    session.set_image(volume[2], key=2)
+    assert session.cache.hits == 1
+    stops = iter([False, True])
+    assert session.precompute([volume[0], volume[1], volume[2]], keys=[10, 11, 12],
+                              should_stop=lambda: next(stops, True)) == 1
+
+
+def test_base_sam_mode_and_bad_boxes():
+    session = SegmentationSession(build_model("tiny"), device="cpu")
+    assert session.mode == "sam"  # no adapter loaded: SAM's own decoder
+    session.set_image(_scene()[0])
+    result = session.predict([[10, 10, 50, 40]], scale=0.5)
+    assert result.mode == "sam" and result.uncertainty is None and result.prob.shape == (1, 1, 30, 50)
+    with pytest.raises(ValueError, match="outside"):
+        session.predict([[150, 10, 170, 40]])
+    with pytest.raises(ValueError, match="inverted"):
+        session.predict([[50, 10, 10, 40]])
+    with pytest.raises(ValueError, match="scale"):
+        session.predict([[10, 10, 50, 40]], scale=20)
+    with pytest.raises(RuntimeError, match="set_image"):
+        SegmentationSession(build_model("tiny"), device="cpu").predict([[0, 0, 5, 5]])
+
+
+def test_segment_command(trained_tiny, tmp_path, capsys):
+    from PIL import Image
+
+    image, mask = _scene(60, 100, seed=3)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    ys, xs = np.nonzero(mask)
+    box = f"{xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1}"
+    out = tmp_path / "a_mask.tif"
+    args = ["segment", str(tmp_path / "a.png"), "--box", box, "--out", str(out), "--model",
+            trained_tiny, "--device", "cpu", "--uncertainty", str(tmp_path / "u.tif"),
+            "--polygons", str(tmp_path / "p.json"), "--scale", "2"]
+    assert main(args) == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (120, 200) and dice(labels == 1, np.kron(mask, np.ones((2, 2)))) > 0.5
+    assert tifffile.imread(tmp_path / "u.tif").dtype == np.float32
+    assert json.loads((tmp_path / "p.json").read_text())["objects"][0]["id"] == 1
+    before = out.read_bytes()
+    assert main(args) == 2 and "exists" in capsys.readouterr().err  # no silent overwrite
+    assert out.read_bytes() == before
+    assert main(["segment", str(tmp_path / "a.png"), "--box", "5,5,2,2", "--out",
+                 str(tmp_path / "b.tif"), "--model", trained_tiny]) == 2
+    assert "inverted" in capsys.readouterr().err
+    tifffile.imwrite(tmp_path / "vol.tif", np.zeros((3, 40, 40), np.int16))
+    assert main(["segment", str(tmp_path / "vol.tif"), "--box", "5,5,20,20", "--out",
+                 str(tmp_path / "c.tif"), "--model", trained_tiny]) == 2
+    assert "--slice" in capsys.readouterr().err
+    (tmp_path / "boxes.csv").write_text(f"image,x0,y0,x1,y1\na.png,{box}\n")
+    assert main(["segment", "--batch", str(tmp_path), "--boxes-file", str(tmp_path / "boxes.csv"),
+                 "--out-dir", str(tmp_path / "batch"), "--model", trained_tiny]) == 0
+    assert tifffile.imread(tmp_path / "batch" / "a_mask.tif").max() == 1
