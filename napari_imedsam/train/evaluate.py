@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..inference.session import SegmentationSession
 from ..model.modeling.imedsam import IMedSAM
-from ..model.predict import predict_box_grid
-from ..model.transforms import letterbox_image
 from . import metrics
 from .data import LabeledImage, box_of
 from .samples import sample_refs, targets_for
@@ -47,28 +46,28 @@ def evaluate_model(
     classes = model.config.num_classes
     refs = sample_refs(images, classes)
     rows: list[dict[str, Any]] = []
-    embeddings: dict[int, tuple[torch.Tensor, Any]] = {}
+    # Dense decoding: evaluation measures the model, not the adaptive approximation.
+    # A small cache: the objects of one image share its embedding.
+    session = SegmentationSession(model, device=device, mode="imedsam", precision="fp32",
+                                  cache_bytes=64 << 20, seed=seed, adaptive=False)
     shape = (label_size, label_size)
     for done, ref in enumerate(refs):
         item = images[ref.index]
-        if ref.index not in embeddings:
-            embeddings.clear()  # one image at a time: bounded memory
-            tensor, box_map = letterbox_image(item.image, model.config.input_size)
-            embeddings[ref.index] = (model.embed(tensor.to(device)), box_map)
-        embedding, box_map = embeddings[ref.index]
+        session.set_image(item.image, key=("evaluate", id(item)))
         targets = np.stack([metrics.resize_mask(t, shape) for t in targets_for(item, ref, classes)])
         union = targets.any(axis=0)
         if not union.any():
             continue  # the object vanished at this size (smaller than a label pixel)
         grid_box = np.asarray(box_of(union), dtype=np.float64)
         image_box = grid_box * np.array([item.image.shape[1], item.image.shape[0]] * 2) / label_size
-        result = predict_box_grid(model, embedding, box_map, image_box, shape,
-                                  generator=torch.Generator().manual_seed(seed))
+        height, width = item.image.shape[:2]
+        result = session.predict(image_box[None], region=(0.0, 0.0, height, width),
+                                 out_shape=shape)
         ellipse = metrics.ellipse_in_box(tuple(grid_box), shape)
         for k in range(targets.shape[0]):
             if classes > 1 and not targets[k].any():
                 continue
-            pred = result.prob[k] > 0.5
+            pred = result.prob[0, k] > 0.5
             row: dict[str, Any] = {"image": item.name, "object": ref.object_id or k + 1,
                                    "dice": metrics.dice(pred, targets[k]),
                                    "ellipse_dice": metrics.dice(ellipse, targets[k])}
