@@ -369,3 +369,21 @@ def test_kvasir_box_baselines_at_384():
         box_scores.append(dice(box_mask(box, gt.shape), gt))
     assert np.mean(ellipse_scores) == pytest.approx(0.840, abs=0.005)
     assert np.mean(box_scores) == pytest.approx(0.780, abs=0.005)
+
+
+def test_from_arrays_copies_and_checks():
+    from napari_imedsam.train.data import from_arrays
+
+    image = np.zeros((10, 12), np.uint16)
+    image[2:5, 3:6] = 900
+    labels = np.zeros((10, 12), np.uint8)
+    labels[2:5, 3:6] = 4
+    items = from_arrays([image], [labels], names=["slice_7"])
+    assert items[0].name == "slice_7" and items[0].image.shape == (10, 12, 3)
+    assert items[0].labels.dtype == np.int32 and items[0].labels.max() == 4
+    items[0].labels[:] = 0
+    assert labels.max() == 4  # the caller's array is untouched
+    with pytest.raises(ValueError, match="do not match"):
+        from_arrays([image], [labels[:5]])
+    with pytest.raises(ValueError, match="integers"):
+        from_arrays([image], [labels.astype(float)])

@@ -245,3 +245,29 @@ def test_segment_command(trained_tiny, tmp_path, capsys):
     assert main(["segment", "--batch", str(tmp_path), "--boxes-file", str(tmp_path / "boxes.csv"),
                  "--out-dir", str(tmp_path / "batch"), "--model", trained_tiny]) == 0
     assert tifffile.imread(tmp_path / "batch" / "a_mask.tif").max() == 1
+
+
+def test_demo_model_adaptive_agrees_with_dense_on_held_out_images():
+    """The issue's criterion: the shipped demo model, held-out synthetic images, output
+    sizes 128, 384 and 896: mask Dice >= 0.995; uncertainty equal where both computed."""
+    from napari_imedsam.model.loading import DEMO_PATH
+    from napari_imedsam.train.data import box_of
+    from napari_imedsam.train.synthetic import synthetic_sample
+
+    assert DEMO_PATH.is_file(), "the demo model must ship with the package"
+    session = SegmentationSession(load_model("demo"), device="cpu")
+    assert session.mode == "imedsam"
+    rng = np.random.default_rng(20261125)  # not a seed the demo was trained on
+    for kind in ("rgb", "ct"):
+        image, labels = synthetic_sample(rng, size=256, kind=kind)
+        session.set_image(image)
+        box = box_of(labels == 1)
+        for size in (128, 384, 896):
+            kw = dict(region=(0.0, 0.0, 256.0, 256.0), out_shape=(size, size))
+            adaptive = session.predict([box], adaptive=True, **kw)
+            dense = session.predict([box], adaptive=False, **kw)
+            score = dice(adaptive.masks()[0], dense.masks()[0])
+            assert score >= 0.995, (kind, size, score)
+            exact = adaptive.evaluated[0]
+            np.testing.assert_allclose(adaptive.uncertainty[0, 0][exact],
+                                       dense.uncertainty[0, 0][exact], atol=1e-5)

@@ -307,6 +307,33 @@ def load_ct_slices(ct_dir: str | Path) -> list[LabeledImage]:
     return items
 
 
+def from_arrays(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+) -> list[LabeledImage]:
+    """Training pairs handed over in memory (e.g. napari Image and Labels layers).
+
+    Images go through :func:`as_rgb_uint8`; labels must be integer arrays of the
+    image's height and width (each non-zero id is one object). The arrays are
+    copied, so training never touches the caller's data.
+    """
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} label images")
+    items = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        name = names[i] if names is not None else f"image_{i}"
+        rgb = as_rgb_uint8(image)
+        label = np.asarray(label)
+        if label.shape != rgb.shape[:2]:
+            raise ValueError(f"{name}: labels of shape {label.shape} do not match the image's "
+                             f"{rgb.shape[:2]}; give one 2D label image per 2D image")
+        if label.dtype.kind not in "biu":
+            raise ValueError(f"{name}: labels must be integers, got {label.dtype}")
+        items.append(LabeledImage(name, rgb.copy(), label.astype(np.int32)))
+    return items
+
+
 def object_ids(labels: np.ndarray) -> list[int]:
     """Sorted unique non-zero ids of a label image."""
     values = np.unique(np.asarray(labels))
