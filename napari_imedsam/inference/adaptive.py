@@ -105,13 +105,22 @@ def adaptive_decode(
     exact_unc = torch.zeros((k, *full))
     evaluated = torch.zeros(full, dtype=torch.bool)
 
+    # Dec_c's hidden layer of every evaluated point, kept for Dec_f (row index per point).
+    hidden_rows: list[torch.Tensor] = []
+    row_of = torch.full(full, -1, dtype=torch.long)
+    stored = 0
+
     def evaluate(node_r: torch.Tensor, node_c: torch.Tensor) -> None:
+        nonlocal stored
         for start in range(0, node_r.numel(), batch):
             r, c = node_r[start : start + batch], node_c[start : start + batch]
-            _, logits, unc = fast.coarse(points_of(r.numpy(), c.numpy()))
+            hidden, logits, unc = fast.coarse(points_of(r.numpy(), c.numpy()))
             exact_logit[:, r, c] = logits.T.float()
             exact_unc[:, r, c] = unc.T.float()
             evaluated[r, c] = True
+            hidden_rows.append(hidden)
+            row_of[r, c] = torch.arange(stored, stored + r.numel())
+            stored += r.numel()
 
     logit_map = torch.zeros((k, *full))
     unc_map = torch.zeros((k, *full))
@@ -157,11 +166,9 @@ def adaptive_decode(
         threshold = score.flatten().kthvalue(score.numel() - min(count, score.numel()) + 1).values
         refined = exact & (score >= threshold)
         ref_r, ref_c = refined.nonzero(as_tuple=True)
+        hidden_all = torch.cat(hidden_rows)
         for start in range(0, ref_r.numel(), batch):
             r, c = ref_r[start : start + batch], ref_c[start : start + batch]
-            points = points_of(r.numpy(), c.numpy())
-            # Dec_c's hidden layer again, for these few points: cheaper than keeping
-            # it for every evaluated point.
-            hidden, _, _ = fast.coarse(points)
-            final[:, r, c] = fast.fine(points, hidden).T.float()
+            hidden = hidden_all[row_of[r, c]]
+            final[:, r, c] = fast.fine(points_of(r.numpy(), c.numpy()), hidden).T.float()
     return AdaptiveMaps(logit_map, final, unc_map, exact, refined)
