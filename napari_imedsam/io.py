@@ -115,6 +115,9 @@ def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  #
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)  # mkstemp makes owner-only files; restore the usual mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
