@@ -82,7 +82,7 @@ def adaptive_decode(
     stride: int = 8,
     margin: float = 0.1,
     top_k_ratio: float = 0.125,
-    batch: int = 65536,
+    batch: int = 16384,
 ) -> AdaptiveMaps:
     """Decode an ``R x C`` grid adaptively.
 
