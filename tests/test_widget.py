@@ -1,0 +1,331 @@
+"""The Segment dock widget under pytest-qt + Xvfb, driven like an annotator would."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+from qtpy.QtCore import QSettings  # noqa: E402
+
+from napari_imedsam._widget import NO_UNCERTAINTY, SegmentWidget  # noqa: E402
+from napari_imedsam.model import build_model  # noqa: E402
+from napari_imedsam.train.data import LabeledImage  # noqa: E402
+from napari_imedsam.train.engine import TrainConfig, train  # noqa: E402
+from napari_imedsam.train.metrics import dice  # noqa: E402
+
+WAIT_MS = 120_000  # first request loads the model; the CPUs may be shared
+
+
+def _disc_scene(height: int, width: int, seed: int, centre=None, radius=None):
+    """A bright disc on a dark noisy background (RGB uint8) and its mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = centre if centre is not None else (rng.uniform(0.3, 0.6) * height,
+                                                rng.uniform(0.55, 0.8) * width)
+    r = radius if radius is not None else height * 0.2
+    mask = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 < r**2
+    image = rng.normal(40, 10, (height, width, 3))
+    image[mask] += 150
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def _two_discs(seed: int = 50, height: int = 64, width: int = 112):
+    """One RGB image with a disc in its left and one in its right third (and their masks)."""
+    rng = np.random.default_rng(seed)
+    c1 = (rng.uniform(0.35, 0.65) * height, rng.uniform(0.2, 0.32) * width)
+    c2 = (rng.uniform(0.35, 0.65) * height, rng.uniform(0.68, 0.8) * width)
+    r1, r2 = rng.uniform(10, 15, 2)
+    image, left = _disc_scene(height, width, seed, centre=c1, radius=r1)
+    other, right = _disc_scene(height, width, seed + 1000, centre=c2, radius=r2)
+    image[right] = other[right]
+    return image, left, right
+
+
+def _box_of(mask: np.ndarray, pad: int = 2) -> np.ndarray:
+    """A napari rectangle (4 x (row, col)) around ``mask`` with ``pad`` pixels to spare."""
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min() - pad, rows.max() + pad, cols.min() - pad, cols.max() + pad
+    return np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], dtype=float)
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory) -> str:
+    """The tiny variant trained for seconds on two-disc scenes (full scope): it finds
+    the discs of a held-out scene (Dice about 0.85)."""
+    items = []
+    for i in range(16):
+        image, left, right = _two_discs(seed=i)
+        items.append(LabeledImage(f"s{i}", image, (left + 2 * right).astype(np.int32)))
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    cfg = TrainConfig(mode="full", epochs=12, batch_size=4, points_per_sample=512,
+                      val_label_size=48, device="cpu", precision="fp32", augment=False,
+                      lr_base=1e-3, lr_decoder=3e-3)
+    train(model, items[:14], items[14:], cfg, path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path):
+    """Keep QSettings in a temporary folder, not the user's config."""
+    fmt, scope = QSettings.Format.IniFormat, QSettings.Scope.UserScope
+    QSettings.setPath(QSettings.Format.NativeFormat, scope, str(tmp_path))
+    QSettings.setPath(fmt, scope, str(tmp_path))
+    yield
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during a test, as (severity, message)."""
+    seen: list[tuple[str, str]] = []
+
+    def grab(notification) -> None:  # noqa: ANN001
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def _open(viewer, model: str | None = None) -> SegmentWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    if model is not None:
+        widget.model_combo.setCurrentText(model)
+    return widget
+
+
+def _wait(qtbot, widget: SegmentWidget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def test_box_convention_and_checks():
+    """Rectangle corners are the centres of the outermost pixels to include."""
+    from napari_imedsam._segment_worker import box_from_vertices, check_image, plane_index
+
+    verts = np.array([[10, 5], [10, 15], [20, 15], [20, 5]], float)
+    assert box_from_vertices(verts, (64, 64)) == (5.0, 10.0, 16.0, 21.0)  # pixels 10..20 in
+    assert box_from_vertices(verts + 50, (64, 64)) == (55.0, 60.0, 64.0, 64.0)  # clipped
+    with pytest.raises(ValueError, match="outside"):
+        box_from_vertices(verts + 100, (64, 64))
+    with pytest.raises(ValueError, match="too small"):
+        box_from_vertices(np.array([[3.0, 3.0]] * 4), (64, 64))
+    assert plane_index(np.full(4, 2.2), 5) == 2
+    with pytest.raises(ValueError, match="several slices"):
+        plane_index(np.array([0.0, 0, 3, 3]), 5)
+    with pytest.raises(ValueError, match="outside the volume"):
+        plane_index(np.full(4, 7.0), 5)
+    check_image((8, 8, 4), rgb=True)
+    with pytest.raises(ValueError, match="split"):
+        check_image((2, 3, 8, 8), rgb=False)
+
+
+def test_widget_opens_from_manifest_with_layers_ready(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50, 3), np.uint8), name="photo", rgb=True)
+    widget = _open(viewer)
+    assert isinstance(widget, SegmentWidget)
+    assert widget.image_combo.currentText() == "photo"
+    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    assert boxes.mode == "add_rectangle" and viewer.layers.selection.active is boxes
+    assert masks.data.shape == (40, 50) and masks.data.max() == 0
+    # The image list follows the layer list.
+    viewer.add_image(np.zeros((8, 8)), name="other")
+    assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == [
+        "photo", "other"]
+    # Settings persist into the next widget.
+    widget.device_combo.setCurrentText("cpu")
+    widget.window_combo.setCurrentText("lung")
+    again = SegmentWidget(viewer)
+    assert again.device_combo.currentText() == "cpu" and again.window_combo.currentText() == "lung"
+    # ... and it reuses the boxes and masks layers rather than adding more.
+    assert again.boxes is boxes and again.masks is masks
+    assert [layer.name for layer in viewer.layers] == ["photo", "masks", "boxes", "other"]
+
+
+def test_boxes_give_masks_ids_uncertainty_and_undo(make_napari_viewer, qtbot, trained_tiny,
+                                                   notes):
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+
+    boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    assert dice(masks.data == 1, left) > 0.5, notes
+    assert set(np.unique(masks.data)) == {0, 1}
+    unc = viewer.layers["uncertainty"]
+    assert unc.data.shape == (64, 112) and unc.data.max() > 0
+    assert unc.blending == "additive" and unc.colormap.name == "inferno"
+    assert unc.contrast_limits[1] == pytest.approx(float(unc.data.max()))
+    widget.show_unc.setChecked(False)
+    assert not unc.visible
+    first = masks.data.copy()
+
+    # A second box gets the next id and leaves the first object alone.
+    boxes.add_rectangles(_box_of(right))
+    _wait(qtbot, widget)
+    assert dice(masks.data == 2, right) > 0.5
+    assert np.array_equal(masks.data == 1, first == 1)
+    assert list(boxes.features["object_id"]) == [1, 2]
+
+    # Undo (Ctrl+Z on the masks layer) restores the labels before the second box.
+    masks.undo()
+    assert np.array_equal(masks.data, first)
+    masks.redo()
+    assert dice(masks.data == 2, right) > 0.5
+
+    # Editing a box replaces its object: move box 1 off the disc into background.
+    moved = boxes.data[0] + np.array([0.0, 40.0])
+    boxes.data = [moved, boxes.data[1]]
+    _wait(qtbot, widget)
+    assert (masks.data == 2).sum() > 0  # untouched
+    assert dice(masks.data == 1, left) < 0.5  # the old pixels of object 1 are gone
+    masks.undo()  # one undo step brings the previous version back
+    assert np.array_equal(masks.data == 1, first == 1)
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
+def test_drawn_box_and_a_newer_request_supersedes(make_napari_viewer, qtbot, trained_tiny):
+    from napari.utils._test_utils import read_only_mouse_event
+    from napari.utils.interactions import (
+        mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks,
+    )
+
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    corners = _box_of(left)
+    # Drag a rectangle the way the mouse does it in add_rectangle mode.
+    mouse_press_callbacks(boxes, read_only_mouse_event(type="mouse_press", position=corners[0]))
+    mouse_move_callbacks(boxes, read_only_mouse_event(type="mouse_move", is_dragging=True,
+                                                      position=corners[2]))
+    mouse_release_callbacks(boxes, read_only_mouse_event(type="mouse_release",
+                                                         position=corners[2]))
+    assert len(boxes.data) == 1 and widget.busy
+    # Before that result arrives, the box is moved onto the other disc: the first
+    # result is stale and must never reach the labels.
+    boxes.data = [_box_of(right)]
+    _wait(qtbot, widget)
+    assert dice(masks.data == 1, right) > 0.5
+    assert not masks.data[left].any()
+    assert len(masks._undo_history) == 1  # the stale result wrote nothing
+
+
+def test_hotkeys_accept_and_clear(make_napari_viewer, qtbot, trained_tiny):
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    press = {str(k): f for k, f in boxes.keymap.items()}  # the layer's own hotkeys
+    assert {"Shift+A", "Shift+C", "Ctrl+Z"} <= set(press), press
+    press["Shift+A"](boxes)  # accept
+    assert bool(boxes.features["accepted"][0]) and boxes.mode == "add_rectangle"
+    assert np.allclose(boxes.edge_color[0], [0x9a / 255] * 3 + [1])
+    kept = masks.data.copy()
+    boxes.data = [boxes.data[0] + 5]  # accepted: editing it changes nothing
+    assert not widget.busy and np.array_equal(masks.data, kept)
+
+    boxes.add_rectangles(_box_of(right))
+    _wait(qtbot, widget)
+    assert (masks.data == 2).any()
+    press["Shift+C"](boxes)  # clear the current object: its pixels and its box go
+    assert len(boxes.data) == 1 and not (masks.data == 2).any()
+    assert np.array_equal(masks.data, kept)
+    press["Ctrl+Z"](boxes)  # clearing is undoable too, from the boxes layer
+    assert (masks.data == 2).any()
+
+
+def test_errors_notify_and_never_raise(make_napari_viewer, qtbot, notes, tmp_path):
+    viewer = make_napari_viewer()
+    image, left, _ = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, str(tmp_path / "missing.safetensors"))
+    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+
+    # A box outside the image: a warning, no request, no exception.
+    boxes.add_rectangles(np.array([[100, 200], [100, 250], [140, 250], [140, 200]], float))
+    assert not widget.busy
+    assert any(s == "warning" and "outside" in m for s, m in notes), notes
+
+    # A model that cannot load: an error that says what to do; nothing written.
+    boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    errors = [m for s, m in notes if s == "error"]
+    assert any("Could not load the model" in m and "Choose another" in m for m in errors), notes
+    assert masks.data.max() == 0 and len(boxes.data) == 2
+
+    # A 4D layer cannot be segmented: a warning naming what to do.
+    viewer.add_image(np.zeros((2, 3, 16, 16)), name="movie")
+    widget.image_combo.setCurrentText("movie")
+    assert any(s == "warning" and "split" in m for s, m in notes), notes
+    assert len(viewer.layers["boxes"].data) == 2  # no layer data lost
+
+
+def test_base_sam_mode_says_why_no_uncertainty(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    image, left, _ = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer)
+    torch.manual_seed(0)
+    widget.use_model(build_model("tiny"))  # no adapter: SAM's own decoder
+    viewer.layers["boxes"].add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    assert "uncertainty" not in viewer.layers
+    assert NO_UNCERTAINTY in widget.status.text()
+    assert any(NO_UNCERTAINTY in m for _, m in notes)
+
+
+def test_volume_box_applies_to_its_slice(make_napari_viewer, qtbot, trained_tiny):
+    viewer = make_napari_viewer()
+    image, left, _ = _two_discs()
+    volume = np.stack([np.full_like(image[..., 0], 40)] * 4)
+    volume[2] = image[..., 0]
+    viewer.add_image(volume, name="vol")
+    widget = _open(viewer, trained_tiny)
+    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    assert boxes.ndim == 3 and masks.data.shape == (4, 64, 112)
+    viewer.dims.set_current_step(0, 2)
+    rect = _box_of(left)
+    boxes.add_rectangles(np.column_stack([np.full(4, 2.0), rect]))
+    _wait(qtbot, widget)
+    assert masks.data[[0, 1, 3]].max() == 0
+    assert dice(masks.data[2] == 1, left) > 0.5
+
+
+def test_sample_data_loads(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-imedsam", "ct")
+    viewer.open_sample("napari-imedsam", "rgb")
+    ct, rgb = viewer.layers["synthetic CT (HU)"], viewer.layers["synthetic endoscopy (RGB)"]
+    assert ct.data.shape == (256, 256) and ct.data.dtype == np.int16 and not ct.rgb
+    assert rgb.data.shape == (256, 256, 3) and rgb.rgb
+    assert ct.data.std() > 0 and rgb.data.std() > 0
+
+
+def test_screenshot_shows_the_mask_overlay(make_napari_viewer, qtbot, trained_tiny):
+    viewer = make_napari_viewer(show=True)
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    boxes = viewer.layers["boxes"]
+    boxes.add_rectangles([_box_of(left), _box_of(right)])
+    _wait(qtbot, widget)
+    viewer.layers["uncertainty"].visible = False
+    viewer.reset_view()
+    shot = viewer.screenshot("/tmp/widget_screenshot.png", canvas_only=True)
+    # The labels colour the discs: the canvas holds colours the grey-ish input lacks.
+    rgb = shot[..., :3].astype(int)
+    saturated = (rgb.max(axis=-1) - rgb.min(axis=-1)) > 60
+    assert saturated.mean() > 0.01
