@@ -115,6 +115,8 @@ def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  #
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         umask = os.umask(0)  # mkstemp makes owner-only files; restore the usual mode
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

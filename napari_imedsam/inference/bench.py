@@ -101,7 +101,6 @@ def run_benchmark(device_name: str = "auto", repeats: int = 5,
 
             results["sam_prompt_ms"] = _median_ms(sam_prompt, repeats * 2, device)
             log(f"SAM prompt path: {results['sam_prompt_ms']:.1f} ms")
-        del model
 
     demo = load_model("demo", device=device)
     image, labels = synthetic_sample(np.random.default_rng(3), size=512, kind="rgb")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,21 +67,10 @@ def json_path(path: str | Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush to disk, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes owner-only files; give the usual permissions (umask applies).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``data`` in one step (see :func:`napari_imedsam.io.atomic_save`)."""
+    from ..io import atomic_save
+
+    atomic_save(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
 
 
 def save_adapter(
