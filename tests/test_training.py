@@ -19,7 +19,7 @@ from napari_imedsam.model.checkpoint import read_adapter
 from napari_imedsam.train.data import LabeledImage
 from napari_imedsam.train.engine import TrainConfig, train
 from napari_imedsam.train.losses import coarse_fine_weights, seg_loss
-from napari_imedsam.train.samples import SampleRef, make_sample, sample_refs
+from napari_imedsam.train.samples import make_sample, sample_refs
 
 
 def _disc_images(n: int, size: int = 64, seed: int = 0) -> list[LabeledImage]:
@@ -206,7 +206,6 @@ def test_two_process_data_parallel_gloo(tmp_path):
 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
-    from napari_imedsam.train.data import read_mask  # noqa: F401  (folder layout below)
     from PIL import Image
 
     root = tmp_path / "data"
