@@ -67,7 +67,6 @@ def _train(args: argparse.Namespace) -> int:
     from .train.engine import TrainConfig, train
 
     torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
                       points_per_sample=args.points, seed=args.seed, device=args.device,
                       precision=args.precision, augment=not args.no_augment,

@@ -16,7 +16,7 @@ from napari_imedsam.inference.session import SegmentationSession, boundary_polyg
 from napari_imedsam.model import build_model
 from napari_imedsam.model.loading import load_model
 from napari_imedsam.train.data import LabeledImage
-from napari_imedsam.train.engine import TrainConfig, train
+from conftest import train_tiny
 from napari_imedsam.train.metrics import dice
 
 
@@ -38,14 +38,7 @@ def trained_tiny(tmp_path_factory) -> str:
     for i in range(16):
         image, mask = _scene(64 + 8 * (i % 3), 64 + 16 * (i % 4), seed=i)
         items.append(LabeledImage(f"s{i}", image, mask.astype(np.int32)))
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    cfg = TrainConfig(mode="full", epochs=12, batch_size=4, points_per_sample=512,
-                      val_label_size=48, device="cpu", precision="fp32", augment=False,
-                      lr_base=1e-3, lr_decoder=3e-3)
-    train(model, items[:14], items[14:], cfg, path)
-    return str(path)
+    return train_tiny(items, tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def _session(path: str, **kw) -> SegmentationSession:

@@ -15,7 +15,7 @@ from qtpy.QtCore import QSettings  # noqa: E402
 from napari_imedsam._widget import NO_UNCERTAINTY, SegmentWidget  # noqa: E402
 from napari_imedsam.model import build_model  # noqa: E402
 from napari_imedsam.train.data import LabeledImage  # noqa: E402
-from napari_imedsam.train.engine import TrainConfig, train  # noqa: E402
+from conftest import train_tiny  # noqa: E402
 from napari_imedsam.train.metrics import dice  # noqa: E402
 
 WAIT_MS = 120_000  # first request loads the model; the CPUs may be shared
@@ -61,14 +61,7 @@ def trained_tiny(tmp_path_factory) -> str:
     for i in range(16):
         image, left, right = _two_discs(seed=i)
         items.append(LabeledImage(f"s{i}", image, (left + 2 * right).astype(np.int32)))
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    cfg = TrainConfig(mode="full", epochs=12, batch_size=4, points_per_sample=512,
-                      val_label_size=48, device="cpu", precision="fp32", augment=False,
-                      lr_base=1e-3, lr_decoder=3e-3)
-    train(model, items[:14], items[14:], cfg, path)
-    return str(path)
+    return train_tiny(items, tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 @pytest.fixture(autouse=True)

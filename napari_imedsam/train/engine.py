@@ -19,7 +19,7 @@ from torch import nn
 
 from ..model.build import set_trainable, trainable_parts
 from ..model.checkpoint import save_adapter
-from ..model.devices import autocast
+from ..model.devices import autocast, autocast_dtype, resolve_device
 from ..model.modeling.imedsam import IMedSAM
 from . import run_state
 from .augment import Augmenter
@@ -128,7 +128,7 @@ def train(
     ``resume`` continues a run from the files beside ``out``.
     """
     dist = init_distributed()
-    device = dist.device if dist.world > 1 else _device(cfg.device)
+    device = dist.device if dist.world > 1 else resolve_device(cfg.device)
     model.to(device)
     classes = model.config.num_classes
     refs = sample_refs(train_images, classes)
@@ -231,15 +231,7 @@ def train(
                        state.epochs_done, stopped, state.history)
 
 
-def _device(name: str) -> torch.device:
-    from ..model.devices import resolve_device
-
-    return resolve_device(name)
-
-
 def _uses_fp16(device: torch.device, precision: str) -> bool:
-    from ..model.devices import autocast_dtype
-
     return device.type == "cuda" and autocast_dtype(device, precision) == torch.float16
 
 

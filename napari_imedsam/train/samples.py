@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.transforms import Letterbox, letterbox_image
+from ..model.transforms import letterbox_image
 from .augment import Augmenter
 from .data import LabeledImage, box_of, jitter_box, object_ids
 
@@ -116,6 +116,3 @@ def collate(
         keys=keys,
     )
 
-
-def letterbox_for(item: LabeledImage, input_size: int) -> Letterbox:
-    return Letterbox(item.image.shape[0], item.image.shape[1], input_size)

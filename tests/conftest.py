@@ -1,0 +1,23 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from napari_imedsam.model import build_model
+from napari_imedsam.train.data import LabeledImage
+from napari_imedsam.train.engine import TrainConfig, train
+
+
+def train_tiny(items: list[LabeledImage], path: Path) -> str:
+    """The tiny variant trained from scratch for seconds on ``items`` (the last two
+    validate); returns the full-scope model file."""
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    cfg = TrainConfig(mode="full", epochs=12, batch_size=4, points_per_sample=512,
+                      val_label_size=48, device="cpu", precision="fp32", augment=False,
+                      lr_base=1e-3, lr_decoder=3e-3)
+    train(model, items[:-2], items[-2:], cfg, path)
+    return str(path)
