@@ -37,8 +37,10 @@ def set_feature(boxes: Shapes, row: int, name: str, value: Any) -> None:
 
 
 def _geometry(image: Image) -> dict[str, Any]:
-    """scale/translate that put a new layer exactly over ``image`` (spatial axes only)."""
-    return {"scale": tuple(image.scale), "translate": tuple(image.translate)}
+    """scale/translate (and units, e.g. mm) that put a new layer exactly over ``image``
+    (spatial axes only)."""
+    return {"scale": tuple(image.scale), "translate": tuple(image.translate),
+            "units": tuple(image.units)}
 
 
 def find_or_add_boxes(viewer: Any, image: Image, ndim: int) -> Shapes:
@@ -72,8 +74,11 @@ def find_or_add_masks(viewer: Any, image: Image, shape: tuple[int, ...]) -> Labe
     for layer in viewer.layers:
         if isinstance(layer, Labels) and layer.name == MASKS and layer.data.shape == shape:
             return layer
+    # The image's source geometry (a NIfTI affine) lets File > Save write the
+    # masks onto the source's voxel grid.
+    source = {k: v for k, v in image.metadata.items() if k == "imedsam_source"}
     return viewer.add_labels(np.zeros(shape, np.int32), name=MASKS, opacity=0.55,
-                             **_geometry(image))
+                             metadata=source, **_geometry(image))
 
 
 def assign_keys(boxes: Shapes) -> list[int]:

@@ -1,9 +1,16 @@
 """Reading images with their voxel spacing, and writing results atomically.
 
 PNG/JPEG (Pillow) and TIFF (tifffile) always; NIfTI with ``nibabel`` and DICOM
-with ``pydicom`` when those optional packages are installed. Arrays come back
+with ``pydicom`` when those optional packages are installed. Values come back
 as stored (Hounsfield units stay Hounsfield units) so that windowing happens
-where the user chooses it. Volumes are ``(Z, Y, X)``.
+where the user chooses it.
+
+Axis order: volumes are ``(Z, Y, X)`` in the radiological axial view, the way
+DICOM stores axial slices: slice index from inferior to superior, row 0 anterior
+(top of the screen), column 0 the patient's right (left of the screen). NIfTI
+volumes are reoriented into this view with their affine (axis permutations and
+flips only, never resampling: ``VIEW_AXCODES``), so every NIfTI looks the same
+way up whatever its storage order, and :func:`write_nifti` undoes it exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from pathlib import Path
 import numpy as np
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Anatomical direction in which each axis of a volume (Z, Y, X) increases:
+#: superior, posterior, left (nibabel's axis codes). Row 0 is anterior and
+#: column 0 the patient's right: the radiological axial view.
+VIEW_AXCODES = ("S", "P", "L")
 
 
 @dataclass
@@ -23,6 +34,9 @@ class LoadedImage:
     data: np.ndarray  # (H, W), (H, W, C) or (Z, Y, X)
     spacing: tuple[float, ...] | None  # per axis of ``data`` (mm), when known
     source: str
+    #: The NIfTI file's own affine (voxel -> RAS mm), kept so that results can
+    #: be written back on exactly the source's voxel grid.
+    affine: np.ndarray | None = None
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -37,28 +51,53 @@ def _optional(module: str, what: str):  # noqa: ANN202
                           f"pip install {module}") from None
 
 
+def _view_transform(affine: np.ndarray):  # noqa: ANN202
+    """nibabel orientation transform from a file's voxel axes to ``VIEW_AXCODES``."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    return ornt_transform(io_orientation(affine), axcodes2ornt(VIEW_AXCODES))
+
+
 def read_nifti(path: str | Path) -> LoadedImage:
+    """A NIfTI image: 3D (and 4D, time first) reoriented to the view; spacing in mm."""
     nib = _optional("nibabel", "NIfTI files")
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
     img = nib.load(str(path))
-    # NIfTI stores (X, Y, Z); napari and numpy code read (Z, Y, X).
     data = np.asarray(img.dataobj)
-    zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
-    data = np.transpose(data, tuple(reversed(range(data.ndim))))
-    return LoadedImage(np.ascontiguousarray(data), tuple(reversed(zooms)), str(path))
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if data.ndim < 3:
+        # A 2D NIfTI stores (X, Y); show it as (rows, cols) = (Y, X).
+        zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
+        return LoadedImage(np.ascontiguousarray(data.T), tuple(reversed(zooms)), str(path),
+                           affine)
+    transform = _view_transform(affine)
+    view = apply_orientation(data, transform)  # extra (time) axes stay last
+    view_affine = affine @ inv_ornt_aff(transform, data.shape[:3])
+    # Rounded: the header stores float32, and 0.7 should not read as 0.69999999.
+    spacing = tuple(round(float(v), 6) for v in np.sqrt((view_affine[:3, :3] ** 2).sum(axis=0)))
+    if view.ndim > 3:  # (Z, Y, X, T...) -> (T..., Z, Y, X), the order napari's sliders expect
+        view = np.moveaxis(view, tuple(range(3, view.ndim)), tuple(range(view.ndim - 3)))
+        spacing = (1.0,) * (view.ndim - 3) + spacing
+    return LoadedImage(np.ascontiguousarray(view), spacing, str(path), affine)
 
 
-def read_dicom(path: str | Path) -> LoadedImage:
-    """One DICOM file, or a folder holding one series (sorted by position)."""
+def read_dicom(path: str | Path | list[str | Path]) -> LoadedImage:
+    """One DICOM file, a list of files or a folder holding one series (sorted by position)."""
     pydicom = _optional("pydicom", "DICOM files")
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    if isinstance(path, (list, tuple)):
+        files = sorted(Path(p) for p in path)
+        path = files[0].parent if files else Path(".")
+    else:
+        path = Path(path)
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     slices = []
     for file in files:
         try:
             slices.append(pydicom.dcmread(str(file)))
         except Exception:  # noqa: BLE001  (not every file in a folder is DICOM)
             continue
-    slices = [s for s in slices if hasattr(s, "pixel_array")]
+    slices = [s for s in slices if "PixelData" in s]  # skips DICOMDIR, reports...
     if not slices:
         raise ValueError(f"no DICOM images found in {path}")
     slices.sort(key=lambda s: float(getattr(s, "ImagePositionPatient", [0, 0, 0])[2]))
@@ -100,6 +139,22 @@ def read_any(path: str | Path) -> LoadedImage:
         return LoadedImage(np.asarray(img), None, str(path))
 
 
+def free_path(path: str | Path) -> Path:
+    """``path`` if nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``...
+
+    Double suffixes such as ``.nii.gz`` stay whole.
+    """
+    path = Path(path)
+    if not path.exists():
+        return path
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    n = 2
+    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
+        n += 1
+    return candidate
+
+
 def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  # noqa: ANN001
     """Call ``write(tmp_path)`` then move the file into place in one step.
 
@@ -128,16 +183,93 @@ def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  #
 
 
 def write_tiff(path: str | Path, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
-               unit: str = "pixel", overwrite: bool = False) -> Path:
-    """A TIFF with X/Y resolution metadata (pixels per unit), written atomically."""
+               unit: str = "pixel", overwrite: bool = False,
+               spacing: tuple[float, ...] | None = None) -> Path:
+    """A TIFF with X/Y resolution metadata, written atomically.
+
+    In mm the resolution tags hold pixels per centimetre (the TIFF unit that
+    ImageJ/Fiji and other readers convert to mm); otherwise pixels per
+    ``unit`` with no TIFF unit. The JSON description (tifffile's shaped
+    metadata) also records ``unit``, ``spacing_yx`` and, for volumes, the
+    spacing of every axis.
+    """
     import tifffile
 
     def write(tmp: Path) -> None:
-        kwargs = {}
+        kwargs: dict = {}
         if pixel_size is not None:
             py, px = pixel_size
-            kwargs["resolution"] = (1.0 / px, 1.0 / py)
+            per = 10.0 if unit == "mm" else 1.0  # mm -> pixels per cm
+            kwargs["resolution"] = (per / px, per / py)
+            kwargs["resolutionunit"] = "CENTIMETER" if unit == "mm" else "NONE"
             kwargs["metadata"] = {"unit": unit, "spacing_yx": [py, px]}
+            if spacing is not None:
+                kwargs["metadata"]["spacing"] = [float(v) for v in spacing]
         tifffile.imwrite(tmp, data, **kwargs)
 
     return atomic_save(path, write, overwrite=overwrite)
+
+
+def write_png(path: str | Path, data: np.ndarray, *, overwrite: bool = False) -> Path:
+    """A 2D label image as PNG (8-bit when ids fit, else 16-bit), written atomically."""
+    from PIL import Image
+
+    if data.ndim != 2:
+        raise ValueError(f"PNG holds 2D images; this one has shape {data.shape}: use TIFF or NIfTI")
+    if data.min(initial=0) < 0 or data.max(initial=0) > 65535:
+        raise ValueError("PNG holds ids 0..65535: use TIFF for larger ids")
+    dtype = np.uint8 if data.max(initial=0) < 256 else np.uint16
+    image = Image.fromarray(np.ascontiguousarray(data.astype(dtype)))
+    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=overwrite)
+
+
+def write_nifti(path: str | Path, data: np.ndarray, *, spacing: tuple[float, ...] | None = None,
+                source_affine: np.ndarray | None = None, scale: float = 1.0,
+                grid_shape: tuple[int, ...] | None = None, overwrite: bool = False) -> Path:
+    """A 2D image or ``(Z, Y, X)`` volume in the view orientation as NIfTI, atomically.
+
+    With ``source_affine`` (the affine of the NIfTI the image came from) the
+    file lands on the source's voxel grid and axis order. ``scale`` says how
+    much finer than the image grid (``grid_shape``, the image's own shape)
+    the in-plane (Y, X) axes of ``data`` are. Without a source affine the
+    volume is stored in RAS order with ``spacing`` (mm, per axis of the image
+    grid) and origin 0.
+    """
+    nib = _optional("nibabel", "NIfTI files")
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    volume = np.asarray(data)
+    if volume.ndim == 2:
+        volume = volume[None]  # one axial slice
+    if volume.ndim != 3:
+        raise ValueError(f"NIfTI export takes 2D or 3D data, got shape {volume.shape}")
+    grid = tuple(grid_shape) if grid_shape is not None else volume.shape
+    grid = (1, *grid) if len(grid) == 2 else grid
+    view_ornt = axcodes2ornt(VIEW_AXCODES)
+    if source_affine is not None:
+        from nibabel.orientations import io_orientation
+
+        source_affine = np.asarray(source_affine, dtype=np.float64)
+        to_view = _view_transform(source_affine)
+        to_source = ornt_transform(view_ornt, io_orientation(source_affine))
+        source_shape = apply_orientation(np.empty(grid, np.uint8), to_source).shape
+        view_affine = source_affine @ inv_ornt_aff(to_view, source_shape)
+        target = io_orientation(source_affine)
+    else:
+        steps = [1.0, 1.0, 1.0, *(spacing or ())][-3:]
+        dz, dy, dx = (float(v) for v in steps)
+        # Columns: where one step along Z (superior), Y (posterior), X (left) goes in RAS mm.
+        view_affine = np.array([[0, 0, -dx, 0], [0, -dy, 0, 0], [dz, 0, 0, 0], [0, 0, 0, 1.0]])
+        target = axcodes2ornt(("R", "A", "S"))
+    if scale != 1.0:
+        # Fine pixel r' is centred at coarse coordinate (r' + 0.5) / scale - 0.5.
+        step, shift = 1.0 / scale, 0.5 / scale - 0.5
+        fine = np.diag([1.0, step, step, 1.0])
+        fine[1:3, 3] = shift
+        view_affine = view_affine @ fine
+    transform = ornt_transform(view_ornt, target)
+    out = apply_orientation(volume, transform)
+    affine = view_affine @ inv_ornt_aff(transform, volume.shape)
+    image = nib.Nifti1Image(np.ascontiguousarray(out), affine)
+    image.header.set_xyzt_units("mm")
+    return atomic_save(path, lambda tmp: nib.save(image, str(tmp)), overwrite=overwrite)

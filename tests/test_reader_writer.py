@@ -1,0 +1,200 @@
+"""The npe2 readers (NIfTI, DICOM) and the Labels writer, through napari's own calls."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import tifffile
+
+pytest.importorskip("napari")
+nib = pytest.importorskip("nibabel")
+pydicom = pytest.importorskip("pydicom")
+
+from napari.layers import Labels  # noqa: E402
+from napari.utils.notifications import notification_manager  # noqa: E402
+from PIL import Image as PILImage  # noqa: E402
+
+from napari_imedsam import _reader, io  # noqa: E402
+
+#: LPS storage (the DICOM convention, common in CT NIfTI), spacing 0.8 x 0.7 x 2.5 mm.
+LPS_AFFINE = np.array([[-0.8, 0, 0, 12.0], [0, -0.7, 0, -30.0], [0, 0, 2.5, 100.0],
+                       [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def notes():
+    seen: list[tuple[str, str]] = []
+
+    def grab(notification) -> None:  # noqa: ANN001
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def _volume(shape=(9, 8, 5), seed=0) -> np.ndarray:
+    """An (i, j, k) volume whose voxels are all distinct, so any flip shows."""
+    return np.random.default_rng(seed).permutation(np.prod(shape)).reshape(shape).astype(
+        np.int16) - 1000
+
+
+def _nifti(path, data, affine=LPS_AFFINE):
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+def test_nifti_reader_scale_and_radiological_view(tmp_path):
+    vol = _volume()
+    path = _nifti(tmp_path / "ct.nii.gz", vol)
+    reader = _reader.get_nifti_reader(str(path))
+    assert reader is not None
+    (data, kwargs, kind), = reader(str(path))
+    assert kind == "image" and kwargs["name"] == "ct"
+    assert kwargs["scale"] == pytest.approx((2.5, 0.7, 0.8))
+    assert kwargs["units"] == ("mm",) * 3
+    # LPS storage is already superior/posterior/left along k/j/i: only (i, j, k) -> (k, j, i).
+    assert np.array_equal(data, vol.transpose(2, 1, 0))
+    assert kwargs["contrast_limits"] == _reader.CT_CONTRAST  # HU data: a CT window
+    # The same voxels stored RAS come out the same way up (rows and columns flipped back).
+    ras = np.diag([0.8, 0.7, 2.5, 1.0])
+    path2 = _nifti(tmp_path / "ras.nii", vol[::-1, ::-1, :].copy(), ras)
+    (data2, kwargs2, _), = _reader.read_nifti_layers(str(path2))
+    assert np.array_equal(data2, data) and kwargs2["scale"] == pytest.approx((2.5, 0.7, 0.8))
+    # Not ours: other suffixes, several files.
+    assert _reader.get_nifti_reader(str(tmp_path / "x.tif")) is None
+    assert _reader.get_nifti_reader([str(path), str(path2)]) is None
+
+
+def test_viewer_opens_nifti_and_integer_segmentations_as_labels(make_napari_viewer, tmp_path):
+    vol = _volume()
+    image = _nifti(tmp_path / "case.nii.gz", vol)
+    seg = _nifti(tmp_path / "case_seg.nii.gz", (vol > 0).astype(np.uint8))
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(image), plugin="napari-imedsam")
+    assert layer.scale == pytest.approx((2.5, 0.7, 0.8)) and layer.data.shape == (5, 8, 9)
+    assert np.allclose(layer.metadata[_reader.SOURCE_KEY]["nifti_affine"], LPS_AFFINE)
+    [labels] = viewer.open(str(seg), plugin="napari-imedsam")
+    assert isinstance(labels, Labels)
+    assert np.array_equal(labels.data, (vol > 0).transpose(2, 1, 0))
+
+
+def _dicom_slice(path, pixels: np.ndarray, z: float) -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT image storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [0.7, 0.8]
+    ds.ImagePositionPatient = [0.0, 0.0, z]
+    ds.SliceThickness = 2.5
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_dicom_series_folder(make_napari_viewer, tmp_path):
+    rng = np.random.default_rng(1)
+    slices = [rng.integers(0, 2000, (6, 7)) for _ in range(3)]
+    folder = tmp_path / "series"
+    folder.mkdir()
+    # File names in reverse order of position: the reader sorts by position.
+    for i, (name, z) in enumerate((("a", 5.0), ("b", 2.5), ("c", 0.0))):
+        _dicom_slice(folder / f"{name}.dcm", slices[2 - i], z)
+    (folder / "notes.txt").write_text("not DICOM")
+    assert _reader.get_dicom_reader(str(folder)) is not None
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(folder), plugin="napari-imedsam")
+    assert layer.scale == pytest.approx((2.5, 0.7, 0.8))
+    assert np.allclose(layer.data, np.stack(slices) - 1024.0)  # HU, inferior slice first
+    # A folder of PNGs is not a DICOM series.
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    PILImage.fromarray(np.zeros((4, 4), np.uint8)).save(pngs / "x.png")
+    assert _reader.get_dicom_reader(str(pngs)) is None
+
+
+def test_readers_step_aside_without_the_optional_packages(monkeypatch, tmp_path, notes):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("nibabel", "pydicom") else real(name, *a))
+    assert _reader.get_nifti_reader(str(tmp_path / "a.nii.gz")) is None
+    assert _reader.get_dicom_reader(str(tmp_path / "a.dcm")) is None
+    messages = [m for _, m in notes]
+    assert any("pip install nibabel" in m for m in messages), notes
+    assert any("pip install pydicom" in m for m in messages), notes
+
+
+def _labels_layer(shape=(5, 8, 9), **kwargs) -> Labels:
+    data = np.zeros(shape, np.int32)
+    data[..., 2:5, 3:7] = 1
+    data[..., 6:, :2] = 300  # needs more than 8 bits
+    return Labels(data, **kwargs)
+
+
+def test_writer_tiff_png_with_spacing_and_no_overwrite(tmp_path, notes):
+    layer = _labels_layer(scale=(2.5, 0.7, 0.8), units="mm")
+    path = tmp_path / "masks.tif"
+    assert layer.save(str(path), plugin="napari-imedsam") == [str(path)]
+    with tifffile.TiffFile(path) as tif:
+        assert np.array_equal(tif.asarray(), layer.data)
+        page = tif.pages[0]
+        assert page.resolutionunit == tifffile.RESUNIT.CENTIMETER
+        assert page.resolution == pytest.approx((10 / 0.8, 10 / 0.7))  # pixels per cm
+        assert tif.shaped_metadata[0]["spacing"] == pytest.approx([2.5, 0.7, 0.8])
+    first = path.read_bytes()
+    # Saving again never replaces the file: the layer goes to the next free name.
+    layer.data[0, 0, 0] = 7
+    again = layer.save(str(path), plugin="napari-imedsam")
+    assert again == [str(tmp_path / "masks-2.tif")] and path.read_bytes() == first
+    assert tifffile.imread(again[0])[0, 0, 0] == 7
+    assert any("kept the existing masks.tif" in m for _, m in notes), notes
+
+    flat = _labels_layer((8, 9))
+    png = tmp_path / "flat.png"
+    flat.save(str(png), plugin="napari-imedsam")
+    assert np.array_equal(np.asarray(PILImage.open(png)), flat.data)
+    with tifffile.TiffFile(flat.save(str(tmp_path / "flat.tif"), plugin="napari-imedsam")[0]) as t:
+        assert t.pages[0].resolutionunit == tifffile.RESUNIT.NONE  # pixels, not inches
+    # A volume cannot go to PNG: napari reports it, nothing is written.
+    from napari_imedsam._writer import write_labels
+
+    with pytest.raises(ValueError, match="2D"):
+        write_labels(str(tmp_path / "vol.png"), layer.data, {"scale": layer.scale})
+    assert not (tmp_path / "vol.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "flat.png", "flat.tif", "masks-2.tif", "masks.tif"]  # no temporary files left
+
+
+def test_writer_nifti_round_trips_onto_the_source_grid(make_napari_viewer, tmp_path):
+    vol = _volume()
+    source = _nifti(tmp_path / "ct.nii.gz", vol)
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(source), plugin="napari-imedsam")
+    masks = viewer.add_labels((image.data > 0).astype(np.int32), scale=image.scale,
+                              metadata=dict(image.metadata), name="masks")
+    out = tmp_path / "masks.nii.gz"
+    assert masks.save(str(out), plugin="napari-imedsam") == [str(out)]
+    saved = nib.load(str(out))
+    assert np.allclose(saved.affine, LPS_AFFINE)  # the source's own voxel grid
+    assert np.array_equal(np.asarray(saved.dataobj), (vol > 0).astype(np.int16))
+    # Read back through our reader: the same labels in the same place.
+    (data, kwargs, _), = _reader.read_nifti_layers(str(out))
+    assert np.array_equal(data, masks.data) and kwargs["scale"] == pytest.approx(image.scale)
+    # Without source geometry: RAS with the layer's spacing, and still the same view.
+    plain = Labels(masks.data, scale=(2.5, 0.7, 0.8), units="mm")
+    out2 = tmp_path / "plain.nii"
+    plain.save(str(out2), plugin="napari-imedsam")
+    back = io.read_nifti(out2)
+    assert np.array_equal(back.data, masks.data)
+    assert back.spacing == pytest.approx((2.5, 0.7, 0.8))
