@@ -1,0 +1,350 @@
+"""Fine-tuning from the viewer, without Qt: samples from layer arrays, a held-out
+split, and the run itself with before/after Dice (names and files: ``adapter_store``).
+
+The Fine-tune dock widget (``_finetune_widget``) only gathers the user's choices
+and shows progress; everything that decides what trains, what is measured and
+where files go lives in these two modules, driven by plain callbacks, so it is tested (and
+scripted) without a display.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .adapter_store import publish_adapter
+from .train.data import LabeledImage, from_arrays, object_ids
+
+SLICE_MODES = ("labelled", "current", "range")
+
+
+class DataError(ValueError):
+    """The chosen layers cannot give training samples; the message says what to do."""
+
+
+# -- samples from layers ------------------------------------------------------------
+@dataclass
+class LayerPair:
+    """An image layer's data with the Labels layer that annotates it (plain arrays)."""
+
+    image_name: str
+    labels_name: str
+    image: Any  # array-like (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C)
+    labels: Any  # array-like (H, W) or (Z, H, W), integer ids
+    rgb: bool = False
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        shape = tuple(self.image.shape)
+        return shape[:-1] if self.rgb else shape
+
+
+@dataclass(frozen=True)
+class SliceChoice:
+    """Which slices of volumes train: those with labels, the one in view, or a range."""
+
+    mode: str = "labelled"
+    current: int = 0
+    start: int = 0
+    stop: int = 0  # inclusive, as people count slices
+
+    def __post_init__(self) -> None:
+        if self.mode not in SLICE_MODES:
+            raise ValueError(f"slice mode must be one of {SLICE_MODES}, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a sample came from, so the viewer can go back to it."""
+
+    pair: int
+    image_name: str
+    labels_name: str
+    plane: int | None  # slice of a volume, None for a 2D image
+
+
+@dataclass
+class Collected:
+    """Training images (one per 2D image or slice) and where each came from."""
+
+    items: list[LabeledImage] = field(default_factory=list)
+    origins: list[Origin] = field(default_factory=list)
+
+    @property
+    def objects(self) -> int:
+        return sum(len(object_ids(item.labels)) for item in self.items)
+
+
+def guess_image(labels_name: str, labels_index: int, labels_shape: tuple[int, ...],
+                images: Sequence[tuple[int, str, tuple[int, ...]]]) -> str | None:
+    """The image layer a Labels layer most likely annotates.
+
+    ``images`` are ``(layer index, name, spatial shape)``. Among images of the
+    labels' shape: the longest name the labels' name starts with ("scan" for
+    "scan masks"), else the nearest one below the labels in the layer list
+    (napari adds a new Labels layer above the image it was made for). With no
+    image of that shape, the first image (the table then shows the mismatch).
+    """
+    same = [im for im in images if tuple(im[2]) == tuple(labels_shape)]
+    if not same:
+        return images[0][1] if images else None
+    prefixed = [im for im in same if labels_name.startswith(im[1])]
+    if prefixed:
+        return max(prefixed, key=lambda im: len(im[1]))[1]
+    below = [im for im in same if im[0] < labels_index]
+    return (max(below, key=lambda im: im[0]) if below else same[0])[1]
+
+
+def check_pair(pair: LayerPair) -> None:
+    """Raise :class:`DataError` when the labels cannot annotate the image."""
+    spatial, labels = pair.spatial_shape, tuple(pair.labels.shape)
+    if labels != spatial:
+        raise DataError(
+            f"labels '{pair.labels_name}' {labels} do not match image '{pair.image_name}' "
+            f"{spatial}: choose the image these labels were drawn on")
+    if len(spatial) not in (2, 3):
+        raise DataError(f"image '{pair.image_name}' has {len(spatial)} spatial dimensions: "
+                        "use 2D images or 3D volumes")
+    if np.dtype(pair.labels.dtype).kind not in "biu":
+        raise DataError(f"'{pair.labels_name}' is not an integer label image")
+
+
+def planes_of(pair: LayerPair, choice: SliceChoice) -> list[int | None]:
+    """The planes of ``pair`` that hold labelled objects under ``choice``."""
+    if len(pair.spatial_shape) == 2:
+        return [None] if np.any(np.asarray(pair.labels)) else []
+    depth = pair.spatial_shape[0]
+    if choice.mode == "current":
+        wanted = [choice.current] if 0 <= choice.current < depth else []
+    elif choice.mode == "range":
+        wanted = list(range(max(0, choice.start), min(depth, choice.stop + 1)))
+    else:
+        wanted = list(range(depth))
+    # One slice at a time: lazy (dask, zarr) volumes are never read whole.
+    return [int(z) for z in wanted if np.any(np.asarray(pair.labels[z]))]
+
+
+def count(pair: LayerPair, choice: SliceChoice) -> tuple[int, int]:
+    """``(objects, slices)`` that ``pair`` gives; raises :class:`DataError` for a bad pair."""
+    check_pair(pair)
+    planes = planes_of(pair, choice)
+    objects = sum(len(object_ids(_plane(pair.labels, z))) for z in planes)
+    return objects, len(planes)
+
+
+def collect(pairs: Sequence[LayerPair], choice: SliceChoice,
+            window: str | None = None) -> Collected:
+    """One :class:`LabeledImage` per labelled 2D image or chosen slice (copies).
+
+    Images go through the same intensity path as segmentation
+    (:func:`~napari_imedsam.inference.intensity.to_encoder_rgb` with the CT
+    window), so the model trains on what it will later see.
+    """
+    from .inference.intensity import to_encoder_rgb
+
+    out = Collected()
+    for index, pair in enumerate(pairs):
+        check_pair(pair)
+        for z in planes_of(pair, choice):
+            name = pair.image_name if z is None else f"{pair.image_name} [slice {z}]"
+            image = _plane(pair.image, z)
+            grey = image.ndim == 2 or image.shape[-1] == 1
+            rgb = to_encoder_rgb(image, window if grey else None)
+            out.items.extend(from_arrays([rgb], [_plane(pair.labels, z)], [name]))
+            out.origins.append(Origin(index, pair.image_name, pair.labels_name, z))
+    if not out.items:
+        raise DataError(
+            "no labelled objects to train on: paint objects into a Labels layer (or segment "
+            "them with the Segment widget), tick its row, and for volumes check the slices")
+    return out
+
+
+def _plane(data: Any, z: int | None) -> np.ndarray:
+    return np.asarray(data if z is None else data[z])
+
+
+# -- held-out objects --------------------------------------------------------------
+@dataclass
+class Split:
+    train: list[LabeledImage]
+    val: list[LabeledImage]
+    note: str
+
+
+def split_validation(items: list[LabeledImage], share: float, seed: int = 0) -> Split:
+    """Hold out about ``share`` of the data for validation.
+
+    Whole images (slices) are held out when there are at least two, so no
+    held-out pixel is seen in training. A single image with several objects is
+    split by object instead (each sample's target is its own object, so the
+    others are background to it either way). A single object cannot be held
+    out: validation then uses the training object, and the note says so.
+    """
+    if share <= 0 or not items:
+        return Split(list(items), [], "validation on the training objects (no share held out)")
+    rng = np.random.default_rng(seed)
+    if len(items) >= 2:
+        n_val = min(len(items) - 1, max(1, round(share * len(items))))
+        order = rng.permutation(len(items))
+        held = set(order[:n_val].tolist())
+        return Split([x for i, x in enumerate(items) if i not in held],
+                     [x for i, x in enumerate(items) if i in held],
+                     f"{n_val} of {len(items)} images held out")
+    item = items[0]
+    ids = object_ids(item.labels)
+    if len(ids) < 2:
+        return Split(list(items), [], "validation on the training object (only one object)")
+    n_val = min(len(ids) - 1, max(1, round(share * len(ids))))
+    held_ids = sorted(rng.choice(ids, size=n_val, replace=False).tolist())
+    held = np.isin(item.labels, held_ids)
+    train = LabeledImage(item.name, item.image, np.where(held, 0, item.labels).astype(np.int32))
+    val = LabeledImage(f"{item.name} (held out)", item.image,
+                       np.where(held, item.labels, 0).astype(np.int32))
+    return Split([train], [val], f"{n_val} of {len(ids)} objects held out")
+
+
+# -- the run ----------------------------------------------------------------------------
+@dataclass
+class FinetuneJob:
+    """Everything a run needs; ``load_model`` returns a private copy to train."""
+
+    load_model: Callable[[], Any]
+    collect: Callable[[], list[LabeledImage]]
+    config: Any  # train.engine.TrainConfig
+    val_share: float
+    out_dir: Path
+    stem: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneOutcome:
+    adapter: Path | None = None
+    before: float | None = None
+    after: float | None = None
+    val_objects: int = 0
+    split_note: str = ""
+    steps: int = 0
+    epochs: int = 0
+    stopped: bool = False
+    model: Any = None
+    error: str | None = None
+
+    def summary(self) -> str:
+        """One line for the widget: Dice before and after, on which objects."""
+        if self.error:
+            return self.error
+        if self.adapter is None:
+            return "stopped before the first training step: nothing was saved"
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+        text = (f"validation Dice {fmt(self.before)} -> {fmt(self.after)} on {self.val_objects} "
+                f"objects ({self.split_note}); {self.steps} steps")
+        return text + (", stopped early" if self.stopped else "")
+
+
+def explain_error(exc: BaseException, device: str) -> str:
+    """A message that says what went wrong and what to do."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return (f"Fine-tuning ran out of memory on device '{device}': choose the quick mode, "
+                "fewer or smaller images, or device 'cpu'. Your layers were not changed.")
+    if isinstance(exc, DataError):
+        return f"Fine-tuning cannot start: {text}"
+    return f"Fine-tuning failed: {text}. Your layers were not changed."
+
+
+def mean_dice(model: Any, items: list[LabeledImage], label_size: int, device: Any,
+              seed: int = 0) -> float | None:
+    """Mean Dice over the objects of ``items``: the engine's validation protocol, so
+    the "before" number compares with the "after" one the engine measures."""
+    from .train.evaluate import evaluate_model
+
+    rows = evaluate_model(model, items, label_size=label_size, device=device,
+                          with_distances=False, seed=seed)
+    return float(np.mean([r["dice"] for r in rows])) if rows else None
+
+
+def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 on_status: Callable[[str], None] | None = None) -> FinetuneOutcome:
+    """Collect, split, measure, train, publish. Never raises: errors come back as text.
+
+    The engine writes its run files into a hidden folder beside the adapters;
+    only the best adapter is published (under a new name) and the folder is
+    removed, so a failed or stopped run leaves nothing half-written behind.
+    """
+    from .model.checkpoint import load_adapter
+    from .model.devices import resolve_device
+    from .train.engine import train
+
+    status = on_status or (lambda _text: None)
+    outcome = FinetuneOutcome()
+    run_dir: Path | None = None
+    cfg = job.config
+    try:
+        status("reading the training data...")
+        split = split_validation(job.collect(), job.val_share, cfg.seed)
+        outcome.split_note = split.note
+        status("loading the model...")
+        model = job.load_model()
+        device = resolve_device(cfg.device)
+        measured = split.val or split.train
+        outcome.val_objects = sum(len(object_ids(x.labels)) for x in measured)
+        status("measuring the starting model...")
+        outcome.before = mean_dice(model, measured, cfg.val_label_size, device, cfg.seed)
+
+        def progress(event: Any) -> None:
+            if event.kind == "step":
+                outcome.steps += 1
+            if on_progress is not None:
+                on_progress(event)
+
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=".run-", dir=job.out_dir))
+        extra = {**job.extra, "finetune": {**job.extra.get("finetune", {}),
+                                           "val_dice_before": outcome.before,
+                                           "split": split.note}}
+        status("training...")
+        result = train(model, split.train, split.val, cfg, run_dir / "adapter.safetensors",
+                       on_progress=progress, should_stop=should_stop, extra=extra)
+        outcome.stopped, outcome.epochs = result.stopped, result.epochs_done
+        if outcome.steps == 0 or result.adapter is None:
+            return outcome  # nothing learned: publishing a copy of the start would mislead
+        outcome.adapter = publish_adapter(result.adapter, job.out_dir, job.stem)
+        load_adapter(model, outcome.adapter)  # the best epoch's weights, and their hash
+        outcome.after, outcome.model = result.best_val_dice, model.eval()
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
+        outcome.error = explain_error(exc, cfg.device)
+    finally:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return outcome
+
+
+def time_left(elapsed_s: float, done_steps: int, total_steps: int,
+              budget_s: float | None = None) -> float | None:
+    """Seconds left, from the pace so far and capped by the time budget."""
+    remaining_budget = None if budget_s is None else max(0.0, budget_s - elapsed_s)
+    if done_steps <= 0:
+        return remaining_budget
+    estimate = max(0.0, elapsed_s / done_steps * (total_steps - done_steps))
+    return estimate if remaining_budget is None else min(estimate, remaining_budget)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"1 h 5 min"``, ``"2 min 10 s"``, ``"45 s"``; ``"?"`` when unknown."""
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s} s"
