@@ -16,6 +16,7 @@ only for tiny boxes and never cuts an object the user framed exactly.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,13 @@ def check_image(shape: tuple[int, ...], rgb: bool) -> None:
     spatial = spatial_shape(shape, rgb)
     if rgb and shape[-1] not in (3, 4):
         raise ValueError(f"an RGB layer needs 3 or 4 channels, this one has {shape[-1]}")
+    if not rgb and len(shape) == 3 and shape[-1] <= 4 and min(shape[:2]) >= 8:
+        # napari would show (W, C) as the image and H as a slider: boxes make no sense.
+        raise ValueError(
+            f"the layer {shape} looks like channels-last (H, W, C) data, which napari shows "
+            "with the channels as an image axis: open it with one layer per channel "
+            "(channel_axis=-1) or, for 3 channels, as RGB; a (C, H, W) stack also works "
+            "(each channel is then a plane on the slider)")
     if len(spatial) not in (2, 3):
         raise ValueError(
             f"the image has {len(spatial)} spatial dimensions {spatial}: choose a 2D image "
@@ -149,15 +157,18 @@ def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:
 class SessionHolder:
     """Keeps one loaded model (and its embedding cache) between requests.
 
-    Only the worker thread touches it, and the widget runs one worker at a
-    time, so no lock is needed. ``pinned`` lets a caller supply a model object
-    directly (scripts, tests) instead of a name.
+    Several workers use it (box requests, the zoom preview, volume
+    precompute and propagation), each in its own thread: ``lock`` must be
+    held while loading and for every set_image + predict pair, since the
+    session holds one current image. ``pinned`` lets a caller supply a model
+    object directly (scripts, tests) instead of a name.
     """
 
     def __init__(self) -> None:
         self._spec: ModelSpec | None = None
         self._session: Any = None
         self.pinned: Any = None  # an IMedSAM model that overrides the spec's name
+        self.lock = threading.RLock()
 
     def loaded(self, spec: ModelSpec) -> bool:
         """Whether ``spec`` is the model in memory (else the next request loads it)."""
@@ -195,12 +206,14 @@ def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Out
             note = " (downloads the weights on first use)" if spec.name in MODEL_CHOICES[1:] else ""
             yield f"loading model {spec.describe()}{note}..."
         try:
-            session = holder.session_for(spec)
+            with holder.lock:
+                session = holder.session_for(spec)
         except Exception as exc:  # noqa: BLE001
             return Outcome(request, error=explain(exc, spec, loading=True))
         yield f"segmenting box {request.box_key}..."
-        session.set_image(request.image, window=request.window)
-        result = session.predict(np.asarray([request.box]))
+        with holder.lock:
+            session.set_image(request.image, window=request.window)
+            result = session.predict(np.asarray([request.box]))
         mask = result.masks()[0]
         unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
         return Outcome(request, mask=mask, uncertainty=unc, mode=result.mode)
