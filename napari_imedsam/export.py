@@ -1,0 +1,350 @@
+"""Export: labels at the image grid or any scale, the uncertainty map, and a JSON record.
+
+No Qt and no napari here: the widget (``_widget_export``) gathers the layers
+into plain arrays and :class:`ObjectBox` lists, and tests call these functions
+directly.
+
+Labels at scale ``S`` (the paper's cross-resolution use). The implicit decoder
+is queried again on the ``S``-times finer grid, but the labels layer stays the
+truth about what the user wants, so for each object with a box:
+
+- ``D1`` = its mask decoded at the image grid (what the widget wrote),
+  ``DS`` = decoded at scale ``S``, ``L`` = the object's pixels in the labels;
+- pixels the user painted on (``L`` and not ``D1``) are kept, and pixels the
+  user erased (``D1``, now background) stay erased, both resampled nearest;
+- everywhere else the fine mask ``DS`` gives the sub-pixel boundary.
+
+An object nobody edited therefore comes out exactly as decoded at ``S``; an
+accepted or brush-corrected object keeps every correction (at grid
+resolution along the edited stretch). Ids without a box (painted by hand)
+are resampled nearest. Where objects claim the same fine pixel, the owner in
+the labels wins. At ``S = 1`` the labels are written as they are.
+
+The JSON record beside each export holds what reproduces the masks: the
+image, model and adapter (with SHA-256), CT window, scale, and per object its
+id, box (x0, y0, x1, y1 in pixel-edge coordinates of the image grid) and
+plane. :func:`reproduce` (and ``imedsam segment --from-export``) decodes the
+recorded boxes again and writes them in the listed order onto background.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, io
+
+FORMAT = "napari-imedsam export 1"
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
+BOX_CONVENTION = ("x0, y0, x1, y1 in pixel-edge coordinates of the image grid (pixel i spans "
+                  "[i, i + 1]); plane: index along the volume's first axis (null for 2D)")
+
+#: decode(plane, boxes (N, 4), scale) -> (masks (N, h, w) bool, uncertainty (h, w) or None)
+Decode = Callable[[int | None, np.ndarray, float], tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass(frozen=True)
+class ObjectBox:
+    """One object's prompt: its label id, its box and the slice it was drawn on."""
+
+    object_id: int
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 (pixel edges)
+    plane: int | None = None
+    accepted: bool = False
+
+
+@dataclass
+class ExportedLabels:
+    """Labels (and uncertainty) on the export grid, with what happened to each object."""
+
+    labels: np.ndarray
+    uncertainty: np.ndarray | None
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fine_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The output grid of ``SegmentationSession.predict(scale=...)`` for an image grid."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def resample_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a 2D map by pixel centres (no library needed:
+    each output pixel takes the input pixel its centre falls in)."""
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * values.shape[0] / shape[0]).astype(int),
+                      values.shape[0] - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * values.shape[1] / shape[1]).astype(int),
+                      values.shape[1] - 1)
+    return values[np.ix_(rows, cols)]
+
+
+def session_decoder(session: Any, data: Any, window: Any = None,
+                    lock: Any = None) -> Decode:
+    """A :data:`Decode` over an inference session and the image (2D, RGB or a volume).
+
+    ``lock`` (e.g. the widget's session lock) is held for each set_image +
+    predict pair, since the session holds one current image.
+    """
+    guard = lock if lock is not None else contextlib.nullcontext()
+
+    def decode(plane: int | None, boxes: np.ndarray, scale: float):  # noqa: ANN202
+        image = np.asarray(data if plane is None else data[plane])
+        with guard:
+            session.set_image(image, window=window)
+            result = session.predict(np.asarray(boxes, dtype=np.float64), scale=scale)
+        unc = None if result.uncertainty is None else result.uncertainty.max(axis=(0, 1))
+        return result.masks(), unc
+
+    return decode
+
+
+def _planes(labels: np.ndarray) -> list[int | None]:
+    return [None] if labels.ndim == 2 else list(range(labels.shape[0]))
+
+
+def _compose(shape: tuple[int, int], masks: list[tuple[int, np.ndarray]],
+             owner: np.ndarray | None) -> np.ndarray:
+    """Write masks in order onto background; where several claim a pixel, ``owner``
+    (the labels resampled to this grid) decides when it is one of them."""
+    out = np.zeros(shape, np.int32)
+    for object_id, mask in masks:
+        out[mask & (out == 0)] = object_id
+    if owner is not None:
+        for object_id, mask in masks:
+            out[mask & (owner == object_id)] = object_id
+    return out
+
+
+def labels_at_scale(labels: np.ndarray, objects: Sequence[ObjectBox], scale: float,
+                    decode: Decode | None, *,
+                    on_plane: Callable[[int, int], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> ExportedLabels:
+    """The labels on the image grid times ``scale`` (in-plane; slices stay slices).
+
+    ``decode`` may be None at ``scale == 1``, where the labels are returned as
+    they are. ``on_plane(done, total)`` reports progress; ``should_stop()``
+    returning True raises InterruptedError between planes.
+    """
+    steps = iter_labels_at_scale(labels, objects, scale, decode)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if on_plane is not None:
+            on_plane(done, total)
+        if should_stop is not None and should_stop():
+            steps.close()
+            raise InterruptedError("export cancelled")
+
+
+def iter_labels_at_scale(labels: np.ndarray, objects: Sequence[ObjectBox], scale: float,
+                         decode: Decode | None) -> Generator[tuple[int, int], None, ExportedLabels]:
+    """:func:`labels_at_scale` as a generator that yields ``(planes done, planes)``
+    (a thread worker forwards these as progress and can stop between them)."""
+    labels = np.asarray(labels)
+    if scale == 1.0:
+        info = [{"id": o.object_id, "plane": o.plane, "source": "labels"} for o in objects]
+        return ExportedLabels(labels.astype(np.int32, copy=True), None, info)
+    if decode is None:
+        raise ValueError("labels at another scale need the model (a decode function)")
+    planes = _planes(labels)
+    fine = fine_shape(labels.shape[-2:], scale)
+    out = np.zeros((*labels.shape[:-2], *fine), np.int32)
+    unc_out: np.ndarray | None = None
+    info: list[dict[str, Any]] = []
+    for done, plane in enumerate(planes, 1):
+        grid = labels if plane is None else labels[plane]
+        here = [o for o in objects if o.plane == plane and o.object_id > 0]
+        present = set(np.unique(grid).tolist()) - {0}
+        if here or present:
+            owner = resample_nearest(grid, fine)
+            masks: list[tuple[int, np.ndarray]] = []
+            if here:
+                boxes = np.array([o.box for o in here], dtype=np.float64)
+                coarse, _ = decode(plane, boxes, 1.0)
+                sharp, unc = decode(plane, boxes, scale)
+                if unc is not None:
+                    if unc_out is None:
+                        unc_out = np.zeros(out.shape, np.float32)
+                    (unc_out if plane is None else unc_out[plane])[...] = unc
+                for obj, d1, ds in zip(here, coarse, sharp):
+                    mine = grid == obj.object_id
+                    added, removed = mine & ~d1, d1 & ~mine & (grid == 0)
+                    mask = (ds & ~resample_nearest(removed, fine)) | resample_nearest(added, fine)
+                    masks.append((obj.object_id, mask))
+                    info.append({"id": obj.object_id, "plane": plane,
+                                 "source": "decoded+edits" if added.any() or removed.any()
+                                 else "decoded",
+                                 "painted_pixels": int(added.sum()),
+                                 "erased_pixels": int(removed.sum())})
+            for object_id in sorted(present - {o.object_id for o in here}):
+                masks.append((object_id, owner == object_id))
+                info.append({"id": int(object_id), "plane": plane, "source": "labels"})
+            target = out if plane is None else out[plane]
+            target[...] = _compose(fine, masks, owner)
+        yield done, len(planes)
+    return ExportedLabels(out, unc_out, info)
+
+
+def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
+    """Decode the recorded boxes again: labels on the record's grid and scale."""
+    shape = tuple(record["image"]["shape"])
+    scale = float(record["scale"])
+    fine = fine_shape(shape[-2:], scale)
+    out = np.zeros((*shape[:-2], *fine), np.int32)
+    by_plane: dict[int | None, list[dict[str, Any]]] = {}
+    for obj in record["objects"]:
+        if obj.get("box") is not None:
+            by_plane.setdefault(obj.get("plane"), []).append(obj)
+    for plane, objs in by_plane.items():
+        masks, _ = decode(plane, np.array([o["box"] for o in objs], np.float64), scale)
+        target = out if plane is None else out[plane]
+        target[...] = _compose(fine, [(int(o["id"]), m) for o, m in zip(objs, masks)], None)
+    return out
+
+
+# -- files -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportTarget:
+    """The files one export writes: labels, optional uncertainty, and the JSON record."""
+
+    labels: Path
+    uncertainty: Path | None
+    record: Path
+
+    def paths(self) -> list[Path]:
+        return [p for p in (self.labels, self.uncertainty, self.record) if p is not None]
+
+
+def _split_name(path: Path) -> tuple[str, str]:
+    name = path.name
+    for suffix in LABEL_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)], name[-len(suffix):]
+    raise ValueError(f"{name}: export labels as {', '.join(LABEL_SUFFIXES)}")
+
+
+def targets_for(path: str | Path, with_uncertainty: bool) -> ExportTarget:
+    """``NAME.EXT`` -> labels ``NAME.EXT``, ``NAME_uncertainty.tif``, ``NAME.json``."""
+    path = Path(path)
+    stem, _ = _split_name(path)
+    return ExportTarget(path, path.with_name(f"{stem}_uncertainty.tif") if with_uncertainty
+                        else None, path.with_name(f"{stem}.json"))
+
+
+def free_targets(path: str | Path, with_uncertainty: bool) -> ExportTarget:
+    """:func:`targets_for` with ``NAME-2``, ``NAME-3``... until none of the files exist."""
+    path = Path(path)
+    stem, suffix = _split_name(path)
+    target, n = targets_for(path, with_uncertainty), 2
+    while any(p.exists() for p in target.paths()):
+        target = targets_for(path.with_name(f"{stem}-{n}{suffix}"), with_uncertainty)
+        n += 1
+    return target
+
+
+@dataclass
+class Geometry:
+    """Physical grid of the image the labels belong to."""
+
+    shape: tuple[int, ...]  # spatial shape of the image grid
+    spacing: tuple[float, ...]  # per spatial axis (mm, or 1.0 per pixel)
+    unit: str = "pixel"  # "mm" or "pixel"
+    nifti_affine: np.ndarray | None = None  # when the image came from a NIfTI file
+
+
+def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[str, Any],
+                 geometry: Geometry, scale: float, *, overwrite: bool = False) -> list[Path]:
+    """Write the labels, the uncertainty (float32 TIFF) and the JSON record (last, so
+    a record always describes complete files). Each file is atomic; nothing is
+    replaced unless ``overwrite``."""
+    labels = exported.labels
+    name = target.labels.name.lower()
+    if name.endswith(".png") and labels.ndim != 2:
+        raise ValueError("PNG holds 2D images: export this volume as TIFF or NIfTI")
+    if not overwrite:
+        taken = [p for p in target.paths() if p.exists()]
+        if taken:
+            raise FileExistsError(f"{', '.join(p.name for p in taken)} already exist(s)")
+    spacing = tuple(geometry.spacing)
+    fine = (*spacing[:-2], spacing[-2] / scale, spacing[-1] / scale)
+    written: list[Path] = []
+    if name.endswith((".tif", ".tiff")):
+        dtype = np.uint16 if labels.max(initial=0) < 65536 else np.int32
+        written.append(io.write_tiff(target.labels, labels.astype(dtype), pixel_size=fine[-2:],
+                                     unit=geometry.unit, spacing=fine, overwrite=overwrite))
+    elif name.endswith(".png"):
+        written.append(io.write_png(target.labels, labels, overwrite=overwrite))
+    else:
+        written.append(io.write_nifti(target.labels, labels, spacing=spacing,
+                                      source_affine=geometry.nifti_affine, scale=scale,
+                                      grid_shape=geometry.shape, overwrite=overwrite))
+    if target.uncertainty is not None and exported.uncertainty is not None:
+        written.append(io.write_tiff(target.uncertainty, exported.uncertainty.astype(np.float32),
+                                     pixel_size=fine[-2:], unit=geometry.unit, spacing=fine,
+                                     overwrite=overwrite))
+    files = {"labels": target.labels.name,
+             "uncertainty": target.uncertainty.name if len(written) > 1 and target.uncertainty
+             else None}
+    text = json.dumps({**record, "files": files}, indent=2) + "\n"
+    written.append(io.atomic_save(target.record, lambda tmp: tmp.write_text(text),
+                                  overwrite=overwrite))
+    return written
+
+
+def model_info(name: str, adapter: str | None, device: str) -> dict[str, Any]:
+    """Which weights made the masks, with hashes (files are hashed, not loaded)."""
+    from .model.weights import REGISTRY, sha256_file
+
+    info: dict[str, Any] = {"name": name, "adapter": adapter, "device": device,
+                            "model_sha256": None, "adapter_sha256": None}
+    model_file = Path(__file__).resolve().parent / "resources" / "demo.safetensors" \
+        if name == "demo" else Path(name).expanduser()
+    if name in REGISTRY:
+        info["model_sha256"] = REGISTRY[name].sha256
+    elif model_file.is_file():
+        info["model_sha256"] = sha256_file(model_file)
+    if adapter and Path(adapter).expanduser().is_file():
+        info["adapter_sha256"] = sha256_file(Path(adapter).expanduser())
+    return info
+
+
+def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | None,
+                 scale: float, objects: Sequence[ObjectBox], exported: ExportedLabels,
+                 intensity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON record: enough to know how the masks were made and to make them again."""
+    from .inference.intensity import parse_window
+
+    how = {(d["id"], d["plane"]): d for d in exported.objects}
+    listed = []
+    for o in sorted(objects, key=lambda o: (o.object_id, -1 if o.plane is None else o.plane)):
+        entry = {"id": o.object_id, "plane": o.plane, "box": [float(v) for v in o.box],
+                 "accepted": o.accepted}
+        extra = how.get((o.object_id, o.plane), {})
+        entry.update({k: v for k, v in extra.items() if k not in ("id", "plane")})
+        listed.append(entry)
+    # Ids painted by hand (no box): the export holds them, the boxes cannot remake them.
+    unboxed = set(np.unique(exported.labels).tolist()) - {0} - {o.object_id for o in objects}
+    parsed = parse_window(window)
+    return {
+        "format": FORMAT,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "napari_imedsam_version": __version__,
+        "image": image,
+        "model": model,
+        "window": window,
+        "window_width_level": list(parsed) if parsed is not None else None,
+        "intensity": intensity or {},
+        "scale": float(scale),
+        "shape": list(exported.labels.shape),
+        "box_convention": BOX_CONVENTION,
+        "objects": listed,
+        "ids_without_box": sorted(int(i) for i in unboxed),
+    }

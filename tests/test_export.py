@@ -1,0 +1,161 @@
+"""Export: labels at any scale, uncertainty, the JSON record; pure functions, the
+Segment widget's Export section, and ``imedsam segment --from-export``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_imedsam import export as ex
+
+
+# -- pure: a fake decoder that draws the disc inscribed in each box at any scale ----------
+def _disc_decoder(calls: list | None = None) -> ex.Decode:
+    def decode(plane, boxes, scale):  # noqa: ANN001, ANN202
+        if calls is not None:
+            calls.append((plane, scale))
+        h, w = ex.fine_shape((40, 60), scale)
+        yy, xx = (np.mgrid[:h, :w] + 0.5) / scale  # pixel centres in image coordinates
+        masks = []
+        for x0, y0, x1, y1 in boxes:
+            cy, cx, r = (y0 + y1) / 2, (x0 + x1) / 2, min(x1 - x0, y1 - y0) / 2
+            masks.append((yy - cy) ** 2 + (xx - cx) ** 2 < r**2)
+        unc = np.full((h, w), 0.25 * scale, np.float32)
+        return np.array(masks), unc
+
+    return decode
+
+
+BOXES = [ex.ObjectBox(1, (4.0, 6.0, 20.0, 22.0)), ex.ObjectBox(2, (30.0, 10.0, 50.0, 30.0))]
+
+
+def _grid_labels(decode: ex.Decode, objects=BOXES) -> np.ndarray:
+    """What the widget would have written: each object decoded at scale 1, in order."""
+    masks, _ = decode(None, np.array([o.box for o in objects]), 1.0)
+    labels = np.zeros((40, 60), np.int32)
+    for o, m in zip(objects, masks):
+        labels[m & (labels == 0)] = o.object_id
+    return labels
+
+
+def test_nearest_resampling_and_shapes():
+    a = np.arange(6).reshape(2, 3)
+    assert np.array_equal(ex.resample_nearest(a, (4, 6)), np.kron(a, np.ones((2, 2), int)))
+    assert np.array_equal(ex.resample_nearest(np.kron(a, np.ones((2, 2), int)), (2, 3)), a)
+    assert ex.fine_shape((40, 60), 2.5) == (100, 150) and ex.fine_shape((3, 3), 0.25) == (1, 1)
+
+
+def test_scale_one_keeps_the_labels_as_they_are():
+    labels = _grid_labels(_disc_decoder())
+    labels[0, 0] = 9  # a hand-painted id: kept
+    out = ex.labels_at_scale(labels, BOXES, 1.0, None)
+    assert np.array_equal(out.labels, labels) and out.labels is not labels
+
+
+def test_scale_two_decodes_again_and_keeps_brush_edits():
+    decode = _disc_decoder()
+    labels = _grid_labels(decode)
+    fine_truth, _ = decode(None, np.array([o.box for o in BOXES]), 2.0)
+    # Untouched objects: exactly the fine decode.
+    out = ex.labels_at_scale(labels, BOXES, 2.0, decode)
+    assert out.labels.shape == (80, 120)
+    assert np.array_equal(out.labels == 1, fine_truth[0])
+    assert np.array_equal(out.labels == 2, fine_truth[1])
+    assert [o["source"] for o in out.objects] == ["decoded", "decoded"]
+    assert out.uncertainty.shape == (80, 120) and out.uncertainty.max() == pytest.approx(0.5)
+
+    # Brush corrections: paint a square onto object 1, erase a bit of object 2, and
+    # paint a new id by hand (no box).
+    edited = labels.copy()
+    edited[30:34, 2:6] = 1
+    erased = (edited == 2) & (np.arange(60)[None, :] >= 45)
+    edited[erased] = 0
+    edited[36:39, 55:58] = 7
+    out = ex.labels_at_scale(edited, BOXES, 2.0, decode)
+    up = ex.resample_nearest(edited, (80, 120))
+    assert (out.labels[60:68, 4:12] == 1).all()  # the painted square, as 2 x 2 blocks
+    assert not (out.labels[ex.resample_nearest(erased, (80, 120))] == 2).any()
+    assert np.array_equal(out.labels == 7, up == 7)
+    # Away from the edits, object 2 still has its fine boundary.
+    keep = ~ex.resample_nearest(erased, (80, 120))
+    assert np.array_equal((out.labels == 2) & keep, fine_truth[1] & keep)
+    how = {o["id"]: o for o in out.objects}
+    assert how[1]["source"] == "decoded+edits" and how[1]["painted_pixels"] == 16
+    assert how[2]["erased_pixels"] == int(erased.sum()) and how[7]["source"] == "labels"
+
+
+def test_volume_only_planes_with_objects_are_decoded_and_stop_works():
+    calls: list = []
+    decode = _disc_decoder(calls)
+    vol = np.zeros((4, 40, 60), np.int32)
+    vol[2] = _grid_labels(_disc_decoder())
+    objects = [ex.ObjectBox(o.object_id, o.box, 2) for o in BOXES]
+    out = ex.labels_at_scale(vol, objects, 2.0, decode)
+    assert out.labels.shape == (4, 80, 120) and not out.labels[[0, 1, 3]].any()
+    assert {c[0] for c in calls} == {2} and out.labels[2].max() == 2
+    with pytest.raises(InterruptedError):
+        ex.labels_at_scale(vol, objects, 2.0, decode, should_stop=lambda: True)
+
+
+def test_reproduce_from_the_record_gives_the_same_labels(tmp_path):
+    decode = _disc_decoder()
+    labels = _grid_labels(decode)
+    for scale in (1.0, 2.0):
+        exported = ex.labels_at_scale(labels, BOXES, scale, decode)
+        record = ex.build_record(image={"shape": [40, 60]}, model={"name": "fake"}, window=None,
+                                 scale=scale, objects=BOXES, exported=exported)
+        record = json.loads(json.dumps(record))  # what a reader of the file gets
+        assert np.array_equal(ex.reproduce(record, decode), exported.labels)
+    assert record["objects"][0] == {"id": 1, "plane": None, "box": [4.0, 6.0, 20.0, 22.0],
+                                    "accepted": False, "source": "decoded",
+                                    "painted_pixels": 0, "erased_pixels": 0}
+    assert record["ids_without_box"] == []
+
+
+def test_files_read_back_equal_with_resolution_and_no_overwrite(tmp_path):
+    decode = _disc_decoder()
+    exported = ex.labels_at_scale(_grid_labels(decode), BOXES, 2.0, decode)
+    geometry = ex.Geometry((40, 60), (0.5, 0.8), "mm")
+    record = ex.build_record(image={"shape": [40, 60]}, model={"name": "fake"},
+                             window="abdomen", scale=2.0, objects=BOXES, exported=exported)
+    target = ex.targets_for(tmp_path / "case.tif", with_uncertainty=True)
+    written = ex.write_export(target, exported, record, geometry, 2.0)
+    assert [p.name for p in written] == ["case.tif", "case_uncertainty.tif", "case.json"]
+    with tifffile.TiffFile(target.labels) as tif:
+        assert np.array_equal(tif.asarray(), exported.labels)
+        assert tif.pages[0].resolution == pytest.approx((10 / 0.4, 10 / 0.25))  # px per cm
+    unc = tifffile.imread(target.uncertainty)
+    assert unc.dtype == np.float32 and np.array_equal(unc, exported.uncertainty)
+    saved = json.loads(target.record.read_text())
+    assert saved["files"] == {"labels": "case.tif", "uncertainty": "case_uncertainty.tif"}
+    assert saved["window_width_level"] == [400.0, 40.0] and saved["scale"] == 2.0
+    for key in ("created", "napari_imedsam_version", "model", "box_convention", "objects"):
+        assert key in saved
+    # Nothing is replaced: the same export again fails before writing anything...
+    before = target.labels.read_bytes()
+    with pytest.raises(FileExistsError):
+        ex.write_export(target, exported, record, geometry, 2.0)
+    assert target.labels.read_bytes() == before
+    # ... and a free name is one where none of the three files exists.
+    (tmp_path / "case-2.json").write_text("{}")
+    assert ex.free_targets(tmp_path / "case.tif", True).labels.name == "case-3.tif"
+    # PNG holds 2D only.
+    with pytest.raises(ValueError, match="2D"):
+        ex.write_export(ex.targets_for(tmp_path / "v.png", False),
+                        ex.ExportedLabels(np.zeros((2, 4, 4), np.int32), None), record,
+                        geometry, 1.0)
+    assert not (tmp_path / "v.png").exists()
+
+
+def test_model_info_hashes_the_files(tmp_path):
+    from napari_imedsam.model.weights import REGISTRY, sha256_file
+
+    adapter = tmp_path / "a.safetensors"
+    adapter.write_bytes(b"not really an adapter")
+    info = ex.model_info("demo", str(adapter), "cpu")
+    assert info["adapter_sha256"] == sha256_file(adapter)
+    assert len(info["model_sha256"]) == 64
+    assert ex.model_info("vit_b", None, "cpu")["model_sha256"] == REGISTRY["vit_b"].sha256
