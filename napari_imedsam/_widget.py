@@ -104,6 +104,11 @@ class SegmentWidget(QWidget):
         """Segment with an already built model object (scripts, tests) instead of a name."""
         self._holder.pinned = model
 
+    @property
+    def pinned_model(self) -> Any:
+        """The model given to :meth:`use_model`, or None when the settings name it."""
+        return self._holder.pinned
+
     def set_status(self, text: str) -> None:
         self.status.setText(text)
 

@@ -1,0 +1,484 @@
+"""The Fine-tune dock widget: train an adapter on the viewer's labels, use it at once.
+
+Flow: the table pairs each Labels layer with its image; Train collects the
+labelled objects (copies), measures the Segment widget's model on held-out
+objects, trains a private copy of it in a napari thread worker (progress and
+a live plot come back through a Qt signal), publishes the best adapter under
+a new name and points the Segment widget at it. "Suggest what to correct
+next" ranks the labelled slices by the model's uncertainty. The decisions
+live in the Qt-free ``finetune``, ``adapter_store`` and ``suggest`` modules.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Labels
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, QSettings, QTimer, Signal
+from qtpy.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from . import adapter_store as store
+from . import finetune as ft
+from ._finetune_pairs import PairsTable
+from ._finetune_suggest import SuggestBox
+from ._plot_widget import TrainingPlot
+from ._segment_worker import DEVICE_CHOICES, ModelSpec
+from ._widget_settings import settings as segment_settings
+
+MODES = {"quick: decoder only (CPU)": "decoder",
+         "adapters: LoRA + frequency + decoder (GPU)": "adapters"}
+START = ("the loaded adapter", "the base model (no adapter)")
+SLICES = {"slices with labels": "labelled", "the slice in view": "current", "a range": "range"}
+
+
+def settings() -> QSettings:
+    return QSettings("napari-imedsam", "finetune")
+
+
+class _Bridge(QObject):
+    """Carries engine callbacks from the worker thread to the GUI thread (queued)."""
+
+    event = Signal(object)
+    status = Signal(str)
+
+
+def load_start_model(name: str, adapter: str | None, pinned: Any) -> Any:
+    """A private copy of the model to train: the Segment widget keeps its own."""
+    if pinned is not None:
+        return copy.deepcopy(pinned)
+    from .model.loading import load_model
+
+    return load_model(name, adapter=adapter)
+
+
+class FinetuneWidget(QWidget):
+    """Dock widget: train on the viewer's labels, compare, and hand the result over."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        #: Set by scripts and tests; else the Segment widget is found among the docks.
+        self.segment_widget: Any = None
+        #: TrainConfig fields to override (tests use small numbers).
+        self.train_overrides: dict[str, Any] = {}
+        self.last_outcome: ft.FinetuneOutcome | None = None
+        self._worker: Any = None
+        self._stop = threading.Event()
+        self._bar: Any = None
+        self._bridge = _Bridge()
+        self._bridge.event.connect(self._on_event)
+        self._bridge.status.connect(self.set_status)
+        self._recount_timer = QTimer(self)
+        self._recount_timer.setSingleShot(True)
+        self._recount_timer.setInterval(300)  # painting fires many events: count once
+        self._recount_timer.timeout.connect(self.recount)
+        self._watched: weakref.WeakSet = weakref.WeakSet()  # layers whose events we follow
+        self._build_ui()
+        for signal in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
+                       self.viewer.layers.events.reordered):
+            signal.connect(self._on_layers_changed)
+        self._on_layers_changed()
+        self.refresh_adapters()
+
+    # -- UI --------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        self.pairs_table = PairsTable()
+        self.slice_combo = QComboBox()
+        self.slice_combo.addItems(list(SLICES))
+        self.slice_from, self.slice_to = QSpinBox(), QSpinBox()
+        for spin in (self.slice_from, self.slice_to):
+            spin.setRange(0, 100_000)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("optional: DIR with images/ and masks/")
+        self.data_summary = QLabel("")
+        self.data_summary.setWordWrap(True)
+        data = QFormLayout()
+        slices = QHBoxLayout()
+        for w in (self.slice_combo, QLabel("from"), self.slice_from, QLabel("to"), self.slice_to):
+            slices.addWidget(w)
+        data.addRow("volumes", slices)
+        data.addRow("folder", _with_button(self.folder_edit, "...", self._browse_folder))
+        data_box = _group("Training data", self.pairs_table, data, self.data_summary)
+
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(list(MODES))
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 1000)
+        self.epochs_spin.setValue(20)
+        self.minutes_spin = QDoubleSpinBox()
+        self.minutes_spin.setRange(0.0, 1440.0)
+        self.minutes_spin.setValue(10.0)
+        self.minutes_spin.setSpecialValueText("no limit")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.val_spin = QSpinBox()
+        self.val_spin.setRange(0, 50)
+        self.val_spin.setValue(20)
+        self.val_spin.setSuffix(" %")
+        self.start_combo = QComboBox()
+        self.start_combo.addItems(list(START))
+        self.out_edit = QLineEdit(str(settings().value("out_dir", str(store.default_adapter_dir()))))
+        form = QFormLayout()
+        form.addRow("mode", self.mode_combo)
+        form.addRow("epochs", self.epochs_spin)
+        form.addRow("time limit (min)", self.minutes_spin)
+        form.addRow("device", self.device_combo)
+        form.addRow("held out", self.val_spin)
+        form.addRow("start from", self.start_combo)
+        form.addRow("save to", _with_button(self.out_edit, "...", self._browse_out))
+        self.train_button, self.stop_button = QPushButton("Train"), QPushButton("Stop")
+        self.train_button.clicked.connect(self.start_training)
+        self.stop_button.clicked.connect(self.stop)
+        self.stop_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.stop_button)
+        self.plot = TrainingPlot()
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        train_box = _group("Training", form, buttons, self.plot, self.status, self.result_label)
+
+        self.adapter_combo = QComboBox()
+        use = QPushButton("Use")
+        use.clicked.connect(self.use_selected_adapter)
+        adapters = QHBoxLayout()
+        adapters.addWidget(self.adapter_combo, 1)
+        adapters.addWidget(use)
+        adapter_box = _group("Adapters", adapters)
+
+        self.suggest = SuggestBox(self)
+        layout = QVBoxLayout(self)
+        for box in (data_box, train_box, adapter_box, self.suggest):
+            layout.addWidget(box)
+        layout.addStretch(1)
+
+        self.pairs_table.changed.connect(self.recount)
+        self.slice_combo.currentTextChanged.connect(self._on_slice_mode)
+        for spin in (self.slice_from, self.slice_to):
+            spin.valueChanged.connect(lambda _v: self.recount())
+        self.folder_edit.editingFinished.connect(self.recount)
+        self.out_edit.editingFinished.connect(self._on_out_dir)
+        self.viewer.dims.events.current_step.connect(self._on_dims)
+        self._on_slice_mode()
+
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    @property
+    def busy(self) -> bool:
+        """True while training or ranking runs."""
+        return self._worker is not None or self.suggest.busy
+
+    # -- data ------------------------------------------------------------------------
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        for layer in self.viewer.layers:
+            if layer in self._watched:
+                continue
+            self._watched.add(layer)
+            layer.events.name.connect(self._on_layers_changed)
+            if isinstance(layer, Labels):
+                for emitter in (layer.events.paint, layer.events.data,
+                                layer.events.labels_update):
+                    emitter.connect(self._recount_soon)
+        self.pairs_table.sync(self.viewer)
+        self.recount()
+
+    def _recount_soon(self, _event: Any = None) -> None:
+        self._recount_timer.start()
+
+    def _on_slice_mode(self, *_: Any) -> None:
+        ranged = SLICES[self.slice_combo.currentText()] == "range"
+        self.slice_from.setEnabled(ranged)
+        self.slice_to.setEnabled(ranged)
+        self.recount()
+
+    def _on_dims(self, _event: Any) -> None:
+        if SLICES[self.slice_combo.currentText()] == "current":
+            self._recount_soon()
+
+    def slice_choice(self) -> ft.SliceChoice:
+        """The slices of volumes to train on, as chosen."""
+        step = self.viewer.dims.current_step
+        # Volumes are right-aligned in the viewer's dims: the slice axis is third from last.
+        current = int(step[-3]) if len(step) >= 3 else 0
+        return ft.SliceChoice(SLICES[self.slice_combo.currentText()], current,
+                              self.slice_from.value(), self.slice_to.value())
+
+    def recount(self) -> tuple[int, int, list[str]]:
+        """Update the table and the summary; returns (objects, slices, problems)."""
+        objects, slices, problems = self.pairs_table.recount(self.viewer, self.slice_choice())
+        rows = len(self.pairs_table.used_rows())
+        text = f"{objects} objects on {slices} images/slices from {rows} Labels layer(s)"
+        folder = self.folder_edit.text().strip()
+        if folder:
+            text += f", plus the folder {Path(folder).name}"
+        if problems:
+            text += ". Problem: " + problems[0]
+        elif objects == 0 and not folder:
+            text += ". Paint or segment objects in a Labels layer and tick its row."
+        self.data_summary.setText(text)
+        return objects, slices, problems
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder with images/ and masks/")
+        if path:
+            self.folder_edit.setText(path)
+            self.recount()
+
+    def _browse_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder for new adapters")
+        if path:
+            self.out_edit.setText(path)
+            self._on_out_dir()
+
+    def _on_out_dir(self) -> None:
+        settings().setValue("out_dir", self.out_edit.text().strip())
+        self.refresh_adapters()
+
+    # -- the model the Segment widget uses ----------------------------------------------
+    def find_segment_widget(self) -> Any:
+        """The Segment widget of this viewer, if one is docked."""
+        if self.segment_widget is not None:
+            return self.segment_widget
+        from ._widget import SegmentWidget
+
+        for widget in self.viewer.window.dock_widgets.values():
+            if isinstance(widget, SegmentWidget):
+                return widget
+        return None
+
+    def model_source(self) -> tuple[ModelSpec, Any, str | None]:
+        """(spec, pinned model or None, CT window) of the Segment widget, or its stored
+        settings when it is not open."""
+        segment = self.find_segment_widget()
+        if segment is not None:
+            return segment.settings.spec(), segment.pinned_model, segment.settings.window()
+        s = segment_settings()
+        window = str(s.value("window", "none"))
+        return (ModelSpec(str(s.value("model", "demo")) or "demo",
+                          str(s.value("adapter", "")) or None, str(s.value("device", "auto"))),
+                None, None if window == "none" else window)
+
+    # -- training --------------------------------------------------------------------------
+    def start_training(self) -> None:
+        """Check the data, then train in a thread worker."""
+        if self.busy:
+            show_info("I-MedSAM: a run is in progress; stop it first")
+            return
+        try:
+            pairs = self.pairs_table.pairs(self.viewer)
+            objects, _slices, problems = self.recount()
+            if problems:
+                raise ft.DataError(problems[0])
+            folder = self.folder_edit.text().strip() or None
+            if folder is not None and not (Path(folder) / "images").is_dir():
+                raise ft.DataError(f"{folder} has no images/ folder (expected images/ and masks/)")
+            if objects == 0 and folder is None:
+                raise ft.DataError(
+                    "no labelled objects to train on: paint objects into a Labels layer (or "
+                    "segment them with the Segment widget) and tick its row in the table")
+        except ft.DataError as exc:
+            show_error(f"I-MedSAM: {exc}")
+            self.set_status(f"cannot train: {exc}")
+            return
+        spec, pinned, window = self.model_source()
+        adapter = spec.adapter if self.start_combo.currentText() == START[0] else None
+        # A decoder that is already trained must not have its positional encoding
+        # faded back in, nor its loss re-weighted from coarse-only: that would undo it.
+        trained = pinned is not None or adapter is not None or spec.name == "demo" \
+            or spec.name.endswith(".safetensors")
+        cfg = self._train_config(trained)
+        job = ft.FinetuneJob(
+            load_model=partial(load_start_model, spec.name, adapter, pinned),
+            collect=partial(_collect_all, pairs, self.slice_choice(), window, folder),
+            config=cfg, val_share=self.val_spin.value() / 100.0,
+            out_dir=Path(self.out_edit.text().strip() or store.default_adapter_dir()),
+            stem=store.adapter_stem(spec.name),
+            extra={"finetune": {"model": spec.name, "started_from": adapter, "mode": cfg.mode,
+                                "layers": [[p.image_name, p.labels_name] for p in pairs],
+                                "folder": folder}})
+        self._stop.clear()
+        self.plot.clear(cfg.epochs)
+        self.result_label.setText("")
+        worker = create_worker(ft.run_finetune, job, on_progress=self._bridge.event.emit,
+                               should_stop=self._stop.is_set, on_status=self._bridge.status.emit,
+                               _start_thread=False)
+        worker.returned.connect(partial(self._on_outcome, spec))
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._set_running(True)
+        worker.start()
+
+    def _train_config(self, trained_decoder: bool) -> Any:
+        from .train.engine import TrainConfig
+
+        minutes = self.minutes_spin.value()
+        fields: dict[str, Any] = dict(
+            mode=MODES[self.mode_combo.currentText()], epochs=self.epochs_spin.value(),
+            device=self.device_combo.currentText(), val_label_size=128,
+            time_budget_s=minutes * 60.0 if minutes > 0 else None)
+        if trained_decoder:
+            fields.update(coarse_to_fine_epochs=0.0, pe_warmup_epochs=0.0)
+        fields.update(self.train_overrides)
+        return TrainConfig(**fields)
+
+    def stop(self) -> None:
+        """End the run after the current step, keeping the best adapter so far."""
+        self._stop.set()
+        self.suggest.stop()
+        if self._worker is not None:
+            self.set_status("stopping after this step (the best adapter so far is kept)...")
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+
+    def _on_event(self, event: Any) -> None:
+        total = event.epochs * event.steps_per_epoch
+        if event.kind == "step":
+            done = event.epoch * event.steps_per_epoch + event.step
+            self.plot.add_loss(event.epoch + event.step / event.steps_per_epoch, event.loss)
+            if self._bar is None:
+                self._bar = progress(total=total, desc="I-MedSAM fine-tune")
+            left = ft.time_left(event.elapsed_s, done, total, self.train_config_budget())
+            text = (f"epoch {event.epoch + 1}/{event.epochs}, step {event.step}/"
+                    f"{event.steps_per_epoch}, loss {event.loss:.3f}, "
+                    f"about {ft.format_duration(left)} left")
+            self._bar.set_description(f"Fine-tune: {text}")
+            self._bar.update(1)
+            self.set_status(text)
+        elif event.kind == "epoch" and event.val_dice is not None:
+            self.plot.add_dice(event.epoch + 1, event.val_dice)
+            self.set_status(f"epoch {event.epoch + 1}: validation Dice {event.val_dice:.3f} "
+                            f"(best {event.best_val_dice:.3f})")
+
+    def train_config_budget(self) -> float | None:
+        minutes = self.minutes_spin.value()
+        return minutes * 60.0 if minutes > 0 else None
+
+    def _on_outcome(self, spec: ModelSpec, outcome: ft.FinetuneOutcome) -> None:
+        self.last_outcome = outcome
+        self.result_label.setText(outcome.summary())
+        if outcome.error:
+            show_error(f"I-MedSAM: {outcome.error}")
+            self.set_status("training failed")
+            return
+        if outcome.adapter is None:
+            show_warning("I-MedSAM: training stopped before its first step, so nothing was "
+                         "saved; press Train to start again")
+            self.set_status("stopped: nothing saved")
+            return
+        self.use_adapter(outcome.adapter, spec.name, outcome.model)
+        self.refresh_adapters(select=outcome.adapter)
+        note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"
+        if outcome.stopped:
+            note = "stopped; kept the best adapter so far. " + note
+        worse = outcome.before is not None and outcome.after is not None \
+            and outcome.after < outcome.before
+        if worse:
+            show_warning(f"I-MedSAM: {note}. It scores lower than the starting model: pick "
+                         "the earlier adapter under Adapters to go back, or add more labels.")
+        else:
+            show_info(f"I-MedSAM: {note}. The Segment widget uses it from the next box.")
+        self.set_status("done: " + note)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._set_running(False)
+
+    # -- adapters ------------------------------------------------------------------------
+    def refresh_adapters(self, select: Path | None = None) -> None:
+        """List the adapters in the output folder, newest first."""
+        self.adapter_combo.clear()
+        for info in store.list_adapters(self.out_edit.text().strip()):
+            self.adapter_combo.addItem(info.describe(), info)
+        if select is not None:
+            for i in range(self.adapter_combo.count()):
+                if self.adapter_combo.itemData(i).path == Path(select):
+                    self.adapter_combo.setCurrentIndex(i)
+
+    def use_selected_adapter(self) -> None:
+        """Give the Segment widget the adapter chosen in the list."""
+        info = self.adapter_combo.currentData()
+        if info is None:
+            show_info("I-MedSAM: no adapters yet in this folder; train one first")
+            return
+        self.use_adapter(info.path, info.model)
+        show_info(f"I-MedSAM: the Segment widget now uses {info.path.name}")
+
+    def use_adapter(self, path: Path, model_name: str | None, model: Any = None) -> None:
+        """Point the Segment widget (or its stored settings) at ``path``."""
+        segment = self.find_segment_widget()
+        if segment is None:
+            # Not open: the Segment widget reads these settings when it opens.
+            s = segment_settings()
+            if model_name:
+                s.setValue("model", model_name)
+            s.setValue("adapter", str(path))
+            return
+        if segment.pinned_model is not None:
+            if model is None:  # picked from the list: adapt a copy of the pinned model
+                from .model.checkpoint import load_adapter
+
+                model = copy.deepcopy(segment.pinned_model)
+                load_adapter(model, path)
+            segment.use_model(model)
+        if model_name:
+            segment.model_combo.setCurrentText(model_name)
+        segment.adapter_edit.setText(str(path))
+        segment.settings.save()
+        segment.set_status(f"using adapter {Path(path).name}")
+
+
+def _collect_all(pairs: list[ft.LayerPair], choice: ft.SliceChoice, window: str | None,
+                 folder: str | None) -> list:
+    """Samples from the layers plus the optional folder (runs in the worker)."""
+    from .train.data import load_folder
+
+    items = []
+    try:
+        items = ft.collect(pairs, choice, window).items
+    except ft.DataError:
+        if folder is None:
+            raise
+    if folder is not None:
+        items += load_folder(folder)
+    if not items:
+        raise ft.DataError("no labelled objects to train on")
+    return items
+
+
+def _group(title: str, *parts: Any) -> QGroupBox:
+    box = QGroupBox(title)
+    layout = QVBoxLayout(box)
+    for part in parts:
+        (layout.addLayout if not isinstance(part, QWidget) else layout.addWidget)(part)
+    return box
+
+
+def _with_button(field: QWidget, text: str, slot: Any) -> QWidget:
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QPushButton(text)
+    button.setMaximumWidth(30)
+    button.clicked.connect(slot)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box
