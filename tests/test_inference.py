@@ -264,3 +264,40 @@ def test_demo_model_adaptive_agrees_with_dense_on_held_out_images():
             exact = adaptive.evaluated[0]
             np.testing.assert_allclose(adaptive.uncertainty[0, 0][exact],
                                        dense.uncertainty[0, 0][exact], atol=1e-5)
+
+
+def test_fast_decoder_equals_the_model_with_and_without_an_extent():
+    """The inference decoder (BN folded, first layer factored through the sampling,
+    tables cropped to the points' extent) gives the model's own coarse logits,
+    uncertainty and fine logits, including at the map borders."""
+    from napari_imedsam.inference.fast_decoder import FastDecoder
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    for module in model.implicit_decoder.modules():  # non-trivial BatchNorm statistics
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        emb = model.embed(torch.rand(1, 3, 64, 64) * 255)
+        prompt = model.encode_prompt(emb, torch.tensor([[10.0, 12.0, 40.0, 50.0]]))
+    extent = (-0.3, -1.0, 1.0, 0.2)  # touches the left/top... and the right border
+    lo, hi = torch.tensor(extent[:2]), torch.tensor(extent[2:])
+    points = lo + (hi - lo) * torch.rand(500, 2)
+    points[:4] = torch.tensor([[extent[0], extent[1]], [extent[2], extent[3]],
+                               [extent[0], extent[3]], [extent[2], extent[1]]])
+    networks = model.implicit_decoder.coarse.sample_networks(4, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model.decode_points(prompt, points, generator=torch.Generator().manual_seed(1),
+                                  refine_mask=torch.ones(1, 500, dtype=torch.bool))
+        for fast in (FastDecoder(model, prompt, networks),
+                     FastDecoder(model, prompt, networks, extent=extent)):
+            hidden, logits, variance = fast.coarse(points)
+            torch.testing.assert_close(logits.T, ref.coarse_logits[0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(variance.T, ref.uncertainty[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(fast.fine(points, hidden).T, ref.logits[0],
+                                       atol=1e-4, rtol=1e-4)
+        cropped = FastDecoder(model, prompt, networks, extent=extent)
+        assert cropped.table.shape[0] < FastDecoder(model, prompt, networks).table.shape[0]
+        with pytest.raises(ValueError, match="extent"):
+            cropped.coarse(torch.tensor([[-0.9, 0.0]]))

@@ -33,6 +33,10 @@ from torch.nn import functional as F
 from .fast_decoder import FastDecoder
 
 
+#: The coarsest lattice stride, in output pixels.
+DEFAULT_STRIDE = 8
+
+
 @dataclass
 class AdaptiveMaps:
     """``(K, R, C)`` maps of one box; ``evaluated``/``refined`` are ``(R, C)``."""
@@ -74,12 +78,23 @@ def _cells_to_child_nodes(cells: torch.Tensor) -> torch.Tensor:
     return nodes
 
 
+def lattice_shape(shape: tuple[int, int], stride: int = DEFAULT_STRIDE) -> tuple[int, int]:
+    """The grid adaptive evaluation may query for an ``R x C`` output: padded so that
+    every level divides it exactly; the extra nodes lie just past the output (rows
+    ``R..``, columns ``C..``) and are cropped at the end."""
+    if stride < 1 or stride & (stride - 1):
+        raise ValueError(f"stride must be a power of two, got {stride}")
+    rows, cols = shape
+    n_cells = (max(1, math.ceil((rows - 1) / stride)), max(1, math.ceil((cols - 1) / stride)))
+    return n_cells[0] * stride + 1, n_cells[1] * stride + 1
+
+
 def adaptive_decode(
     fast: FastDecoder,
     points_of: Callable[[np.ndarray, np.ndarray], torch.Tensor],
     shape: tuple[int, int],
     *,
-    stride: int = 8,
+    stride: int = DEFAULT_STRIDE,
     margin: float = 0.1,
     top_k_ratio: float = 0.125,
     batch: int = 16384,
@@ -94,12 +109,8 @@ def adaptive_decode(
         margin: cells with a corner probability within ``margin`` of 0.5 are refined.
     """
     rows, cols = shape
-    if stride < 1 or stride & (stride - 1):
-        raise ValueError(f"stride must be a power of two, got {stride}")
-    # Pad the lattice so every level divides it exactly; the extra nodes lie just
-    # past the region and are cropped at the end.
-    n_cells = (max(1, math.ceil((rows - 1) / stride)), max(1, math.ceil((cols - 1) / stride)))
-    full = (n_cells[0] * stride + 1, n_cells[1] * stride + 1)
+    full = lattice_shape(shape, stride)
+    n_cells = ((full[0] - 1) // stride, (full[1] - 1) // stride)
     k = fast.classes
     exact_logit = torch.full((k, *full), float("nan"))
     exact_unc = torch.zeros((k, *full))
