@@ -86,10 +86,49 @@ def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
+def _from_export(args: argparse.Namespace) -> int:
+    """Make an export's masks again from its JSON record (napari widget's Export)."""
+    from .export import FORMAT, reproduce, session_decoder
+    from .inference.session import SegmentationSession
+    from .io import read_any, write_tiff
+    from .model.loading import load_model
+    from .model.weights import sha256_file
+
+    record = json.loads(Path(args.from_export).read_text())
+    if record.get("format") != FORMAT:
+        raise ValueError(f"{args.from_export} is not a napari-imedsam export record")
+    image_path = args.image or record["image"].get("path")
+    if not image_path:
+        raise ValueError("the record names no image file (the layer had none): give IMAGE")
+    if not args.out:
+        raise ValueError("give --out MASK.tif")
+    spec = record["model"]
+    adapter = spec.get("adapter")
+    if adapter and spec.get("adapter_sha256") and sha256_file(adapter) != spec["adapter_sha256"]:
+        raise ValueError(f"{adapter} is not the adapter the export used (its SHA-256 differs)")
+    loaded = read_any(image_path)
+    spatial = list(loaded.data.shape[:-1] if record["image"].get("rgb") else loaded.data.shape)
+    if spatial != list(record["image"]["shape"]):
+        raise ValueError(f"{image_path} has shape {spatial}, the export's image "
+                         f"{record['image']['shape']}")
+    session = SegmentationSession(load_model(spec["name"], adapter=adapter or None),
+                                  device=args.device)
+    labels = reproduce(record, session_decoder(session, loaded.data, record.get("window")))
+    spacing = record["image"].get("spacing") or [1.0, 1.0]
+    scale = float(record["scale"])
+    write_tiff(args.out, labels.astype("uint16"), unit=record["image"].get("unit", "pixel"),
+               pixel_size=(spacing[-2] / scale, spacing[-1] / scale), overwrite=args.overwrite)
+    print(json.dumps({"image": str(image_path), "objects": len(record["objects"]),
+                      "shape": list(labels.shape), "written": [str(args.out)]}, indent=2))
+    return 0
+
+
 def _segment(args: argparse.Namespace) -> int:
     from .inference.session import SegmentationSession
     from .model.loading import load_model
 
+    if args.from_export:
+        return _from_export(args)
     model = load_model(args.model, adapter=args.adapter, device="cpu")
     session = SegmentationSession(model, device=args.device)
     if args.batch:
@@ -137,6 +176,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--batch", type=Path, help="folder of images (batch mode)")
     s.add_argument("--boxes-file", type=Path, help="CSV image,x0,y0,x1,y1 (batch mode)")
     s.add_argument("--out-dir", type=Path, help="output folder (batch mode)")
+    s.add_argument("--from-export", type=Path, metavar="JSON",
+                   help="make the masks of a napari export again from its JSON record "
+                        "(its boxes, model, adapter, window and scale)")
     s.set_defaults(func=_segment)
 
     b = subparsers.add_parser("bench", help="time the encoder and box -> mask decoding")

@@ -24,6 +24,8 @@ from ._segment_worker import (
     Outcome, Request, SessionHolder, box_from_vertices, check_image, compose, crop_nonzero,
     plane_index, segment, spatial_shape, take_plane,
 )
+from ._widget_download import DownloadControls
+from ._widget_export import ExportControls
 from ._widget_settings import SettingsForm
 
 HELP = (
@@ -91,6 +93,10 @@ class SegmentWidget(QWidget):
         layout.addLayout(image_row)
         layout.addWidget(self.settings)
         layout.addLayout(buttons)
+        # Export and weights download: their own modules, hooked in here only.
+        self.export, self.downloads = ExportControls(self), DownloadControls(self._holder)
+        layout.addWidget(self.export)
+        layout.addWidget(self.downloads)
         layout.addWidget(self.status)
         layout.addWidget(help_label)
         layout.addStretch(1)
@@ -233,6 +239,8 @@ class SegmentWidget(QWidget):
         if self._worker is not None or not self._queue:
             return
         key = next(iter(self._queue))
+        if not self.downloads.ensure(self._queue[key].spec, self._start_next, self._drop_waiting):
+            return  # the model's weights download first, then this runs again
         request = self._queue.pop(key)
         worker = create_worker(segment, self._holder, request, _start_thread=False)
         worker.yielded.connect(self.set_status)
@@ -245,6 +253,14 @@ class SegmentWidget(QWidget):
         self._worker = None
         if self._queue:
             self._start_next()
+
+    def _drop_waiting(self, message: str) -> None:
+        """The model cannot be had (download cancelled or failed): forget the waiting
+        boxes, so that drawing or nudging them again retries."""
+        for key in self._queue:
+            self._last_box.pop(key, None)
+        self._queue.clear()
+        self.set_status(message)
 
     @property
     def busy(self) -> bool:

@@ -159,3 +159,175 @@ def test_model_info_hashes_the_files(tmp_path):
     assert info["adapter_sha256"] == sha256_file(adapter)
     assert len(info["model_sha256"]) == 64
     assert ex.model_info("vit_b", None, "cpu")["model_sha256"] == REGISTRY["vit_b"].sha256
+
+
+# -- the Segment widget's Export section (pytest-qt, the demo model) ---------------------
+def _ct_scene(size: int = 128, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic CT slice in HU (the demo model's kind of image) and its object."""
+    from napari_imedsam.train.synthetic import synthetic_sample
+
+    image, labels = synthetic_sample(np.random.default_rng(seed), size, "ct")
+    hu = np.rint(-160 + image[..., 0].astype(np.float32) / 255 * 400).astype(np.int16)
+    return hu, labels > 0
+
+
+def _rect(mask: np.ndarray, pad: int = 3) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min() - pad, rows.max() + pad, cols.min() - pad, cols.max() + pad
+    return np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from napari_imedsam.model.loading import load_model
+
+    return load_model("demo")
+
+
+@pytest.fixture
+def notes():
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[str, str]] = []
+
+    def grab(notification) -> None:  # noqa: ANN001
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+@pytest.fixture
+def segment(make_napari_viewer, qtbot, demo_model, tmp_path):
+    """open(path) -> (viewer, widget) with the demo model and the abdomen window."""
+    pytest.importorskip("pytestqt")
+    from qtpy.QtCore import QSettings
+
+    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path))
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path))
+
+    def open_(path, plugin=None):  # noqa: ANN001, ANN202
+        viewer = make_napari_viewer()
+        viewer.open(str(path), plugin=plugin)
+        _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+        widget.model_combo.setCurrentText("demo")
+        widget.window_combo.setCurrentText("abdomen")
+        widget.use_model(demo_model)
+        return viewer, widget
+
+    return open_
+
+
+def _wait(qtbot, widget) -> None:  # noqa: ANN001
+    qtbot.waitUntil(lambda: not widget.busy and not widget.export.busy, timeout=120_000)
+
+
+def test_widget_export_files_record_and_reproduction(segment, qtbot, tmp_path, notes):
+    from napari_imedsam.cli import main
+    from napari_imedsam.inference.session import SegmentationSession
+
+    hu, truth = _ct_scene()
+    tifffile.imwrite(tmp_path / "ct.tif", hu)
+    viewer, widget = segment(tmp_path / "ct.tif")
+    masks = viewer.layers["masks"]
+    viewer.layers["boxes"].add_rectangles(_rect(truth))
+    _wait(qtbot, widget)
+    assert (masks.data == 1).sum() > 100, notes
+
+    # Scale 1: the labels as they are, the uncertainty layer, and the record.
+    out = tmp_path / "exports" / "case.tif"
+    assert widget.export.export(out)
+    assert np.array_equal(tifffile.imread(out), masks.data)
+    unc = tifffile.imread(out.with_name("case_uncertainty.tif"))
+    assert unc.dtype == np.float32 and np.array_equal(unc, viewer.layers["uncertainty"].data)
+    record = json.loads(out.with_name("case.json").read_text())
+    assert record["image"]["path"] == str(tmp_path / "ct.tif")
+    assert record["image"]["shape"] == [128, 128] and record["window"] == "abdomen"
+    assert record["model"]["name"] == "demo" and len(record["model"]["model_sha256"]) == 64
+    [obj] = record["objects"]
+    assert obj["id"] == 1 and obj["plane"] is None
+    r0, c0 = _rect(truth)[0]
+    assert obj["box"] == [c0, r0, _rect(truth)[2][1] + 1, _rect(truth)[2][0] + 1]
+    # imedsam segment makes the same mask again from the record.
+    again = tmp_path / "again.tif"
+    assert main(["segment", "--from-export", str(out.with_name("case.json")),
+                 "--out", str(again), "--device", "cpu"]) == 0
+    assert np.array_equal(tifffile.imread(again), masks.data)
+
+    # Scale 2 to PNG, in a worker: reproducible from the record with a fresh session.
+    widget.export.scale.setValue(2.0)
+    fine = tmp_path / "exports" / "fine.png"
+    assert widget.export.export(fine)
+    _wait(qtbot, widget)
+    from PIL import Image
+
+    fine_labels = np.asarray(Image.open(fine))
+    assert fine_labels.shape == (256, 256) and fine_labels.max() == 1
+    record = json.loads(fine.with_name("fine.json").read_text())
+    assert record["scale"] == 2.0 and record["objects"][0]["source"] == "decoded"
+    session = SegmentationSession(widget.pinned_model, device="cpu")
+    decode = ex.session_decoder(session, hu, "abdomen")
+    assert np.array_equal(ex.reproduce(record, decode), fine_labels)
+    # The fine mask agrees with the grid mask (it is a sharper version of it).
+    coarse = ex.resample_nearest(fine_labels, (128, 128)) == 1
+    assert (coarse & (masks.data == 1)).sum() / (masks.data == 1).sum() > 0.9
+
+    # A brush correction is kept; an existing name is never replaced without asking.
+    masks.data_setitem(np.nonzero(np.pad(np.ones((4, 4), bool), ((2, 122), (2, 122)))), 1)
+    widget.export.ask_existing = lambda taken: "rename"
+    assert widget.export.export(fine)
+    _wait(qtbot, widget)
+    edited = np.asarray(Image.open(tmp_path / "exports" / "fine-2.png"))
+    assert (edited[4:12, 4:12] == 1).all() and np.array_equal(
+        np.asarray(Image.open(fine)), fine_labels)
+    assert json.loads((tmp_path / "exports" / "fine-2.json").read_text())[
+        "objects"][0]["source"] == "decoded+edits"
+    widget.export.ask_existing = lambda taken: "cancel"
+    before = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert not widget.export.export(fine)
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == before
+    widget.export.ask_existing = lambda taken: "replace"
+    widget.export.scale.setValue(1.0)
+    assert widget.export.export(fine)
+    assert np.array_equal(np.asarray(Image.open(fine)), masks.data)
+    assert not [m for s, m in notes if s == "error"], notes
+
+
+def test_widget_export_nifti_on_the_source_grid(segment, qtbot, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    hu, truth = _ct_scene()
+    # Store three axial slices LPS-style (i = columns, j = rows), object on slice 1.
+    view = np.full((3, 128, 128), -160, np.int16)
+    view[1] = hu
+    affine = np.array([[-0.7, 0, 0, 5.0], [0, -0.7, 0, 9.0], [0, 0, 3.0, -20.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(view.transpose(2, 1, 0), affine), str(tmp_path / "ct.nii.gz"))
+    viewer, widget = segment(tmp_path / "ct.nii.gz", plugin="napari-imedsam")
+    masks = viewer.layers["masks"]
+    assert masks.scale == pytest.approx((3.0, 0.7, 0.7))
+    viewer.dims.set_current_step(0, 1)
+    viewer.layers["boxes"].add_rectangles(np.column_stack([np.ones(4), _rect(truth)]))
+    _wait(qtbot, widget)
+    assert masks.data[1].any() and not masks.data[[0, 2]].any()
+
+    widget.export.with_uncertainty.setChecked(False)
+    out = tmp_path / "masks.nii.gz"
+    assert widget.export.export(out)
+    saved = nib.load(str(out))
+    assert np.allclose(saved.affine, affine)  # the source's voxel grid, voxel for voxel
+    assert np.array_equal(np.asarray(saved.dataobj), masks.data.transpose(2, 1, 0))
+    assert not (tmp_path / "masks_uncertainty.tif").exists()
+
+    widget.export.scale.setValue(2.0)
+    assert widget.export.export(tmp_path / "fine.nii.gz")
+    _wait(qtbot, widget)
+    fine = nib.load(str(tmp_path / "fine.nii.gz"))
+    assert fine.shape == (256, 256, 3)
+    assert fine.header.get_zooms() == pytest.approx((0.35, 0.35, 3.0))
+    # Same physical place: the fine voxels of a coarse voxel are centred on it.
+    centre = affine @ [10, 20, 1, 1]
+    fine_centre = np.mean([fine.affine @ [20 + a, 40 + b, 1, 1] for a in (0, 1) for b in (0, 1)],
+                          axis=0)
+    assert np.allclose(centre, fine_centre)
+    record = json.loads((tmp_path / "fine.json").read_text())
+    assert record["objects"][0]["plane"] == 1 and record["image"]["spacing"] == [3.0, 0.7, 0.7]

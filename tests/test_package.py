@@ -60,3 +60,40 @@ def test_console_script_runs():
         capture_output=True, text=True, check=True,
     )
     assert "sam_vit_b_01ec64.pth" in out.stdout
+
+
+def test_wheel_holds_the_manifest_and_the_demo_model(tmp_path):
+    """The installed wheel, not only the editable checkout, carries what napari needs:
+    built offline from a copy of the working tree (a stale build/ cannot leak in)."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    from npe2 import PluginManifest
+
+    root = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    shutil.copytree(root / "napari_imedsam", src / "napari_imedsam",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-index",
+                    "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+                   check=True, capture_output=True, text=True)
+    [wheel] = (tmp_path / "dist").glob("napari_imedsam-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+        (tmp_path / "napari.yaml").write_bytes(z.read("napari_imedsam/napari.yaml"))
+    assert "napari_imedsam/resources/demo.safetensors" in names
+    assert "napari_imedsam/resources/demo.json" in names
+    assert "[napari.manifest]" in entry_points
+    assert "napari-imedsam = napari_imedsam:napari.yaml" in entry_points
+    manifest = PluginManifest.from_file(tmp_path / "napari.yaml")  # schema-validated
+    assert manifest.name == "napari-imedsam"
+    for command in manifest.contributions.commands:  # every command's module is shipped
+        module = command.python_name.split(":")[0]
+        assert module.replace(".", "/") + ".py" in names, command.python_name
+    assert {r.command for r in manifest.contributions.readers} == {
+        "napari-imedsam.get_nifti_reader", "napari-imedsam.get_dicom_reader"}
+    assert [w.command for w in manifest.contributions.writers] == ["napari-imedsam.write_labels"]
