@@ -124,25 +124,54 @@ class FastDecoder:
         self.w_gamma_t, self.b1 = w_gamma.T.contiguous(), b1
         # The projected maps (1024 channels), channels-last so that a point reads
         # whole contiguous rows, both in one table: a point's two bilinear
-        # samples are then one weighted sum of 8 rows. Written in place (no cat:
-        # that would copy tens of MB per box), and only the part the points reach.
+        # samples are then one weighted sum of 8 rows. Only the part of the maps
+        # the points reach is projected.
         dense_pe = prompt.dense_pe.to(w_pe.dtype)
         self.feat_crop = _Crop.covering(*prompt.features.shape[2:], extent, 0)
-        feat_rows = self.feat_crop.h * self.feat_crop.w
-        self.pe_crop = _Crop.covering(*dense_pe.shape[2:], extent, feat_rows)
-        self.table = torch.empty(feat_rows + self.pe_crop.h * self.pe_crop.w, w_feat.shape[0],
-                                 dtype=w_feat.dtype, device=w_feat.device)
-        torch.mm(self.feat_crop.rows(prompt.features), w_feat.T, out=self.table[:feat_rows])
-        torch.mm(self.pe_crop.rows(dense_pe), w_pe.T, out=self.table[feat_rows:])
+        self.pe_crop = _Crop.covering(*dense_pe.shape[2:], extent,
+                                      self.feat_crop.h * self.feat_crop.w)
+        self._inputs = (self.feat_crop.rows(prompt.features), self.pe_crop.rows(dense_pe))
+        self.table = self._stacked_table(w_feat, w_pe)
         self.w2, self.b2 = w2, b2
         heads = dec.coarse.heads
         per_class = heads.weight.view(self.classes, 1 + self.feature_dim, -1)
         bias = heads.bias.view(self.classes, 1 + self.feature_dim)
         self.w_logit, self.b_logit = per_class[:, 0].detach(), bias[:, 0].detach()
-        self.w_zc, self.b_zc = per_class[:, 1:].detach(), bias[:, 1:].detach()
+        self._fold_fine(dec, per_class[:, 1:].detach(), bias[:, 1:].detach(), n_gamma, n_feat)
 
-    def _projected_samples(self, points: torch.Tensor) -> torch.Tensor:
-        """``(M, 1024)``: both projected maps sampled bilinearly at the points and summed.
+    def _stacked_table(self, w_feat: torch.Tensor, w_pe: torch.Tensor) -> torch.Tensor:
+        """The cropped feature and PE rows projected by ``w_feat`` and ``w_pe``, stacked;
+        written in place (a cat would copy tens of MB per box)."""
+        feat_in, pe_in = self._inputs
+        table = torch.empty(len(feat_in) + len(pe_in), w_feat.shape[0], dtype=w_feat.dtype,
+                            device=w_feat.device)
+        torch.mm(feat_in, w_feat.T, out=table[: len(feat_in)])
+        torch.mm(pe_in, w_pe.T, out=table[len(feat_in) :])
+        return table
+
+    def _fold_fine(self, dec: torch.nn.Module, w_zc: torch.Tensor, b_zc: torch.Tensor,
+                   n_gamma: int, n_feat: int) -> None:
+        """Dec_f's first layer on ``[z_c, gamma, features, pe]``, rewritten exactly:
+
+        - ``z_c = W_zc h + b_zc`` is linear in Dec_c's hidden layer ``h``, so
+          ``W_1 z_c`` becomes one ``(256, 512)`` product on ``h`` per class;
+        - the sampled parts go through a projected table like Dec_c's.
+        """
+        (w1, b1), *rest = _folded_mlp(dec.fine.trunk)
+        n_zc = w_zc.shape[1]
+        w1_zc, w1_gamma, w1_feat, w1_pe = w1.split(
+            [n_zc, n_gamma, n_feat, w1.shape[1] - n_zc - n_gamma - n_feat], dim=1)
+        self.fine_hidden_w = torch.einsum("of,kfh->koh", w1_zc, w_zc)  # (K, 256, 512)
+        self.fine_b1 = b1 + b_zc @ w1_zc.T  # (K, 256)
+        self.fine_gamma_t = w1_gamma.T.contiguous()
+        self.fine_table = self._stacked_table(w1_feat, w1_pe)
+        self.fine_rest = rest
+        self.fine_heads = [(*fold_linear_bn(head[0], head[1]), head[3].weight.detach(),
+                            head[3].bias.detach()) for head in dec.fine.heads]
+
+    def _projected_samples(self, table: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """``(M, O)``: both projected maps of ``table`` sampled bilinearly at the points
+        and summed.
 
         ``embedding_bag`` reads the 8 weighted rows of each point and sums them in
         one pass; indexing and multiplying whole ``(M, 1024)`` tensors instead
@@ -150,8 +179,8 @@ class FastDecoder:
         """
         idx_f, wt_f = self.feat_crop.taps(points)
         idx_p, wt_p = self.pe_crop.taps(points)
-        return F.embedding_bag(torch.cat([idx_f, idx_p], 1), self.table,
-                               per_sample_weights=torch.cat([wt_f, wt_p], 1).to(self.table.dtype),
+        return F.embedding_bag(torch.cat([idx_f, idx_p], 1), table,
+                               per_sample_weights=torch.cat([wt_f, wt_p], 1).to(table.dtype),
                                mode="sum")
 
     def _check_extent(self, points: torch.Tensor) -> None:
@@ -170,7 +199,7 @@ class FastDecoder:
         self._check_extent(points)
         gamma = self.decoder.positional_encoding(points)
         # In place: each (M, 1024) temporary costs as much as the sampling itself.
-        pre = self._projected_samples(points).add_(self.b1).addmm_(gamma, self.w_gamma_t).relu_()
+        pre = self._projected_samples(self.table, points).add_(self.b1).addmm_(gamma, self.w_gamma_t).relu_()
         hidden = torch.addmm(self.b2, pre, self.w2.T).relu_()
         logits = torch.addmm(self.b_logit, hidden, self.w_logit.T)
         variance = self.decoder.coarse.mc_variance(hidden, self.networks)
@@ -179,7 +208,14 @@ class FastDecoder:
     @torch.no_grad()
     def fine(self, points: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Dec_f logits ``(M, K)`` at points whose Dec_c hidden layer is ``hidden``."""
-        z_c = torch.einsum("mh,kfh->mkf", hidden, self.w_zc) + self.b_zc
-        z_p = self.decoder.point_inputs(points[None], self.prompt.features,
-                                        self.prompt.dense_pe)[0]
-        return self.decoder.fine(z_c, z_p)
+        self._check_extent(points)
+        shared = self._projected_samples(self.fine_table, points).addmm_(
+            self.decoder.positional_encoding(points), self.fine_gamma_t)
+        logits = []
+        for k, (wh, bh, w_out, b_out) in enumerate(self.fine_heads):
+            x = torch.addmm(shared + self.fine_b1[k], hidden, self.fine_hidden_w[k].T).relu_()
+            for weight, bias in self.fine_rest:
+                x = torch.addmm(bias, x, weight.T).relu_()
+            x = torch.addmm(bh, x, wh.T).relu_()
+            logits.append(torch.addmm(b_out, x, w_out.T)[:, 0])
+        return torch.stack(logits, dim=1)
