@@ -103,7 +103,8 @@ def _layer(loaded: LoadedImage, name: str, kind: str, fmt: str) -> tuple[Any, di
     kwargs: dict[str, Any] = {"name": name, "scale": tuple(float(v) for v in spacing),
                               "metadata": {SOURCE_KEY: meta}}
     if loaded.spacing is not None:
-        kwargs["units"] = ("mm",) * ndim
+        # Spatial axes are the last (at most) three; leading ones (time) are steps.
+        kwargs["units"] = ("pixel",) * max(0, ndim - 3) + ("mm",) * min(ndim, 3)
         meta["spacing_mm"] = [float(v) for v in spacing]
     if kind == "image" and np.issubdtype(data.dtype, np.number) and data.size \
             and float(np.min(data)) < -500:  # Hounsfield units: air is -1000
