@@ -82,6 +82,9 @@ class PairsTable(QTableWidget):
             name.setFlags(Qt.ItemFlag.ItemIsEnabled)
             self.setItem(row, LABELS, name)
             combo = QComboBox()
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
             combo.addItems([im.name for _, im in images])
             if chosen in [im.name for _, im in images]:
                 combo.setCurrentText(chosen)

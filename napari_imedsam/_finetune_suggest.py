@@ -19,6 +19,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from . import suggest as sg
 from ._segment_worker import SessionHolder
+from ._torch_guard import import_torch
 from .finetune import DataError
 
 
@@ -34,7 +35,8 @@ class SuggestBox(QGroupBox):
         self._worker: Any = None
         self._stop = threading.Event()
         self.rank_button = QPushButton("Rank by uncertainty")
-        self.next_button = QPushButton("Go to the next most uncertain")
+        self.next_button = QPushButton("Next most uncertain")
+        self.next_button.setToolTip("go to the next most uncertain image or slice")
         self.next_button.setEnabled(False)
         self.rank_button.clicked.connect(self.rank)
         self.next_button.clicked.connect(self.go_next)
@@ -119,6 +121,7 @@ class SuggestBox(QGroupBox):
             for layer in viewer.layers:
                 if layer.name in ranked:
                     layer.visible = layer.name in (origin.image_name, origin.labels_name)
+            viewer.reset_view()  # images of a data set differ in size
         image.visible = labels.visible = True
         viewer.layers.selection.active = labels
         self.label.setText(f"{self.position + 1}/{len(self.suggestions)}: {_where(origin)} "
@@ -134,6 +137,7 @@ def _rank(session_for: Any, pairs: list, window: str | None,
           should_stop: Any) -> sg.Suggestions | str:
     """Worker body: the ranking, or a message saying what to do (never raises)."""
     try:
+        import_torch()  # before the model loads: Triton hidden (see ``_torch_guard``)
         return sg.suggest(session_for, pairs, window, should_stop=should_stop)
     except (DataError, sg.NoUncertainty) as exc:
         return f"cannot rank: {exc}"

@@ -11,7 +11,6 @@ live in the Qt-free ``finetune``, ``adapter_store`` and ``suggest`` modules.
 
 from __future__ import annotations
 
-import copy
 import threading
 import weakref
 from functools import partial
@@ -22,19 +21,20 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QSettings, QTimer, Signal
+from qtpy.QtCore import QObject, QSettings, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QLineEdit, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout,
+    QLabel, QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from . import _finetune_link as link
 from . import adapter_store as store
 from . import finetune as ft
 from ._finetune_pairs import PairsTable
 from ._finetune_suggest import SuggestBox
 from ._plot_widget import TrainingPlot
 from ._segment_worker import DEVICE_CHOICES, ModelSpec
-from ._widget_settings import settings as segment_settings
+from ._torch_guard import import_torch
 
 MODES = {"quick: decoder only (CPU)": "decoder",
          "adapters: LoRA + frequency + decoder (GPU)": "adapters"}
@@ -51,15 +51,6 @@ class _Bridge(QObject):
 
     event = Signal(object)
     status = Signal(str)
-
-
-def load_start_model(name: str, adapter: str | None, pinned: Any) -> Any:
-    """A private copy of the model to train: the Segment widget keeps its own."""
-    if pinned is not None:
-        return copy.deepcopy(pinned)
-    from .model.loading import load_model
-
-    return load_model(name, adapter=adapter)
 
 
 class FinetuneWidget(QWidget):
@@ -104,10 +95,11 @@ class FinetuneWidget(QWidget):
         self.data_summary = QLabel("")
         self.data_summary.setWordWrap(True)
         data = QFormLayout()
-        slices = QHBoxLayout()
-        for w in (self.slice_combo, QLabel("from"), self.slice_from, QLabel("to"), self.slice_to):
-            slices.addWidget(w)
-        data.addRow("volumes", slices)
+        span = QHBoxLayout()
+        for w in (self.slice_from, QLabel("to"), self.slice_to):
+            span.addWidget(w)
+        data.addRow("volumes", self.slice_combo)
+        data.addRow("range", span)
         data.addRow("folder", _with_button(self.folder_edit, "...", self._browse_folder))
         data_box = _group("Training data", self.pairs_table, data, self.data_summary)
 
@@ -120,6 +112,7 @@ class FinetuneWidget(QWidget):
         self.minutes_spin.setRange(0.0, 1440.0)
         self.minutes_spin.setValue(10.0)
         self.minutes_spin.setSpecialValueText("no limit")
+        self.minutes_spin.setToolTip("time limit of the run in minutes (0: no limit)")
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
         self.val_spin = QSpinBox()
@@ -132,7 +125,7 @@ class FinetuneWidget(QWidget):
         form = QFormLayout()
         form.addRow("mode", self.mode_combo)
         form.addRow("epochs", self.epochs_spin)
-        form.addRow("time limit (min)", self.minutes_spin)
+        form.addRow("minutes", self.minutes_spin)
         form.addRow("device", self.device_combo)
         form.addRow("held out", self.val_spin)
         form.addRow("start from", self.start_combo)
@@ -151,20 +144,29 @@ class FinetuneWidget(QWidget):
         self.result_label.setWordWrap(True)
         train_box = _group("Training", form, buttons, self.plot, self.status, self.result_label)
 
-        self.adapter_combo = QComboBox()
-        use = QPushButton("Use")
-        use.clicked.connect(self.use_selected_adapter)
-        adapters = QHBoxLayout()
-        adapters.addWidget(self.adapter_combo, 1)
-        adapters.addWidget(use)
-        adapter_box = _group("Adapters", adapters)
+        self.adapters = link.AdaptersBox(self)
 
         self.suggest = SuggestBox(self)
+        # A scroll area: the widget is taller than a docked panel on small screens,
+        # and squeezing its forms would make them unreadable.
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        for box in (data_box, train_box, self.adapters, self.suggest):
+            column.addWidget(box)
+        column.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(inner)
         layout = QVBoxLayout(self)
-        for box in (data_box, train_box, adapter_box, self.suggest):
-            layout.addWidget(box)
-        layout.addStretch(1)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
 
+        for combo in (self.slice_combo, self.mode_combo, self.device_combo, self.start_combo):
+            _narrow(combo)
+        for layout in (data, form):  # narrow docks: fields go below their labels
+            layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.pairs_table.changed.connect(self.recount)
         self.slice_combo.currentTextChanged.connect(self._on_slice_mode)
         for spin in (self.slice_from, self.slice_to):
@@ -250,27 +252,12 @@ class FinetuneWidget(QWidget):
 
     # -- the model the Segment widget uses ----------------------------------------------
     def find_segment_widget(self) -> Any:
-        """The Segment widget of this viewer, if one is docked."""
-        if self.segment_widget is not None:
-            return self.segment_widget
-        from ._widget import SegmentWidget
-
-        for widget in self.viewer.window.dock_widgets.values():
-            if isinstance(widget, SegmentWidget):
-                return widget
-        return None
+        """The Segment widget of this viewer (or the one set by a script), if any."""
+        return self.segment_widget or link.find_segment_widget(self.viewer)
 
     def model_source(self) -> tuple[ModelSpec, Any, str | None]:
-        """(spec, pinned model or None, CT window) of the Segment widget, or its stored
-        settings when it is not open."""
-        segment = self.find_segment_widget()
-        if segment is not None:
-            return segment.settings.spec(), segment.pinned_model, segment.settings.window()
-        s = segment_settings()
-        window = str(s.value("window", "none"))
-        return (ModelSpec(str(s.value("model", "demo")) or "demo",
-                          str(s.value("adapter", "")) or None, str(s.value("device", "auto"))),
-                None, None if window == "none" else window)
+        """(spec, pinned model or None, CT window) the Segment widget segments with."""
+        return link.model_source(self.find_segment_widget())
 
     # -- training --------------------------------------------------------------------------
     def start_training(self) -> None:
@@ -300,20 +287,21 @@ class FinetuneWidget(QWidget):
         # faded back in, nor its loss re-weighted from coarse-only: that would undo it.
         trained = pinned is not None or adapter is not None or spec.name == "demo" \
             or spec.name.endswith(".safetensors")
-        cfg = self._train_config(trained)
-        job = ft.FinetuneJob(
-            load_model=partial(load_start_model, spec.name, adapter, pinned),
+        fields = self._train_fields(trained)
+        job = dict(
+            load_model=partial(link.load_start_model, spec.name, adapter, pinned),
             collect=partial(_collect_all, pairs, self.slice_choice(), window, folder),
-            config=cfg, val_share=self.val_spin.value() / 100.0,
+            val_share=self.val_spin.value() / 100.0,
             out_dir=Path(self.out_edit.text().strip() or store.default_adapter_dir()),
             stem=store.adapter_stem(spec.name),
-            extra={"finetune": {"model": spec.name, "started_from": adapter, "mode": cfg.mode,
-                                "layers": [[p.image_name, p.labels_name] for p in pairs],
-                                "folder": folder}})
+            extra={"finetune": {"model": spec.name, "started_from": adapter,
+                                "mode": fields["mode"], "folder": folder,
+                                "layers": [[p.image_name, p.labels_name] for p in pairs]}})
         self._stop.clear()
-        self.plot.clear(cfg.epochs)
+        self.plot.clear()
         self.result_label.setText("")
-        worker = create_worker(ft.run_finetune, job, on_progress=self._bridge.event.emit,
+        self.set_status("starting: loading the model...")
+        worker = create_worker(_train_worker, job, fields, on_progress=self._bridge.event.emit,
                                should_stop=self._stop.is_set, on_status=self._bridge.status.emit,
                                _start_thread=False)
         worker.returned.connect(partial(self._on_outcome, spec))
@@ -322,18 +310,16 @@ class FinetuneWidget(QWidget):
         self._set_running(True)
         worker.start()
 
-    def _train_config(self, trained_decoder: bool) -> Any:
-        from .train.engine import TrainConfig
-
-        minutes = self.minutes_spin.value()
+    def _train_fields(self, trained_decoder: bool) -> dict[str, Any]:
+        """TrainConfig fields as chosen (the config is built in the worker, after torch)."""
         fields: dict[str, Any] = dict(
             mode=MODES[self.mode_combo.currentText()], epochs=self.epochs_spin.value(),
             device=self.device_combo.currentText(), val_label_size=128,
-            time_budget_s=minutes * 60.0 if minutes > 0 else None)
+            time_budget_s=self.time_budget())
         if trained_decoder:
             fields.update(coarse_to_fine_epochs=0.0, pe_warmup_epochs=0.0)
         fields.update(self.train_overrides)
-        return TrainConfig(**fields)
+        return fields
 
     def stop(self) -> None:
         """End the run after the current step, keeping the best adapter so far."""
@@ -353,7 +339,7 @@ class FinetuneWidget(QWidget):
             self.plot.add_loss(event.epoch + event.step / event.steps_per_epoch, event.loss)
             if self._bar is None:
                 self._bar = progress(total=total, desc="I-MedSAM fine-tune")
-            left = ft.time_left(event.elapsed_s, done, total, self.train_config_budget())
+            left = ft.time_left(event.elapsed_s, done, total, self.time_budget())
             text = (f"epoch {event.epoch + 1}/{event.epochs}, step {event.step}/"
                     f"{event.steps_per_epoch}, loss {event.loss:.3f}, "
                     f"about {ft.format_duration(left)} left")
@@ -365,7 +351,8 @@ class FinetuneWidget(QWidget):
             self.set_status(f"epoch {event.epoch + 1}: validation Dice {event.val_dice:.3f} "
                             f"(best {event.best_val_dice:.3f})")
 
-    def train_config_budget(self) -> float | None:
+    def time_budget(self) -> float | None:
+        """The time limit in seconds, or None (0 minutes means no limit)."""
         minutes = self.minutes_spin.value()
         return minutes * 60.0 if minutes > 0 else None
 
@@ -381,10 +368,14 @@ class FinetuneWidget(QWidget):
                          "saved; press Train to start again")
             self.set_status("stopped: nothing saved")
             return
-        self.use_adapter(outcome.adapter, spec.name, outcome.model)
+        try:
+            link.hand_over(self.find_segment_widget(), outcome.adapter, spec.name, outcome.model)
+        except Exception as exc:  # noqa: BLE001 - the file is saved; say how to use it
+            show_error(f"I-MedSAM: {outcome.adapter.name} was saved but could not be loaded "
+                       f"into the Segment widget ({exc}); choose it there under adapter")
         self.refresh_adapters(select=outcome.adapter)
         note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"
-        if outcome.stopped:
+        if outcome.stop_reason == "stopped":
             note = "stopped; kept the best adapter so far. " + note
         worse = outcome.before is not None and outcome.after is not None \
             and outcome.after < outcome.before
@@ -393,7 +384,11 @@ class FinetuneWidget(QWidget):
                          "the earlier adapter under Adapters to go back, or add more labels.")
         else:
             show_info(f"I-MedSAM: {note}. The Segment widget uses it from the next box.")
-        self.set_status("done: " + note)
+        self.set_status(f"done: the Segment widget now uses {outcome.adapter.name}")
+
+    def refresh_adapters(self, select: Path | None = None) -> None:
+        """List the adapters in the output folder, newest first."""
+        self.adapters.refresh(self.out_edit.text().strip(), select)
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -402,48 +397,14 @@ class FinetuneWidget(QWidget):
             self._bar = None
         self._set_running(False)
 
-    # -- adapters ------------------------------------------------------------------------
-    def refresh_adapters(self, select: Path | None = None) -> None:
-        """List the adapters in the output folder, newest first."""
-        self.adapter_combo.clear()
-        for info in store.list_adapters(self.out_edit.text().strip()):
-            self.adapter_combo.addItem(info.describe(), info)
-        if select is not None:
-            for i in range(self.adapter_combo.count()):
-                if self.adapter_combo.itemData(i).path == Path(select):
-                    self.adapter_combo.setCurrentIndex(i)
 
-    def use_selected_adapter(self) -> None:
-        """Give the Segment widget the adapter chosen in the list."""
-        info = self.adapter_combo.currentData()
-        if info is None:
-            show_info("I-MedSAM: no adapters yet in this folder; train one first")
-            return
-        self.use_adapter(info.path, info.model)
-        show_info(f"I-MedSAM: the Segment widget now uses {info.path.name}")
+def _train_worker(job: dict[str, Any], fields: dict[str, Any],
+                  **callbacks: Any) -> ft.FinetuneOutcome:
+    """Worker body: torch comes in here, with Triton hidden (see ``_torch_guard``)."""
+    import_torch()
+    from .train.engine import TrainConfig
 
-    def use_adapter(self, path: Path, model_name: str | None, model: Any = None) -> None:
-        """Point the Segment widget (or its stored settings) at ``path``."""
-        segment = self.find_segment_widget()
-        if segment is None:
-            # Not open: the Segment widget reads these settings when it opens.
-            s = segment_settings()
-            if model_name:
-                s.setValue("model", model_name)
-            s.setValue("adapter", str(path))
-            return
-        if segment.pinned_model is not None:
-            if model is None:  # picked from the list: adapt a copy of the pinned model
-                from .model.checkpoint import load_adapter
-
-                model = copy.deepcopy(segment.pinned_model)
-                load_adapter(model, path)
-            segment.use_model(model)
-        if model_name:
-            segment.model_combo.setCurrentText(model_name)
-        segment.adapter_edit.setText(str(path))
-        segment.settings.save()
-        segment.set_status(f"using adapter {Path(path).name}")
+    return ft.run_finetune(ft.FinetuneJob(config=TrainConfig(**fields), **job), **callbacks)
 
 
 def _collect_all(pairs: list[ft.LayerPair], choice: ft.SliceChoice, window: str | None,
@@ -462,6 +423,12 @@ def _collect_all(pairs: list[ft.LayerPair], choice: ft.SliceChoice, window: str 
     if not items:
         raise ft.DataError("no labelled objects to train on")
     return items
+
+
+def _narrow(combo: QComboBox, chars: int = 6) -> None:
+    """Let a combo box shrink below its longest entry (docks are narrow)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
 
 
 def _group(title: str, *parts: Any) -> QGroupBox:

@@ -23,14 +23,12 @@ class TrainingPlot(QWidget):
         super().__init__(parent)
         self.loss: list[tuple[float, float]] = []
         self.dice: list[tuple[float, float]] = []
-        self.epochs = 1.0
-        self.setMinimumHeight(110)
+        self.setMinimumHeight(130)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
-    def clear(self, epochs: int = 1) -> None:
+    def clear(self) -> None:
         self.loss.clear()
         self.dice.clear()
-        self.epochs = float(max(1, epochs))
         self.update()
 
     def add_loss(self, x: float, value: float) -> None:
@@ -50,15 +48,23 @@ class TrainingPlot(QWidget):
         text = self.palette().windowText().color()
         painter.setPen(QPen(text, 1))
         painter.drawRect(area)
-        x_max = max([self.epochs] + [x for x, _ in self.loss + self.dice])
+        # The x range follows the data: with a time limit the planned epochs may
+        # be far more than the run will reach.
+        x_max = max([1.0] + [x for x, _ in self.loss + self.dice])
         loss_max = max([v for _, v in self.loss] + [1e-6])
-        painter.drawText(QRectF(0, top - 4, left - 4, 14), Qt.AlignmentFlag.AlignRight,
-                         f"{loss_max:.2g}")
+        if self.loss:
+            painter.drawText(QRectF(0, top - 4, left - 4, 14), Qt.AlignmentFlag.AlignRight,
+                             f"{loss_max:.2g}")
         painter.drawText(QRectF(area.right() + 4, top - 4, right, 14),
                          Qt.AlignmentFlag.AlignLeft, "1.0")
         painter.drawText(QRectF(area.left(), area.bottom() + 2, area.width(), 14),
                          Qt.AlignmentFlag.AlignCenter,
-                         f"epochs (0-{x_max:g})   loss (left, blue)   val Dice (right, amber)")
+                         f"epochs 0-{x_max:.3g}")
+        inside = area.adjusted(4, 2, -4, -2)
+        for color, align, name in ((LOSS_COLOR, Qt.AlignmentFlag.AlignLeft, "loss"),
+                                   (DICE_COLOR, Qt.AlignmentFlag.AlignRight, "val Dice")):
+            painter.setPen(QPen(color, 1))
+            painter.drawText(inside, align | Qt.AlignmentFlag.AlignTop, name)
         self._line(painter, self.loss, area, x_max, loss_max, LOSS_COLOR, dots=False)
         self._line(painter, self.dice, area, x_max, 1.0, DICE_COLOR, dots=True)
         painter.end()

@@ -183,6 +183,9 @@ class SessionHolder:
         """The session for ``spec``: the one in memory, or a freshly loaded one."""
         wanted = self._effective(spec)
         if self._session is None or self._spec != wanted:
+            from ._torch_guard import import_torch
+
+            import_torch()  # Triton must not load beside napari's OpenGL (see _torch_guard)
             from .inference.session import SegmentationSession
             from .model.loading import load_model
 

@@ -233,6 +233,8 @@ class FinetuneOutcome:
     steps: int = 0
     epochs: int = 0
     stopped: bool = False
+    #: Why a run ended before its last epoch: "stopped" (the user) or "time limit reached".
+    stop_reason: str = ""
     model: Any = None
     error: str | None = None
 
@@ -246,7 +248,7 @@ class FinetuneOutcome:
             return "n/a" if v is None else f"{v:.3f}"
         text = (f"validation Dice {fmt(self.before)} -> {fmt(self.after)} on {self.val_objects} "
                 f"objects ({self.split_note}); {self.steps} steps")
-        return text + (", stopped early" if self.stopped else "")
+        return text + (f", {self.stop_reason or 'stopped'}" if self.stopped else "")
 
 
 def explain_error(exc: BaseException, device: str) -> str:
@@ -315,6 +317,9 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
         result = train(model, split.train, split.val, cfg, run_dir / "adapter.safetensors",
                        on_progress=progress, should_stop=should_stop, extra=extra)
         outcome.stopped, outcome.epochs = result.stopped, result.epochs_done
+        if result.stopped:
+            asked = should_stop is not None and should_stop()
+            outcome.stop_reason = "stopped" if asked else "time limit reached"
         if outcome.steps == 0 or result.adapter is None:
             return outcome  # nothing learned: publishing a copy of the start would mislead
         outcome.adapter = publish_adapter(result.adapter, job.out_dir, job.stem)

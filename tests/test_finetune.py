@@ -273,7 +273,13 @@ def test_stop_keeps_best_so_far_and_an_immediate_stop_saves_nothing(tmp_path):
     outcome = ft.run_finetune(_job(tmp_path, epochs=50), should_stop=stop_after_two)
     assert outcome.error is None and outcome.stopped and outcome.steps == 2
     assert outcome.adapter is not None and outcome.adapter.is_file()
-    assert "stopped early" in outcome.summary()
+    assert outcome.stop_reason == "stopped" and outcome.summary().endswith(", stopped")
+
+    timed = _job(tmp_path / "t", epochs=10_000)
+    timed.config.time_budget_s = 2.0
+    outcome = ft.run_finetune(timed, should_stop=lambda: False)
+    assert outcome.stopped and outcome.stop_reason == "time limit reached"
+    assert outcome.steps >= 1 and outcome.adapter is not None and outcome.epochs < 10_000
 
     nothing = ft.run_finetune(_job(tmp_path / "b", epochs=50), should_stop=lambda: True)
     assert nothing.adapter is None and nothing.error is None and nothing.steps == 0
@@ -295,3 +301,25 @@ def test_run_errors_come_back_as_advice(tmp_path):
     outcome = ft.run_finetune(_job(tmp_path, collect=no_labels))
     assert outcome.error.startswith("Fine-tuning cannot start: no labelled objects")
     assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
+
+
+def test_torch_guard_hides_triton_in_a_fresh_process():
+    """In a viewer process torch must come in without Triton (its LLVM crashes beside
+    Mesa's OpenGL); the model still builds and runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_imedsam._torch_guard import import_torch\n"
+        "import_torch()\n"
+        "assert sys.modules['triton'] is None\n"
+        "from napari_imedsam.model import build_model\n"
+        "import torch\n"
+        "m = build_model('tiny')\n"
+        "print(tuple(m.embed(torch.zeros(1, 3, 64, 64)).shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("(1, 32")

@@ -201,16 +201,15 @@ def test_quick_training_is_saved_and_used_by_the_next_box(make_napari_viewer, qt
     assert segment.settings.spec().adapter == str(adapter)
     _segment_box(qtbot, segment, viewer.layers["scene1 masks"].data)
     assert segment._holder._session.model.adapter_sha256 == sha256_file(adapter)
-    assert widget.adapter_combo.count() == 1
+    assert len(widget.adapters.paths()) == 1
 
     # A second run gets a new name; the first file is untouched; either can be picked.
     first_hash = sha256_file(adapter)
     second = _train(qtbot, widget).adapter
     assert second != adapter and sha256_file(adapter) == first_hash
-    assert widget.adapter_combo.count() == 2 and segment.adapter_edit.text() == str(second)
-    widget.adapter_combo.setCurrentIndex(
-        [widget.adapter_combo.itemData(i).path for i in range(2)].index(adapter))
-    widget.use_selected_adapter()
+    assert len(widget.adapters.paths()) == 2 and segment.adapter_edit.text() == str(second)
+    widget.adapters.combo.setCurrentIndex(widget.adapters.paths().index(adapter))
+    widget.adapters.use_selected()
     assert segment.adapter_edit.text() == str(adapter)
     assert segment.model_combo.currentText() == tiny_model
 
@@ -296,3 +295,25 @@ def test_next_most_uncertain_image_shows_its_layers(make_napari_viewer, qtbot, t
     assert not {"scene0", "scene2", "scene0 masks", "scene2 masks"} & shown
     assert viewer.layers.selection.active is viewer.layers["scene1 masks"]
     assert "scene1" in widget.suggest.label.text()
+
+
+def test_hand_over_without_a_segment_widget_and_to_a_pinned_model(make_napari_viewer, qtbot,
+                                                                   tiny_model):
+    from napari_imedsam._widget_settings import settings as segment_settings
+    from napari_imedsam.model.loading import load_model
+
+    segment_settings().setValue("model", tiny_model)  # what the Segment widget last used
+    viewer = _viewer_with_scenes(make_napari_viewer)
+    widget = _open(viewer)
+    _ready(widget, epochs=1)
+    first = _train(qtbot, widget).adapter
+    assert first is not None and segment_settings().value("adapter") == str(first)
+    segment = _open(viewer, "Segment")  # opens with the new adapter
+    assert segment.settings.spec().adapter == str(first)
+
+    # A Segment widget given a model object gets the trained model object.
+    segment.use_model(load_model(tiny_model))
+    widget.pairs_table.set_row("masks", use=False)
+    outcome = _train(qtbot, widget)
+    assert segment.pinned_model is outcome.model
+    assert outcome.model.adapter_sha256 == sha256_file(outcome.adapter)
