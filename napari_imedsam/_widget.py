@@ -27,6 +27,8 @@ from ._segment_worker import (
 from ._widget_download import DownloadControls
 from ._widget_export import ExportControls
 from ._widget_settings import SettingsForm
+from ._widget_volume import VolumeTools
+from ._widget_zoom import ZoomPreview
 
 HELP = (
     "Draw a rectangle around an object in the <b>boxes</b> layer: its mask appears in "
@@ -93,6 +95,11 @@ class SegmentWidget(QWidget):
         layout.addLayout(image_row)
         layout.addWidget(self.settings)
         layout.addLayout(buttons)
+        # Zoom preview and volume tools: their own modules, hooked in here only.
+        self.zoom, self.volume = ZoomPreview(self), VolumeTools(self)
+        self.zoom.more_boxes = self.volume.boxes_on_plane
+        layout.addWidget(self.zoom)
+        layout.addWidget(self.volume)
         # Export and weights download: their own modules, hooked in here only.
         self.export, self.downloads = ExportControls(self), DownloadControls(self._holder)
         layout.addWidget(self.export)

@@ -1,0 +1,183 @@
+"""Volume tools of the Segment widget (precompute, propagate) under pytest-qt + Xvfb."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+from qtpy.QtCore import QSettings  # noqa: E402
+
+from disc_volume import ball_volume, disc_model  # noqa: E402
+from napari_imedsam.train.metrics import dice  # noqa: E402
+
+WAIT_MS = 120_000
+START = 7  # the ball's middle slice; it spans slices 3..12 (truth)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    return disc_model(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(autouse=True)
+def _private_settings(tmp_path):
+    scope = QSettings.Scope.UserScope
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
+        QSettings.setPath(fmt, scope, str(tmp_path))
+    yield
+
+
+@pytest.fixture
+def notes():
+    seen: list[tuple[str, str]] = []
+
+    def grab(notification) -> None:  # noqa: ANN001
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def _rect(mask: np.ndarray, plane: int, pad: int = 2) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min() - pad, rows.max() + pad, cols.min() - pad, cols.max() + pad
+    return np.array([[plane, r0, c0], [plane, r0, c1], [plane, r1, c1], [plane, r1, c0]], float)
+
+
+def _volume_widget(make_napari_viewer, qtbot, model_path, volume, window="none"):
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="vol")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.model_combo.setCurrentText(model_path)
+    widget.window_combo.setCurrentText(window)
+    widget.zoom.sharper.setChecked(False)  # keep the CPU for what is tested here
+    viewer.dims.set_current_step(0, START)
+    return viewer, widget
+
+
+def _segment_start(qtbot, widget, truth) -> np.ndarray:
+    widget.boxes.add_rectangles(_rect(truth[START], START))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    oid = int(widget.boxes.features["object_id"].iloc[-1])
+    first = widget.masks.data[START] == oid
+    assert dice(first, truth[START]) > 0.6
+    return first
+
+
+def _slow(session, method: str, seconds: float) -> None:
+    """Make one session method slow, so a Stop press lands between two slices."""
+    original = getattr(session, method)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    setattr(session, method, slow)
+
+
+def test_propagate_runs_through_the_object_and_stops_where_it_ends(
+        make_napari_viewer, qtbot, model_path, notes):
+    volume, truth = ball_volume()
+    viewer, widget = _volume_widget(make_napari_viewer, qtbot, model_path, volume)
+    masks = widget.masks
+    masks.data[9, 20:26, 30:40] = 5  # another object, inside the ball's area on slice 9
+    first = _segment_start(qtbot, widget, truth)
+
+    widget.volume.direction.setCurrentText("both")
+    widget.volume.propagate_button.click()
+    assert widget.volume.busy and widget.volume.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.volume.busy, timeout=WAIT_MS)
+
+    oid = int(widget.boxes.features["object_id"].iloc[0])
+    assert oid == 6  # the next free id after the painted 5
+    obj = masks.data == oid
+    for z in range(4, 11):  # the ball's body: found slice after slice
+        assert dice(obj[z], truth[z]) > 0.5, (z, notes)
+    written = [z for z in range(len(obj)) if obj[z].any()]
+    assert min(written) >= 2 and max(written) <= 13  # it stopped where the ball ends
+    assert not obj[[0, 1, 14, 15]].any()
+    assert "ended at slice" in widget.status.text() and "down: ended" in widget.status.text()
+    assert (masks.data[9, 20:26, 30:40] == 5).all()  # the other object is untouched
+    assert np.array_equal(obj[START], first)  # the start slice is the user's, as it was
+    assert not widget.volume.stop_button.isEnabled()
+    # The whole propagation is one undo step (the next one undoes the box's mask),
+    # and redo brings it back.
+    masks.undo()
+    assert [z for z in range(len(obj)) if (masks.data[z] == oid).any()] == [START]
+    masks.undo()
+    assert not (masks.data == oid).any()
+    masks.redo()
+    masks.redo()
+    assert np.array_equal(masks.data == oid, obj)
+    # The propagated boxes are remembered per slice (the zoom preview uses them).
+    assert set(widget.volume.plane_boxes[oid]) == set(written) - {START}
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
+def test_propagate_stops_on_request_and_keeps_what_it_did(make_napari_viewer, qtbot,
+                                                          model_path):
+    volume, truth = ball_volume()
+    viewer, widget = _volume_widget(make_napari_viewer, qtbot, model_path, volume)
+    _segment_start(qtbot, widget, truth)
+    _slow(widget._holder.session_for(widget.settings.spec()), "predict", 0.4)
+    widget.volume.direction.setCurrentText("up")
+    widget.volume.propagate_button.click()
+    widget.volume._worker.yielded.connect(lambda _: widget.volume.stop_button.click())
+    qtbot.waitUntil(lambda: not widget.volume.busy, timeout=WAIT_MS)
+    done = [z for z in range(len(volume)) if (widget.masks.data[z] == 1).any()]
+    assert done[0] == START and 1 <= len(done) - 1 <= 2, done  # one slice, maybe two
+    assert all(z >= START for z in done)  # "up" only
+    assert "stopped before slice" in widget.status.text()
+
+
+def test_precompute_fills_the_cache_with_the_ct_window_and_stops(make_napari_viewer, qtbot,
+                                                                 model_path):
+    volume, truth = ball_volume()
+    # Hounsfield units that the abdomen window (W400, L40) maps back to the grey slices.
+    hu = (volume.astype(np.int32) * 400 // 255 - 160).astype(np.int16)
+    viewer, widget = _volume_widget(make_napari_viewer, qtbot, model_path, hu, "abdomen")
+    widget.volume.radius.setValue(3)
+    widget.volume.precompute_button.click()
+    qtbot.waitUntil(lambda: not widget.volume.busy, timeout=WAIT_MS)
+    session = widget._holder.session_for(widget.settings.spec())
+    assert len(session.cache) == 7  # slices 4..10
+    assert "7 slices embedded" in widget.status.text()
+    # A box on a precomputed slice finds its embedding: the box path windows the
+    # volume slice the same way.
+    hits = session.cache.hits
+    _segment_start(qtbot, widget, truth)
+    assert session.cache.hits == hits + 1 and len(session.cache) == 7
+
+    # Stop: what was embedded stays, the rest is skipped.
+    _slow(session, "embed", 0.4)
+    viewer.dims.set_current_step(0, 13)
+    widget.volume.radius.setValue(7)  # 13, 14, 12, 15, 11, 10, ...: slices 11..15 are new
+    widget.volume.precompute_button.click()
+    widget.volume._worker.yielded.connect(lambda _: widget.volume.stop())
+    qtbot.waitUntil(lambda: not widget.volume.busy, timeout=WAIT_MS)
+    assert 8 <= len(session.cache) <= 9  # one slice, maybe two, before the stop
+    assert not widget.volume.stop_button.isEnabled()
+
+
+def test_volume_tools_on_2d_and_channel_data(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50), np.uint8), name="flat")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.volume.propagate_button.click()
+    widget.volume.precompute_button.click()
+    assert sum("work on 3D images" in m for _, m in notes) == 2
+    assert not widget.volume.busy
+    # Channels last (not RGB): refused with what to do; channels first: a plane stack.
+    viewer.add_image(np.zeros((40, 50, 2), np.uint8), name="two channels last")
+    widget.image_combo.setCurrentText("two channels last")
+    assert any(s == "warning" and "channel_axis" in m for s, m in notes), notes
+    viewer.add_image(np.zeros((2, 40, 50), np.uint8), name="two channels first")
+    widget.image_combo.setCurrentText("two channels first")
+    assert widget.boxes.ndim == 3 and widget.masks.data.shape == (2, 40, 50)
