@@ -63,6 +63,7 @@ class SuggestBox(QGroupBox):
             show_info("I-MedSAM: wait for the current run to finish, or stop it")
             return
         try:
+            self.owner.recount()  # takes in layer changes still pending
             pairs = self.owner.pairs_table.pairs(self.owner.viewer)
             if not pairs:
                 raise DataError("tick at least one Labels layer with objects in the table")

@@ -74,12 +74,18 @@ class FinetuneWidget(QWidget):
         self._recount_timer.setSingleShot(True)
         self._recount_timer.setInterval(300)  # painting fires many events: count once
         self._recount_timer.timeout.connect(self.recount)
+        # Opening a data set adds hundreds of layers one by one: rebuild the table
+        # once they have arrived, not after each.
+        self._layers_timer = QTimer(self)
+        self._layers_timer.setSingleShot(True)
+        self._layers_timer.setInterval(200)
+        self._layers_timer.timeout.connect(self.refresh)
         self._watched: weakref.WeakSet = weakref.WeakSet()  # layers whose events we follow
         self._build_ui()
         for signal in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                        self.viewer.layers.events.reordered):
             signal.connect(self._on_layers_changed)
-        self._on_layers_changed()
+        self.refresh()
         self.refresh_adapters()
 
     # -- UI --------------------------------------------------------------------------
@@ -186,6 +192,12 @@ class FinetuneWidget(QWidget):
 
     # -- data ------------------------------------------------------------------------
     def _on_layers_changed(self, _event: Any = None) -> None:
+        self._layers_timer.start()
+
+    def refresh(self) -> None:
+        """Bring the table up to date with the layer list now (it follows by itself,
+        a moment after layers are added, removed, renamed or reordered)."""
+        self._layers_timer.stop()
         for layer in self.viewer.layers:
             if layer in self._watched:
                 continue
@@ -221,6 +233,9 @@ class FinetuneWidget(QWidget):
 
     def recount(self) -> tuple[int, int, list[str]]:
         """Update the table and the summary; returns (objects, slices, problems)."""
+        if self._layers_timer.isActive():  # a layer change is pending: take it in first
+            self.refresh()  # (which counts)
+        self._recount_timer.stop()
         objects, slices, problems = self.pairs_table.recount(self.viewer, self.slice_choice())
         rows = len(self.pairs_table.used_rows())
         text = f"{objects} objects on {slices} images/slices from {rows} Labels layer(s)"
@@ -266,8 +281,8 @@ class FinetuneWidget(QWidget):
             show_info("I-MedSAM: a run is in progress; stop it first")
             return
         try:
-            pairs = self.pairs_table.pairs(self.viewer)
             objects, _slices, problems = self.recount()
+            pairs = self.pairs_table.pairs(self.viewer)
             if problems:
                 raise ft.DataError(problems[0])
             folder = self.folder_edit.text().strip() or None
@@ -301,9 +316,15 @@ class FinetuneWidget(QWidget):
         self.plot.clear()
         self.result_label.setText("")
         self.set_status("starting: loading the model...")
+        workers: list[Any] = []
+
+        def should_stop() -> bool:  # the Stop button, or napari closing (worker.quit())
+            return self._stop.is_set() or bool(workers and workers[0].abort_requested)
+
         worker = create_worker(_train_worker, job, fields, on_progress=self._bridge.event.emit,
-                               should_stop=self._stop.is_set, on_status=self._bridge.status.emit,
+                               should_stop=should_stop, on_status=self._bridge.status.emit,
                                _start_thread=False)
+        workers.append(worker)
         worker.returned.connect(partial(self._on_outcome, spec))
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -373,6 +394,7 @@ class FinetuneWidget(QWidget):
         except Exception as exc:  # noqa: BLE001 - the file is saved; say how to use it
             show_error(f"I-MedSAM: {outcome.adapter.name} was saved but could not be loaded "
                        f"into the Segment widget ({exc}); choose it there under adapter")
+        outcome.model = None  # the Segment widget has it (pinned) or reloads the file
         self.refresh_adapters(select=outcome.adapter)
         note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"
         if outcome.stop_reason == "stopped":

@@ -123,6 +123,9 @@ def test_table_pairs_layers_and_counts_objects_and_slices(make_napari_viewer, qt
     vlabels[3, 40:50, 50:60] = 2
     viewer.add_image(volume, name="vol")
     viewer.add_labels(vlabels, name="vol masks")
+    # The table follows the layer list by itself, a moment after layers arrive.
+    qtbot.waitUntil(lambda: "vol masks" in [r[1] for r in widget.pairs_table.used_rows()],
+                    timeout=5000)
     widget.pairs_table.set_row("scene0 masks", use=False)
     widget.pairs_table.set_row("scene1 masks", use=False)
     assert widget.recount()[:2] == (3, 2)
@@ -149,6 +152,7 @@ def test_refuses_clearly_and_changes_nothing(make_napari_viewer, qtbot, notes, m
     assert "Paint or segment objects" in widget.data_summary.text()
 
     viewer.add_labels(labels[:, :90], name="narrow")  # drawn on some other image
+    widget.refresh()
     widget.pairs_table.set_row("narrow", use=True, image="scene")
     widget.start_training()
     assert not widget.busy
@@ -313,7 +317,10 @@ def test_hand_over_without_a_segment_widget_and_to_a_pinned_model(make_napari_vi
 
     # A Segment widget given a model object gets the trained model object.
     segment.use_model(load_model(tiny_model))
+    widget.refresh()
     widget.pairs_table.set_row("masks", use=False)
+    before = segment.pinned_model
     outcome = _train(qtbot, widget)
-    assert segment.pinned_model is outcome.model
-    assert outcome.model.adapter_sha256 == sha256_file(outcome.adapter)
+    assert segment.pinned_model is not before
+    assert segment.pinned_model.adapter_sha256 == sha256_file(outcome.adapter)
+    assert outcome.model is None  # the widget keeps no second copy of the model
