@@ -50,6 +50,13 @@ def _segmented(make_napari_viewer, qtbot, model_path, show=False):
     return viewer, widget, truth
 
 
+def _dense(widget) -> None:
+    """Dense decoding for the alignment checks: adaptive evaluation refines a different
+    point set at each resolution, which moves this weak model's boundary by up to
+    ~0.5 px between the image grid and the preview and would hide a geometry error."""
+    widget._holder.session_for(widget.settings.spec()).adaptive = False
+
+
 def _look(viewer, qtbot, widget, centre, zoom) -> None:
     camera = camera_of(viewer)
     camera.center = (camera.center[0], *centre)  # (the first value may follow the slider)
@@ -66,10 +73,7 @@ def test_zoom_gives_a_finer_preview_over_the_image(make_napari_viewer, qtbot, mo
     viewer, widget, truth = _segmented(make_napari_viewer, qtbot, model_path)
     assert widget.zoom.sharper.isChecked() and not widget.zoom.boundary.isChecked()
     masks = widget.masks
-    # Dense decoding for this check: adaptive evaluation refines a different point set
-    # at each resolution, which moves this weak model's boundary by up to ~0.5 px
-    # between the image grid and the preview and would hide a geometry error.
-    widget._holder.session_for(widget.settings.spec()).adaptive = False
+    _dense(widget)
     masks.data[:] = 0
     widget.boxes.data = [widget.boxes.data[0] + 0.01]  # segment again, densely
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
@@ -164,6 +168,7 @@ def test_preview_of_a_volume_slice_lives_on_that_slice(make_napari_viewer, qtbot
     viewer.add_image(volume, name="ball", scale=(2.0, 0.5, 0.5), translate=(10.0, 3.0, 4.0))
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     widget.model_combo.setCurrentText(model_path)
+    _dense(widget)
     viewer.dims.set_point(0, 10.0 + 2.0 * 7)  # world z of slice 7
     boxes = viewer.layers["boxes"]
     boxes.add_rectangles(np.column_stack([np.full(4, 7.0), _rect(truth[7])]))
