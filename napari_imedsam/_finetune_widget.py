@@ -12,25 +12,23 @@ live in the Qt-free ``finetune``, ``adapter_store`` and ``suggest`` modules.
 from __future__ import annotations
 
 import threading
-import weakref
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QSettings, Qt, QTimer, Signal
+from qtpy.QtCore import QObject, QSettings, Qt, Signal
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QGroupBox, QHBoxLayout,
+    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout,
     QLabel, QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from . import _finetune_link as link
 from . import adapter_store as store
 from . import finetune as ft
-from ._finetune_pairs import PairsTable
+from ._finetune_data import DataBox, group, narrow, with_button
 from ._finetune_suggest import SuggestBox
 from ._plot_widget import TrainingPlot
 from ._segment_worker import DEVICE_CHOICES, ModelSpec
@@ -39,7 +37,6 @@ from ._torch_guard import import_torch
 MODES = {"quick: decoder only (CPU)": "decoder",
          "adapters: LoRA + frequency + decoder (GPU)": "adapters"}
 START = ("the loaded adapter", "the base model (no adapter)")
-SLICES = {"slices with labels": "labelled", "the slice in view": "current", "a range": "range"}
 
 
 def settings() -> QSettings:
@@ -70,44 +67,13 @@ class FinetuneWidget(QWidget):
         self._bridge = _Bridge()
         self._bridge.event.connect(self._on_event)
         self._bridge.status.connect(self.set_status)
-        self._recount_timer = QTimer(self)
-        self._recount_timer.setSingleShot(True)
-        self._recount_timer.setInterval(300)  # painting fires many events: count once
-        self._recount_timer.timeout.connect(self.recount)
-        # Opening a data set adds hundreds of layers one by one: rebuild the table
-        # once they have arrived, not after each.
-        self._layers_timer = QTimer(self)
-        self._layers_timer.setSingleShot(True)
-        self._layers_timer.setInterval(200)
-        self._layers_timer.timeout.connect(self.refresh)
-        self._watched: weakref.WeakSet = weakref.WeakSet()  # layers whose events we follow
         self._build_ui()
-        for signal in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
-                       self.viewer.layers.events.reordered):
-            signal.connect(self._on_layers_changed)
-        self.refresh()
         self.refresh_adapters()
 
     # -- UI --------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        self.pairs_table = PairsTable()
-        self.slice_combo = QComboBox()
-        self.slice_combo.addItems(list(SLICES))
-        self.slice_from, self.slice_to = QSpinBox(), QSpinBox()
-        for spin in (self.slice_from, self.slice_to):
-            spin.setRange(0, 100_000)
-        self.folder_edit = QLineEdit()
-        self.folder_edit.setPlaceholderText("optional: DIR with images/ and masks/")
-        self.data_summary = QLabel("")
-        self.data_summary.setWordWrap(True)
-        data = QFormLayout()
-        span = QHBoxLayout()
-        for w in (self.slice_from, QLabel("to"), self.slice_to):
-            span.addWidget(w)
-        data.addRow("volumes", self.slice_combo)
-        data.addRow("range", span)
-        data.addRow("folder", _with_button(self.folder_edit, "...", self._browse_folder))
-        data_box = _group("Training data", self.pairs_table, data, self.data_summary)
+        self.data = DataBox(self.viewer)
+        self.pairs_table = self.data.table
 
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(list(MODES))
@@ -135,7 +101,7 @@ class FinetuneWidget(QWidget):
         form.addRow("device", self.device_combo)
         form.addRow("held out", self.val_spin)
         form.addRow("start from", self.start_combo)
-        form.addRow("save to", _with_button(self.out_edit, "...", self._browse_out))
+        form.addRow("save to", with_button(self.out_edit, "...", self._browse_out))
         self.train_button, self.stop_button = QPushButton("Train"), QPushButton("Stop")
         self.train_button.clicked.connect(self.start_training)
         self.stop_button.clicked.connect(self.stop)
@@ -148,7 +114,7 @@ class FinetuneWidget(QWidget):
         self.status.setWordWrap(True)
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
-        train_box = _group("Training", form, buttons, self.plot, self.status, self.result_label)
+        train_box = group("Training", form, buttons, self.plot, self.status, self.result_label)
 
         self.adapters = link.AdaptersBox(self)
 
@@ -157,7 +123,7 @@ class FinetuneWidget(QWidget):
         # and squeezing its forms would make them unreadable.
         inner = QWidget()
         column = QVBoxLayout(inner)
-        for box in (data_box, train_box, self.adapters, self.suggest):
+        for box in (self.data, train_box, self.adapters, self.suggest):
             column.addWidget(box)
         column.addStretch(1)
         scroll = QScrollArea()
@@ -169,18 +135,10 @@ class FinetuneWidget(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(scroll)
 
-        for combo in (self.slice_combo, self.mode_combo, self.device_combo, self.start_combo):
-            _narrow(combo)
-        for layout in (data, form):  # narrow docks: fields go below their labels
-            layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        self.pairs_table.changed.connect(self.recount)
-        self.slice_combo.currentTextChanged.connect(self._on_slice_mode)
-        for spin in (self.slice_from, self.slice_to):
-            spin.valueChanged.connect(lambda _v: self.recount())
-        self.folder_edit.editingFinished.connect(self.recount)
+        for combo in (self.mode_combo, self.device_combo, self.start_combo):
+            narrow(combo)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks
         self.out_edit.editingFinished.connect(self._on_out_dir)
-        self.viewer.dims.events.current_step.connect(self._on_dims)
-        self._on_slice_mode()
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -190,70 +148,14 @@ class FinetuneWidget(QWidget):
         """True while training or ranking runs."""
         return self._worker is not None or self.suggest.busy
 
-    # -- data ------------------------------------------------------------------------
-    def _on_layers_changed(self, _event: Any = None) -> None:
-        self._layers_timer.start()
-
+    # -- data (the DataBox) -------------------------------------------------------------
     def refresh(self) -> None:
-        """Bring the table up to date with the layer list now (it follows by itself,
-        a moment after layers are added, removed, renamed or reordered)."""
-        self._layers_timer.stop()
-        for layer in self.viewer.layers:
-            if layer in self._watched:
-                continue
-            self._watched.add(layer)
-            layer.events.name.connect(self._on_layers_changed)
-            if isinstance(layer, Labels):
-                for emitter in (layer.events.paint, layer.events.data,
-                                layer.events.labels_update):
-                    emitter.connect(self._recount_soon)
-        self.pairs_table.sync(self.viewer)
-        self.recount()
-
-    def _recount_soon(self, _event: Any = None) -> None:
-        self._recount_timer.start()
-
-    def _on_slice_mode(self, *_: Any) -> None:
-        ranged = SLICES[self.slice_combo.currentText()] == "range"
-        self.slice_from.setEnabled(ranged)
-        self.slice_to.setEnabled(ranged)
-        self.recount()
-
-    def _on_dims(self, _event: Any) -> None:
-        if SLICES[self.slice_combo.currentText()] == "current":
-            self._recount_soon()
-
-    def slice_choice(self) -> ft.SliceChoice:
-        """The slices of volumes to train on, as chosen."""
-        step = self.viewer.dims.current_step
-        # Volumes are right-aligned in the viewer's dims: the slice axis is third from last.
-        current = int(step[-3]) if len(step) >= 3 else 0
-        return ft.SliceChoice(SLICES[self.slice_combo.currentText()], current,
-                              self.slice_from.value(), self.slice_to.value())
+        """Bring the pairs table up to date with the layer list now."""
+        self.data.refresh()
 
     def recount(self) -> tuple[int, int, list[str]]:
-        """Update the table and the summary; returns (objects, slices, problems)."""
-        if self._layers_timer.isActive():  # a layer change is pending: take it in first
-            self.refresh()  # (which counts)
-        self._recount_timer.stop()
-        objects, slices, problems = self.pairs_table.recount(self.viewer, self.slice_choice())
-        rows = len(self.pairs_table.used_rows())
-        text = f"{objects} objects on {slices} images/slices from {rows} Labels layer(s)"
-        folder = self.folder_edit.text().strip()
-        if folder:
-            text += f", plus the folder {Path(folder).name}"
-        if problems:
-            text += ". Problem: " + problems[0]
-        elif objects == 0 and not folder:
-            text += ". Paint or segment objects in a Labels layer and tick its row."
-        self.data_summary.setText(text)
-        return objects, slices, problems
-
-    def _browse_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Folder with images/ and masks/")
-        if path:
-            self.folder_edit.setText(path)
-            self.recount()
+        """(objects, slices, problems) of the chosen data, shown in the summary."""
+        return self.data.recount()
 
     def _browse_out(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Folder for new adapters")
@@ -285,7 +187,7 @@ class FinetuneWidget(QWidget):
             pairs = self.pairs_table.pairs(self.viewer)
             if problems:
                 raise ft.DataError(problems[0])
-            folder = self.folder_edit.text().strip() or None
+            folder = self.data.folder()
             if folder is not None and not (Path(folder) / "images").is_dir():
                 raise ft.DataError(f"{folder} has no images/ folder (expected images/ and masks/)")
             if objects == 0 and folder is None:
@@ -305,7 +207,7 @@ class FinetuneWidget(QWidget):
         fields = self._train_fields(trained)
         job = dict(
             load_model=partial(link.load_start_model, spec.name, adapter, pinned),
-            collect=partial(_collect_all, pairs, self.slice_choice(), window, folder),
+            collect=partial(_collect_all, pairs, self.data.slice_choice(), window, folder),
             val_share=self.val_spin.value() / 100.0,
             out_dir=Path(self.out_edit.text().strip() or store.default_adapter_dir()),
             stem=store.adapter_stem(spec.name),
@@ -445,29 +347,3 @@ def _collect_all(pairs: list[ft.LayerPair], choice: ft.SliceChoice, window: str 
     if not items:
         raise ft.DataError("no labelled objects to train on")
     return items
-
-
-def _narrow(combo: QComboBox, chars: int = 6) -> None:
-    """Let a combo box shrink below its longest entry (docks are narrow)."""
-    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-    combo.setMinimumContentsLength(chars)
-
-
-def _group(title: str, *parts: Any) -> QGroupBox:
-    box = QGroupBox(title)
-    layout = QVBoxLayout(box)
-    for part in parts:
-        (layout.addLayout if not isinstance(part, QWidget) else layout.addWidget)(part)
-    return box
-
-
-def _with_button(field: QWidget, text: str, slot: Any) -> QWidget:
-    box = QWidget()
-    row = QHBoxLayout(box)
-    row.setContentsMargins(0, 0, 0, 0)
-    button = QPushButton(text)
-    button.setMaximumWidth(30)
-    button.clicked.connect(slot)
-    row.addWidget(field, 1)
-    row.addWidget(button)
-    return box

@@ -108,12 +108,12 @@ def test_table_pairs_layers_and_counts_objects_and_slices(make_napari_viewer, qt
     assert [(labels, image) for _, labels, image in rows] == [
         ("scene0 masks", "scene0"), ("scene1 masks", "scene1")]  # "stray" fits no image
     assert widget.recount() == (4, 2, [])
-    assert "4 objects on 2 images/slices" in widget.data_summary.text()
+    assert "4 objects on 2 images/slices" in widget.data.summary.text()
 
     # Painting a new object is counted (the paint event, debounced).
     masks = viewer.layers["scene0 masks"]
     masks.paint((5, 5), 7, refresh=True)
-    qtbot.waitUntil(lambda: "5 objects" in widget.data_summary.text(), timeout=5000)
+    qtbot.waitUntil(lambda: "5 objects" in widget.data.summary.text(), timeout=5000)
 
     # Volumes: only the chosen slices count.
     volume = np.zeros((4, 64, 96), np.uint8)
@@ -129,12 +129,12 @@ def test_table_pairs_layers_and_counts_objects_and_slices(make_napari_viewer, qt
     widget.pairs_table.set_row("scene0 masks", use=False)
     widget.pairs_table.set_row("scene1 masks", use=False)
     assert widget.recount()[:2] == (3, 2)
-    widget.slice_combo.setCurrentText("the slice in view")
+    widget.data.slice_combo.setCurrentText("the slice in view")
     viewer.dims.set_current_step(0, 3)
     assert widget.recount()[:2] == (2, 1)
-    widget.slice_combo.setCurrentText("a range")
-    widget.slice_from.setValue(0)
-    widget.slice_to.setValue(2)
+    widget.data.slice_combo.setCurrentText("a range")
+    widget.data.slice_from.setValue(0)
+    widget.data.slice_to.setValue(2)
     assert widget.recount()[:2] == (1, 1)
 
 
@@ -149,7 +149,7 @@ def test_refuses_clearly_and_changes_nothing(make_napari_viewer, qtbot, notes, m
     assert not widget.busy
     assert any(s == "error" and "no labelled objects" in m and "Labels layer" in m
                for s, m in notes), notes
-    assert "Paint or segment objects" in widget.data_summary.text()
+    assert "Paint or segment objects" in widget.data.summary.text()
 
     viewer.add_labels(labels[:, :90], name="narrow")  # drawn on some other image
     widget.refresh()
