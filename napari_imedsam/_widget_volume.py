@@ -138,7 +138,12 @@ class VolumeTools(QGroupBox):
 
     @property
     def busy(self) -> bool:
+        """True while a precompute or a propagation runs."""
         return self._worker is not None
+
+    @property
+    def propagating(self) -> bool:
+        return self._kind == "propagation"
 
     def boxes_on_plane(self, plane: int | None) -> list[tuple[int, Box]]:
         """(object_id, box) of the propagated objects on ``plane``."""

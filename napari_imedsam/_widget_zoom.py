@@ -121,6 +121,12 @@ class ZoomPreview(QWidget):
 
     def update_now(self) -> None:
         """Plan the current view and decode it (or clear the preview)."""
+        volume = getattr(self.widget, "volume", None)
+        if self.widget.busy or (volume is not None and volume.propagating):
+            # Boxes and propagation first (they share the model): the preview is a
+            # nicety and would hold the session for seconds on a CPU.
+            self._timer.start()
+            return
         try:
             job = self._plan()
         except Exception as exc:  # noqa: BLE001 - never break the viewer over a preview

@@ -161,6 +161,13 @@ def test_boundary_path_and_newest_view_wins(make_napari_viewer, qtbot, model_pat
     assert np.allclose(preview.translate, view_b.translate)
     assert preview.data.shape == view_b.out_shape
 
+    # While a box waits for the model, the preview waits too (boxes come first).
+    widget._queue[999] = None  # stands for a waiting box request
+    widget.zoom.update_now()
+    assert widget.zoom._worker is None and widget.zoom.busy
+    widget._queue.clear()
+    qtbot.waitUntil(lambda: not widget.zoom.busy, timeout=WAIT_MS)
+
 
 def test_preview_of_a_volume_slice_lives_on_that_slice(make_napari_viewer, qtbot, model_path):
     viewer = make_napari_viewer()
