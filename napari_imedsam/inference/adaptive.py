@@ -2,7 +2,9 @@
 
 On an output grid of ``R x C`` points (a box region at some scale):
 
-1. Dec_c (logit and MC-dropout variance) runs on a lattice of stride ``s``.
+1. Dec_c (logit and MC-dropout variance) runs on a lattice of stride ``s``
+   (:func:`start_stride`: about 32 cells across the output, so this first,
+   area-proportional pass costs the same at every output size).
 2. A lattice cell is *mixed* when its corners disagree about the mask (sign of
    the logit, for any class) or one of them is within ``margin`` of p = 0.5.
    Mixed cells, grown by one cell, are split in two along both axes and their
@@ -76,6 +78,14 @@ def _cells_to_child_nodes(cells: torch.Tensor) -> torch.Tensor:
         for dj in range(3):
             nodes[di : di + 2 * n : 2, dj : dj + 2 * m : 2] |= cells
     return nodes
+
+
+def start_stride(shape: tuple[int, int], cells: int = 32) -> int:
+    """The coarsest stride for an ``R x C`` output: about ``cells`` lattice cells
+    across its longer side (a power of two, 1 to 32), so that the first,
+    area-proportional pass costs the same at every output size."""
+    side = max(shape)
+    return int(min(32, max(1, 2 ** math.floor(math.log2(max(1.0, side / cells))))))
 
 
 def lattice_shape(shape: tuple[int, int], stride: int = DEFAULT_STRIDE) -> tuple[int, int]:

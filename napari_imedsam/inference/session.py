@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from ..model.devices import autocast, resolve_device
 from ..model.modeling.imedsam import IMedSAM
 from ..model.transforms import Letterbox, letterbox_image
-from .adaptive import adaptive_decode, lattice_shape
+from .adaptive import adaptive_decode, lattice_shape, start_stride
 from .cache import EmbeddingCache, content_key
 from .fast_decoder import FastDecoder
 from .intensity import Window, to_encoder_rgb
@@ -247,12 +247,14 @@ class SegmentationSession:
         if adaptive:
             networks = self.model.implicit_decoder.coarse.sample_networks(
                 cfg.mc_samples, self._generator())
+            stride = start_stride(shape)
             # The corners of the (padded) lattice bound every point decoded for this box.
-            last = np.asarray(lattice_shape(shape)) - 1
+            last = np.asarray(lattice_shape(shape, stride)) - 1
             corners = points_of(np.array([0, last[0]]), np.array([0, last[1]]))
             extent = (*corners.amin(0).tolist(), *corners.amax(0).tolist())
             fast = FastDecoder(self.model, prompt, networks, extent=tuple(extent))
-            maps = adaptive_decode(fast, points_of, shape, top_k_ratio=cfg.top_k_ratio)
+            maps = adaptive_decode(fast, points_of, shape, stride=stride,
+                                   top_k_ratio=cfg.top_k_ratio)
             return (maps.prob.cpu().numpy(), maps.uncertainty.cpu().numpy(),
                     maps.refined.cpu().numpy(), maps.evaluated.cpu().numpy())
         rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
