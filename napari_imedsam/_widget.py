@@ -312,7 +312,9 @@ class SegmentWidget(QWidget):
             if not self._told_no_uncertainty:
                 self._told_no_uncertainty = True
                 show_info(f"I-MedSAM: {NO_UNCERTAINTY}")
-        self.set_status(note if not self.busy else note + "; more boxes waiting...")
+        # The worker that produced this outcome is still finishing: only queued
+        # requests mean more work.
+        self.set_status(note + "; more boxes waiting..." if self._queue else note)
 
     def _show_uncertainty(self, key: int, plane: int | None, unc: np.ndarray | None) -> None:
         part = None if unc is None else crop_nonzero(unc)
