@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import __version__, _cli_infer, _cli_train, _cli_weights
+from . import __version__, _cli_gui, _cli_infer, _cli_train, _cli_weights
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cli_weights.add_parser(subparsers)
     _cli_train.add_parsers(subparsers)
     _cli_infer.add_parsers(subparsers)
+    _cli_gui.add_parser(subparsers)
     return parser
 
 

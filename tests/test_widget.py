@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import tifffile
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -322,3 +323,27 @@ def test_screenshot_shows_the_mask_overlay(make_napari_viewer, qtbot, trained_ti
     rgb = shot[..., :3].astype(int)
     saturated = (rgb.max(axis=-1) - rgb.min(axis=-1)) > 60
     assert saturated.mean() > 0.01
+
+
+def test_gui_command_opens_the_sample_and_the_widgets(qtbot, tmp_path):
+    """`imedsam gui`: the sample (or the given files) and the dock widgets, offline."""
+    from napari_imedsam._cli_gui import open_viewer
+    from napari_imedsam.cli import build_parser
+
+    args = build_parser().parse_args(["gui", "--sample", "ct", "--fine-tune"])
+    assert args.files == [] and args.sample == "ct" and args.fine_tune
+    viewer = open_viewer(args.files, args.sample, args.fine_tune, show=False)
+    try:
+        assert [layer.name for layer in viewer.layers][0] == "synthetic CT (HU)"
+        docks = " ".join(viewer.window.dock_widgets)
+        assert "Segment" in docks and "Fine-tune" in docks
+    finally:
+        viewer.close()
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, np.arange(64 * 80, dtype=np.uint16).reshape(64, 80))
+    viewer = open_viewer([str(path)], "ct", fine_tune=False, show=False)
+    try:
+        assert viewer.layers[0].data.shape == (64, 80) and len(viewer.layers) >= 1
+        assert "Fine-tune" not in " ".join(viewer.window.dock_widgets)
+    finally:
+        viewer.close()
