@@ -71,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
                       points_per_sample=args.points, seed=args.seed, device=args.device,
                       precision=args.precision, augment=not args.no_augment,
                       val_label_size=args.val_label_size, time_budget_s=args.time_budget,
-                      lr_base=args.lr_base)
+                      lr_base=args.lr_base, objective=args.objective)
     train_set, val_set = _split(args, args.seed)
     model = build_model(args.variant, checkpoint=args.base_weights, input_size=args.input_size,
                         num_classes=args.classes, frequency_mode=args.frequency)
@@ -168,6 +168,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--points", type=int, default=4096, help="query points per sample")
     t.add_argument("--lr-base", type=float, default=3e-4, help="encoder lr in full mode")
+    t.add_argument("--objective", default="implicit", choices=("implicit", "sam"),
+                   help="sam: train SAM's own decoder (pretrains the box path of a "
+                        "from-scratch model; then train again with --init)")
     t.add_argument("--val-label-size", type=int, default=128)
     t.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after")
     t.add_argument("--no-augment", action="store_true")

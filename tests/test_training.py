@@ -230,3 +230,24 @@ def test_cli_train_and_evaluate(tmp_path, capsys):
     assert report["ellipse_dice"] > 0.7  # discs: the ellipse in the box is near perfect
     rows = report_path.with_suffix(".csv").read_text().splitlines()
     assert rows[0].startswith("image,object,dice") and len(rows) == 1 + 6
+
+
+def test_sam_objective_trains_the_prompt_path_only(tmp_path):
+    """``objective="sam"`` pretrains SAM's own decoder at the sampled points: SAM's mask
+    head moves, the implicit decoder receives no gradient, and the SAM-path
+    validation Dice it reports is that of the trained SAM decoder."""
+    items = _disc_images(8)
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    before = _weights(model)
+    result = train(model, items[:6], items[6:], _cfg(objective="sam", epochs=3),
+                   tmp_path / "sam.safetensors")
+    after = model.state_dict()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.startswith("mask_decoder.output_hypernetworks_mlps") for k in moved)
+    assert any(k.startswith("image_encoder") for k in moved)
+    assert not any(k.startswith("implicit_decoder") and "running" not in k
+                   and "num_batches" not in k for k in moved)
+    assert result.best_val_dice is not None and result.best_val_dice > 0.2
+    with pytest.raises(ValueError, match="objective"):
+        train(build_model("tiny"), items[:2], [], _cfg(objective="dense"), tmp_path / "x")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..model.build import set_trainable, trainable_parts
 from ..model.checkpoint import save_adapter
@@ -55,6 +56,10 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     time_budget_s: float | None = None
+    #: ``implicit``: the I-MedSAM loss. ``sam``: SAM's own mask decoder (mask token
+    #: and hypernetwork) read at the same points, to pretrain the box -> feature
+    #: path of a model trained from scratch before its implicit decoder learns.
+    objective: str = "implicit"
 
 
 @dataclass
@@ -92,8 +97,14 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor,
-                embedded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                embedded: bool, objective: str = "implicit") -> tuple[torch.Tensor, torch.Tensor]:
         emb = images if embedded else self.model.embed(images)
+        if objective == "sam":
+            low_res, _ = self.model.predict_discrete(emb, boxes)  # (B, 1, 4g, 4g)
+            logits = F.grid_sample(low_res, points.unsqueeze(2).to(low_res.dtype),
+                                   mode="bilinear", align_corners=False,
+                                   padding_mode="border")[..., 0]  # (B, 1, P)
+            return logits, logits
         pred = self.model.decode_points(self.model.encode_prompt(emb, boxes), points)
         return pred.coarse_logits, pred.logits
 
@@ -127,6 +138,10 @@ def train(
     best adapter so far kept (one is validated and saved if none was yet).
     ``resume`` continues a run from the files beside ``out``.
     """
+    if cfg.objective not in ("implicit", "sam"):
+        raise ValueError(f"objective must be 'implicit' or 'sam', got {cfg.objective!r}")
+    if cfg.objective == "sam" and model.config.num_classes != 1:
+        raise ValueError("the 'sam' objective trains SAM's single-mask output: use --classes 1")
     dist = init_distributed()
     device = dist.device if dist.world > 1 else resolve_device(cfg.device)
     model.to(device)
@@ -191,7 +206,7 @@ def train(
                 images, embedded = _cached_embeddings(model, batch, cache, device), True
             with autocast(device, cfg.precision):
                 coarse, final = step_module(images, batch.boxes.to(device),
-                                            batch.points.to(device), embedded)
+                                            batch.points.to(device), embedded, cfg.objective)
             targets = batch.targets.to(device)
             coarse_loss, fine_loss = seg_loss(coarse, targets), seg_loss(final, targets)
             loss = w_coarse * coarse_loss + w_fine * fine_loss
@@ -256,7 +271,8 @@ def _cached_embeddings(model: IMedSAM, batch: Any, cache: dict[int, torch.Tensor
 def _validate(model: IMedSAM, images: list[LabeledImage], cfg: TrainConfig,
               device: torch.device) -> float:
     rows = evaluate_model(model, images, label_size=cfg.val_label_size, device=device,
-                          with_distances=False, seed=cfg.seed)
+                          with_distances=False, seed=cfg.seed,
+                          decoder="sam" if cfg.objective == "sam" else "imedsam")
     return float(np.mean([r["dice"] for r in rows])) if rows else 0.0
 
 

@@ -38,8 +38,12 @@ def evaluate_model(
     with_distances: bool = True,
     seed: int = 0,
     on_progress: ProgressFn | None = None,
+    decoder: str = "imedsam",
 ) -> list[dict[str, Any]]:
-    """One row per object (binary) or per present class (multi-class)."""
+    """One row per object (binary) or per present class (multi-class).
+
+    ``decoder``: ``imedsam`` (the implicit decoder) or ``sam`` (SAM's own).
+    """
     was_training = model.training
     model.eval()
     device = device or model.device
@@ -48,7 +52,7 @@ def evaluate_model(
     rows: list[dict[str, Any]] = []
     # Dense decoding: evaluation measures the model, not the adaptive approximation.
     # A small cache: the objects of one image share its embedding.
-    session = SegmentationSession(model, device=device, mode="imedsam", precision="fp32",
+    session = SegmentationSession(model, device=device, mode=decoder, precision="fp32",
                                   cache_bytes=64 << 20, seed=seed, adaptive=False)
     shape = (label_size, label_size)
     for done, ref in enumerate(refs):
