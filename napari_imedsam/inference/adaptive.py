@@ -85,7 +85,7 @@ def start_stride(shape: tuple[int, int], cells: int = 32) -> int:
     across its longer side (a power of two, 1 to 32), so that the first,
     area-proportional pass costs the same at every output size."""
     side = max(shape)
-    return int(min(32, max(1, 2 ** math.floor(math.log2(max(1.0, side / cells))))))
+    return int(min(32, max(1, 2 ** round(math.log2(max(1.0, side / cells))))))
 
 
 def lattice_shape(shape: tuple[int, int], stride: int = DEFAULT_STRIDE) -> tuple[int, int]:
