@@ -176,6 +176,14 @@ class SegmentWidget(QWidget):
         spatial = spatial_shape(shape, image.rgb)
         if self.boxes is not None:
             self.boxes.events.data.disconnect(self._on_boxes_data)
+        if image is not self.image:
+            # Per-object state belongs to the previous image's boxes: an uncertainty
+            # part kept from it would be drawn over the new image.
+            self._unc_parts.clear()
+            self._last_box.clear()
+            self._latest.clear()
+            self._queue.clear()
+            self._current = None
         self.image = image
         self._binding = True  # adding layers below re-enters _on_layers_changed
         try:

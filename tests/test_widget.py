@@ -347,3 +347,21 @@ def test_gui_command_opens_the_sample_and_the_widgets(qtbot, tmp_path):
         assert "Fine-tune" not in " ".join(viewer.window.dock_widgets)
     finally:
         viewer.close()
+
+
+def test_a_new_image_starts_without_the_old_objects_uncertainty(make_napari_viewer, qtbot,
+                                                                 trained_tiny):
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="first", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    viewer.layers["boxes"].add_rectangles([_box_of(right), _box_of(left)])
+    _wait(qtbot, widget)
+    assert widget.uncertainty is not None and widget.uncertainty.data[left].max() > 0
+    viewer.layers.clear()
+    viewer.add_image(image, name="second", rgb=True)
+    viewer.layers["boxes"].add_rectangles([_box_of(right)])
+    _wait(qtbot, widget)
+    unc = widget.uncertainty.data
+    assert unc[right].max() > 0
+    assert unc[left].max() == 0  # nothing left over from the first image's second object
