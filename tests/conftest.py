@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import torch
 
 from napari_imedsam.model import build_model
@@ -21,3 +23,18 @@ def train_tiny(items: list[LabeledImage], path: Path) -> str:
                       lr_base=1e-3, lr_decoder=3e-3)
     train(model, items[:-2], items[-2:], cfg, path)
     return str(path)
+
+
+@pytest.fixture
+def notes():
+    """Notifications napari shows during a test, as (severity, message)."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[tuple[str, str]] = []
+
+    def grab(notification) -> None:  # noqa: ANN001
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)

@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from napari.utils.progress import progress  # noqa: E402
 from qtpy.QtCore import QSettings  # noqa: E402
 
@@ -83,18 +82,6 @@ def fake_vit_b(tmp_path, monkeypatch):
     QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path))
     yield server, loads
     server.stop()
-
-
-@pytest.fixture
-def notes():
-    seen: list[tuple[str, str]] = []
-
-    def grab(notification) -> None:  # noqa: ANN001
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _widget_with_box(make_napari_viewer):  # noqa: ANN001, ANN202

@@ -185,20 +185,6 @@ def demo_model():
 
 
 @pytest.fixture
-def notes():
-    from napari.utils.notifications import notification_manager
-
-    seen: list[tuple[str, str]] = []
-
-    def grab(notification) -> None:  # noqa: ANN001
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
-
-
-@pytest.fixture
 def segment(make_napari_viewer, qtbot, demo_model, tmp_path):
     """open(path) -> (viewer, widget) with the demo model and the abdomen window."""
     pytest.importorskip("pytestqt")

@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QSettings  # noqa: E402
 
 from conftest import train_tiny  # noqa: E402
@@ -47,19 +46,6 @@ def _private_settings(tmp_path):
         QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "settings"))
     settings().setValue("out_dir", str(tmp_path / "adapters"))
     yield
-
-
-@pytest.fixture
-def notes():
-    """Notifications shown during a test, as (severity, message)."""
-    seen: list[tuple[str, str]] = []
-
-    def grab(notification) -> None:  # noqa: ANN001
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _open(viewer, name: str = "Fine-tune"):

@@ -13,7 +13,6 @@ nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 
 from napari.layers import Labels  # noqa: E402
-from napari.utils.notifications import notification_manager  # noqa: E402
 from PIL import Image as PILImage  # noqa: E402
 
 from napari_imedsam import _reader, io  # noqa: E402
@@ -21,18 +20,6 @@ from napari_imedsam import _reader, io  # noqa: E402
 #: LPS storage (the DICOM convention, common in CT NIfTI), spacing 0.8 x 0.7 x 2.5 mm.
 LPS_AFFINE = np.array([[-0.8, 0, 0, 12.0], [0, -0.7, 0, -30.0], [0, 0, 2.5, 100.0],
                        [0, 0, 0, 1]])
-
-
-@pytest.fixture
-def notes():
-    seen: list[tuple[str, str]] = []
-
-    def grab(notification) -> None:  # noqa: ANN001
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _volume(shape=(9, 8, 5), seed=0) -> np.ndarray:

@@ -10,7 +10,6 @@ import tifffile
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QSettings  # noqa: E402
 
 from napari_imedsam._widget import NO_UNCERTAINTY, SegmentWidget  # noqa: E402
@@ -72,19 +71,6 @@ def _private_settings(tmp_path):
     QSettings.setPath(QSettings.Format.NativeFormat, scope, str(tmp_path))
     QSettings.setPath(fmt, scope, str(tmp_path))
     yield
-
-
-@pytest.fixture
-def notes():
-    """Notifications shown during a test, as (severity, message)."""
-    seen: list[tuple[str, str]] = []
-
-    def grab(notification) -> None:  # noqa: ANN001
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _open(viewer, model: str | None = None) -> SegmentWidget:

@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QSettings  # noqa: E402
 
 from disc_volume import ball_volume, disc_model  # noqa: E402
@@ -31,18 +30,6 @@ def _private_settings(tmp_path):
     for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
         QSettings.setPath(fmt, scope, str(tmp_path))
     yield
-
-
-@pytest.fixture
-def notes():
-    seen: list[tuple[str, str]] = []
-
-    def grab(notification) -> None:  # noqa: ANN001
-        seen.append((str(notification.severity), str(notification.message)))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 def _rect(mask: np.ndarray, plane: int, pad: int = 2) -> np.ndarray:
