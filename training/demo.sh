@@ -11,7 +11,7 @@
 set -euo pipefail
 OUT=${OUT:-runs/demo3}
 IMAGES=${IMAGES:-2000}   # synthetic training images (validation: a fifth as many, other seed)
-STAGE1_S=${STAGE1_S:-1680}   # here: stopped after 2 of 4 epochs (28 min on 2 cores)
+STAGE1_S=${STAGE1_S:-1680}   # here: stopped after 2 of 4 epochs (27 min on 2 cores)
 STAGE2_S=${STAGE2_S:-1800}   # here: 1.45 epochs; the best (first) epoch is kept
 COMMON=(--synthetic "$IMAGES" --synthetic-kind mixed --variant demo --mode full --points 1024
         --batch-size 4 --val-label-size 128 --seed 0 --device auto)
