@@ -71,7 +71,8 @@ def _train(args: argparse.Namespace) -> int:
                       points_per_sample=args.points, seed=args.seed, device=args.device,
                       precision=args.precision, augment=not args.no_augment,
                       val_label_size=args.val_label_size, time_budget_s=args.time_budget,
-                      lr_base=args.lr_base, objective=args.objective)
+                      lr_base=args.lr_base, objective=args.objective,
+                      box_jitter_px=args.box_jitter)
     train_set, val_set = _split(args, args.seed)
     model = build_model(args.variant, checkpoint=args.base_weights, input_size=args.input_size,
                         num_classes=args.classes, frequency_mode=args.frequency)
@@ -174,6 +175,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--val-label-size", type=int, default=128)
     t.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--box-jitter", type=float, default=20.0, metavar="PX",
+                   help="each box side moves outward by up to PX pixels of a 384 input while "
+                        "training (the authors' 20); 0 for tight boxes, best for short "
+                        "fine-tuning runs (docs/training.md)")
     t.add_argument("--device", default="auto", choices=DEVICES)
     t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     t.add_argument("--seed", type=int, default=0)

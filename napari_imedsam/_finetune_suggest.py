@@ -97,7 +97,7 @@ class SuggestBox(QGroupBox):
             return
         self.suggestions, self.position = result, -1
         self.next_button.setEnabled(len(result) > 0)
-        top = ", ".join(f"{_where(o)} {s:.3f}" for o, s in result.ranked[:3])
+        top = ", ".join(f"{_where(o)} {s:.2g}" for o, s in result.ranked[:3])
         self.label.setText(f"ranked {len(result)} images/slices; most uncertain: {top}")
 
     def go_next(self) -> None:
@@ -126,7 +126,7 @@ class SuggestBox(QGroupBox):
         image.visible = labels.visible = True
         viewer.layers.selection.active = labels
         self.label.setText(f"{self.position + 1}/{len(self.suggestions)}: {_where(origin)} "
-                           f"(mean uncertainty {score:.3f}); correct it with the brush")
+                           f"(mean uncertainty {score:.2g}); correct it with the brush")
 
 
 def _where(origin: Any) -> str:

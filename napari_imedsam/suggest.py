@@ -1,7 +1,7 @@
 """Suggest what to correct next: rank images or slices by the model's uncertainty.
 
 Each labelled object's tight box is given to the model; the object's score is
-the mean MC-dropout uncertainty inside the mask the model predicts, and an
+the mean MC-dropout standard deviation inside the mask the model predicts, and an
 image's (slice's) score is the mean over its objects. The most uncertain comes
 first: that is where a correction teaches the model most. No Qt here.
 """
@@ -23,18 +23,24 @@ class NoUncertainty(ValueError):
 
 def object_uncertainty(prob: np.ndarray, unc: np.ndarray, box: Sequence[float],
                        threshold: float = 0.5) -> float:
-    """Mean of ``unc`` (H, W) where ``prob`` (H, W) > ``threshold``.
+    """Mean MC-dropout standard deviation where ``prob`` (H, W) > ``threshold``.
+
+    ``unc`` (H, W) is the model's variance of the probability. Its square root,
+    the spread of the probability in probability units (0 to 0.5), is what is
+    averaged: the variance inside an object is mostly near zero, so its mean
+    (around 1e-4) shows as 0.000 and tells the user nothing.
 
     When nothing is predicted, the mean over the box (edge coordinates x0, y0,
     x1, y1) is used instead: the model missing an object the user outlined is
     worth a look, and its doubt there is what it has to say about it.
     """
+    spread = np.sqrt(np.clip(unc, 0.0, None))
     inside = prob > threshold
     if not inside.any():
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        window = unc[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
+        window = spread[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
         return float(window.mean()) if window.size else 0.0
-    return float(unc[inside].mean())
+    return float(spread[inside].mean())
 
 
 def score_item(session: Any, item: LabeledImage, key: Any = None) -> float:

@@ -198,8 +198,8 @@ def test_uncertainty_ranking_orders_slices():
 def test_object_uncertainty_inside_prediction_or_box():
     prob = np.zeros((10, 10))
     prob[2:5, 2:5] = 0.9
-    unc = np.full((10, 10), 0.3)
-    unc[2:5, 2:5] = 0.1
+    unc = np.full((10, 10), 0.09)  # variances: standard deviations 0.3 and 0.1
+    unc[2:5, 2:5] = 0.01
     assert sg.object_uncertainty(prob, unc, (0, 0, 10, 10)) == pytest.approx(0.1)
     # Nothing predicted: the box's mean uncertainty stands in.
     assert sg.object_uncertainty(np.zeros((10, 10)), unc, (6, 6, 9, 9)) == pytest.approx(0.3)

@@ -17,7 +17,7 @@ from napari_imedsam.cli import main
 from napari_imedsam.model import build_model, load_adapter
 from napari_imedsam.model.checkpoint import read_adapter
 from napari_imedsam.train.data import LabeledImage
-from napari_imedsam.train.engine import TrainConfig, train
+from napari_imedsam.train.engine import TrainConfig, schedule_position, train
 from napari_imedsam.train.losses import coarse_fine_weights, seg_loss
 from napari_imedsam.train.samples import make_sample, sample_refs
 
@@ -65,7 +65,7 @@ def test_samples_read_targets_at_points():
     assert [r.object_id for r in refs] == sorted(np.unique(item.labels)[1:].tolist())
     tensor, box, points, targets = make_sample(
         item, refs[0], num_classes=1, input_size=64, points=500,
-        rng=np.random.default_rng(0), augmenter=None, jitter=True)
+        rng=np.random.default_rng(0), augmenter=None, jitter_px=20.0)
     assert tensor.shape == (1, 3, 64, 64) and points.shape == (500, 2)
     pix = ((points + 1) / 2 * 64).astype(int).clip(0, 63)
     expected = item.labels[pix[:, 1], pix[:, 0]] == refs[0].object_id
@@ -74,6 +74,21 @@ def test_samples_read_targets_at_points():
     # The jittered box only grows around the object.
     assert box[0] <= xs.min() and box[1] <= ys.min() and box[2] >= xs.max() + 1
     assert 0.3 < targets.mean() < 0.9  # half the points are drawn inside the box
+    # Without jitter the prompt is the object's tight box (64 px input, same scale).
+    _, tight, _, _ = make_sample(
+        item, refs[0], num_classes=1, input_size=64, points=10,
+        rng=np.random.default_rng(0), augmenter=None, jitter_px=0.0)
+    scale = 64 / max(item.labels.shape)
+    assert np.allclose(tight, np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) * scale)
+    assert not np.allclose(tight, box)
+
+
+def test_time_limited_schedule_ends_when_the_time_does():
+    # 1000 planned steps, 10 done, but half the time limit gone: half way along.
+    assert schedule_position(10, 1000, 30.0, 60.0) == 0.5
+    assert schedule_position(10, 1000, 30.0, None) == 0.01
+    assert schedule_position(900, 1000, 6.0, 60.0) == 0.9  # steps ahead of the clock
+    assert schedule_position(10, 1000, 90.0, 60.0) == 1.0
 
 
 def test_full_training_learns_and_saves(tmp_path):

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         _wait(app, widget, 1800, until=lambda: not widget.suggest.busy)
         if widget.suggest.suggestions:
             widget.suggest.go_next()
-            report["most_uncertain"] = [[o.image_name, round(s, 4)] for o, s in
+            report["most_uncertain"] = [[o.image_name, float(f"{s:.3g}")] for o, s in
                                         widget.suggest.suggestions.ranked[:5]]
         _wait(app, widget, 0.5)
         viewer.screenshot(str(args.out / "suggest.png"), canvas_only=False)

@@ -50,7 +50,9 @@ class TrainConfig:
     coarse_to_fine_epochs: float = 5.0
     pe_warmup_epochs: float = 20.0
     augment: bool = True
-    jitter_boxes: bool = True
+    #: Each box side moves outward by up to this many pixels of a 384 px input
+    #: while training (the authors' 20), so loose boxes still work; 0: tight boxes.
+    box_jitter_px: float = 20.0
     val_label_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -158,7 +160,13 @@ def train(
     per_rank = len(refs) // dist.world
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, total_steps, cfg))
+    start = time.monotonic()
+
+    def lr_factor(step: int) -> float:
+        done = schedule_position(step, total_steps, time.monotonic() - start, cfg.time_budget_s)
+        return _cosine(done, cfg)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     state = run_state.RunProgress()
     if resume:
         state = files.load(model, optimizer, scheduler)
@@ -171,7 +179,7 @@ def train(
     decoding = model.implicit_decoder.positional_encoding
     ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
     warmup = min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs)
-    start, stopped = time.monotonic(), False
+    stopped = False
     for epoch in range(state.epochs_done, cfg.epochs):
         model.train()
         # Every random stream restarts from (seed, epoch, rank): a resumed run
@@ -194,7 +202,7 @@ def train(
                 [make_sample(train_images[r.index], r, num_classes=classes,
                              input_size=model.config.input_size,
                              points=cfg.points_per_sample, rng=rng, augmenter=augmenter,
-                             jitter=cfg.jitter_boxes) for r in chosen],
+                             jitter_px=cfg.box_jitter_px) for r in chosen],
                 [r.index for r in chosen],
             )
             progress = epoch + step / steps_per_epoch
@@ -250,9 +258,23 @@ def _uses_fp16(device: torch.device, precision: str) -> bool:
     return device.type == "cuda" and autocast_dtype(device, precision) == torch.float16
 
 
-def _cosine(step: int, total: int, cfg: TrainConfig) -> float:
-    t = min(1.0, step / max(1, total))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+def schedule_position(step: int, total_steps: int, elapsed_s: float,
+                      budget_s: float | None) -> float:
+    """How far along the learning-rate schedule a run is, from 0 to 1.
+
+    The schedule is planned over the epochs, but a run with a time limit
+    usually stops long before its last epoch; it would then end at a high
+    rate. With a limit, the position is the larger of the step share and the
+    time share, so the rate has decayed when the limit is reached.
+    """
+    done = step / max(1, total_steps)
+    if budget_s:
+        done = max(done, elapsed_s / budget_s)
+    return min(1.0, done)
+
+
+def _cosine(done: float, cfg: TrainConfig) -> float:
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 @torch.no_grad()

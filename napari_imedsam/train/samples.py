@@ -67,9 +67,13 @@ def make_sample(
     points: int,
     rng: np.random.Generator,
     augmenter: Augmenter | None,
-    jitter: bool,
+    jitter_px: float = JITTER_PX_AT_384,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """Image tensor ``(1, 3, S, S)``, box (input px), points ``(P, 2)``, targets ``(K, P)``."""
+    """Image tensor ``(1, 3, S, S)``, box (input px), points ``(P, 2)``, targets ``(K, P)``.
+
+    ``jitter_px``: each box side moves outward by up to this many pixels of a
+    384 px input (scaled to this input and image); 0 keeps the tight box.
+    """
     image, target = item.image, targets_for(item, ref, num_classes)
     if augmenter is not None:
         # Geometric augmentation moves image and labels together; the union of
@@ -82,9 +86,9 @@ def make_sample(
     tensor, box_map = letterbox_image(image, input_size)
     height, width = target.shape[1:]
     box = np.asarray(box_of(target.any(axis=0)), dtype=np.float64)
-    if jitter:
+    if jitter_px > 0:
         # The authors' pixels are at a 384 input; convert to this image's pixels.
-        shift = JITTER_PX_AT_384 * (input_size / 384.0) / min(box_map.scale_xy)
+        shift = jitter_px * (input_size / 384.0) / min(box_map.scale_xy)
         box = np.asarray(jitter_box(tuple(box), rng, shift, width, height))
     xy = _sample_points(rng, points, box, width, height)
     cols = np.clip(xy[:, 0].astype(np.int64), 0, width - 1)
