@@ -238,7 +238,7 @@ class FinetuneWidget(QWidget):
         fields: dict[str, Any] = dict(
             mode=MODES[self.mode_combo.currentText()], epochs=self.epochs_spin.value(),
             device=self.device_combo.currentText(), val_label_size=128,
-            time_budget_s=self.time_budget())
+            time_budget_s=self.time_budget(), box_jitter_px=ft.FINETUNE_BOX_JITTER_PX)
         if trained_decoder:
             fields.update(coarse_to_fine_epochs=0.0, pe_warmup_epochs=0.0)
         fields.update(self.train_overrides)
@@ -291,6 +291,19 @@ class FinetuneWidget(QWidget):
                          "saved; press Train to start again")
             self.set_status("stopped: nothing saved")
             return
+        note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"
+        if outcome.stop_reason == "stopped":
+            note = "stopped; kept the best adapter so far. " + note
+        if outcome.worse:
+            # A worse model never replaces the one the user was segmenting with.
+            outcome.model = None
+            self.refresh_adapters(select=outcome.adapter)
+            show_warning(f"I-MedSAM: {note}. It scores lower than the starting model, so the "
+                         "Segment widget keeps the starting model; the new adapter is in the "
+                         "list (Use selected) if you want it anyway. More or more varied "
+                         "labels usually help.")
+            self.set_status("done: the starting model scored higher and stays in use")
+            return
         try:
             link.hand_over(self.find_segment_widget(), outcome.adapter, spec.name, outcome.model)
         except Exception as exc:  # noqa: BLE001 - the file is saved; say how to use it
@@ -298,16 +311,7 @@ class FinetuneWidget(QWidget):
                        f"into the Segment widget ({exc}); choose it there under adapter")
         outcome.model = None  # the Segment widget has it (pinned) or reloads the file
         self.refresh_adapters(select=outcome.adapter)
-        note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"
-        if outcome.stop_reason == "stopped":
-            note = "stopped; kept the best adapter so far. " + note
-        worse = outcome.before is not None and outcome.after is not None \
-            and outcome.after < outcome.before
-        if worse:
-            show_warning(f"I-MedSAM: {note}. It scores lower than the starting model: pick "
-                         "the earlier adapter under Adapters to go back, or add more labels.")
-        else:
-            show_info(f"I-MedSAM: {note}. The Segment widget uses it from the next box.")
+        show_info(f"I-MedSAM: {note}. The Segment widget uses it from the next box.")
         self.set_status(f"done: the Segment widget now uses {outcome.adapter.name}")
 
     def refresh_adapters(self, select: Path | None = None) -> None:

@@ -189,7 +189,8 @@ def test_uncertainty_ranking_orders_slices():
     pair = ft.LayerPair("vol", "vol masks", image, labels, rgb=True)
     result = sg.suggest(lambda: _StubSession(), [pair])
     assert [o.plane for o, _ in result.ranked] == [4, 1, 3, 0]
-    assert [s for _, s in result.ranked] == pytest.approx([0.7, 0.4, 0.25, 0.1])
+    # The stub's variance is level/100; the score is its square root (a standard deviation).
+    assert [s for _, s in result.ranked] == pytest.approx(np.sqrt([0.7, 0.4, 0.25, 0.1]))
     with pytest.raises(sg.NoUncertainty, match="adapter"):
         sg.suggest(lambda: _StubSession(with_uncertainty=False), [pair])
     assert sg.rank([0.2, float("nan"), 0.5, 0.2]) == [2, 0, 3]

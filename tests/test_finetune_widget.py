@@ -165,7 +165,12 @@ def test_refuses_clearly_and_changes_nothing(make_napari_viewer, qtbot, notes, m
 
 
 def test_quick_training_is_saved_and_used_by_the_next_box(make_napari_viewer, qtbot, notes,
-                                                          tiny_model, tmp_path):
+                                                          tiny_model, tmp_path, monkeypatch):
+    import napari_imedsam.finetune as ft
+
+    # The starting model "scores" 0, so the trained one counts as better and is handed over
+    # (a worse one is kept out: the next test).
+    monkeypatch.setattr(ft, "mean_dice", lambda *_a, **_k: 0.0)
     viewer = _viewer_with_scenes(make_napari_viewer)
     segment = _open(viewer, "Segment")
     segment.model_combo.setCurrentText(tiny_model)
@@ -185,7 +190,7 @@ def test_quick_training_is_saved_and_used_by_the_next_box(make_napari_viewer, qt
     assert "validation Dice" in widget.result_label.text()
     assert f"{outcome.before:.3f} -> {outcome.after:.3f}" in widget.result_label.text()
     assert len(widget.plot.loss) == outcome.steps and len(widget.plot.dice) == outcome.epochs
-    assert any("Segment widget uses it" in m or "scores lower" in m for _, m in notes), notes
+    assert any("Segment widget uses it" in m for _, m in notes), notes
     # The Segment widget now names the adapter, and its next box runs with it.
     assert segment.adapter_edit.text() == str(adapter)
     assert segment.settings.spec().adapter == str(adapter)
@@ -202,6 +207,27 @@ def test_quick_training_is_saved_and_used_by_the_next_box(make_napari_viewer, qt
     widget.adapters.use_selected()
     assert segment.adapter_edit.text() == str(adapter)
     assert segment.model_combo.currentText() == tiny_model
+
+
+def test_a_worse_adapter_is_saved_but_does_not_replace_the_model_in_use(
+        make_napari_viewer, qtbot, notes, tiny_model, monkeypatch):
+    import napari_imedsam.finetune as ft
+
+    monkeypatch.setattr(ft, "mean_dice", lambda *_a, **_k: 1.0)  # nothing can beat it
+    viewer = _viewer_with_scenes(make_napari_viewer)
+    segment = _open(viewer, "Segment")
+    segment.model_combo.setCurrentText(tiny_model)
+    segment.device_combo.setCurrentText("cpu")
+    widget = _open(viewer)
+    widget.pairs_table.set_row("masks", use=False)  # the Segment widget's own, empty
+    _ready(widget)
+    outcome = _train(qtbot, widget)
+    assert outcome.error is None and outcome.worse and outcome.adapter.is_file()
+    assert segment.adapter_edit.text() == ""  # still the starting model
+    assert any(s == "warning" and "keeps the starting model" in m for s, m in notes), notes
+    assert widget.adapters.paths() == [outcome.adapter]
+    widget.adapters.use_selected()  # the user can still choose it
+    assert segment.adapter_edit.text() == str(outcome.adapter)
 
 
 def test_stop_ends_within_a_couple_of_steps_with_the_best_adapter(make_napari_viewer, qtbot,

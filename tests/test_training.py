@@ -18,6 +18,7 @@ from napari_imedsam.model import build_model, load_adapter
 from napari_imedsam.model.checkpoint import read_adapter
 from napari_imedsam.train.data import LabeledImage
 from napari_imedsam.train.engine import TrainConfig, schedule_position, train
+from napari_imedsam.train.samples import CACHED_FLIPS, flipped
 from napari_imedsam.train.losses import coarse_fine_weights, seg_loss
 from napari_imedsam.train.samples import make_sample, sample_refs
 
@@ -136,6 +137,32 @@ def test_modes_freeze_what_they_should(tmp_path):
         if mode == "decoder":
             # Embeddings are cached: 4 training images once, plus validation.
             assert sum(calls) == 4 + 1 * 2
+
+
+def test_decoder_mode_augments_with_cached_flips(tmp_path):
+    data = _disc_images(4)
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    calls = []
+    original = model.embed
+    model.embed = lambda x: calls.append(x.shape[0]) or original(x)
+    train(model, data, data[:1], _cfg(mode="decoder", epochs=8, augment=True),
+          tmp_path / "flips.safetensors")
+    trained = sum(calls) - 8  # one validation image per epoch
+    # More than one view per image, but each (image, view) is embedded once: at most 4 x 4.
+    assert 4 < trained <= 4 * CACHED_FLIPS
+
+
+def test_flipped_views_move_image_and_labels_together():
+    item = _disc_images(2)[1]
+    for view in range(CACHED_FLIPS):
+        seen = flipped(item, view)
+        expected = item.labels[:: -1 if view & 2 else 1, :: -1 if view & 1 else 1]
+        assert np.array_equal(seen.labels, expected)
+        # Where an object is, the mirrored image shows the same pixels.
+        assert np.array_equal(seen.image[seen.labels > 0], item.image[
+            :: -1 if view & 2 else 1, :: -1 if view & 1 else 1][expected > 0])
+    assert not np.array_equal(flipped(item, 1).labels, item.labels)
 
 
 def test_stop_request_keeps_best_adapter(tmp_path):

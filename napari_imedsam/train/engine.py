@@ -28,7 +28,7 @@ from .data import LabeledImage
 from .distributed import DistContext, all_ranks_stop, init_distributed
 from .evaluate import evaluate_model
 from .losses import coarse_fine_weights, seg_loss
-from .samples import collate, make_sample, sample_refs
+from .samples import CACHED_FLIPS, collate, flipped, make_sample, sample_refs
 
 
 @dataclass
@@ -176,6 +176,8 @@ def train(
             step_module, find_unused_parameters=True)
     dtype_scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(device, cfg.precision))
     cache: dict[int, torch.Tensor] = {}
+    # Decoder mode caches embeddings, so it augments with flips only (one cache entry each).
+    flips = CACHED_FLIPS if cfg.mode == "decoder" and cfg.augment else 1
     decoding = model.implicit_decoder.positional_encoding
     ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
     warmup = min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs)
@@ -198,12 +200,14 @@ def train(
                 stopped = True
                 break
             chosen = [refs[i] for i in mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            views = [int(v) for v in rng.integers(flips, size=len(chosen))] if flips > 1 \
+                else [0] * len(chosen)
             batch = collate(
-                [make_sample(train_images[r.index], r, num_classes=classes,
+                [make_sample(flipped(train_images[r.index], v), r, num_classes=classes,
                              input_size=model.config.input_size,
                              points=cfg.points_per_sample, rng=rng, augmenter=augmenter,
-                             jitter_px=cfg.box_jitter_px) for r in chosen],
-                [r.index for r in chosen],
+                             jitter_px=cfg.box_jitter_px) for r, v in zip(chosen, views)],
+                [r.index * flips + v for r, v in zip(chosen, views)],  # embedding cache keys
             )
             progress = epoch + step / steps_per_epoch
             decoding.set_progress(decoding.num_frequencies * (

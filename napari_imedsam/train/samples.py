@@ -40,6 +40,22 @@ def sample_refs(images: list[LabeledImage], num_classes: int) -> list[SampleRef]
     return refs
 
 
+#: Views of an image a ``decoder``-mode run trains on, each embedded once and
+#: cached: as is, mirrored left-right, up-down, and both. Colour and affine
+#: augmentation would change the embedding at every step.
+CACHED_FLIPS = 4
+
+
+def flipped(item: LabeledImage, view: int) -> LabeledImage:
+    """``item`` mirrored: bit 0 of ``view`` left-right, bit 1 up-down (no copies)."""
+    image, labels = item.image, item.labels
+    if view & 1:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    if view & 2:
+        image, labels = image[::-1], labels[::-1]
+    return LabeledImage(item.name, image, labels)
+
+
 def targets_for(item: LabeledImage, ref: SampleRef, num_classes: int) -> np.ndarray:
     """``(K, H, W)`` bool targets of a sample."""
     if ref.object_id is not None:
@@ -55,7 +71,7 @@ class Batch:
     boxes: torch.Tensor  # (B, 4) in input pixels
     points: torch.Tensor  # (B, P, 2) in [-1, 1]
     targets: torch.Tensor  # (B, K, P) float 0/1
-    keys: list[int]  # image indices, for embedding caches
+    keys: list[int]  # embedding cache keys (image index and view)
 
 
 def make_sample(
