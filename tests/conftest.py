@@ -38,3 +38,14 @@ def notes():
     notification_manager.notification_ready.connect(grab)
     yield seen
     notification_manager.notification_ready.disconnect(grab)
+
+
+@pytest.fixture
+def private_qsettings(tmp_path):
+    """QSettings (the widgets' remembered choices) in a temporary folder, not the user's."""
+    from qtpy.QtCore import QSettings
+
+    folder = tmp_path / "settings"
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
+        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(folder))
+    return folder

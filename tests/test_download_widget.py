@@ -15,7 +15,6 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari.utils.progress import progress  # noqa: E402
-from qtpy.QtCore import QSettings  # noqa: E402
 
 from napari_imedsam import _download  # noqa: E402
 from napari_imedsam.model import weights as w  # noqa: E402
@@ -56,7 +55,7 @@ class SlowServer:
 
 
 @pytest.fixture
-def fake_vit_b(tmp_path, monkeypatch):
+def fake_vit_b(tmp_path, monkeypatch, private_qsettings):
     """vit_b in the registry points at a local server; loading it records the call."""
     server = SlowServer()
     entry = w.WeightsEntry("vit_b", "vit_b", FILENAME, f"{server.base}/{FILENAME}",
@@ -78,8 +77,6 @@ def fake_vit_b(tmp_path, monkeypatch):
     import napari_imedsam.model.loading as loading
 
     monkeypatch.setattr(loading, "load_model", load_model)
-    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path))
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path))
     yield server, loads
     server.stop()
 

@@ -185,13 +185,9 @@ def demo_model():
 
 
 @pytest.fixture
-def segment(make_napari_viewer, qtbot, demo_model, tmp_path):
+def segment(make_napari_viewer, qtbot, demo_model, private_qsettings):
     """open(path) -> (viewer, widget) with the demo model and the abdomen window."""
     pytest.importorskip("pytestqt")
-    from qtpy.QtCore import QSettings
-
-    QSettings.setPath(QSettings.Format.NativeFormat, QSettings.Scope.UserScope, str(tmp_path))
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(tmp_path))
 
     def open_(path, plugin=None):  # noqa: ANN001, ANN202
         viewer = make_napari_viewer()

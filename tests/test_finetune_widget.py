@@ -8,7 +8,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from qtpy.QtCore import QSettings  # noqa: E402
 
 from conftest import train_tiny  # noqa: E402
 from napari_imedsam._finetune_widget import FinetuneWidget, settings  # noqa: E402
@@ -40,12 +39,9 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _private_settings(tmp_path):
-    """QSettings in a temporary folder; adapters go to the test's folder."""
-    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
-        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "settings"))
+def _adapters_in_tmp(private_qsettings, tmp_path):
+    """Adapters go to the test's folder."""
     settings().setValue("out_dir", str(tmp_path / "adapters"))
-    yield
 
 
 def _open(viewer, name: str = "Fine-tune"):

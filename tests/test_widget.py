@@ -10,7 +10,6 @@ import tifffile
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from qtpy.QtCore import QSettings  # noqa: E402
 
 from napari_imedsam._widget import NO_UNCERTAINTY, SegmentWidget  # noqa: E402
 from napari_imedsam.model import build_model  # noqa: E402
@@ -64,13 +63,7 @@ def trained_tiny(tmp_path_factory) -> str:
     return train_tiny(items, tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
-@pytest.fixture(autouse=True)
-def _private_settings(tmp_path):
-    """Keep QSettings in a temporary folder, not the user's config."""
-    fmt, scope = QSettings.Format.IniFormat, QSettings.Scope.UserScope
-    QSettings.setPath(QSettings.Format.NativeFormat, scope, str(tmp_path))
-    QSettings.setPath(fmt, scope, str(tmp_path))
-    yield
+pytestmark = pytest.mark.usefixtures("private_qsettings")
 
 
 def _open(viewer, model: str | None = None) -> SegmentWidget:

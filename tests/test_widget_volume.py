@@ -10,7 +10,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from qtpy.QtCore import QSettings  # noqa: E402
 
 from disc_volume import ball_volume, disc_model  # noqa: E402
 from napari_imedsam.train.metrics import dice  # noqa: E402
@@ -24,12 +23,7 @@ def model_path(tmp_path_factory) -> str:
     return disc_model(str(tmp_path_factory.getbasetemp()))
 
 
-@pytest.fixture(autouse=True)
-def _private_settings(tmp_path):
-    scope = QSettings.Scope.UserScope
-    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
-        QSettings.setPath(fmt, scope, str(tmp_path))
-    yield
+pytestmark = pytest.mark.usefixtures("private_qsettings")
 
 
 def _rect(mask: np.ndarray, plane: int, pad: int = 2) -> np.ndarray:
