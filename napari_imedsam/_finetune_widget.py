@@ -269,6 +269,9 @@ class FinetuneWidget(QWidget):
             self._bar.set_description(f"Fine-tune: {text}")
             self._bar.update(1)
             self.set_status(text)
+        elif event.kind == "start" and event.val_dice is not None:
+            self.plot.add_dice(0, event.val_dice)
+            self.set_status(f"starting model: validation Dice {event.val_dice:.3f}; training...")
         elif event.kind == "epoch" and event.val_dice is not None:
             self.plot.add_dice(event.epoch + 1, event.val_dice)
             self.set_status(f"epoch {event.epoch + 1}: validation Dice {event.val_dice:.3f} "

@@ -294,7 +294,7 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
     """
     from .model.checkpoint import load_adapter
     from .model.devices import resolve_device
-    from .train.engine import train
+    from .train.engine import TrainEvent, train
 
     status = on_status or (lambda _text: None)
     outcome = FinetuneOutcome()
@@ -317,6 +317,10 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
                 outcome.steps += 1
             if on_progress is not None:
                 on_progress(event)
+
+        # The starting model's Dice as epoch 0, so the live plot shows the gain.
+        progress(TrainEvent("start", 0, cfg.epochs, 0, 0, val_dice=outcome.before,
+                            best_val_dice=outcome.before))
 
         job.out_dir.mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=".run-", dir=job.out_dir))

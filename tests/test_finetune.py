@@ -243,6 +243,7 @@ def test_run_trains_publishes_and_measures_before_after(tmp_path):
     assert outcome.steps == 2 * -(-(6 - outcome.val_objects) // 2)
     assert outcome.epochs == 2 and not outcome.stopped
     assert sum(e.kind == "step" for e in events) == outcome.steps
+    assert events[0].kind == "start" and events[0].val_dice == outcome.before  # for the plot
     assert 0.0 <= outcome.before <= 1.0 and 0.0 <= outcome.after <= 1.0
     assert outcome.val_objects >= 1 and "held out" in outcome.split_note
     assert outcome.after == max(e.val_dice for e in events if e.kind == "epoch")

@@ -185,7 +185,10 @@ def test_quick_training_is_saved_and_used_by_the_next_box(make_napari_viewer, qt
     assert adapter.is_file() and adapter.with_suffix(".json").is_file()
     assert "validation Dice" in widget.result_label.text()
     assert f"{outcome.before:.3f} -> {outcome.after:.3f}" in widget.result_label.text()
-    assert len(widget.plot.loss) == outcome.steps and len(widget.plot.dice) == outcome.epochs
+    assert len(widget.plot.loss) == outcome.steps
+    # The starting model's Dice is plotted at epoch 0, then one point per epoch.
+    assert widget.plot.dice[0] == (0, pytest.approx(outcome.before))
+    assert len(widget.plot.dice) == outcome.epochs + 1
     assert any("Segment widget uses it" in m for _, m in notes), notes
     # The Segment widget now names the adapter, and its next box runs with it.
     assert segment.adapter_edit.text() == str(adapter)

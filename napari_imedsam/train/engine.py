@@ -68,7 +68,7 @@ class TrainConfig:
 class TrainEvent:
     """What a progress callback receives after each step and each epoch."""
 
-    kind: str  # "step", "epoch" or "done"
+    kind: str  # "step", "epoch" or "done" (and "start" from fine-tuning: the starting Dice)
     epoch: int
     epochs: int
     step: int
