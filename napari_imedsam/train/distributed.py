@@ -42,10 +42,15 @@ def init_distributed() -> DistContext:
     return DistContext(rank, torch_dist.get_world_size(), device)
 
 
+def all_ranks_max(ctx: DistContext, *values: float) -> list[float]:
+    """The largest of each value over all ranks: every rank gets the same numbers."""
+    if ctx.world <= 1:
+        return [float(v) for v in values]
+    flags = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    torch_dist.all_reduce(flags, op=torch_dist.ReduceOp.MAX)
+    return [float(v) for v in flags.tolist()]
+
+
 def all_ranks_stop(ctx: DistContext, stop: bool) -> bool:
     """True on every rank as soon as any rank asks to stop (all stay in step)."""
-    if ctx.world <= 1:
-        return stop
-    flag = torch.tensor([1.0 if stop else 0.0], device=ctx.device)
-    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-    return bool(flag.item())
+    return bool(all_ranks_max(ctx, 1.0 if stop else 0.0)[0])

@@ -25,7 +25,7 @@ from ..model.modeling.imedsam import IMedSAM
 from . import run_state
 from .augment import Augmenter
 from .data import LabeledImage
-from .distributed import DistContext, all_ranks_stop, init_distributed
+from .distributed import DistContext, all_ranks_max, init_distributed
 from .evaluate import evaluate_model
 from .losses import coarse_fine_weights, seg_loss
 from .samples import CACHED_FLIPS, collate, flipped, make_sample, sample_refs
@@ -161,9 +161,12 @@ def train(
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     start = time.monotonic()
+    # The elapsed time the learning rate follows, the same on every rank (see the loop):
+    # ranks whose rates differed by a clock tick would drift apart.
+    clock = {"elapsed": 0.0}
 
     def lr_factor(step: int) -> float:
-        done = schedule_position(step, total_steps, time.monotonic() - start, cfg.time_budget_s)
+        done = schedule_position(step, total_steps, clock["elapsed"], cfg.time_budget_s)
         return _cosine(done, cfg)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
@@ -194,9 +197,11 @@ def train(
         mine = order[dist.rank :: dist.world][:per_rank]
         losses = []
         for step in range(steps_per_epoch):
+            elapsed = time.monotonic() - start
             stop_now = (should_stop is not None and should_stop()) or (
-                cfg.time_budget_s is not None and time.monotonic() - start > cfg.time_budget_s)
-            if all_ranks_stop(dist, stop_now):
+                cfg.time_budget_s is not None and elapsed > cfg.time_budget_s)
+            stop_flag, clock["elapsed"] = all_ranks_max(dist, float(stop_now), elapsed)
+            if stop_flag:
                 stopped = True
                 break
             chosen = [refs[i] for i in mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
