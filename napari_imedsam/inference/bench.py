@@ -8,7 +8,8 @@
 - box -> mask + uncertainty with the ``demo`` model on a cached embedding of a
   real-looking image (synthetic, with the box of its object), at 384 and 896,
   adaptive and dense.
-- Peak memory of an 896 x 896 decode above what was in use before it.
+- Peak memory of an 896 x 896 decode, adaptive and dense, above what was in use
+  before it (``_peak_rise_mb``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ def _rss_mb() -> tuple[float, float]:
     return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
 
 
+def _return_free_heap() -> None:
+    """Give the C heap's free blocks back to the OS (glibc), so that a decode has to
+    raise the resident size for what it uses rather than reusing blocks freed earlier."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc: the measurement is then a lower bound
+
+
 def _reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -58,6 +72,28 @@ def _reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _peak_rise_mb(run: Callable[[], Any], device: torch.device) -> float | None:
+    """How far memory in use rises above its level before ``run()``, in MB.
+
+    CUDA: the caching allocator's own peak count. CPU: the process's peak
+    resident size (Linux), after the heap's free blocks went back to the OS,
+    so that memory freed by earlier work is not silently reused; elsewhere None.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    _return_free_heap()
+    now, _ = _rss_mb()
+    if not _reset_peak_rss():
+        return None
+    run()
+    return _rss_mb()[1] - now
 
 
 @torch.no_grad()
@@ -107,21 +143,13 @@ def run_benchmark(device_name: str = "auto", repeats: int = 5,
     box = np.asarray(box_of(labels == 1), dtype=np.float64)
     session = SegmentationSession(demo, device=device, mode="imedsam")
     session.set_image(image)
-    # Memory first, before the dense runs leave freed blocks in the allocator that a
-    # later decode would reuse without raising the resident size.
     session.predict(box[None], out_shape=(384, 384), region=(0, 0, *session.image_shape))
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        session.predict(box[None], out_shape=(896, 896), region=(0, 0, *session.image_shape))
-        results["peak_mem_896_mb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    else:
-        now, _ = _rss_mb()
-        if _reset_peak_rss():
-            session.predict(box[None], out_shape=(896, 896), region=(0, 0, *session.image_shape))
-            results["peak_mem_896_mb"] = _rss_mb()[1] - now
-        else:
-            results["peak_mem_896_mb"] = None
+    for key, adaptive in (("peak_mem_896_mb", True), ("peak_mem_896_dense_mb", False)):
+        results[key] = _peak_rise_mb(lambda a=adaptive: session.predict(
+            box[None], out_shape=(896, 896), region=(0, 0, *session.image_shape), adaptive=a),
+            device)
+        log(f"peak memory of a {'adaptive' if adaptive else 'dense'} 896x896 decode: "
+            f"{results[key]:.0f} MB" if results[key] is not None else "peak memory: unknown")
     for out in (384, 896):
         for kind in ("adaptive", "dense"):
             def decode(kind: str = kind, out: int = out) -> Any:
