@@ -301,3 +301,24 @@ def test_fast_decoder_equals_the_model_with_and_without_an_extent():
         assert cropped.table.shape[0] < FastDecoder(model, prompt, networks).table.shape[0]
         with pytest.raises(ValueError, match="extent"):
             cropped.coarse(torch.tensor([[-0.9, 0.0]]))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"),
+                    reason="the CPU peak-memory count reads Linux's /proc")
+def test_bench_peak_memory_counts_what_a_run_allocates_even_after_frees():
+    from napari_imedsam.inference.bench import _peak_rise_mb
+
+    def blocks() -> list[np.ndarray]:  # 1500 x 100 KB: C-heap blocks, not mmap
+        return [np.ones(100 * 1024 // 8) for _ in range(1500)]
+
+    # Earlier work freed 150 MB that small live blocks pin inside the heap: the heap
+    # keeps it resident, and a run reusing it would not raise the resident size.
+    big, pins = [], []
+    for _ in range(1500):
+        big.append(np.ones(100 * 1024 // 8))
+        pins.append(np.ones(64))
+    del big
+    cpu = torch.device("cpu")
+    assert 120 < _peak_rise_mb(lambda: len(blocks()), cpu) < 260
+    assert _peak_rise_mb(lambda: None, cpu) < 20
+    assert len(pins) == 1500
