@@ -23,9 +23,9 @@ from .train.data import LabeledImage, from_arrays, object_ids
 
 SLICE_MODES = ("labelled", "current", "range")
 
-#: Box jitter when fine-tuning (pixels of a 384 input). The authors' 20 px
-#: made short runs on 16 Kvasir images worse on tight boxes (held-out Dice
-#: 0.722 -> 0.655); tight boxes improved it (-> 0.748). docs/training.md.
+#: Box jitter when fine-tuning (pixels of a 384 input). With the authors' 20 px,
+#: short runs on 16 Kvasir images got worse on tight boxes (held-out Dice 0.722 ->
+#: 0.672 after 4 min); with tight boxes they improved (-> 0.781). docs/training.md.
 FINETUNE_BOX_JITTER_PX = 0.0
 
 

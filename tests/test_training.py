@@ -18,9 +18,8 @@ from napari_imedsam.model import build_model, load_adapter
 from napari_imedsam.model.checkpoint import read_adapter
 from napari_imedsam.train.data import LabeledImage
 from napari_imedsam.train.engine import TrainConfig, schedule_position, train
-from napari_imedsam.train.samples import CACHED_FLIPS, flipped
 from napari_imedsam.train.losses import coarse_fine_weights, seg_loss
-from napari_imedsam.train.samples import make_sample, sample_refs
+from napari_imedsam.train.samples import CACHED_FLIPS, flipped, make_sample, sample_refs
 
 
 def _disc_images(n: int, size: int = 64, seed: int = 0) -> list[LabeledImage]:
@@ -294,3 +293,25 @@ def test_sam_objective_trains_the_prompt_path_only(tmp_path):
     assert result.best_val_dice is not None and result.best_val_dice > 0.2
     with pytest.raises(ValueError, match="objective"):
         train(build_model("tiny"), items[:2], [], _cfg(objective="dense"), tmp_path / "x")
+
+
+def test_evaluation_can_grow_the_prompt_boxes(monkeypatch):
+    from napari_imedsam.inference.session import SegmentationSession
+    from napari_imedsam.train.data import box_of
+    from napari_imedsam.train.evaluate import evaluate_model
+
+    seen = []
+    original = SegmentationSession.predict
+    monkeypatch.setattr(SegmentationSession, "predict",
+                        lambda self, boxes, **kw: seen.append(boxes[0].copy())
+                        or original(self, boxes, **kw))
+    item = _disc_images(1)[0]  # 64 x 64, evaluated at its own size: boxes are exact
+    model = build_model("tiny")
+    tight = np.asarray(box_of(item.labels == 1), dtype=np.float64)
+    for margin in (0.0, 5.0, 100.0):
+        rows = evaluate_model(model, [item], label_size=64, device=torch.device("cpu"),
+                              with_distances=False, box_margin_px=margin)
+        assert len(rows) == 1 and 0.0 <= rows[0]["dice"] <= 1.0
+    grown = np.clip(tight + [-5, -5, 5, 5], 0, 64)
+    assert np.allclose(seen[0], tight) and np.allclose(seen[1], grown)
+    assert np.allclose(seen[2], [0, 0, 64, 64])  # clipped to the image

@@ -2,9 +2,9 @@
 
     python training/box_margin_eval.py --adapter none --adapter runs/a.safetensors
 
-For each ``--adapter`` (``none``: the base model alone), segments every object
-of the split's ``--subset`` with its tight box (from the mask resized to
-``--label-size``, the evaluation protocol) and with that box grown by each
+For each ``--adapter`` (``none``: the base model alone), evaluates every object
+of the split's ``--subset`` with the evaluation protocol (``evaluate_model``:
+the tight box of the mask resized to ``--label-size``), its box grown by each
 ``--margins`` value (image pixels per side, clipped to the image), and prints
 the mean Dice per margin.
 """
@@ -34,35 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from napari_imedsam.inference.session import SegmentationSession
     from napari_imedsam.model.loading import load_model
-    from napari_imedsam.train import metrics
-    from napari_imedsam.train.data import box_of, load_folder, object_ids
+    from napari_imedsam.train.data import load_folder
+    from napari_imedsam.train.evaluate import evaluate_model
 
     split = args.split or sorted((args.data / "splits").glob("*.csv"))[0]
     items = load_folder(args.data, split_csv=split, subset=args.subset)
-    shape = (args.label_size, args.label_size)
     for adapter in args.adapter:
         model = load_model(args.model, adapter=None if adapter == "none" else adapter)
-        session = SegmentationSession(model, device=torch.device("cpu"), mode="imedsam",
-                                      precision="fp32", adaptive=False, seed=0)
-        dice: dict[float, list[float]] = {m: [] for m in args.margins}
-        for item in items:
-            height, width = item.labels.shape
-            session.set_image(item.image, key=item.name)
-            for obj in object_ids(item.labels):
-                truth = metrics.resize_mask(item.labels == obj, shape)
-                if not truth.any():
-                    continue
-                tight = np.asarray(box_of(truth), float) * [width, height, width, height]
-                tight /= args.label_size
-                for m in args.margins:
-                    box = np.clip(tight + [-m, -m, m, m], 0, [width, height, width, height])
-                    result = session.predict(box[None], region=(0.0, 0.0, height, width),
-                                             out_shape=shape)
-                    dice[m].append(metrics.dice(result.prob[0, 0] > 0.5, truth))
-        means = {f"+{m:g} px": round(float(np.mean(v)), 4) for m, v in dice.items()}
-        print(json.dumps({"adapter": adapter, "objects": len(dice[args.margins[0]]), **means}))
+        report: dict[str, object] = {"adapter": adapter}
+        for margin in args.margins:
+            rows = evaluate_model(model, items, label_size=args.label_size,
+                                  device=torch.device("cpu"), with_distances=False,
+                                  box_margin_px=margin)
+            report["objects"] = len(rows)
+            report[f"+{margin:g} px"] = round(float(np.mean([r["dice"] for r in rows])), 4)
+        print(json.dumps(report))
     return 0
 
 

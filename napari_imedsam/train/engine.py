@@ -28,7 +28,8 @@ from .data import LabeledImage
 from .distributed import DistContext, all_ranks_max, init_distributed
 from .evaluate import evaluate_model
 from .losses import coarse_fine_weights, seg_loss
-from .samples import CACHED_FLIPS, collate, flipped, make_sample, sample_refs
+from .samples import (CACHED_FLIPS, JITTER_PX_AT_384, collate, flipped, make_sample,
+                      sample_refs)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class TrainConfig:
     augment: bool = True
     #: Each box side moves outward by up to this many pixels of a 384 px input
     #: while training (the authors' 20), so loose boxes still work; 0: tight boxes.
-    box_jitter_px: float = 20.0
+    box_jitter_px: float = JITTER_PX_AT_384
     val_label_size: int = 128
     seed: int = 0
     device: str = "auto"
@@ -205,8 +206,7 @@ def train(
                 stopped = True
                 break
             chosen = [refs[i] for i in mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            views = [int(v) for v in rng.integers(flips, size=len(chosen))] if flips > 1 \
-                else [0] * len(chosen)
+            views = rng.integers(flips, size=len(chosen)).tolist()  # all 0 without flips
             batch = collate(
                 [make_sample(flipped(train_images[r.index], v), r, num_classes=classes,
                              input_size=model.config.input_size,

@@ -39,10 +39,13 @@ def evaluate_model(
     seed: int = 0,
     on_progress: ProgressFn | None = None,
     decoder: str = "imedsam",
+    box_margin_px: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
     ``decoder``: ``imedsam`` (the implicit decoder) or ``sam`` (SAM's own).
+    ``box_margin_px``: grow each prompt box by this many image pixels per side
+    (clipped to the image), to see how loose a box the model expects.
     """
     was_training = model.training
     model.eval()
@@ -63,8 +66,11 @@ def evaluate_model(
         if not union.any():
             continue  # the object vanished at this size (smaller than a label pixel)
         grid_box = np.asarray(box_of(union), dtype=np.float64)
-        image_box = grid_box * np.array([item.image.shape[1], item.image.shape[0]] * 2) / label_size
         height, width = item.image.shape[:2]
+        image_box = grid_box * np.array([width, height] * 2) / label_size
+        if box_margin_px:
+            image_box = np.clip(image_box + np.array([-1, -1, 1, 1]) * box_margin_px,
+                                0, [width, height, width, height])
         result = session.predict(image_box[None], region=(0.0, 0.0, height, width),
                                  out_shape=shape)
         ellipse = metrics.ellipse_in_box(tuple(grid_box), shape)
