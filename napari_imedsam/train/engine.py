@@ -210,6 +210,7 @@ def train(
             batch = collate(
                 [make_sample(flipped(train_images[r.index], v), r, num_classes=classes,
                              input_size=model.config.input_size,
+                             preprocess=model.config.preprocess,
                              points=cfg.points_per_sample, rng=rng, augmenter=augmenter,
                              jitter_px=cfg.box_jitter_px) for r, v in zip(chosen, views)],
                 [r.index * flips + v for r, v in zip(chosen, views)],  # embedding cache keys

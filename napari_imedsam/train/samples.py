@@ -67,8 +67,8 @@ def targets_for(item: LabeledImage, ref: SampleRef, num_classes: int) -> np.ndar
 class Batch:
     """Tensors for one step; ``B`` samples, ``P`` points, ``K`` classes."""
 
-    images: torch.Tensor  # (B, 3, S, S) letterboxed RGB in [0, 255]
-    boxes: torch.Tensor  # (B, 4) in input pixels
+    images: torch.Tensor  # (B, 3, S, S) letterboxed encoder input
+    boxes: torch.Tensor  # (B, 4) box prompts in input pixels
     points: torch.Tensor  # (B, P, 2) in [-1, 1]
     targets: torch.Tensor  # (B, K, P) float 0/1
     keys: list[int]  # embedding cache keys (image index and view)
@@ -84,11 +84,14 @@ def make_sample(
     rng: np.random.Generator,
     augmenter: Augmenter | None,
     jitter_px: float = JITTER_PX_AT_384,
+    preprocess: str = "sam",
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """Image tensor ``(1, 3, S, S)``, box (input px), points ``(P, 2)``, targets ``(K, P)``.
+    """Image tensor ``(1, 3, S, S)``, box prompt, points ``(P, 2)``, targets ``(K, P)``.
 
     ``jitter_px``: each box side moves outward by up to this many pixels of a
     384 px input (scaled to this input and image); 0 keeps the tight box.
+    ``preprocess``: the model's way in (``ModelConfig.preprocess``): image
+    tensor and box prompt are what inference gives the same model.
     """
     image, target = item.image, targets_for(item, ref, num_classes)
     if augmenter is not None:
@@ -99,7 +102,7 @@ def make_sample(
             label[target[k]] = k + 1
         image, label = augmenter(image, label)
         target = np.stack([label == k + 1 for k in range(target.shape[0])])
-    tensor, box_map = letterbox_image(image, input_size)
+    tensor, box_map = letterbox_image(image, input_size, preprocess)
     height, width = target.shape[1:]
     box = np.asarray(box_of(target.any(axis=0)), dtype=np.float64)
     if jitter_px > 0:
@@ -110,7 +113,7 @@ def make_sample(
     cols = np.clip(xy[:, 0].astype(np.int64), 0, width - 1)
     rows = np.clip(xy[:, 1].astype(np.int64), 0, height - 1)
     labels = target[:, rows, cols].astype(np.float32)
-    return tensor, box_map.boxes_to_input(box)[0], box_map.normalize(xy), labels
+    return tensor, box_map.boxes_to_prompt(box, preprocess)[0], box_map.normalize(xy), labels
 
 
 def _sample_points(

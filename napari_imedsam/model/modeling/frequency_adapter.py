@@ -85,3 +85,67 @@ class FrequencyAdapter(nn.Module):
     def step(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         """Refine the frequency tokens with adapter ``index``; returns the new tokens."""
         return self.adapters[index](tokens)
+
+
+class StageFrequencyAdapter(nn.Module):
+    """The frequency adapter redesigned for TinyViT's attention stages.
+
+    TinyViT has no ViT patch embedding to turn the spectrum into tokens (its
+    stem is two 1x1 convolutions at full resolution, then a convolutional
+    stage), and its three attention stages differ in grid and width. So:
+
+    - for each attention stage (grids 128, 64, 64 at 256 px; widths 128, 160,
+      320), the spectrum is cut into non-overlapping ``s x s`` patches that
+      tile the stage's token grid (s = 2, 4, 4) and a trainable ``Linear(s^2 ->
+      width)`` makes the stage's frequency tokens;
+    - inside a stage, one bottleneck adapter per block refines them in turn, as
+      in the ViT design (LayerNorm, width -> 4 -> width, GELU, residual);
+    - each block's output receives ``weight * gate * tokens``, with a
+      per-channel ``gate`` that starts at zero (LayerScale-style): the encoder
+      equals the pretrained LiteMedSAM encoder until training moves the gates,
+      which the ViT design (trained from SAM, not from a distilled medical
+      model) does not need.
+    """
+
+    def __init__(
+        self,
+        grids: tuple[int, ...],
+        dims: tuple[int, ...],
+        depths: tuple[int, ...],
+        input_size: int,
+        bottleneck: int,
+        weight: float,
+        mode: FrequencyMode,
+    ) -> None:
+        super().__init__()
+        if mode not in ("amplitude", "phase"):
+            raise ValueError(f"FrequencyAdapter mode must be amplitude or phase, got {mode!r}")
+        self.mode = mode
+        self.weight = weight
+        self.patches = tuple(input_size // g for g in grids)
+        self.embeds = nn.ModuleList(nn.Linear(p * p, d) for p, d in zip(self.patches, dims))
+        self.adapters = nn.ModuleList(
+            nn.ModuleList(BottleneckAdapter(d, bottleneck) for _ in range(n))
+            for d, n in zip(dims, depths)
+        )
+        self.gates = nn.ParameterList(nn.Parameter(torch.zeros(d)) for d in dims)
+
+    @property
+    def is_identity(self) -> bool:
+        """True while every gate is zero (the encoder output is unchanged)."""
+        return all(not g.any() for g in self.gates)
+
+    def spectrum(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> ``(B, 1, S, S)`` spectrum of the luminance in [0, 1]."""
+        return image_spectrum(images, self.mode)
+
+    def tokens(self, stage: int, spectrum: torch.Tensor) -> torch.Tensor:
+        """Stage ``stage``'s frequency tokens ``(B, g * g, width)`` (row-major grid)."""
+        patches = F.pixel_unshuffle(spectrum, self.patches[stage])  # (B, s*s, g, g)
+        return self.embeds[stage](patches.flatten(2).transpose(1, 2).to(spectrum.dtype))
+
+    def step(self, stage: int, block: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Refine ``tokens`` with the block's adapter; returns (new tokens, what the
+        block output receives)."""
+        tokens = self.adapters[stage][block](tokens)
+        return tokens, self.weight * self.gates[stage] * tokens

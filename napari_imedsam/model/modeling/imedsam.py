@@ -9,7 +9,6 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder
 from torch import nn
 
 from ..config import ModelConfig
-from .image_encoder import AdaptedImageEncoder
 from .implicit_decoder import ImplicitDecoder, top_k_mask
 
 
@@ -19,6 +18,17 @@ class PromptFeatures:
 
     features: torch.Tensor  # (N, C, 4g, 4g) upscaled fused features (C = 32 for SAM)
     dense_pe: torch.Tensor  # (1, D, g, g) SAM's dense positional encoding (D = 256)
+    #: (N, C) SAM's single-mask hypernetwork output: ``mask_weights @ features``
+    #: is SAM's own low-resolution mask logit map.
+    mask_weights: torch.Tensor | None = None
+    #: (N,) SAM's predicted IoU of its single mask.
+    iou: torch.Tensor | None = None
+
+    def sam_logits(self) -> torch.Tensor:
+        """SAM's low-resolution mask logits ``(N, 1, 4g, 4g)`` for these boxes."""
+        if self.mask_weights is None:
+            raise ValueError("these prompt features carry no mask weights")
+        return torch.einsum("nc,nchw->nhw", self.mask_weights, self.features)[:, None]
 
 
 @dataclass
@@ -59,7 +69,7 @@ class IMedSAM(nn.Module):
     def __init__(
         self,
         config: ModelConfig,
-        image_encoder: AdaptedImageEncoder,
+        image_encoder: nn.Module,
         prompt_encoder: PromptEncoder,
         mask_decoder: MaskDecoder,
         implicit_decoder: ImplicitDecoder,
@@ -81,7 +91,12 @@ class IMedSAM(nn.Module):
         return next(self.parameters()).device
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` RGB in [0, 255] -> ``(B, D, g, g)`` image embeddings."""
+        """``(B, 3, S, S)`` letterboxed input -> ``(B, D, g, g)`` image embeddings.
+
+        The input is what ``transforms.letterbox_image`` makes for this model's
+        ``config.preprocess``: RGB in [0, 255] for SAM's ViT, min-max [0, 1] for
+        LiteMedSAM.
+        """
         return self.image_encoder(images)
 
     def _prompt(
@@ -113,9 +128,13 @@ class IMedSAM(nn.Module):
         src = embeddings.expand(boxes.shape[0], -1, -1, -1) + dense
         pos = dense_pe.expand(boxes.shape[0], -1, -1, -1)
         n, c, h, w = src.shape
-        _, src = decoder.transformer(src, pos, tokens)
+        hs, src = decoder.transformer(src, pos, tokens)
         fused = src.transpose(1, 2).reshape(n, c, h, w)
-        return PromptFeatures(decoder.output_upscaling(fused), dense_pe)
+        # Token 0 is the IoU token, token 1 the first mask token: SAM's
+        # single-mask output (multimask_output=False) reads exactly these.
+        mask_weights = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])
+        iou = decoder.iou_prediction_head(hs[:, 0, :])[:, 0]
+        return PromptFeatures(decoder.output_upscaling(fused), dense_pe, mask_weights, iou)
 
     def decode_points(
         self,
@@ -156,10 +175,11 @@ class IMedSAM(nn.Module):
             return self._decode_chunked(
                 prompt, points, samples, ratio, refine_mask, generator, chunk_size
             )
-        z_p = self.implicit_decoder.point_inputs(points, prompt.features, prompt.dense_pe)
-        out = self.implicit_decoder(
+        dec = self.implicit_decoder
+        z_p = dec.point_inputs(points, prompt.features, prompt.dense_pe)
+        out = dec(
             z_p, mc_samples=samples, top_k_ratio=ratio, refine_mask=refine_mask,
-            generator=generator,
+            generator=generator, base_logits=dec.base_logits(z_p, prompt.mask_weights),
         )
         return Prediction(
             coarse_logits=out.coarse_logits.transpose(1, 2),
@@ -182,18 +202,23 @@ class IMedSAM(nn.Module):
         networks = dec.coarse.sample_networks(samples, generator)
         n, p, _ = points.shape
 
-        def inputs(i: int, pts: torch.Tensor) -> torch.Tensor:
+        def inputs(i: int, pts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             feats = prompt.features[i : i + 1]
-            return dec.point_inputs(pts[None], feats, prompt.dense_pe)[0]
+            z_p = dec.point_inputs(pts[None], feats, prompt.dense_pe)
+            weights = None if prompt.mask_weights is None else prompt.mask_weights[i : i + 1]
+            base = dec.base_logits(z_p, weights)
+            return z_p[0], None if base is None else base[0]
 
         coarse, uncertainty = [], []
         for i in range(n):
             logits_i, unc_i = [], []
             for start in range(0, p, chunk_size):
-                z_p = inputs(i, points[i, start : start + chunk_size])
+                z_p, base = inputs(i, points[i, start : start + chunk_size])
                 hidden, logits, _ = dec.coarse(z_p)
+                if base is not None:
+                    logits = logits + base[:, None].to(logits.dtype)
                 logits_i.append(logits)
-                unc_i.append(dec.coarse.mc_variance(hidden, networks))
+                unc_i.append(dec.coarse.mc_variance(hidden, networks, base))
             coarse.append(torch.cat(logits_i))
             uncertainty.append(torch.cat(unc_i))
         coarse_logits = torch.stack(coarse)  # (N, P, K)
@@ -205,9 +230,12 @@ class IMedSAM(nn.Module):
             index = refine_mask[i].nonzero().squeeze(1)
             for start in range(0, index.numel(), chunk_size):
                 chosen = index[start : start + chunk_size]
-                z_p = inputs(i, points[i, chosen])
+                z_p, base = inputs(i, points[i, chosen])
                 _, _, z_c = dec.coarse(z_p)
-                final[i, chosen] = dec.fine(z_c, z_p).to(final.dtype)
+                fine = dec.fine(z_c, z_p)
+                if base is not None:
+                    fine = fine + base[:, None].to(fine.dtype)
+                final[i, chosen] = fine.to(final.dtype)
         return Prediction(
             coarse_logits=coarse_logits.transpose(1, 2),
             logits=final.transpose(1, 2),

@@ -104,16 +104,20 @@ class CoarseDecoder(nn.Module):
         logit_rows = weight.view(self.classes, 1 + self.feature_dim, width)[:, 0]
         return keep[:, None, :] * logit_rows[None]
 
-    def mc_variance(self, hidden: torch.Tensor, networks: torch.Tensor | None) -> torch.Tensor:
+    def mc_variance(self, hidden: torch.Tensor, networks: torch.Tensor | None,
+                    offset: torch.Tensor | None = None) -> torch.Tensor:
         """Variance of sigmoid probabilities over the sampled networks (Eq. 7).
 
         ``hidden (M, H)`` -> ``(M, K)``; zero when no networks were sampled.
+        ``offset (M,)``: a logit every network adds (SAM's, in residual mode).
         """
         if networks is None:
             return hidden.new_zeros(hidden.shape[0], self.classes, dtype=torch.float32)
         bias = self.heads.bias.view(self.classes, 1 + self.feature_dim)[:, 0]
         logits = torch.einsum("mh,tkh->mtk", hidden, networks.to(hidden.dtype))
         logits = logits + bias.to(hidden.dtype)
+        if offset is not None:
+            logits = logits + offset.to(logits.dtype)[:, None, None]
         return torch.sigmoid(logits.float()).var(dim=1, unbiased=False)
 
 
@@ -155,7 +159,14 @@ class DecoderOutput:
 
 
 class ImplicitDecoder(nn.Module):
-    """Dec_c + uncertainty-guided sampling + Dec_f over point queries."""
+    """Dec_c + uncertainty-guided sampling + Dec_f over point queries.
+
+    ``sam_logit="residual"``: SAM's own mask logit at each point (its mask
+    token's hypernetwork weights dotted with the sampled features, exactly the
+    bilinear sample of SAM's low-resolution logits) is added to the coarse and
+    the fine logits, and the output layers start at zero; the decoder then
+    begins as the pretrained prompt path and learns corrections to it.
+    """
 
     def __init__(
         self,
@@ -168,13 +179,40 @@ class ImplicitDecoder(nn.Module):
         fine_head_hidden: int,
         classes: int,
         dropout: float,
+        sam_logit: str = "off",
     ) -> None:
         super().__init__()
+        if sam_logit not in ("off", "residual"):
+            raise ValueError(f"sam_logit must be 'off' or 'residual', got {sam_logit!r}")
         self.positional_encoding = PositionalEncoding(num_frequencies)
         in_dim = self.positional_encoding.out_dim + feature_channels + pe_channels
         self.in_dim = in_dim
+        self.feature_channels = feature_channels
+        self.sam_logit = sam_logit
         self.coarse = CoarseDecoder(in_dim, coarse_hidden, feature_dim, classes, dropout)
         self.fine = FineDecoder(in_dim, feature_dim, fine_hidden, fine_head_hidden, classes)
+        if sam_logit == "residual":
+            with torch.no_grad():
+                rows = self.coarse.heads.weight.view(classes, 1 + feature_dim, -1)
+                rows[:, 0].zero_()
+                self.coarse.heads.bias.view(classes, 1 + feature_dim)[:, 0].zero_()
+                for head in self.fine.heads:
+                    head[-1].weight.zero_()
+                    head[-1].bias.zero_()
+
+    def base_logits(self, z_p: torch.Tensor, mask_weights: torch.Tensor | None) -> torch.Tensor | None:
+        """SAM's logit at each point in residual mode, ``(N, P)``; None otherwise.
+
+        ``z_p (N, P, in)`` from :meth:`point_inputs`; ``mask_weights (N, C)`` the
+        hypernetwork output of SAM's mask token for each box.
+        """
+        if self.sam_logit != "residual":
+            return None
+        if mask_weights is None:
+            raise ValueError("a residual decoder needs the prompt's mask weights")
+        start = self.positional_encoding.out_dim
+        features = z_p[..., start : start + self.feature_channels]
+        return torch.einsum("npc,nc->np", features, mask_weights.to(features.dtype))
 
     def point_inputs(
         self, points: torch.Tensor, features: torch.Tensor, dense_pe: torch.Tensor
@@ -209,6 +247,7 @@ class ImplicitDecoder(nn.Module):
         refine_mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         networks: torch.Tensor | None = None,
+        base_logits: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """Decode ``N`` query sets of ``P`` points each.
 
@@ -221,15 +260,21 @@ class ImplicitDecoder(nn.Module):
             generator: makes the dropout networks reproducible.
             networks: dropout networks from ``coarse.sample_networks`` (instead
                 of drawing new ones).
+            base_logits: ``(N, P)`` SAM's logits (:meth:`base_logits`), added to
+                every output in residual mode.
         """
         n, p, _ = z_p.shape
         flat = z_p.reshape(n * p, -1)
         # All points in one pass: BatchNorm sees the whole batch while training.
         hidden, coarse_logits, z_c = self.coarse(flat)
+        base = None if base_logits is None else base_logits.reshape(n * p, 1)
+        if base is not None:
+            coarse_logits = coarse_logits + base.to(coarse_logits.dtype)
         with torch.no_grad():
             if networks is None:
                 networks = self.coarse.sample_networks(mc_samples, generator)
-            uncertainty = self.coarse.mc_variance(hidden.detach(), networks)
+            uncertainty = self.coarse.mc_variance(
+                hidden.detach(), networks, None if base is None else base[:, 0].detach())
         uncertainty = uncertainty.view(n, p, -1)
         if refine_mask is None:
             refine_mask = top_k_mask(uncertainty.amax(dim=2), top_k_ratio or 0.0)
@@ -237,6 +282,8 @@ class ImplicitDecoder(nn.Module):
         index = refine_mask.reshape(-1).nonzero().squeeze(1)
         if index.numel():
             fine = self.fine(z_c[index], flat[index]).to(coarse_logits.dtype)
+            if base is not None:
+                fine = fine + base[index].to(fine.dtype)
             logits = coarse_logits.index_put((index,), fine)
         return DecoderOutput(
             coarse_logits.view(n, p, -1), logits.view(n, p, -1), uncertainty, refine_mask

@@ -1,9 +1,15 @@
-"""Low-rank adapters on the fused query/key/value projection of SAM's attention.
+"""Low-rank adapters on the fused query/key/value projection of an attention layer.
 
-SAM computes q, k and v with one ``nn.Linear(dim, 3 * dim)``. LoRA is added to
-selected slices of its output (the paper: query and value), so the frozen
-projection is kept as it is and only ``A`` and ``B`` train. ``B`` starts at
-zero, which makes the adapted encoder equal to SAM at initialisation.
+Both encoders compute q, k and v with one ``nn.Linear``, but lay its output
+rows out differently:
+
+- SAM's ViT: all queries, then all keys, then all values (``[Q | K | V]``);
+- TinyViT (LiteMedSAM): per head, ``[h0: q | k | v, h1: q | k | v, ...]``.
+
+LoRA is added to the output rows of the chosen projections only (the paper:
+query and value), found from that layout, so the frozen projection is kept
+as it is and only ``A`` and ``B`` train. ``B`` starts at zero, which makes the
+adapted encoder equal to the base at initialisation.
 """
 
 from __future__ import annotations
@@ -14,47 +20,85 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-_SLICES = {"q": 0, "k": 1, "v": 2}
+PROJECTIONS = ("q", "k", "v")
+
+
+def blocked_rows(dim: int) -> dict[str, torch.Tensor]:
+    """Output rows of q, k and v in SAM's ``Linear(dim, 3 * dim)``."""
+    # Index tables are built on the CPU, also inside a ``torch.device("meta")`` block.
+    return {name: torch.arange(i * dim, (i + 1) * dim, device="cpu")
+            for i, name in enumerate(PROJECTIONS)}
+
+
+def per_head_rows(heads: int, key_dim: int, value_dim: int) -> dict[str, torch.Tensor]:
+    """Output rows of q, k and v when each head holds ``q | k | v`` in turn."""
+    per_head = 2 * key_dim + value_dim
+    starts = torch.arange(heads, device="cpu")[:, None] * per_head
+    spans = {"q": (0, key_dim), "k": (key_dim, 2 * key_dim), "v": (2 * key_dim, per_head)}
+    return {name: (starts + torch.arange(lo, hi, device="cpu")[None]).reshape(-1)
+            for name, (lo, hi) in spans.items()}
 
 
 class LoRAQKV(nn.Module):
-    """A frozen fused qkv ``nn.Linear`` plus low-rank updates on some of its slices.
+    """A frozen fused qkv ``nn.Linear`` plus low-rank updates on some of its rows.
 
-    Input ``(..., dim)``, output ``(..., 3 * dim)`` like the wrapped layer.
+    Input ``(..., in)``, output ``(..., out)`` like the wrapped layer. ``rows``
+    maps each of q, k, v to the output rows that hold it (default: SAM's
+    ``[Q | K | V]``).
     """
 
     def __init__(
-        self, base: nn.Linear, rank: int, alpha: float, targets: Sequence[str]
+        self,
+        base: nn.Linear,
+        rank: int,
+        alpha: float,
+        targets: Sequence[str],
+        rows: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
-        if base.out_features != 3 * base.in_features:
-            raise ValueError("LoRAQKV expects a fused qkv Linear(dim, 3 * dim)")
-        unknown = set(targets) - set(_SLICES)
+        if rows is None:
+            if base.out_features != 3 * base.in_features:
+                raise ValueError("without rows, LoRAQKV expects SAM's Linear(dim, 3 * dim)")
+            rows = blocked_rows(base.in_features)
+        unknown = set(targets) - set(PROJECTIONS)
         if unknown or not targets:
             raise ValueError(f"LoRA targets must be a non-empty subset of q, k, v; got {targets}")
+        covered = sorted(int(i) for p in PROJECTIONS for i in rows[p].tolist())
+        if covered != list(range(base.out_features)):
+            raise ValueError("the q/k/v rows must partition the qkv Linear's outputs")
         self.base = base
-        self.dim = base.in_features
         self.targets = tuple(targets)
         self.scaling = alpha / rank
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         for name in self.targets:
-            a = torch.empty(rank, self.dim)
+            self.register_buffer(f"rows_{name}", rows[name].clone(), persistent=False)
+            a = torch.empty(rank, base.in_features)
             # Kaiming-uniform A as in LoRA; B = 0 keeps the base output exact.
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
             self.lora_A[name] = nn.Parameter(a)
-            self.lora_B[name] = nn.Parameter(torch.zeros(self.dim, rank))
+            self.lora_B[name] = nn.Parameter(torch.zeros(len(rows[name]), rank))
+
+    @property
+    def is_identity(self) -> bool:
+        """True while every ``B`` is zero (the update adds nothing)."""
+        return all(not b.any() for b in self.lora_B.values())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        updates = [torch.zeros((), dtype=out.dtype, device=out.device)] * 3
         for name in self.targets:
             delta = (x @ self.lora_A[name].T) @ self.lora_B[name].T
-            updates[_SLICES[name]] = delta.to(out.dtype) * self.scaling
-        if all(u.dim() == 0 for u in updates):
-            return out
-        full = [u.expand(*out.shape[:-1], self.dim) for u in updates]
-        return out + torch.cat(full, dim=-1)
+            rows = getattr(self, f"rows_{name}")
+            out = out.index_add(-1, rows, delta.to(out.dtype), alpha=self.scaling)
+        return out
+
+
+def _wrap(attn: nn.Module, rank: int, alpha: float, targets: Sequence[str],
+          rows: dict[str, torch.Tensor] | None) -> LoRAQKV:
+    if isinstance(attn.qkv, LoRAQKV):
+        raise RuntimeError("LoRA is already injected into this encoder")
+    attn.qkv = LoRAQKV(attn.qkv, rank, alpha, targets, rows)
+    return attn.qkv
 
 
 def inject_lora(
@@ -66,10 +110,22 @@ def inject_lora(
     """
     if rank <= 0:
         return []
+    return [_wrap(block.attn, rank, alpha, targets, None) for block in encoder.blocks]
+
+
+def inject_lora_tinyvit(
+    encoder: nn.Module, rank: int, alpha: float, targets: Sequence[str]
+) -> list[LoRAQKV]:
+    """Wrap the ``attn.qkv`` of every attention block of a TinyViT (stages 1-3;
+    stage 0 is convolutional). Its rows are grouped per head."""
+    if rank <= 0:
+        return []
     layers = []
-    for block in encoder.blocks:
-        if isinstance(block.attn.qkv, LoRAQKV):
-            raise RuntimeError("LoRA is already injected into this encoder")
-        block.attn.qkv = LoRAQKV(block.attn.qkv, rank, alpha, targets)
-        layers.append(block.attn.qkv)
+    for stage in encoder.layers:
+        for block in stage.blocks:
+            attn = getattr(block, "attn", None)
+            if attn is None:  # MBConv blocks of the convolutional stage
+                continue
+            rows = per_head_rows(attn.num_heads, attn.key_dim, attn.d)
+            layers.append(_wrap(attn, rank, alpha, targets, rows))
     return layers
