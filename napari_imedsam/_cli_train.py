@@ -141,11 +141,12 @@ def _evaluate(args: argparse.Namespace) -> int:
             bar.update(1)
 
         rows = evaluate_model(model, images, label_size=args.label_size, device=device,
-                              on_progress=progress)
+                              on_progress=progress, decoder=args.decoder)
     if args.only_class is not None:
         rows = [r for r in rows if r["object"] == args.only_class]
     report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
-                     subset=args.subset, input_size=model.config.input_size)
+                     subset=args.subset, input_size=model.config.input_size,
+                     decoder=args.decoder)
     csv_path = write_report(report, rows, args.json)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.json} and {csv_path}")
@@ -193,6 +194,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--base-weights", help="SAM weights the adapter was trained on")
     e.add_argument("--subset", default="test")
     e.add_argument("--label-size", type=int, default=384)
+    e.add_argument("--decoder", default="imedsam", choices=("imedsam", "sam"),
+                   help="imedsam: the implicit decoder; sam: the backbone's own mask decoder "
+                        "(the discrete path)")
     e.add_argument("--only-class", type=int, help="multi-class: report this class id only")
     e.add_argument("--json", required=True, type=Path)
     e.add_argument("--device", default="auto", choices=DEVICES)

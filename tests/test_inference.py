@@ -266,18 +266,27 @@ def test_demo_model_adaptive_agrees_with_dense_on_held_out_images():
                                        dense.uncertainty[0, 0][exact], atol=1e-5)
 
 
-def test_fast_decoder_equals_the_model_with_and_without_an_extent():
+@pytest.mark.parametrize("sam_logit", ["off", "residual"])
+def test_fast_decoder_equals_the_model_with_and_without_an_extent(sam_logit):
     """The inference decoder (BN folded, first layer factored through the sampling,
     tables cropped to the points' extent) gives the model's own coarse logits,
-    uncertainty and fine logits, including at the map borders."""
+    uncertainty and fine logits, including at the map borders; in residual mode
+    with SAM's logit added."""
+    import dataclasses
+
     from napari_imedsam.inference.fast_decoder import FastDecoder
+    from napari_imedsam.model import get_config
 
     torch.manual_seed(0)
-    model = build_model("tiny").eval()
+    cfg = get_config("tiny")
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, sam_logit=sam_logit))
+    model = build_model(config=cfg).eval()
     for module in model.implicit_decoder.modules():  # non-trivial BatchNorm statistics
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
+        elif isinstance(module, torch.nn.Linear) and not module.weight.any():
+            module.weight.data.uniform_(-0.3, 0.3)  # residual heads start at zero: wake them
     with torch.no_grad():
         emb = model.embed(torch.rand(1, 3, 64, 64) * 255)
         prompt = model.encode_prompt(emb, torch.tensor([[10.0, 12.0, 40.0, 50.0]]))

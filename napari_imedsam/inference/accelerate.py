@@ -1,0 +1,143 @@
+"""A faster image encoder on the CPU: OpenVINO, where its results equal PyTorch's.
+
+The frozen encoder is exported once per set of encoder weights into OpenVINO's
+format (XML + binary weights, no pickle) in the per-user cache, and compiled
+for the CPU in fp32. Before first use, its output on a fixed input is compared
+with the eager encoder's; a runtime that differs by more than ``TOLERANCE`` is
+not used. Anything that fails (OpenVINO missing, export or compile errors)
+falls back to PyTorch: the caller is told why, in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..model.modeling.imedsam import IMedSAM
+
+#: Largest absolute difference from the eager encoder a runtime may show.
+TOLERANCE = 1e-4
+ENV_DISABLE = "IMEDSAM_NO_OPENVINO"
+_LOCK = threading.Lock()
+
+
+@dataclass
+class EncoderRuntime:
+    """How images are embedded: ``describe`` is what the widget shows."""
+
+    describe: str
+    run: Callable[[torch.Tensor], torch.Tensor]
+
+
+def compiled_cache_dir() -> Path:
+    """Where exported encoders live: ``$IMEDSAM_CACHE_DIR/openvino`` or the user cache."""
+    from ..model.weights import ENV_CACHE_DIR
+
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser() / "openvino"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-imedsam")) / "openvino"
+
+
+def encoder_key(model: IMedSAM, openvino_version: str) -> str:
+    """Names one exported graph: the encoder's weights, input size and both versions."""
+    digest = hashlib.sha256()
+    digest.update(f"{model.config.input_size}|{openvino_version}|{torch.__version__}".encode())
+    for name, tensor in sorted(model.image_encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _probe(size: int) -> torch.Tensor:
+    """The fixed input both runtimes are compared on."""
+    generator = torch.Generator().manual_seed(20261202)
+    return torch.rand(1, 3, size, size, generator=generator)
+
+
+def _export(model: IMedSAM, target: Path, ov: object) -> None:
+    """Convert the encoder and write ``target`` (+ its ``.bin``) all at once."""
+    probe = _probe(model.config.input_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side checks
+        graph = ov.convert_model(model.image_encoder, example_input=probe)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        # Weights stay fp32: OpenVINO would store them as fp16 by default.
+        ov.save_model(graph, staging / target.name, compress_to_fp16=False)
+        # The XML names its .bin; it goes into place last, so a reader that
+        # finds the XML finds a complete pair.
+        os.replace(staging / target.with_suffix(".bin").name, target.with_suffix(".bin"))
+        os.replace(staging / target.name, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRuntime:
+    """The encoder through OpenVINO on the CPU (exported once, then from the cache).
+
+    Raises ``RuntimeError`` with the reason when it cannot be used.
+    """
+    if os.environ.get(ENV_DISABLE):
+        raise RuntimeError(f"OpenVINO is turned off (${ENV_DISABLE})")
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise RuntimeError(f"OpenVINO is not installed ({exc})") from exc
+    cache = cache or compiled_cache_dir()
+    key = encoder_key(model, ov.__version__)
+    target = cache / f"encoder-{key}.xml"
+    checked = cache / f"encoder-{key}.json"
+    with _LOCK:  # one export at a time in this process (a worker and the main thread)
+        if not target.is_file():
+            _export(model, target, ov)
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(target), "CPU",
+                                      {"INFERENCE_PRECISION_HINT": "f32",
+                                       "PERFORMANCE_HINT": "LATENCY"})
+    request_lock = threading.Lock()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        with request_lock:  # one compiled model, called from several threads
+            for image in images.detach().to("cpu", torch.float32).numpy():
+                outputs.append(torch.from_numpy(np.array(compiled(image[None])[0])))
+        return torch.cat(outputs)
+
+    if not checked.is_file():
+        probe = _probe(model.config.input_size)
+        with torch.no_grad():
+            expected = model.image_encoder(probe)
+        difference = float((run(probe) - expected).abs().max())
+        if not difference <= TOLERANCE:
+            raise RuntimeError(f"OpenVINO's encoder differs from PyTorch's by {difference:.2g}")
+        checked.write_text(json.dumps({"max_abs_difference": difference, "key": key}))
+    return EncoderRuntime("OpenVINO (CPU, fp32)", run)
+
+
+def choose_encoder(model: IMedSAM, device: torch.device, precision: str,
+                   on_note: Callable[[str], None] | None = None) -> EncoderRuntime:
+    """OpenVINO where it applies (CPU, fp32, an encoder it can run), else PyTorch."""
+    eager = EncoderRuntime(f"PyTorch ({device.type}, {precision})", model.image_encoder)
+    if device.type != "cpu" or precision != "fp32" or model.config.encoder.kind != "tinyvit":
+        return eager
+    try:
+        return openvino_encoder(model)
+    except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch
+        if on_note is not None:
+            on_note(f"encoder: PyTorch, not OpenVINO ({' '.join(str(exc).split())[:200]})")
+        return eager

@@ -1,0 +1,107 @@
+"""The OpenVINO encoder: same embeddings as PyTorch, exported once, honest fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_imedsam.inference import accelerate
+from napari_imedsam.inference.session import SegmentationSession
+from napari_imedsam.model import build_model
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return build_model("medsam_lite", checkpoint="medsam_lite")
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for the module: exporting takes seconds, so it happens once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cache(shared_cache, monkeypatch):
+    monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(shared_cache))
+    monkeypatch.delenv(accelerate.ENV_DISABLE, raising=False)
+    return shared_cache / "openvino"
+
+
+def test_openvino_equals_pytorch_and_is_exported_once(lite, cache, monkeypatch):
+    exports = []
+    real = accelerate._export
+    monkeypatch.setattr(accelerate, "_export", lambda *a: exports.append(1) or real(*a))
+    runtime = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
+    assert runtime.describe.startswith("OpenVINO")
+    images = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = lite.image_encoder(images)
+    got = runtime.run(images)
+    assert got.shape == (2, 256, 64, 64)
+    assert float((got - expected).abs().max()) <= 1e-4
+    again = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
+    assert again.describe.startswith("OpenVINO") and exports == [1]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".bin", ".json", ".xml"]
+
+
+def test_changed_encoder_weights_get_their_own_graph(lite, cache):
+    key = accelerate.encoder_key(lite, "x")
+    gate = lite.image_encoder.frequency.gates[0]
+    with torch.no_grad():
+        gate.fill_(0.1)
+    try:
+        assert accelerate.encoder_key(lite, "x") != key
+    finally:
+        with torch.no_grad():
+            gate.zero_()
+    assert accelerate.encoder_key(lite, "x") == key
+
+
+def test_fallback_to_pytorch_says_why(lite, cache, tmp_path, monkeypatch):
+    notes = []
+    monkeypatch.setenv(accelerate.ENV_DISABLE, "1")
+    runtime = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32", notes.append)
+    assert runtime.describe == "PyTorch (cpu, fp32)" and "turned off" in notes[0]
+    monkeypatch.delenv(accelerate.ENV_DISABLE)
+
+    def broken(*args):  # noqa: ANN002
+        raise RuntimeError("conversion failed: unsupported op")
+
+    monkeypatch.setattr(accelerate, "_export", broken)
+    monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(tmp_path))  # nothing exported there yet
+    notes.clear()
+    runtime = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32", notes.append)
+    assert runtime.describe.startswith("PyTorch") and "unsupported op" in notes[0]
+    # bf16 or a GPU: PyTorch, silently (nothing to fall back from).
+    assert accelerate.choose_encoder(lite, torch.device("cpu"), "bf16").describe.startswith("PyTorch")
+
+
+def test_a_runtime_that_disagrees_is_refused(lite, cache, tmp_path, monkeypatch):
+    accelerate.openvino_encoder(lite)  # exported (or already) in the shared cache
+    broken = tmp_path / "openvino"
+    broken.mkdir()
+    for path in cache.glob("encoder-*"):
+        if path.suffix in (".xml", ".bin"):  # not the record of the passed check
+            (broken / path.name).write_bytes(path.read_bytes())
+    weights = next(broken.glob("*.bin"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4000] = bytes(4000)  # zero some weights
+    weights.write_bytes(bytes(data))
+    monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(RuntimeError, match="differs from PyTorch"):
+        accelerate.openvino_encoder(lite)
+
+
+def test_session_uses_it_and_caches_embeddings(lite, cache):
+    session = SegmentationSession(lite, device="cpu", mode="sam")
+    image = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    session.set_image(image)
+    assert session.encoder_runtime().describe.startswith("OpenVINO")
+    eager = SegmentationSession(lite, device="cpu", mode="sam", accelerate=False)
+    eager.set_image(image)
+    assert eager.encoder_runtime().describe == "PyTorch (cpu, fp32)"
+    assert float((session._embedding - eager._embedding).abs().max()) <= 1e-4
