@@ -150,7 +150,7 @@ def _segment(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .inference.bench import run_benchmark
 
-    results = run_benchmark(args.device, repeats=args.repeats)
+    results = run_benchmark(args.device, repeats=args.repeats, vit_b=args.vit_b)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
@@ -166,7 +166,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--scale", type=float, default=1.0, help="output scale, 0.25 to 8")
     s.add_argument("--uncertainty", type=Path, help="uncertainty TIFF (float32)")
     s.add_argument("--polygons", type=Path, help="sub-pixel boundaries as JSON")
-    s.add_argument("--model", default="demo", help="demo, vit_b, vit_l, vit_h or a .pth")
+    s.add_argument("--model", default="medsam_lite",
+                   help="medsam_lite (the default: LiteMedSAM + our adapter), vit_b, vit_l, "
+                        "vit_h or a .pth")
     s.add_argument("--adapter", type=Path, help="adapter .safetensors")
     s.add_argument("--window", default=None, help="CT window: abdomen, lung, bone, brain, "
                    "liver, mediastinum or WIDTH,LEVEL")
@@ -184,5 +186,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser("bench", help="time the encoder and box -> mask decoding")
     b.add_argument("--device", default="auto", choices=DEVICES)
     b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--vit-b", action="store_true",
+                   help="also time SAM's vit_b encoder at 384 and 1024 (random weights)")
     b.add_argument("--json", type=Path, help="also write the numbers here")
     b.set_defaults(func=_bench)

@@ -22,6 +22,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic", type=int, metavar="N",
                    help="use N generated images instead of files (--synthetic-kind)")
     g.add_argument("--synthetic-kind", default="mixed", choices=("ct", "rgb", "mixed"))
+    g.add_argument("--synthetic-size", type=int, default=256, metavar="PX",
+                   help="side of the generated images")
     g.add_argument("--multiclass-labels", action="store_true",
                    help="masks are integer class images, not binary masks")
 
@@ -34,7 +36,7 @@ def _load(args: argparse.Namespace, subset: str | None, seed: int) -> list[Any]:
 
         offset = {"train": 0, "val": 1, "test": 2}.get(subset or "train", 0)
         count = args.synthetic if offset == 0 else max(8, args.synthetic // 5)
-        pairs = synthetic_dataset(count, size=256, kind=args.synthetic_kind,
+        pairs = synthetic_dataset(count, size=args.synthetic_size, kind=args.synthetic_kind,
                                   seed=seed + 7919 * offset)
         return [data.LabeledImage(f"synthetic_{offset}_{i}", im, lab)
                 for i, (im, lab) in enumerate(pairs)]
@@ -72,10 +74,22 @@ def _train(args: argparse.Namespace) -> int:
                       precision=args.precision, augment=not args.no_augment,
                       val_label_size=args.val_label_size, time_budget_s=args.time_budget,
                       lr_base=args.lr_base, objective=args.objective,
-                      box_jitter_px=args.box_jitter)
+                      box_jitter_px=args.box_jitter, cached_flips=args.flips)
     train_set, val_set = _split(args, args.seed)
-    model = build_model(args.variant, checkpoint=args.base_weights, input_size=args.input_size,
-                        num_classes=args.classes, frequency_mode=args.frequency)
+    import dataclasses
+
+    from .model import get_config
+    from .model.weights import REGISTRY
+
+    config = get_config(args.variant, input_size=args.input_size, num_classes=args.classes,
+                        frequency_mode=args.frequency)
+    if args.sam_logit:
+        config = dataclasses.replace(
+            config, decoder=dataclasses.replace(config.decoder, sam_logit=args.sam_logit))
+    # A variant with its own packaged weights (medsam_lite) starts from them.
+    entry = REGISTRY.get(args.variant)
+    base = args.base_weights or (args.variant if entry is not None and entry.package else None)
+    model = build_model(config=config, checkpoint=base)
     if args.init:
         load_adapter(model, args.init)
     # Under torchrun every rank runs this; only rank 0 talks and writes the log.
@@ -105,7 +119,7 @@ def _train(args: argparse.Namespace) -> int:
                        f"val Dice {event.val_dice:.4f} (best {event.best_val_dice:.4f})")
 
     extra = {"command": "imedsam train", "data": str(args.data or args.images or "synthetic"),
-             "base_weights": str(args.base_weights) if args.base_weights else None}
+             "base_weights": base}
     start = time.monotonic()
     try:
         result = train(model, train_set, val_set, cfg, args.out, on_progress=on_progress,
@@ -159,7 +173,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t = subparsers.add_parser("train", help="fine-tune adapters (or train a small model)")
     _add_data_args(t)
     t.add_argument("--out", required=True, type=Path, help="best adapter: NAME.safetensors")
-    t.add_argument("--variant", default="vit_b", choices=sorted(VARIANTS))
+    t.add_argument("--variant", default="medsam_lite", choices=sorted(VARIANTS))
     t.add_argument("--base-weights", help="SAM weights name (vit_b...) or .pth path")
     t.add_argument("--init", type=Path, help="start from this adapter")
     t.add_argument("--mode", default="adapters", choices=TRAIN_MODES)
@@ -167,12 +181,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--input-size", type=int, default=None)
     t.add_argument("--classes", type=int, default=1)
     t.add_argument("--frequency", default="amplitude", choices=("amplitude", "phase", "off"))
+    t.add_argument("--sam-logit", choices=("off", "residual"), default=None,
+                   help="the implicit decoder as residual on the backbone's own mask logit, "
+                        "or plain (the paper's); default: the variant's")
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--points", type=int, default=4096, help="query points per sample")
     t.add_argument("--lr-base", type=float, default=3e-4, help="encoder lr in full mode")
-    t.add_argument("--objective", default="implicit", choices=("implicit", "sam"),
+    t.add_argument("--objective", default="implicit", choices=("implicit", "sam", "distill"),
                    help="sam: train SAM's own decoder (pretrains the box path of a "
-                        "from-scratch model; then train again with --init)")
+                        "from-scratch model; then train again with --init); distill: learn "
+                        "the backbone's own mask probability (no labels used)")
+    t.add_argument("--flips", type=int, default=4, choices=(1, 2, 4),
+                   help="mirrored views per image when embeddings are cached "
+                        "(decoder/implicit modes); 1 saves memory for many images")
     t.add_argument("--val-label-size", type=int, default=128)
     t.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after")
     t.add_argument("--no-augment", action="store_true")

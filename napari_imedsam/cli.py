@@ -18,10 +18,14 @@ from . import __version__, _cli_gui, _cli_infer, _cli_train, _cli_weights
 def _params(args: argparse.Namespace) -> int:
     import torch
 
-    from .model import build_model, parameter_counts
+    import contextlib
 
-    # Parameter shapes are all that is needed: build without allocating memory.
-    with torch.device("meta"):
+    from .model import build_model, get_config, parameter_counts
+
+    # Parameter shapes are all that is needed: build SAM's large ViTs without
+    # allocating memory (TinyViT's builder reads values, and is small anyway).
+    small = get_config(args.variant).encoder.kind == "tinyvit"
+    with contextlib.nullcontext() if small else torch.device("meta"):
         model = build_model(
             args.variant,
             input_size=args.input_size,
@@ -51,7 +55,7 @@ def _add_params(subparsers: argparse._SubParsersAction) -> None:
     from .model.config import TRAIN_MODES, VARIANTS
 
     p = subparsers.add_parser("params", help="count trainable parameters per part")
-    p.add_argument("--variant", default="vit_b", choices=sorted(VARIANTS))
+    p.add_argument("--variant", default="medsam_lite", choices=sorted(VARIANTS))
     p.add_argument("--classes", type=int, default=1, help="number of foreground classes")
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--mode", default="adapters", choices=TRAIN_MODES)

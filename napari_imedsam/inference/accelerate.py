@@ -132,7 +132,7 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRun
 def choose_encoder(model: IMedSAM, device: torch.device, precision: str,
                    on_note: Callable[[str], None] | None = None) -> EncoderRuntime:
     """OpenVINO where it applies (CPU, fp32, an encoder it can run), else PyTorch."""
-    eager = EncoderRuntime(f"PyTorch ({device.type}, {precision})", model.image_encoder)
+    eager = EncoderRuntime(f"PyTorch ({device.type}, {precision})", model.embed)
     if device.type != "cpu" or precision != "fp32" or model.config.encoder.kind != "tinyvit":
         return eager
     try:

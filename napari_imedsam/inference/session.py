@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..model.devices import autocast, resolve_device
+from ..model.devices import autocast, resolve_device, resolve_precision
 from ..model.modeling.imedsam import IMedSAM
 from ..model.transforms import Letterbox, letterbox_image
 from .accelerate import EncoderRuntime, choose_encoder
@@ -81,12 +81,7 @@ class SegmentationSession:
         if mode not in ("imedsam", "sam"):
             raise ValueError(f"mode must be auto, imedsam or sam, got {mode!r}")
         self.mode = mode
-        if precision == "auto" and model.config.encoder.kind == "tinyvit":
-            # LiteMedSAM's small encoder is not robust to bf16: on Kvasir images
-            # its embedding moved by up to 0.06 and mask edges by pixels. It is
-            # fast in fp32 (and faster still through OpenVINO, in fp32).
-            precision = "fp32"
-        self.precision = precision
+        self.precision = resolve_precision(precision, model.config)
         self.accelerate = accelerate
         self._runtime: EncoderRuntime | None = None
         #: Why the accelerated encoder is not used, when it is not (for the status line).
@@ -134,7 +129,7 @@ class SegmentationSession:
                 self._runtime = choose_encoder(self.model, self.device, self.precision, note)
             else:
                 self._runtime = EncoderRuntime(f"PyTorch ({self.device.type}, {self.precision})",
-                                               self.model.image_encoder)
+                                               self.model.embed)
         return self._runtime
 
     def set_image(self, image: np.ndarray, *, window: Window = None,

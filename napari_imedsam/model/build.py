@@ -19,7 +19,7 @@ from segment_anything.modeling import (
 from torch import nn
 from torch.nn import functional as F
 
-from .config import TRAIN_MODES, ModelConfig, TrainMode, get_config
+from .config import FROZEN_ENCODER_MODES, TRAIN_MODES, ModelConfig, TrainMode, get_config
 from .modeling.frequency_adapter import FrequencyAdapter, StageFrequencyAdapter
 from .modeling.image_encoder import AdaptedImageEncoder
 from .modeling.imedsam import IMedSAM
@@ -253,6 +253,8 @@ def trainable_parts(model: IMedSAM, mode: TrainMode = "adapters") -> dict[str, l
     - ``adapters`` (the paper): LoRA, frequency adapters, prompt encoder,
       upscaling, implicit decoder.
     - ``decoder``: the encoder frozen entirely (embeddings can be cached).
+    - ``implicit``: only the implicit decoder; the prompt path stays the
+      backbone's, so its own ("base model") masks do not change.
     - ``full``: every parameter (training small variants from scratch).
     """
     if mode not in TRAIN_MODES:
@@ -260,14 +262,16 @@ def trainable_parts(model: IMedSAM, mode: TrainMode = "adapters") -> dict[str, l
     encoder = model.image_encoder
     lora = [p for m in encoder.vit.modules() if isinstance(m, LoRAQKV)
             for p in [*m.lora_A.values(), *m.lora_B.values()]]
+    adapts_encoder = mode not in FROZEN_ENCODER_MODES
+    prompt_path = mode != "implicit"
     parts: dict[str, list[nn.Parameter]] = {
-        "lora": lora if mode != "decoder" else [],
+        "lora": lora if adapts_encoder else [],
         "frequency_adapter": (
             list(encoder.frequency.parameters())
-            if encoder.frequency is not None and mode != "decoder" else []
+            if encoder.frequency is not None and adapts_encoder else []
         ),
-        "prompt_encoder": list(model.prompt_encoder.parameters()),
-        "upscaling": list(model.mask_decoder.output_upscaling.parameters()),
+        "prompt_encoder": list(model.prompt_encoder.parameters()) if prompt_path else [],
+        "upscaling": list(model.mask_decoder.output_upscaling.parameters()) if prompt_path else [],
         "coarse_decoder": list(model.implicit_decoder.coarse.parameters()),
         "fine_decoder": list(model.implicit_decoder.fine.parameters()),
     }

@@ -19,9 +19,13 @@ Preprocess = Literal["sam", "medsam_lite"]
 #: How the implicit decoder uses SAM's own mask logit at a point: not at all
 #: (the paper's design), or as the base its outputs are residuals on.
 SamLogitMode = Literal["off", "residual"]
-TrainMode = Literal["adapters", "decoder", "full"]
-#: What trains: the paper's adapters; the decoder side only; or everything.
-TRAIN_MODES: tuple[str, ...] = ("adapters", "decoder", "full")
+TrainMode = Literal["adapters", "decoder", "implicit", "full"]
+#: What trains: the paper's adapters; the decoder side only (prompt encoder,
+#: upscaling, implicit decoder); the implicit decoder alone (the backbone's own
+#: prompt path stays as it is); or everything.
+TRAIN_MODES: tuple[str, ...] = ("adapters", "decoder", "implicit", "full")
+#: Modes whose encoder is frozen: embeddings can be computed once and cached.
+FROZEN_ENCODER_MODES: tuple[str, ...] = ("decoder", "implicit")
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..inference.accelerate import choose_encoder
 from ..model.build import set_trainable, trainable_parts
 from ..model.checkpoint import save_adapter
-from ..model.devices import autocast, autocast_dtype, resolve_device
+from ..model.config import FROZEN_ENCODER_MODES
+from ..model.devices import autocast, autocast_dtype, resolve_device, resolve_precision
 from ..model.modeling.imedsam import IMedSAM
 from . import run_state
 from .augment import Augmenter
@@ -62,7 +64,12 @@ class TrainConfig:
     #: ``implicit``: the I-MedSAM loss. ``sam``: SAM's own mask decoder (mask token
     #: and hypernetwork) read at the same points, to pretrain the box -> feature
     #: path of a model trained from scratch before its implicit decoder learns.
+    #: ``distill``: the I-MedSAM loss towards the backbone's own mask probability
+    #: at the points instead of the labels (no labels needed: boxes are enough).
     objective: str = "implicit"
+    #: Mirrored views per image when embeddings are cached (frozen-encoder modes):
+    #: 4 = as is, left-right, up-down, both; 1 = none (more images fit in memory).
+    cached_flips: int = CACHED_FLIPS
 
 
 @dataclass
@@ -100,16 +107,28 @@ class _Step(nn.Module):
         self.model = model
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor,
-                embedded: bool, objective: str = "implicit") -> tuple[torch.Tensor, torch.Tensor]:
+                embedded: bool, objective: str = "implicit"
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Coarse and final logits ``(B, K, P)``, and the backbone's own probability
+        at the points when it is the target (``distill``)."""
         emb = images if embedded else self.model.embed(images)
         if objective == "sam":
             low_res, _ = self.model.predict_discrete(emb, boxes)  # (B, 1, 4g, 4g)
-            logits = F.grid_sample(low_res, points.unsqueeze(2).to(low_res.dtype),
-                                   mode="bilinear", align_corners=False,
-                                   padding_mode="border")[..., 0]  # (B, 1, P)
-            return logits, logits
-        pred = self.model.decode_points(self.model.encode_prompt(emb, boxes), points)
-        return pred.coarse_logits, pred.logits
+            logits = _at_points(low_res, points)
+            return logits, logits, None
+        prompt = self.model.encode_prompt(emb, boxes)
+        pred = self.model.decode_points(prompt, points)
+        teacher = None
+        if objective == "distill":
+            with torch.no_grad():
+                teacher = torch.sigmoid(_at_points(prompt.sam_logits(), points).float())
+        return pred.coarse_logits, pred.logits, teacher
+
+
+def _at_points(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)`` maps read bilinearly at ``(B, P, 2)`` points -> ``(B, 1, P)``."""
+    return F.grid_sample(maps, points.unsqueeze(2).to(maps.dtype), mode="bilinear",
+                         align_corners=False, padding_mode="border")[..., 0]
 
 
 def _optimizer(model: IMedSAM, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -141,10 +160,11 @@ def train(
     best adapter so far kept (one is validated and saved if none was yet).
     ``resume`` continues a run from the files beside ``out``.
     """
-    if cfg.objective not in ("implicit", "sam"):
-        raise ValueError(f"objective must be 'implicit' or 'sam', got {cfg.objective!r}")
-    if cfg.objective == "sam" and model.config.num_classes != 1:
-        raise ValueError("the 'sam' objective trains SAM's single-mask output: use --classes 1")
+    if cfg.objective not in ("implicit", "sam", "distill"):
+        raise ValueError(f"objective must be 'implicit', 'sam' or 'distill', got {cfg.objective!r}")
+    if cfg.objective in ("sam", "distill") and model.config.num_classes != 1:
+        raise ValueError(f"the '{cfg.objective}' objective uses SAM's single-mask output: "
+                         "use --classes 1")
     dist = init_distributed()
     device = dist.device if dist.world > 1 else resolve_device(cfg.device)
     model.to(device)
@@ -178,10 +198,15 @@ def train(
     if dist.world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, find_unused_parameters=True)
-    dtype_scaler = torch.amp.GradScaler(device.type, enabled=_uses_fp16(device, cfg.precision))
+    dtype_scaler = torch.amp.GradScaler(
+        device.type, enabled=_uses_fp16(device, resolve_precision(cfg.precision, model.config)))
     cache: dict[int, torch.Tensor] = {}
-    # Decoder mode caches embeddings, so it augments with flips only (one cache entry each).
-    flips = CACHED_FLIPS if cfg.mode == "decoder" and cfg.augment else 1
+    frozen_encoder = cfg.mode in FROZEN_ENCODER_MODES
+    # Frozen-encoder modes cache embeddings, so they augment with flips only (one
+    # cache entry each), computed by the fastest encoder that gives the same output.
+    flips = max(1, cfg.cached_flips) if frozen_encoder and cfg.augment else 1
+    precision = resolve_precision(cfg.precision, model.config)
+    encoder = choose_encoder(model, device, precision) if frozen_encoder else None
     decoding = model.implicit_decoder.positional_encoding
     ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
     warmup = min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs)
@@ -193,7 +218,7 @@ def train(
         torch.manual_seed(hash((cfg.seed, epoch, dist.rank)) % (2**31))
         rng = np.random.default_rng([cfg.seed, epoch, dist.rank])
         augmenter = (Augmenter(seed=int(rng.integers(2**31)))
-                     if cfg.augment and cfg.mode != "decoder" else None)
+                     if cfg.augment and not frozen_encoder else None)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(refs))
         mine = order[dist.rank :: dist.world][:per_rank]
         losses = []
@@ -220,12 +245,13 @@ def train(
                 1.0 if warmup <= 0 else min(1.0, progress / warmup)))
             w_coarse, w_fine = coarse_fine_weights(progress, ramp)
             images, embedded = batch.images.to(device), False
-            if cfg.mode == "decoder":
-                images, embedded = _cached_embeddings(model, batch, cache, device), True
-            with autocast(device, cfg.precision):
-                coarse, final = step_module(images, batch.boxes.to(device),
-                                            batch.points.to(device), embedded, cfg.objective)
-            targets = batch.targets.to(device)
+            if encoder is not None:
+                images, embedded = _cached_embeddings(encoder.run, batch, cache, device), True
+            with autocast(device, precision):
+                coarse, final, teacher = step_module(images, batch.boxes.to(device),
+                                                     batch.points.to(device), embedded,
+                                                     cfg.objective)
+            targets = batch.targets.to(device) if teacher is None else teacher
             coarse_loss, fine_loss = seg_loss(coarse, targets), seg_loss(final, targets)
             loss = w_coarse * coarse_loss + w_fine * fine_loss
             optimizer.zero_grad(set_to_none=True)
@@ -288,13 +314,13 @@ def _cosine(done: float, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def _cached_embeddings(model: IMedSAM, batch: Any, cache: dict[int, torch.Tensor],
-                       device: torch.device) -> torch.Tensor:
-    """Decoder mode: the encoder is frozen, so each image is embedded once."""
+def _cached_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], batch: Any,
+                       cache: dict[int, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Frozen-encoder modes: each image (and view) is embedded once."""
     first = {key: i for i, key in reversed(list(enumerate(batch.keys)))}
     missing = [i for key, i in first.items() if key not in cache]
     if missing:
-        embs = model.embed(batch.images[missing].to(device))
+        embs = embed(batch.images[missing].to(device)).to(device)
         for j, i in enumerate(missing):
             cache[batch.keys[i]] = embs[j : j + 1]
     return torch.cat([cache[key] for key in batch.keys])
