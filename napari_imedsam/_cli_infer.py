@@ -54,7 +54,8 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     written = [str(out)]
     if args.uncertainty:
         if result.uncertainty is None:
-            print("note: SAM's own decoder gives no uncertainty (load an adapter or --model demo)")
+            print("note: the base model's own decoder gives no uncertainty (use --decoder "
+                  "imedsam with medsam_lite or an adapter)")
         else:
             unc = result.uncertainty.max(axis=(0, 1)).astype("float32")
             write_tiff(args.uncertainty, unc, pixel_size=pixel, unit=unit,
@@ -112,7 +113,7 @@ def _from_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{image_path} has shape {spatial}, the export's image "
                          f"{record['image']['shape']}")
     session = SegmentationSession(load_model(spec["name"], adapter=adapter or None),
-                                  device=args.device)
+                                  device=args.device, mode=spec.get("decoder", "auto"))
     labels = reproduce(record, session_decoder(session, loaded.data, record.get("window")))
     spacing = record["image"].get("spacing") or [1.0, 1.0]
     scale = float(record["scale"])
@@ -130,7 +131,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.from_export:
         return _from_export(args)
     model = load_model(args.model, adapter=args.adapter, device="cpu")
-    session = SegmentationSession(model, device=args.device)
+    session = SegmentationSession(model, device=args.device, mode=args.decoder)
     if args.batch:
         if not (args.boxes_file and args.out_dir):
             raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
@@ -170,6 +171,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="medsam_lite (the default: LiteMedSAM + our adapter), vit_b, vit_l, "
                         "vit_h or a .pth")
     s.add_argument("--adapter", type=Path, help="adapter .safetensors")
+    s.add_argument("--decoder", default="auto", choices=("auto", "imedsam", "sam"),
+                   help="imedsam: the implicit decoder (any scale, uncertainty); sam: the base "
+                        "model's own mask decoder; auto: imedsam when the model has one")
     s.add_argument("--window", default=None, help="CT window: abdomen, lung, bone, brain, "
                    "liver, mediastinum or WIDTH,LEVEL")
     s.add_argument("--slice", type=int, help="slice index for volumes")

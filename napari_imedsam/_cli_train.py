@@ -211,7 +211,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("evaluate", help="Dice, HD, HD95 next to the ellipse baseline")
     _add_data_args(e)
     e.add_argument("--adapter", type=Path, help="adapter file to evaluate")
-    e.add_argument("--model", default="demo", help="demo, vit_b... (when no --adapter)")
+    e.add_argument("--model", default="medsam_lite",
+                   help="medsam_lite (the default), vit_b... (when no --adapter)")
     e.add_argument("--base-weights", help="SAM weights the adapter was trained on")
     e.add_argument("--subset", default="test")
     e.add_argument("--label-size", type=int, default=384)

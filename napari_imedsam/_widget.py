@@ -39,8 +39,9 @@ HELP = (
     "Volumes: the box applies to the slice in view."
 )
 NO_UNCERTAINTY = (
-    "Base-SAM mode: SAM's own decoder gives no uncertainty. To get an uncertainty map, "
-    "load an I-MedSAM adapter file or choose the demo model."
+    "Base-model mode: the backbone's own mask decoder gives no uncertainty. For an "
+    "uncertainty map choose the I-MedSAM decoder (the medsam_lite model has one), or "
+    "load an I-MedSAM adapter for a SAM model."
 )
 
 
@@ -314,7 +315,8 @@ class SegmentWidget(QWidget):
         elif written == 0:
             show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
         self._show_uncertainty(key, request.plane, outcome.uncertainty)
-        note = f"object {object_id}: {written} pixels ({outcome.mode} mode)"
+        decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"
+        note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
         if outcome.mode == "sam":
             note += ". " + NO_UNCERTAINTY
             if not self._told_no_uncertainty:

@@ -234,7 +234,8 @@ class ExportControls(QGroupBox):
             intensity = {"contrast_limits": [float(v) for v in w.image.contrast_limits],
                          "encoder_input": ENCODER_INPUT}
             record = ex.build_record(
-                image=image_info, model=ex.model_info(spec.name, spec.adapter, spec.device),
+                image=image_info,
+                model=ex.model_info(spec.name, spec.adapter, spec.device, spec.decoder),
                 window=w.settings.window(), scale=scale, objects=objects, exported=exported,
                 intensity=intensity)
             if exported.uncertainty is None and target.uncertainty is not None:

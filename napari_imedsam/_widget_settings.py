@@ -15,6 +15,10 @@ from qtpy.QtWidgets import (
 )
 
 from ._segment_worker import DEVICE_CHOICES, MODEL_CHOICES, ModelSpec
+
+#: The decoder choices as the widget words them, and what they mean.
+DECODERS = {"I-MedSAM (any resolution, uncertainty)": "auto",
+            "base model's own decoder": "sam"}
 from .inference.intensity import CT_WINDOWS
 
 
@@ -24,17 +28,25 @@ def settings() -> QSettings:
 
 
 class SettingsForm(QWidget):
-    """Model, adapter, device, CT window and "show uncertainty", remembered."""
+    """Model, adapter, decoder, device, CT window and "show uncertainty", remembered."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.model_combo = QComboBox()
         self.model_combo.setEditable(True)  # a typed path is a local checkpoint
         self.model_combo.addItems(MODEL_CHOICES)
-        self.model_combo.setToolTip("demo, SAM vit_b/l/h, or a local .pth / .safetensors file")
+        self.model_combo.setToolTip(
+            "medsam_lite: LiteMedSAM with our I-MedSAM decoder (offline, the default); SAM "
+            "vit_b/l/h (downloaded on first use); or a local .pth / .safetensors file")
         self.adapter_edit = QLineEdit()
-        self.adapter_edit.setPlaceholderText("none (base SAM: no uncertainty)")
-        self.adapter_edit.setToolTip("an I-MedSAM adapter (.safetensors) for the chosen model")
+        self.adapter_edit.setPlaceholderText("the model's own (medsam_lite: shipped)")
+        self.adapter_edit.setToolTip("an I-MedSAM adapter (.safetensors) for the chosen model, "
+                                     "e.g. one trained in the Fine-tune widget")
+        self.decoder_combo = QComboBox()
+        self.decoder_combo.addItems(list(DECODERS))
+        self.decoder_combo.setToolTip(
+            "I-MedSAM: the implicit decoder (masks at any resolution, uncertainty); base "
+            "model: the backbone's own mask decoder (LiteMedSAM's / SAM's)")
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICE_CHOICES)
         self.window_combo = QComboBox()
@@ -47,6 +59,7 @@ class SettingsForm(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("model", _with_browse(self.model_combo, self._browse_model))
         form.addRow("adapter", _with_browse(self.adapter_edit, self._browse_adapter))
+        form.addRow("decoder", self.decoder_combo)
         form.addRow("device", self.device_combo)
         form.addRow("CT window", self.window_combo)
         form.addRow("", self.show_unc)
@@ -55,14 +68,15 @@ class SettingsForm(QWidget):
         self.restore()
         for signal in (self.model_combo.currentTextChanged, self.adapter_edit.editingFinished,
                        self.device_combo.currentTextChanged, self.window_combo.currentTextChanged,
-                       self.show_unc.toggled):
+                       self.decoder_combo.currentTextChanged, self.show_unc.toggled):
             signal.connect(self.save)
 
     def spec(self) -> ModelSpec:
         """The model the next request will use."""
-        name = self.model_combo.currentText().strip() or "demo"
+        name = self.model_combo.currentText().strip() or MODEL_CHOICES[0]
         adapter = self.adapter_edit.text().strip() or None
-        return ModelSpec(name, adapter, self.device_combo.currentText())
+        decoder = DECODERS.get(self.decoder_combo.currentText(), "auto")
+        return ModelSpec(name, adapter, self.device_combo.currentText(), decoder)
 
     def window(self) -> str | None:
         """The CT window preset, or None."""
@@ -74,9 +88,12 @@ class SettingsForm(QWidget):
         self._restoring = True  # each field set below would otherwise save all the others
         try:
             s = settings()
-            self.model_combo.setCurrentText(str(s.value("model", "demo")))
+            model = str(s.value("model", MODEL_CHOICES[0]))
+            # The retired demo model of earlier versions: the default replaces it.
+            self.model_combo.setCurrentText(MODEL_CHOICES[0] if model == "demo" else model)
             self.adapter_edit.setText(str(s.value("adapter", "")))
-            for combo, key in ((self.device_combo, "device"), (self.window_combo, "window")):
+            for combo, key in ((self.device_combo, "device"), (self.window_combo, "window"),
+                               (self.decoder_combo, "decoder")):
                 index = combo.findText(str(s.value(key, combo.itemText(0))))
                 combo.setCurrentIndex(max(index, 0))
             self.show_unc.setChecked(str(s.value("show_uncertainty", "true")).lower() == "true")
@@ -92,6 +109,7 @@ class SettingsForm(QWidget):
         s.setValue("adapter", self.adapter_edit.text())
         s.setValue("device", self.device_combo.currentText())
         s.setValue("window", self.window_combo.currentText())
+        s.setValue("decoder", self.decoder_combo.currentText())
         s.setValue("show_uncertainty", "true" if self.show_unc.isChecked() else "false")
 
     def _browse_model(self) -> None:

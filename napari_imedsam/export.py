@@ -299,16 +299,21 @@ def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[st
     return written
 
 
-def model_info(name: str, adapter: str | None, device: str) -> dict[str, Any]:
-    """Which weights made the masks, with hashes (files are hashed, not loaded)."""
+def model_info(name: str, adapter: str | None, device: str,
+               decoder: str = "auto") -> dict[str, Any]:
+    """Which weights and decoder made the masks, with hashes (files are hashed, not loaded)."""
     from .model.weights import REGISTRY, sha256_file
 
     info: dict[str, Any] = {"name": name, "adapter": adapter, "device": device,
-                            "model_sha256": None, "adapter_sha256": None}
-    model_file = Path(__file__).resolve().parent / "resources" / "demo.safetensors" \
-        if name == "demo" else Path(name).expanduser()
+                            "decoder": decoder, "model_sha256": None, "adapter_sha256": None}
+    from .model.loading import DEFAULT_ADAPTER, DEFAULT_MODEL
+
+    model_file = Path(name).expanduser()
     if name in REGISTRY:
         info["model_sha256"] = REGISTRY[name].sha256
+        if name == DEFAULT_MODEL and not adapter and DEFAULT_ADAPTER.is_file():
+            # The default model is the base weights plus the adapter it ships with.
+            info["adapter_sha256"] = sha256_file(DEFAULT_ADAPTER)
     elif model_file.is_file():
         info["model_sha256"] = sha256_file(model_file)
     if adapter and Path(adapter).expanduser().is_file():

@@ -53,8 +53,9 @@ def score_item(session: Any, item: LabeledImage, key: Any = None) -> float:
     result = session.predict(boxes)
     if result.uncertainty is None:
         raise NoUncertainty(
-            "the model gives no uncertainty (base SAM without an adapter): choose the demo "
-            "model or load an I-MedSAM adapter in the Segment widget")
+            "the model gives no uncertainty (its own decoder, not I-MedSAM's): choose the "
+            "I-MedSAM decoder and the medsam_lite model, or load an I-MedSAM adapter, in the "
+            "Segment widget")
     scores = [object_uncertainty(result.prob[i].max(axis=0), result.uncertainty[i].max(axis=0),
                                  boxes[i]) for i in range(len(ids))]
     return float(np.mean(scores))

@@ -25,6 +25,22 @@ def train_tiny(items: list[LabeledImage], path: Path) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Weights memo and exported encoders in a folder of the test run, not the user's
+    cache (one folder for the whole run: exporting an encoder takes seconds)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("imedsam-cache")
+    old = os.environ.get("IMEDSAM_CACHE_DIR")
+    os.environ["IMEDSAM_CACHE_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("IMEDSAM_CACHE_DIR", None)
+    else:
+        os.environ["IMEDSAM_CACHE_DIR"] = old
+
+
 @pytest.fixture
 def notes():
     """Notifications napari shows during a test, as (severity, message)."""

@@ -19,9 +19,9 @@ def lite():
 
 
 @pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory):
-    """One cache for the module: exporting takes seconds, so it happens once."""
-    return tmp_path_factory.mktemp("cache")
+def shared_cache(private_cache):
+    """The test run's cache (conftest): exporting takes seconds, so it happens once."""
+    return private_cache
 
 
 @pytest.fixture

@@ -387,3 +387,22 @@ def test_from_arrays_copies_and_checks():
         from_arrays([image], [labels[:5]])
     with pytest.raises(ValueError, match="integers"):
         from_arrays([image], [labels.astype(float)])
+
+
+def test_boundary_band_ratio_sees_where_uncertainty_sits():
+    from napari_imedsam.train.metrics import boundary_band_ratio
+
+    yy, xx = np.mgrid[:80, :80]
+    distance = np.hypot(yy - 40, xx - 40) - 20  # signed distance to a circle of radius 20
+    mask = distance < 0
+    box = (15, 15, 65, 65)
+    on_edge = np.exp(-(distance / 2) ** 2)  # uncertain at the boundary only
+    ratio = boundary_band_ratio(mask, 0.01 + on_edge, box)
+    assert ratio > 5
+    flat = boundary_band_ratio(mask, np.full(mask.shape, 0.2), box)
+    assert flat == pytest.approx(1.0)
+    inside = boundary_band_ratio(mask, np.where(distance < -8, 0.3, 0.01), box)
+    assert inside < 1  # uncertain in the middle of the object: below one
+    assert math.isnan(boundary_band_ratio(np.zeros((80, 80), bool), on_edge, box))
+    with pytest.raises(ValueError, match="differ in shape"):
+        boundary_band_ratio(mask, on_edge[:10], box)

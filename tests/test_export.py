@@ -155,15 +155,15 @@ def test_model_info_hashes_the_files(tmp_path):
 
     adapter = tmp_path / "a.safetensors"
     adapter.write_bytes(b"not really an adapter")
-    info = ex.model_info("demo", str(adapter), "cpu")
+    info = ex.model_info("medsam_lite", str(adapter), "cpu")
     assert info["adapter_sha256"] == sha256_file(adapter)
-    assert len(info["model_sha256"]) == 64
+    assert info["model_sha256"] == REGISTRY["medsam_lite"].sha256
     assert ex.model_info("vit_b", None, "cpu")["model_sha256"] == REGISTRY["vit_b"].sha256
 
 
-# -- the Segment widget's Export section (pytest-qt, the demo model) ---------------------
+# -- the Segment widget's Export section (pytest-qt, the default model) ------------------
 def _ct_scene(size: int = 128, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic CT slice in HU (the demo model's kind of image) and its object."""
+    """A synthetic CT slice in HU and its object."""
     from napari_imedsam.train.synthetic import synthetic_sample
 
     image, labels = synthetic_sample(np.random.default_rng(seed), size, "ct")
@@ -178,24 +178,24 @@ def _rect(mask: np.ndarray, pad: int = 3) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def demo_model():
+def default_model():
     from napari_imedsam.model.loading import load_model
 
-    return load_model("demo")
+    return load_model("medsam_lite")
 
 
 @pytest.fixture
-def segment(make_napari_viewer, qtbot, demo_model, private_qsettings):
-    """open(path) -> (viewer, widget) with the demo model and the abdomen window."""
+def segment(make_napari_viewer, qtbot, default_model, private_qsettings):
+    """open(path) -> (viewer, widget) with the default model and the abdomen window."""
     pytest.importorskip("pytestqt")
 
     def open_(path, plugin=None):  # noqa: ANN001, ANN202
         viewer = make_napari_viewer()
         viewer.open(str(path), plugin=plugin)
         _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
-        widget.model_combo.setCurrentText("demo")
+        widget.model_combo.setCurrentText("medsam_lite")
         widget.window_combo.setCurrentText("abdomen")
-        widget.use_model(demo_model)
+        widget.use_model(default_model)
         return viewer, widget
 
     return open_
@@ -226,7 +226,7 @@ def test_widget_export_files_record_and_reproduction(segment, qtbot, tmp_path, n
     record = json.loads(out.with_name("case.json").read_text())
     assert record["image"]["path"] == str(tmp_path / "ct.tif")
     assert record["image"]["shape"] == [128, 128] and record["window"] == "abdomen"
-    assert record["model"]["name"] == "demo" and len(record["model"]["model_sha256"]) == 64
+    assert record["model"]["name"] == "medsam_lite" and len(record["model"]["model_sha256"]) == 64
     [obj] = record["objects"]
     assert obj["id"] == 1 and obj["plane"] is None
     r0, c0 = _rect(truth)[0]

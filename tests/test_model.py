@@ -177,7 +177,7 @@ def test_mismatched_sam_checkpoint_is_a_clear_error():
 
     other = get_config("tiny")
     torch.manual_seed(0)
-    wrong = _plain_sam_encoder(get_config("demo", input_size=64))
+    wrong = _plain_sam_encoder(get_config("vit_b", input_size=64))
     state = {f"image_encoder.{k}": v for k, v in wrong.state_dict().items()}
     model = build_model(config=other)
     with pytest.raises(CheckpointError, match="variant"):

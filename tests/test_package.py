@@ -62,7 +62,7 @@ def test_console_script_runs():
     assert "sam_vit_b_01ec64.pth" in out.stdout
 
 
-def test_wheel_holds_the_manifest_and_the_demo_model(tmp_path):
+def test_wheel_holds_the_manifest_and_the_default_models_adapter(tmp_path):
     """The installed wheel, not only the editable checkout, carries what napari needs:
     built offline from a copy of the working tree (a stale build/ cannot leak in)."""
     import shutil
@@ -85,8 +85,9 @@ def test_wheel_holds_the_manifest_and_the_demo_model(tmp_path):
         names = set(z.namelist())
         entry_points = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
         (tmp_path / "napari.yaml").write_bytes(z.read("napari_imedsam/napari.yaml"))
-    assert "napari_imedsam/resources/demo.safetensors" in names
-    assert "napari_imedsam/resources/demo.json" in names
+    assert "napari_imedsam/resources/medsam_lite.safetensors" in names
+    assert "napari_imedsam/resources/medsam_lite.json" in names
+    assert not any("demo" in n for n in names)
     assert "[napari.manifest]" in entry_points
     assert "napari-imedsam = napari_imedsam:napari.yaml" in entry_points
     manifest = PluginManifest.from_file(tmp_path / "napari.yaml")  # schema-validated

@@ -22,7 +22,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", type=Path, default=None,
                    help="name,split CSV (default: the first CSV in DATA/splits)")
     p.add_argument("--subset", default="val")
-    p.add_argument("--model", default="demo")
+    p.add_argument("--model", default="medsam_lite")
     p.add_argument("--adapter", action="append", required=True, help="file, or 'none'")
     p.add_argument("--margins", type=float, nargs="+", default=[0, 8, 16])
     p.add_argument("--label-size", type=int, default=128)

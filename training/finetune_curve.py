@@ -3,7 +3,7 @@
     python training/finetune_curve.py --data ../shared/data/kvasir-sessile \
         --images 16 --minutes 4 --box-jitter 0 --json runs/curve-tight-flips.json
 
-Trains a model (the shipped ``demo`` by default) in ``decoder`` (quick) mode on
+Trains a model (the default ``medsam_lite`` model) in ``decoder`` (quick) mode on
 the first ``--images`` images of the split's ``train`` subset, the way the
 Fine-tune widget does (no warm-ups: the decoder is already trained), and
 validates after every epoch on the whole ``val`` subset, which the Fine-tune
@@ -26,7 +26,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="name,split CSV (default: the first CSV in DATA/splits)")
     p.add_argument("--images", type=int, default=16, help="training images")
     p.add_argument("--minutes", type=float, default=4.0, help="time limit of the training")
-    p.add_argument("--model", default="demo")
+    p.add_argument("--model", default="medsam_lite")
     p.add_argument("--box-jitter", type=float, default=0.0, help="px of a 384 input")
     p.add_argument("--no-flips", action="store_true", help="no cached flipped views")
     p.add_argument("--label-size", type=int, default=128)

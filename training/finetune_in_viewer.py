@@ -6,7 +6,7 @@ Fine-tune widget in quick mode, validation Dice before/after, screenshots.
 
 Takes the first ``--images`` images of the split's training subset (the CSV
 beside the data by default), adds each as an RGB image layer with its mask as
-a Labels layer, opens the Segment widget (``--model``, demo by default) and the
+a Labels layer, opens the Segment widget (``--model``, medsam_lite by default) and the
 Fine-tune widget, presses Train, waits, and writes into ``--out``:
 ``training.png`` (mid-run), ``done.png``, ``suggest.png`` (the most uncertain
 image after ranking, unless ``--no-suggest``), ``report.json`` and the adapter
@@ -32,7 +32,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=20, help="training images to load as layers")
     p.add_argument("--minutes", type=float, default=10.0, help="time limit of the run")
     p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--model", default="demo")
+    p.add_argument("--model", default="medsam_lite")
     p.add_argument("--device", default="cpu")
     p.add_argument("--mode", choices=("quick", "adapters"), default="quick")
     p.add_argument("--val-share", type=int, default=20, help="percent of images held out")

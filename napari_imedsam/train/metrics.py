@@ -112,6 +112,33 @@ def box_mask(box: Sequence[float], shape: tuple[int, int]) -> np.ndarray:
     return ((ys >= y0) & (ys <= y1))[:, None] & ((xs >= x0) & (xs <= x1))[None, :]
 
 
+def boundary_band_ratio(mask: np.ndarray, std: np.ndarray, box: Sequence[float],
+                        band_px: float = 3.0) -> float:
+    """How much an uncertainty map concentrates on the predicted boundary.
+
+    The mean of ``std`` (MC-dropout standard deviation of the probability) over
+    the pixels within ``band_px`` of the boundary of ``mask``, divided by its
+    mean over the rest of the box. Both maps are on one pixel grid; ``box`` is
+    (x0, y0, x1, y1) in that grid's pixels. NaN when either part is empty or the
+    rest of the box has no uncertainty at all.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    std = np.asarray(std, dtype=np.float64)
+    if mask.shape != std.shape:
+        raise ValueError(f"mask {mask.shape} and uncertainty {std.shape} differ in shape")
+    # Both sides of every transition inside the grid (not the grid's own edge).
+    edge = find_boundaries(mask, mode="thick")
+    if not edge.any():
+        return math.nan
+    band = ndimage.distance_transform_edt(~edge) <= band_px
+    inside = box_mask(box, mask.shape)
+    near, rest = band & inside, ~band & inside
+    if not near.any() or not rest.any():
+        return math.nan
+    far = float(std[rest].mean())
+    return float(std[near].mean()) / far if far > 0 else math.nan
+
+
 def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a binary or label mask to (H, W), keeping its dtype.
 

@@ -1,7 +1,7 @@
 """Synthetic medical-looking images with instance labels, for box-prompted training.
 
-The shipped demo model may only see data we may redistribute, so it is trained
-on procedurally generated samples of two families:
+The shipped default model's decoder may only see data we may redistribute, so
+it is trained on procedurally generated samples of two families:
 
 * ``"ct"``: grayscale axial-slice look: dark air, a body ellipse with a fat rim,
   unlabelled distractors, organ-like labelled blobs with their own mean and
