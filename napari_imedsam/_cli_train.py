@@ -74,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
                       precision=args.precision, augment=not args.no_augment,
                       val_label_size=args.val_label_size, time_budget_s=args.time_budget,
                       lr_base=args.lr_base, objective=args.objective,
-                      box_jitter_px=args.box_jitter, cached_flips=args.flips)
+                      box_jitter_px=args.box_jitter, cached_flips=args.flips,
+                      distill_weight=args.distill_weight)
     train_set, val_set = _split(args, args.seed)
     import dataclasses
 
@@ -191,6 +192,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="sam: train SAM's own decoder (pretrains the box path of a "
                         "from-scratch model; then train again with --init); distill: learn "
                         "the backbone's own mask probability (no labels used)")
+    t.add_argument("--distill-weight", type=float, default=0.0, metavar="W",
+                   help="add W x the distill loss to the label loss (keeps a decoder trained "
+                        "on synthetic labels close to the backbone elsewhere)")
     t.add_argument("--flips", type=int, default=4, choices=(1, 2, 4),
                    help="mirrored views per image when embeddings are cached "
                         "(decoder/implicit modes); 1 saves memory for many images")

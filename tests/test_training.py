@@ -315,3 +315,60 @@ def test_evaluation_can_grow_the_prompt_boxes(monkeypatch):
     grown = np.clip(tight + [-5, -5, 5, 5], 0, 64)
     assert np.allclose(seen[0], tight) and np.allclose(seen[1], grown)
     assert np.allclose(seen[2], [0, 0, 64, 64])  # clipped to the image
+
+
+def _residual_tiny():
+    import dataclasses
+
+    from napari_imedsam.model import get_config
+
+    cfg = get_config("tiny")
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, sam_logit="residual"))
+    torch.manual_seed(0)
+    return build_model(config=cfg)
+
+
+def _gap_to_sam(model, item) -> float:
+    """Largest difference between the implicit decoder's and SAM's own probability."""
+    from napari_imedsam.inference.session import SegmentationSession
+    from napari_imedsam.train.data import box_of
+
+    session = SegmentationSession(model, device="cpu", precision="fp32", adaptive=False)
+    session.set_image(item.image)
+    box = [box_of(item.labels == 1)]
+    session.use_decoder("imedsam")
+    implicit = session.predict(box).prob
+    session.use_decoder("sam")
+    return float(np.abs(implicit - session.predict(box).prob).max())
+
+
+def test_implicit_mode_trains_the_implicit_decoder_only(tmp_path):
+    data = _disc_images(4)
+    model = _residual_tiny()
+    before = _weights(model)
+    assert _gap_to_sam(model, data[0]) < 1e-4  # residual heads start at zero
+    train(model, data, data[:1], _cfg(mode="implicit", epochs=10, lr_decoder=1e-2),
+          tmp_path / "implicit.safetensors")
+    after = model.state_dict()
+    for key in ("prompt_encoder.point_embeddings.0.weight",
+                "mask_decoder.output_upscaling.0.weight", "image_encoder.vit.pos_embed"):
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["implicit_decoder.coarse.heads.weight"],
+                           before["implicit_decoder.coarse.heads.weight"])
+    # Labels move it away from SAM's (untrained, so wrong) prompt path.
+    assert _gap_to_sam(model, data[0]) > 0.1
+
+
+def test_distill_objective_follows_the_backbone_not_the_labels(tmp_path):
+    """With the backbone's probability as the target, a residual decoder stays on
+    it (here an untrained, wrong backbone: the labels would pull elsewhere)."""
+    data = _disc_images(4)
+    gaps = {}
+    for name, kw in (("distill", dict(objective="distill")), ("mixed", dict(distill_weight=1.0)),
+                     ("labels", {})):
+        model = _residual_tiny()
+        train(model, data, data[:1], _cfg(mode="implicit", epochs=10, lr_decoder=1e-2, **kw),
+              tmp_path / f"{name}.safetensors")
+        gaps[name] = _gap_to_sam(model, data[0])
+    assert gaps["distill"] < gaps["mixed"] < gaps["labels"], gaps
+    assert gaps["distill"] < 0.25 * gaps["labels"], gaps

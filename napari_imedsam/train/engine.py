@@ -67,6 +67,10 @@ class TrainConfig:
     #: ``distill``: the I-MedSAM loss towards the backbone's own mask probability
     #: at the points instead of the labels (no labels needed: boxes are enough).
     objective: str = "implicit"
+    #: With the ``implicit`` objective: add this weight times the ``distill`` loss
+    #: (the backbone's own probability as target), which keeps a decoder trained
+    #: on synthetic labels close to the pretrained backbone on what they do not teach.
+    distill_weight: float = 0.0
     #: Mirrored views per image when embeddings are cached (frozen-encoder modes):
     #: 4 = as is, left-right, up-down, both; 1 = none (more images fit in memory).
     cached_flips: int = CACHED_FLIPS
@@ -119,7 +123,7 @@ class _Step(nn.Module):
         prompt = self.model.encode_prompt(emb, boxes)
         pred = self.model.decode_points(prompt, points)
         teacher = None
-        if objective == "distill":
+        if objective in ("distill", "implicit+distill"):
             with torch.no_grad():
                 teacher = torch.sigmoid(_at_points(prompt.sam_logits(), points).float())
         return pred.coarse_logits, pred.logits, teacher
@@ -202,6 +206,9 @@ def train(
         device.type, enabled=_uses_fp16(device, resolve_precision(cfg.precision, model.config)))
     cache: dict[int, torch.Tensor] = {}
     frozen_encoder = cfg.mode in FROZEN_ENCODER_MODES
+    # What the step computes: the teacher's probability too when a loss needs it.
+    step_objective = ("implicit+distill" if cfg.objective == "implicit" and cfg.distill_weight
+                      else cfg.objective)
     # Frozen-encoder modes cache embeddings, so they augment with flips only (one
     # cache entry each), computed by the fastest encoder that gives the same output.
     flips = max(1, cfg.cached_flips) if frozen_encoder and cfg.augment else 1
@@ -250,9 +257,12 @@ def train(
             with autocast(device, precision):
                 coarse, final, teacher = step_module(images, batch.boxes.to(device),
                                                      batch.points.to(device), embedded,
-                                                     cfg.objective)
-            targets = batch.targets.to(device) if teacher is None else teacher
+                                                     step_objective)
+            targets = batch.targets.to(device) if cfg.objective != "distill" else teacher
             coarse_loss, fine_loss = seg_loss(coarse, targets), seg_loss(final, targets)
+            if cfg.distill_weight and cfg.objective == "implicit":
+                coarse_loss = coarse_loss + cfg.distill_weight * seg_loss(coarse, teacher)
+                fine_loss = fine_loss + cfg.distill_weight * seg_loss(final, teacher)
             loss = w_coarse * coarse_loss + w_fine * fine_loss
             optimizer.zero_grad(set_to_none=True)
             dtype_scaler.scale(loss).backward()
