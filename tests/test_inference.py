@@ -60,8 +60,13 @@ def test_ct_windows_and_intensities():
             to_encoder_rgb(bad)
     with pytest.raises(ValueError, match="WIDTH,LEVEL"):
         parse_window("soft")
-    with pytest.raises(ValueError, match="single-channel"):
-        to_encoder_rgb(np.zeros((8, 8, 3)), "abdomen")
+    # CT saved as RGB (three equal channels) is grey: windowed as its first channel.
+    ct_rgb = np.repeat(np.array([[0, 100], [200, 255]], np.uint8)[..., None], 3, axis=-1)
+    assert np.array_equal(to_encoder_rgb(ct_rgb, "abdomen"), to_encoder_rgb(ct_rgb[..., 0], "abdomen"))
+    colour = ct_rgb.copy()
+    colour[0, 0] = (10, 20, 30)
+    with pytest.raises(ValueError, match="colour"):
+        to_encoder_rgb(colour, "abdomen")
 
 
 def test_embedding_cache_is_lru_under_budget():

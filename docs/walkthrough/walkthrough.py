@@ -4,7 +4,8 @@
 
 Steps (each leaves a screenshot of the whole window in ``--out``):
 
-1. open the synthetic endoscopy sample and the Segment widget (demo model, CPU);
+1. open the synthetic endoscopy sample and the Segment widget (the default model,
+   LiteMedSAM + our I-MedSAM decoder, CPU);
    draw a box around the first object -> mask and uncertainty (``1_first_box.png``);
 2. accept it (Shift+A), draw a box around a second object -> id 2, id 1 untouched;
    undo (Ctrl+Z) and redo the box (``2_second_box.png``);
@@ -77,7 +78,7 @@ def main() -> None:
     viewer.open_sample("napari-imedsam", "rgb")
     _, truth = synthetic_sample(np.random.default_rng(5), SIZE, "rgb")  # the sample's labels
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
-    widget.model_combo.setCurrentText("demo")
+    widget.model_combo.setCurrentText("medsam_lite")
     widget.device_combo.setCurrentText("cpu")
     boxes, shot = widget.boxes, lambda name: viewer.screenshot(str(args.out / name),
                                                              canvas_only=False)
@@ -89,7 +90,8 @@ def main() -> None:
     first = widget.masks.data == 1
     print(f"1. box -> mask in {took:.1f} s (model load included): {first.sum()} px, "
           f"Dice to the object {_dice(first, truth == ids[0]):.3f}; uncertainty layer: "
-          f"{widget.uncertainty is not None and float(widget.uncertainty.data.max()) > 0}")
+          f"{widget.uncertainty is not None and float(widget.uncertainty.data.max()) > 0}; "
+          f"status: {widget.status.text()}")
     shot("1_first_box.png")
 
     # 2. accept, second box, undo, redo

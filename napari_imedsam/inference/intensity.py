@@ -74,7 +74,18 @@ def to_encoder_rgb(image: np.ndarray, window: Window = None) -> np.ndarray:
         raise ValueError(f"image of shape {arr.shape} is too small to segment")
     if parse_window(window) is not None:
         if arr.ndim == 3 and arr.shape[-1] != 1:
-            raise ValueError("a CT window applies to single-channel images, not RGB")
+            if not is_grey(arr):
+                raise ValueError("a CT window applies to grey images; this one has colour: "
+                                 "choose window 'none'")
+            arr = arr[..., :1]  # CT saved as RGB: three equal channels are one grey image
         grey = apply_window(arr.reshape(arr.shape[:2]), window)
         return np.repeat(grey[..., None], 3, axis=-1)
     return as_rgb_uint8(arr)
+
+
+def is_grey(image: np.ndarray) -> bool:
+    """Whether an (H, W, 3|4) image's colour channels are all equal (alpha ignored)."""
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        return arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1)
+    return bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
