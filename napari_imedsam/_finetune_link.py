@@ -37,11 +37,10 @@ def model_source(segment: Any) -> tuple[ModelSpec, Any, str | None]:
     if segment is not None:
         return segment.settings.spec(), segment.pinned_model, segment.settings.window()
     s = segment_settings()
-    window = str(s.value("window", "none"))
     stored = str(s.value("model", MODEL_CHOICES[0])) or MODEL_CHOICES[0]
     spec = ModelSpec(MODEL_CHOICES[0] if stored == "demo" else stored,
                      str(s.value("adapter", "")) or None, str(s.value("device", "auto")))
-    return spec, None, None if window == "none" else window
+    return spec, None, None  # CT windows belong to images, which the Segment widget holds
 
 
 def load_start_model(name: str, adapter: str | None, pinned: Any) -> Any:

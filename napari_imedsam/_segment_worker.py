@@ -67,6 +67,7 @@ class Request:
     plane: int | None  # slice index for volumes, None for 2D images
     box: Box
     window: str | None = None
+    owner: int = 0  # which image's state the outcome goes to (the widget's key)
     req_id: int = field(default_factory=lambda: next(_request_ids))
 
 

@@ -1,5 +1,9 @@
 """napari layer plumbing for the Segment widget (no Qt widgets here).
 
+Each image gets its own layers, named after it ("<image> boxes", "<image>
+masks", "<image> uncertainty") and marked in their metadata with their role
+and their image, so that several images can be annotated in one viewer.
+
 The boxes layer carries its own bookkeeping as per-shape features, so napari
 keeps it in step when shapes are added, deleted or reordered:
 
@@ -16,6 +20,8 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 
 BOXES, MASKS, UNCERTAINTY = "boxes", "masks", "uncertainty"
+#: Metadata key naming the image a widget layer belongs to.
+IMAGE_KEY = "napari_imedsam_image"
 FEATURES = {"box_key": 0, "object_id": 0, "accepted": False}
 EDGE_ACTIVE, EDGE_ACCEPTED = "yellow", "#9a9a9a"
 
@@ -26,9 +32,31 @@ def image_spatial_shape(image: Image) -> tuple[int, ...]:
     return tuple(shape[:-1]) if image.rgb else tuple(shape)
 
 
-def is_ours(layer: Any, role: str) -> bool:
-    """Whether ``layer`` is the widget's ``role`` layer (marked in its metadata)."""
-    return layer.metadata.get("napari_imedsam") == role
+def is_ours(layer: Any, role: str | None = None) -> bool:
+    """Whether ``layer`` is one of the widget's layers (of ``role``, if given)."""
+    mark = layer.metadata.get("napari_imedsam")
+    return mark is not None if role is None else mark == role
+
+
+def owner_name(layer: Any) -> str | None:
+    """The name of the image a widget layer belongs to (None for other layers)."""
+    return layer.metadata.get(IMAGE_KEY) if is_ours(layer) else None
+
+
+def layer_name(image: Image, role: str) -> str:
+    return f"{image.name} {role}"
+
+
+def _marks(image: Image, role: str) -> dict[str, Any]:
+    return {"napari_imedsam": role, IMAGE_KEY: image.name}
+
+
+def _find(viewer: Any, image: Image, role: str, kind: type, fits: Any) -> Any:
+    for layer in viewer.layers:
+        if isinstance(layer, kind) and is_ours(layer, role) and owner_name(layer) == image.name \
+                and fits(layer):
+            return layer
+    return None
 
 
 def set_feature(boxes: Shapes, row: int, name: str, value: Any) -> None:
@@ -44,19 +72,18 @@ def _geometry(image: Image) -> dict[str, Any]:
 
 
 def find_or_add_boxes(viewer: Any, image: Image, ndim: int) -> Shapes:
-    """The "boxes" Shapes layer for ``image``: reused when its ndim fits, else a new one."""
-    for layer in viewer.layers:
-        if isinstance(layer, Shapes) and layer.name == BOXES and layer.ndim == ndim:
-            ensure_features(layer)
-            return layer
+    """``image``'s boxes Shapes layer: reused when its ndim fits, else a new one."""
+    layer = _find(viewer, image, BOXES, Shapes, lambda lay: lay.ndim == ndim)
+    if layer is not None:
+        ensure_features(layer)
+        return layer
     shape = image.data[0].shape if image.multiscale else image.data.shape
     side = min(shape[ndim - 2:ndim])
-    layer = viewer.add_shapes(
-        ndim=ndim, name=BOXES, shape_type="rectangle", edge_color=EDGE_ACTIVE,
-        face_color="transparent", edge_width=max(1.0, side / 256),
+    return viewer.add_shapes(
+        ndim=ndim, name=layer_name(image, BOXES), shape_type="rectangle",
+        edge_color=EDGE_ACTIVE, face_color="transparent", edge_width=max(1.0, side / 256),
         features={k: np.zeros(0, type(v)) for k, v in FEATURES.items()},
-        feature_defaults=FEATURES, **_geometry(image))
-    return layer
+        feature_defaults=FEATURES, metadata=_marks(image, BOXES), **_geometry(image))
 
 
 def ensure_features(layer: Shapes) -> None:
@@ -70,15 +97,16 @@ def ensure_features(layer: Shapes) -> None:
 
 
 def find_or_add_masks(viewer: Any, image: Image, shape: tuple[int, ...]) -> Labels:
-    """The "masks" Labels layer: reused when its shape matches the image, else a new one."""
-    for layer in viewer.layers:
-        if isinstance(layer, Labels) and layer.name == MASKS and layer.data.shape == shape:
-            return layer
+    """``image``'s masks Labels layer: reused when its shape matches, else a new one."""
+    layer = _find(viewer, image, MASKS, Labels, lambda lay: lay.data.shape == shape)
+    if layer is not None:
+        return layer
     # The image's source geometry (a NIfTI affine) lets File > Save write the
     # masks onto the source's voxel grid.
     source = {k: v for k, v in image.metadata.items() if k == "imedsam_source"}
-    return viewer.add_labels(np.zeros(shape, np.int32), name=MASKS, opacity=0.55,
-                             metadata=source, **_geometry(image))
+    return viewer.add_labels(np.zeros(shape, np.int32), name=layer_name(image, MASKS),
+                             opacity=0.55, metadata={**source, **_marks(image, MASKS)},
+                             **_geometry(image))
 
 
 def assign_keys(boxes: Shapes) -> list[int]:
@@ -132,57 +160,56 @@ def next_free_id(labels: Labels, boxes: Shapes | None) -> int:
     return used + 1
 
 
-def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id: int) -> int:
-    """Write ``mask`` as ``object_id`` onto background pixels, as one undo step.
+def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id: int
+                 ) -> tuple[int, list[Any]]:
+    """Write ``mask`` as ``object_id`` onto background pixels of ``plane``.
 
-    The object's previous pixels (an edited box) are cleared first, in the same
-    history item, so Ctrl+Z on the masks layer restores the previous version in
-    one press. Other objects' pixels are never overwritten. Returns the number
-    of pixels written.
+    The object's previous pixels on that plane (an edited box) are cleared
+    first. Other objects' pixels are never overwritten. Returns the number of
+    pixels written and the changes, for the widget's journal (undo and redo
+    take the box and its pixels together; see ``_widget_journal``).
     """
+    from ._widget_journal import write_pixels
+
     data = labels.data
-    with labels.block_history():
-        old = np.nonzero(data == object_id)
-        if old[0].size:
-            labels.data_setitem(old, 0, refresh=False)
-        target = data if plane is None else data[plane]
-        rows, cols = np.nonzero(mask & (target == 0))
-        if rows.size:
-            index = (rows, cols) if plane is None else (np.full_like(rows, plane), rows, cols)
-            labels.data_setitem(index, object_id, refresh=False)
-    labels.refresh()
-    return int(rows.size)
-
-
-def clear_object(labels: Labels, object_id: int) -> None:
-    """Remove an object's pixels (undoable)."""
-    old = np.nonzero(labels.data == object_id)
+    target = data if plane is None else data[plane]
+    changes = []
+    old = np.nonzero(target == object_id)
     if old[0].size:
-        labels.data_setitem(old, 0)
+        changes.append(write_pixels(labels, _on_plane(old, plane), 0))
+    rows, cols = np.nonzero(mask & (target == 0))
+    if rows.size:
+        changes.append(write_pixels(labels, _on_plane((rows, cols), plane), object_id))
+    labels.refresh()
+    return int(rows.size), changes
+
+
+def _on_plane(index: tuple[np.ndarray, ...], plane: int | None) -> tuple[np.ndarray, ...]:
+    return index if plane is None else (np.full_like(index[0], plane), *index)
+
+
+def clear_object(labels: Labels, object_id: int) -> list[Any]:
+    """Remove an object's pixels; returns the changes for the journal."""
+    from ._widget_journal import write_pixels
+
+    old = np.nonzero(labels.data == object_id)
+    if not old[0].size:
+        return []
+    change = write_pixels(labels, old, 0)
+    labels.refresh()
+    return [change]
 
 
 def find_or_add_uncertainty(viewer: Any, image: Image, shape: tuple[int, ...]) -> Image:
-    """The "uncertainty" Image layer (perceptual colormap, additive over the image)."""
-    for layer in viewer.layers:
-        if isinstance(layer, Image) and is_ours(layer, UNCERTAINTY) and layer.data.shape == shape:
-            return layer
+    """``image``'s uncertainty Image layer (the widget sets its colours and scale)."""
+    layer = _find(viewer, image, UNCERTAINTY, Image, lambda lay: lay.data.shape == shape)
+    if layer is not None:
+        return layer
     # Adding a layer makes it the active one: give the focus back so the
     # rectangle tool (or whatever the user was doing) keeps working.
     active = viewer.layers.selection.active
-    layer = viewer.add_image(np.zeros(shape, np.float32), name=UNCERTAINTY, colormap="inferno",
-                             blending="additive", contrast_limits=(0.0, 1.0),
-                             metadata={"napari_imedsam": UNCERTAINTY}, **_geometry(image))
+    layer = viewer.add_image(np.zeros(shape, np.float32), name=layer_name(image, UNCERTAINTY),
+                             metadata=_marks(image, UNCERTAINTY), **_geometry(image))
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active
     return layer
-
-
-def show_plane(layer: Image, plane: int | None, values: np.ndarray) -> None:
-    """Put one plane of uncertainty in ``layer`` and fit its contrast to the data."""
-    if plane is None:
-        layer.data[...] = values
-    else:
-        layer.data[plane] = values
-    high = float(layer.data.max())
-    layer.contrast_limits = (0.0, high if high > 0 else 1.0)
-    layer.refresh()

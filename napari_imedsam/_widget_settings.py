@@ -2,7 +2,9 @@
 
 Kept apart from the widget's layer and worker logic; the values persist with
 ``QSettings("napari-imedsam", "segment")`` so a restarted napari comes back
-with the same model, adapter, device, CT window and uncertainty toggle.
+with the same model, adapter, decoder, device and uncertainty toggle. The CT
+window is not among them: it belongs to each image (a window remembered from a
+CT scan must not follow the user to a photograph).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class SettingsForm(QWidget):
         self._restoring = False
         self.restore()
         for signal in (self.model_combo.currentTextChanged, self.adapter_edit.editingFinished,
-                       self.device_combo.currentTextChanged, self.window_combo.currentTextChanged,
+                       self.device_combo.currentTextChanged,
                        self.decoder_combo.currentTextChanged, self.show_unc.toggled):
             signal.connect(self.save)
 
@@ -79,9 +81,23 @@ class SettingsForm(QWidget):
         return ModelSpec(name, adapter, self.device_combo.currentText(), decoder)
 
     def window(self) -> str | None:
-        """The CT window preset, or None."""
+        """The CT window of the current image, or None."""
         text = self.window_combo.currentText()
         return None if text == "none" else text
+
+    def show_window(self, window: str | None, image: Any) -> None:
+        """Show an image's own CT window; a colour image cannot have one."""
+        from .inference.intensity import is_grey
+
+        colour = bool(getattr(image, "rgb", False)) and not _looks_grey(image, is_grey)
+        self.window_combo.blockSignals(True)
+        self.window_combo.setCurrentText("none" if colour or window is None else window)
+        self.window_combo.blockSignals(False)
+        self.window_combo.setEnabled(not colour)
+        self.window_combo.setToolTip(
+            "this image has colour: a CT window applies to grey (CT) images only" if colour
+            else "CT intensity window applied before the encoder (HU data); it belongs to "
+                 "this image")
 
     def restore(self) -> None:
         """Load the stored choices (unknown stored values fall back to the defaults)."""
@@ -92,8 +108,7 @@ class SettingsForm(QWidget):
             # The retired demo model of earlier versions: the default replaces it.
             self.model_combo.setCurrentText(MODEL_CHOICES[0] if model == "demo" else model)
             self.adapter_edit.setText(str(s.value("adapter", "")))
-            for combo, key in ((self.device_combo, "device"), (self.window_combo, "window"),
-                               (self.decoder_combo, "decoder")):
+            for combo, key in ((self.device_combo, "device"), (self.decoder_combo, "decoder")):
                 index = combo.findText(str(s.value(key, combo.itemText(0))))
                 combo.setCurrentIndex(max(index, 0))
             self.show_unc.setChecked(str(s.value("show_uncertainty", "true")).lower() == "true")
@@ -108,7 +123,6 @@ class SettingsForm(QWidget):
         s.setValue("model", self.model_combo.currentText())
         s.setValue("adapter", self.adapter_edit.text())
         s.setValue("device", self.device_combo.currentText())
-        s.setValue("window", self.window_combo.currentText())
         s.setValue("decoder", self.decoder_combo.currentText())
         s.setValue("show_uncertainty", "true" if self.show_unc.isChecked() else "false")
 
@@ -123,6 +137,13 @@ class SettingsForm(QWidget):
         if path:
             self.adapter_edit.setText(path)
             self.save()
+
+
+def _looks_grey(image: Any, is_grey: Any) -> bool:
+    """Whether an RGB layer holds grey pixels (CT saved as RGB), from a sample of rows."""
+    data = image.data[-1] if getattr(image, "multiscale", False) else image.data
+    step = max(1, data.shape[-3] // 64)
+    return is_grey(__import__("numpy").asarray(data[..., ::step, :, :]))
 
 
 def _with_browse(field: QWidget, slot: Any) -> QWidget:

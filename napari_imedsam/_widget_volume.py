@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from . import _widget_layers as wl
 from ._segment_worker import Box, plane_index
+from ._widget_journal import Step as JournalStep
 from .propagate import (
     DIRECTIONS, Job, Step, Summary, nearby_order, precompute_body, propagate_body,
 )
@@ -34,11 +35,10 @@ class PlaneWriter:
     """Writes one object's propagated planes into a Labels layer, live, then commits
     them as a single undo step.
 
-    While propagation runs, each slice is written straight into the array
-    (no history) so the user sees it grow. At the end those live pixels are
-    taken back and everything is written again through ``data_setitem`` inside
-    one ``block_history``: one Ctrl+Z removes the whole propagation. Other
-    objects' pixels are never overwritten.
+    While propagation runs, each slice is written straight into the array so
+    the user sees it grow. At the end those live pixels are taken back and
+    everything is written again, recorded: one undo removes the whole
+    propagation. Other objects' pixels are never overwritten.
     """
 
     def __init__(self, labels: Labels, object_id: int) -> None:
@@ -65,28 +65,29 @@ class PlaneWriter:
             self._data[plane, rows[keep], cols[keep]] = 0
         self._live.clear()
 
-    def commit(self, clear_planes: set[int]) -> int:
-        """Write the shown planes for good, as one undo step; first remove the object's
-        old pixels on ``clear_planes`` (the planes written, and those beyond where the
-        object ended). Returns the pixels written."""
+    def commit(self, clear_planes: set[int]) -> tuple[int, list[Any]]:
+        """Write the shown planes for good; first remove the object's old pixels on
+        ``clear_planes`` (the planes written, and those beyond where the object
+        ended). Returns the pixels written (-1: the layer changed meanwhile) and
+        the changes, which the widget's journal keeps as one undo step."""
+        from ._widget_journal import write_pixels
+
         if self.labels.data is not self._data:
-            return -1
+            return -1, []
         self._take_back()
         labels, data, oid = self.labels, self._data, self.object_id
-        written = 0
-        with labels.block_history():
-            for plane in sorted(clear_planes):
-                rows, cols = np.nonzero(data[plane] == oid)
-                if rows.size:
-                    labels.data_setitem((np.full_like(rows, plane), rows, cols), 0, refresh=False)
-            for plane, mask in self.masks.items():
-                rows, cols = np.nonzero(mask & (data[plane] == 0))
-                if rows.size:
-                    labels.data_setitem((np.full_like(rows, plane), rows, cols), oid,
-                                        refresh=False)
-                    written += int(rows.size)
+        written, changes = 0, []
+        for plane in sorted(clear_planes):
+            rows, cols = np.nonzero(data[plane] == oid)
+            if rows.size:
+                changes.append(write_pixels(labels, (np.full_like(rows, plane), rows, cols), 0))
+        for plane, mask in self.masks.items():
+            rows, cols = np.nonzero(mask & (data[plane] == 0))
+            if rows.size:
+                changes.append(write_pixels(labels, (np.full_like(rows, plane), rows, cols), oid))
+                written += int(rows.size)
         labels.refresh()
-        return written
+        return written, changes
 
 
 class VolumeTools(QGroupBox):
@@ -133,8 +134,7 @@ class VolumeTools(QGroupBox):
         self._kind = ""
         self._then: Any = None  # a job to start once the running one has stopped
         self._writer: PlaneWriter | None = None
-        #: object_id -> {plane: box} from propagation (the zoom preview uses them)
-        self.plane_boxes: dict[int, dict[int, Box]] = {}
+        self._state: Any = None  # the image state the running propagation writes to
 
     @property
     def busy(self) -> bool:
@@ -144,6 +144,13 @@ class VolumeTools(QGroupBox):
     @property
     def propagating(self) -> bool:
         return self._kind == "propagation"
+
+    @property
+    def plane_boxes(self) -> dict[int, dict[int, Box]]:
+        """object_id -> {plane: box} of the current image's propagated objects (the
+        zoom preview and the export use them)."""
+        state = self.widget.state
+        return {} if state is None else state.plane_boxes
 
     def boxes_on_plane(self, plane: int | None) -> list[tuple[int, Box]]:
         """(object_id, box) of the propagated objects on ``plane``."""
@@ -233,7 +240,7 @@ class VolumeTools(QGroupBox):
             return
         data, spatial = volume
         w = self.widget
-        row = w._current_row()
+        row = w.current_row()
         object_id = 0 if row is None else int(w.boxes.features["object_id"].iloc[row])
         if object_id <= 0 or w.masks is None:
             show_info("I-MedSAM: draw a box around the object (or select its box) and wait "
@@ -258,7 +265,7 @@ class VolumeTools(QGroupBox):
         if total == 0:
             show_info(f"I-MedSAM: slice {plane} is the last one going {direction}")
             return
-        self._writer = PlaneWriter(w.masks, object_id)
+        self._writer, self._state = PlaneWriter(w.masks, object_id), w.state
         self.plane_boxes.setdefault(object_id, {})
         settings, job = w.settings, Job()
         worker = create_worker(
@@ -276,7 +283,7 @@ class VolumeTools(QGroupBox):
             return
         try:
             writer.show(step.plane, step.mask)
-            self.plane_boxes[writer.object_id][step.plane] = step.box
+            self._state.plane_boxes.setdefault(writer.object_id, {})[step.plane] = step.box
             self.widget.set_status(f"object {writer.object_id}: slice {step.plane} "
                                    f"({int(step.mask.sum())} pixels)")
         except Exception as exc:  # noqa: BLE001
@@ -291,10 +298,12 @@ class VolumeTools(QGroupBox):
             depth = writer.labels.data.shape[0]
             for way, end in summary.ended_at.items():  # the object ends there: drop stale
                 clear |= set(range(end, depth) if way == "up" else range(0, end + 1))
-            written = writer.commit(clear)
+            written, changes = writer.commit(clear)
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not write the propagated slices: {exc}")
             return
+        self._state.journal.record(JournalStep(f"propagation of object {writer.object_id}",
+                                                changes))
         if written < 0:
             show_warning("I-MedSAM: the masks layer changed during propagation; "
                          "nothing was written. Propagate again.")
@@ -302,4 +311,4 @@ class VolumeTools(QGroupBox):
         if summary.error is not None:
             show_error(f"I-MedSAM: propagation stopped: {summary.error}")
         text = f"object {writer.object_id}: {summary.describe()}"
-        self.widget.set_status(text + " (Ctrl+Z on masks undoes it)")
+        self.widget.set_status(text + " (Undo takes it back)")

@@ -88,7 +88,7 @@ def _widget_with_box(make_napari_viewer):  # noqa: ANN001, ANN202
     widget.model_combo.setCurrentText("vit_b")
     bars: list = []
     progress._all_instances.events.changed.connect(lambda e: bars.extend(e.added))
-    viewer.layers["boxes"].add_rectangles(np.array([[10, 10], [10, 40], [40, 40], [40, 10]], float))
+    widget.boxes.add_rectangles(np.array([[10, 10], [10, 40], [40, 40], [40, 10]], float))
     return viewer, widget, bars
 
 
@@ -107,7 +107,7 @@ def test_download_shows_progress_then_segments(make_napari_viewer, qtbot, fake_v
     assert not widget.downloads.isVisibleTo(widget)
     assert any("weights saved to" in m for _, m in notes), notes
     # The next box needs no download.
-    viewer.layers["boxes"].add_rectangles(np.array([[5, 5], [5, 20], [20, 20], [20, 5]], float))
+    widget.boxes.add_rectangles(np.array([[5, 5], [5, 20], [20, 20], [20, 5]], float))
     assert not widget.downloads.running
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)
     assert not [m for s, m in notes if s == "error"], notes
@@ -121,7 +121,7 @@ def test_cancel_keeps_nothing_and_says_where_the_file_goes(make_napari_viewer, q
     qtbot.waitUntil(lambda: bool(widget.downloads.progress_seen), timeout=30_000)
     widget.downloads.cancel_button.click()
     qtbot.waitUntil(lambda: not widget.busy, timeout=30_000)
-    assert loads == [] and viewer.layers["masks"].data.max() == 0
+    assert loads == [] and widget.masks.data.max() == 0
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())  # no partial file
     [message] = [m for _, m in notes if "cancelled" in m]

@@ -212,8 +212,8 @@ def test_widget_export_files_record_and_reproduction(segment, qtbot, tmp_path, n
     hu, truth = _ct_scene()
     tifffile.imwrite(tmp_path / "ct.tif", hu)
     viewer, widget = segment(tmp_path / "ct.tif")
-    masks = viewer.layers["masks"]
-    viewer.layers["boxes"].add_rectangles(_rect(truth))
+    masks = widget.masks
+    widget.boxes.add_rectangles(_rect(truth))
     _wait(qtbot, widget)
     assert (masks.data == 1).sum() > 100, notes
 
@@ -222,7 +222,7 @@ def test_widget_export_files_record_and_reproduction(segment, qtbot, tmp_path, n
     assert widget.export.export(out)
     assert np.array_equal(tifffile.imread(out), masks.data)
     unc = tifffile.imread(out.with_name("case_uncertainty.tif"))
-    assert unc.dtype == np.float32 and np.array_equal(unc, viewer.layers["uncertainty"].data)
+    assert unc.dtype == np.float32 and np.array_equal(unc, widget.uncertainty.data)
     record = json.loads(out.with_name("case.json").read_text())
     assert record["image"]["path"] == str(tmp_path / "ct.tif")
     assert record["image"]["shape"] == [128, 128] and record["window"] == "abdomen"
@@ -285,10 +285,10 @@ def test_widget_export_nifti_on_the_source_grid(segment, qtbot, tmp_path):
     affine = np.array([[-0.7, 0, 0, 5.0], [0, -0.7, 0, 9.0], [0, 0, 3.0, -20.0], [0, 0, 0, 1]])
     nib.save(nib.Nifti1Image(view.transpose(2, 1, 0), affine), str(tmp_path / "ct.nii.gz"))
     viewer, widget = segment(tmp_path / "ct.nii.gz", plugin="napari-imedsam")
-    masks = viewer.layers["masks"]
+    masks = widget.masks
     assert masks.scale == pytest.approx((3.0, 0.7, 0.7))
     viewer.dims.set_current_step(0, 1)
-    viewer.layers["boxes"].add_rectangles(np.column_stack([np.ones(4), _rect(truth)]))
+    widget.boxes.add_rectangles(np.column_stack([np.ones(4), _rect(truth)]))
     _wait(qtbot, widget)
     assert masks.data[1].any() and not masks.data[[0, 2]].any()
 

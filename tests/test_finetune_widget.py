@@ -173,7 +173,7 @@ def test_quick_training_is_saved_and_used_by_the_next_box(make_napari_viewer, qt
     segment.device_combo.setCurrentText("cpu")
     segment.image_combo.setCurrentText("scene0")
     widget = _open(viewer)
-    widget.pairs_table.set_row("masks", use=False)  # the Segment widget's own, empty
+    widget.pairs_table.set_row(segment.masks.name, use=False)  # the Segment widget's own, empty
     _ready(widget)
     _segment_box(qtbot, segment, viewer.layers["scene0 masks"].data)
     assert segment._holder._session.model.adapter_sha256 == sha256_file(tiny_model)
@@ -218,7 +218,7 @@ def test_a_worse_adapter_is_saved_but_does_not_replace_the_model_in_use(
     segment.model_combo.setCurrentText(tiny_model)
     segment.device_combo.setCurrentText("cpu")
     widget = _open(viewer)
-    widget.pairs_table.set_row("masks", use=False)  # the Segment widget's own, empty
+    widget.pairs_table.set_row(segment.masks.name, use=False)  # the Segment widget's own, empty
     _ready(widget)
     outcome = _train(qtbot, widget)
     assert outcome.error is None and outcome.worse and outcome.adapter.is_file()
@@ -266,7 +266,7 @@ def test_go_to_the_next_most_uncertain(make_napari_viewer, qtbot, tiny_model, mo
     segment = _open(viewer, "Segment")
     segment.model_combo.setCurrentText(tiny_model)
     widget = _open(viewer)
-    widget.pairs_table.set_row("masks", use=False)
+    widget.pairs_table.set_row(segment.masks.name, use=False)
     box = widget.suggest
 
     # The real model ranks every labelled slice (and only those).
@@ -299,7 +299,7 @@ def test_next_most_uncertain_image_shows_its_layers(make_napari_viewer, qtbot, t
     segment = _open(viewer, "Segment")
     segment.model_combo.setCurrentText(tiny_model)
     widget = _open(viewer)
-    widget.pairs_table.set_row("masks", use=False)
+    widget.pairs_table.set_row(segment.masks.name, use=False)
     level = {"scene0": 0.2, "scene1": 0.5, "scene2": 0.1}
     monkeypatch.setattr(sg, "score_item", lambda _s, item, key=None: level[item.name])
     widget.suggest.rank()
@@ -329,7 +329,7 @@ def test_hand_over_without_a_segment_widget_and_to_a_pinned_model(make_napari_vi
     # A Segment widget given a model object gets the trained model object.
     segment.use_model(load_model(tiny_model))
     widget.refresh()
-    widget.pairs_table.set_row("masks", use=False)
+    widget.pairs_table.set_row(segment.masks.name, use=False)
     before = segment.pinned_model
     outcome = _train(qtbot, widget)
     assert segment.pinned_model is not before

@@ -12,6 +12,7 @@ pytest.importorskip("pytestqt")
 
 
 from napari_imedsam._widget import NO_UNCERTAINTY, SegmentWidget  # noqa: E402
+from napari_imedsam._widget_uncertainty import STD_FULL_SCALE  # noqa: E402
 from napari_imedsam.model import build_model  # noqa: E402
 from napari_imedsam.train.data import LabeledImage  # noqa: E402
 from conftest import train_tiny  # noqa: E402
@@ -98,27 +99,37 @@ def test_box_convention_and_checks():
         check_image((2, 3, 8, 8), rgb=False)
 
 
-def test_widget_opens_from_manifest_with_layers_ready(make_napari_viewer):
+def test_widget_opens_from_manifest_with_layers_ready(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((40, 50, 3), np.uint8), name="photo", rgb=True)
+    photo = np.zeros((40, 50, 3), np.uint8)
+    photo[..., 0] = 180  # a colour image: no CT window for it
+    viewer.add_image(photo, name="photo", rgb=True)
     widget = _open(viewer)
     assert isinstance(widget, SegmentWidget)
     assert widget.image_combo.currentText() == "photo"
-    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes, masks = widget.boxes, widget.masks
     assert boxes.mode == "add_rectangle" and viewer.layers.selection.active is boxes
     assert masks.data.shape == (40, 50) and masks.data.max() == 0
-    # The image list follows the layer list.
+    # The image list follows the layer list, and the widget the image opened last.
     viewer.add_image(np.zeros((8, 8)), name="other")
     assert [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())] == [
         "photo", "other"]
-    # Settings persist into the next widget.
+    assert widget.image.name == "other" and widget.boxes.name == "other boxes"
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is widget.boxes, timeout=5000)
+    assert not viewer.layers["photo"].visible and not boxes.visible  # the other image hides
+    # Settings persist into the next widget; the CT window belongs to its image.
     widget.device_combo.setCurrentText("cpu")
     widget.window_combo.setCurrentText("lung")
+    widget.image_combo.setCurrentText("photo")
+    assert widget.window_combo.currentText() == "none" and not widget.window_combo.isEnabled()
+    widget.image_combo.setCurrentText("other")
+    assert widget.window_combo.currentText() == "lung"
     again = SegmentWidget(viewer)
-    assert again.device_combo.currentText() == "cpu" and again.window_combo.currentText() == "lung"
-    # ... and it reuses the boxes and masks layers rather than adding more.
+    assert again.device_combo.currentText() == "cpu" and again.window_combo.currentText() == "none"
+    # ... and it reuses each image's boxes and masks layers rather than adding more.
     assert again.boxes is boxes and again.masks is masks
-    assert [layer.name for layer in viewer.layers] == ["photo", "masks", "boxes", "other"]
+    assert [layer.name for layer in viewer.layers] == [
+        "photo", "photo masks", "other", "other masks", "other boxes", "photo boxes"]
 
 
 def test_boxes_give_masks_ids_uncertainty_and_undo(make_napari_viewer, qtbot, trained_tiny,
@@ -127,16 +138,17 @@ def test_boxes_give_masks_ids_uncertainty_and_undo(make_napari_viewer, qtbot, tr
     image, left, right = _two_discs()
     viewer.add_image(image, name="discs", rgb=True)
     widget = _open(viewer, trained_tiny)
-    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes, masks = widget.boxes, widget.masks
 
     boxes.add_rectangles(_box_of(left))
     _wait(qtbot, widget)
     assert dice(masks.data == 1, left) > 0.5, notes
     assert set(np.unique(masks.data)) == {0, 1}
-    unc = viewer.layers["uncertainty"]
+    unc = widget.uncertainty
     assert unc.data.shape == (64, 112) and unc.data.max() > 0
-    assert unc.blending == "additive" and unc.colormap.name == "inferno"
-    assert unc.contrast_limits[1] == pytest.approx(float(unc.data.max()))
+    # A fixed scale (std of the probability, saturating at 0.25), never fitted to the data.
+    assert unc.blending == "translucent" and unc.colormap.name == "imedsam uncertainty"
+    assert tuple(unc.contrast_limits) == (0.0, STD_FULL_SCALE) and unc.data.max() <= 0.5
     widget.show_unc.setChecked(False)
     assert not unc.visible
     first = masks.data.copy()
@@ -148,20 +160,28 @@ def test_boxes_give_masks_ids_uncertainty_and_undo(make_napari_viewer, qtbot, tr
     assert np.array_equal(masks.data == 1, first == 1)
     assert list(boxes.features["object_id"]) == [1, 2]
 
-    # Undo (Ctrl+Z on the masks layer) restores the labels before the second box.
-    masks.undo()
-    assert np.array_equal(masks.data, first)
-    masks.redo()
-    assert dice(masks.data == 2, right) > 0.5
+    # Undo takes the second box and its mask back together; redo both again.
+    second = masks.data.copy()
+    widget.undo()
+    assert np.array_equal(masks.data, first) and len(boxes.data) == 1
+    widget.redo()
+    assert np.array_equal(masks.data, second) and len(boxes.data) == 2
+    assert list(boxes.features["object_id"]) == [1, 2]
+    assert not widget.busy  # restored boxes are not segmented again
 
     # Editing a box replaces its object: move box 1 off the disc into background.
-    moved = boxes.data[0] + np.array([0.0, 40.0])
-    boxes.data = [moved, boxes.data[1]]
+    row = int(np.flatnonzero(boxes.features["object_id"].to_numpy() == 1)[0])
+    moved = [np.array(d) for d in boxes.data]
+    original = moved[row].copy()
+    moved[row] = moved[row] + np.array([0.0, 40.0])
+    boxes.data = moved
     _wait(qtbot, widget)
     assert (masks.data == 2).sum() > 0  # untouched
     assert dice(masks.data == 1, left) < 0.5  # the old pixels of object 1 are gone
-    masks.undo()  # one undo step brings the previous version back
+    widget.undo()  # one undo step brings the previous box and pixels back
     assert np.array_equal(masks.data == 1, first == 1)
+    row = int(np.flatnonzero(boxes.features["object_id"].to_numpy() == 1)[0])
+    assert np.allclose(boxes.data[row], original)
     assert not [n for n in notes if n[0] == "error"], notes
 
 
@@ -175,7 +195,7 @@ def test_drawn_box_and_a_newer_request_supersedes(make_napari_viewer, qtbot, tra
     image, left, right = _two_discs()
     viewer.add_image(image, name="discs", rgb=True)
     widget = _open(viewer, trained_tiny)
-    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes, masks = widget.boxes, widget.masks
     corners = _box_of(left)
     # Drag a rectangle the way the mouse does it in add_rectangle mode.
     mouse_press_callbacks(boxes, read_only_mouse_event(type="mouse_press", position=corners[0]))
@@ -190,7 +210,7 @@ def test_drawn_box_and_a_newer_request_supersedes(make_napari_viewer, qtbot, tra
     _wait(qtbot, widget)
     assert dice(masks.data == 1, right) > 0.5
     assert not masks.data[left].any()
-    assert len(masks._undo_history) == 1  # the stale result wrote nothing
+    assert len(widget.state.journal) == 1  # the stale result wrote nothing
 
 
 def test_hotkeys_accept_and_clear(make_napari_viewer, qtbot, trained_tiny):
@@ -198,7 +218,7 @@ def test_hotkeys_accept_and_clear(make_napari_viewer, qtbot, trained_tiny):
     image, left, right = _two_discs()
     viewer.add_image(image, name="discs", rgb=True)
     widget = _open(viewer, trained_tiny)
-    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes, masks = widget.boxes, widget.masks
     boxes.add_rectangles(_box_of(left))
     _wait(qtbot, widget)
     press = {str(k): f for k, f in boxes.keymap.items()}  # the layer's own hotkeys
@@ -225,7 +245,7 @@ def test_errors_notify_and_never_raise(make_napari_viewer, qtbot, notes, tmp_pat
     image, left, _ = _two_discs()
     viewer.add_image(image, name="discs", rgb=True)
     widget = _open(viewer, str(tmp_path / "missing.safetensors"))
-    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes, masks = widget.boxes, widget.masks
 
     # A box outside the image: a warning, no request, no exception.
     boxes.add_rectangles(np.array([[100, 200], [100, 250], [140, 250], [140, 200]], float))
@@ -243,7 +263,8 @@ def test_errors_notify_and_never_raise(make_napari_viewer, qtbot, notes, tmp_pat
     viewer.add_image(np.zeros((2, 3, 16, 16)), name="movie")
     widget.image_combo.setCurrentText("movie")
     assert any(s == "warning" and "split" in m for s, m in notes), notes
-    assert len(viewer.layers["boxes"].data) == 2  # no layer data lost
+    assert widget.boxes is None and len(boxes.data) == 2  # no layer data lost
+    assert sum("movie" in m for _, m in notes) == 1  # said once
 
 
 def test_base_sam_mode_says_why_no_uncertainty(make_napari_viewer, qtbot, notes):
@@ -253,7 +274,7 @@ def test_base_sam_mode_says_why_no_uncertainty(make_napari_viewer, qtbot, notes)
     widget = _open(viewer)
     torch.manual_seed(0)
     widget.use_model(build_model("tiny"))  # no adapter: SAM's own decoder
-    viewer.layers["boxes"].add_rectangles(_box_of(left))
+    widget.boxes.add_rectangles(_box_of(left))
     _wait(qtbot, widget)
     assert "uncertainty" not in viewer.layers
     assert NO_UNCERTAINTY in widget.status.text()
@@ -267,7 +288,7 @@ def test_volume_box_applies_to_its_slice(make_napari_viewer, qtbot, trained_tiny
     volume[2] = image[..., 0]
     viewer.add_image(volume, name="vol")
     widget = _open(viewer, trained_tiny)
-    boxes, masks = viewer.layers["boxes"], viewer.layers["masks"]
+    boxes, masks = widget.boxes, widget.masks
     assert boxes.ndim == 3 and masks.data.shape == (4, 64, 112)
     viewer.dims.set_current_step(0, 2)
     rect = _box_of(left)
@@ -292,10 +313,10 @@ def test_screenshot_shows_the_mask_overlay(make_napari_viewer, qtbot, trained_ti
     image, left, right = _two_discs()
     viewer.add_image(image, name="discs", rgb=True)
     widget = _open(viewer, trained_tiny)
-    boxes = viewer.layers["boxes"]
+    boxes = widget.boxes
     boxes.add_rectangles([_box_of(left), _box_of(right)])
     _wait(qtbot, widget)
-    viewer.layers["uncertainty"].visible = False
+    widget.uncertainty.visible = False
     viewer.reset_view()
     shot = viewer.screenshot("/tmp/widget_screenshot.png", canvas_only=True)
     # The labels colour the discs: the canvas holds colours the grey-ish input lacks.
@@ -334,13 +355,90 @@ def test_a_new_image_starts_without_the_old_objects_uncertainty(make_napari_view
     image, left, right = _two_discs()
     viewer.add_image(image, name="first", rgb=True)
     widget = _open(viewer, trained_tiny)
-    viewer.layers["boxes"].add_rectangles([_box_of(right), _box_of(left)])
+    widget.boxes.add_rectangles([_box_of(right), _box_of(left)])
     _wait(qtbot, widget)
     assert widget.uncertainty is not None and widget.uncertainty.data[left].max() > 0
     viewer.layers.clear()
     viewer.add_image(image, name="second", rgb=True)
-    viewer.layers["boxes"].add_rectangles([_box_of(right)])
+    widget.boxes.add_rectangles([_box_of(right)])
     _wait(qtbot, widget)
     unc = widget.uncertainty.data
     assert unc[right].max() > 0
     assert unc[left].max() == 0  # nothing left over from the first image's second object
+
+
+def test_three_images_each_keep_their_objects_boxes_and_undo(make_napari_viewer, qtbot,
+                                                             trained_tiny, notes):
+    """RGB, grey and a volume in one viewer, segmented in turn; switching back and forth
+    keeps every object, box and undo step; each image has its own layers."""
+    viewer = make_napari_viewer()
+    rgb, left, right = _two_discs(seed=3)
+    widget = _open(viewer, trained_tiny)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is widget.boxes, timeout=5000)
+    widget.boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    rgb_masks = widget.masks
+    assert widget.masks.name == "rgb masks" and dice(rgb_masks.data == 1, left) > 0.5
+
+    grey, disc = _disc_scene(80, 96, seed=7)
+    viewer.add_image(grey[..., 0], name="grey")  # another size, one channel
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is widget.boxes, timeout=5000)
+    assert widget.image.name == "grey" and widget.masks.data.shape == (80, 96)
+    assert not viewer.layers["rgb"].visible and not rgb_masks.visible
+    widget.boxes.add_rectangles(_box_of(disc))
+    _wait(qtbot, widget)
+    assert dice(widget.masks.data == 1, disc) > 0.5
+
+    volume = np.stack([rgb[..., 0]] * 5)  # (Z, H, W)
+    viewer.add_image(volume, name="volume")
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is widget.boxes, timeout=5000)
+    viewer.dims.set_point(0, 2)
+    rect = np.column_stack([np.full(4, 2.0), _box_of(right)])
+    widget.boxes.add_rectangles(rect)
+    _wait(qtbot, widget)
+    assert dice(widget.masks.data[2] == 1, right) > 0.5 and not widget.masks.data[0].any()
+
+    # Back to the RGB image (by selecting its layer): its object, box and undo are there.
+    viewer.layers.selection.active = viewer.layers["rgb"]
+    assert widget.image.name == "rgb" and widget.masks is rgb_masks
+    assert viewer.layers["rgb"].visible and not viewer.layers["volume"].visible
+    assert len(widget.boxes.data) == 1 and dice(rgb_masks.data == 1, left) > 0.5
+    widget.boxes.add_rectangles(_box_of(right))
+    _wait(qtbot, widget)
+    assert set(np.unique(rgb_masks.data)) == {0, 1, 2}
+    widget.undo()
+    assert set(np.unique(rgb_masks.data)) == {0, 1} and len(widget.boxes.data) == 1
+    # The grey image was not touched by any of this.
+    widget.image_combo.setCurrentText("grey")
+    assert dice(widget.masks.data == 1, disc) > 0.5 and len(widget.boxes.data) == 1
+    names = [layer.name for layer in viewer.layers]
+    for image in ("rgb", "grey", "volume"):
+        assert f"{image} masks" in names and f"{image} boxes" in names
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
+def test_clear_and_undo_restore_box_and_mask_together(make_napari_viewer, qtbot, trained_tiny):
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs(seed=11)
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    widget.boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    widget.accept_current()
+    kept_box = np.array(widget.boxes.data[0])
+    labelled = widget.masks.data.copy()
+    assert labelled.max() == 1
+    widget.boxes.selected_data = {0}
+    widget.clear_current()
+    assert len(widget.boxes.data) == 0 and widget.masks.data.max() == 0
+    widget.undo()  # one step: the box (still accepted) and its pixels
+    assert len(widget.boxes.data) == 1 and np.array_equal(widget.masks.data, labelled)
+    assert np.allclose(widget.boxes.data[0], kept_box)
+    assert bool(widget.boxes.features["accepted"].iloc[0])
+    # No orphan: a new box on the other disc gets its own object at once.
+    widget.boxes.add_rectangles(_box_of(right))
+    _wait(qtbot, widget)
+    assert set(np.unique(widget.masks.data)) == {0, 1, 2}
+    widget.redo()  # nothing to redo after a new action
+    assert "nothing to redo" in widget.status.text()

@@ -88,15 +88,15 @@ def test_propagate_runs_through_the_object_and_stops_where_it_ends(
     assert (masks.data[9, 20:26, 30:40] == 5).all()  # the other object is untouched
     assert np.array_equal(obj[START], first)  # the start slice is the user's, as it was
     assert not widget.volume.stop_button.isEnabled()
-    # The whole propagation is one undo step (the next one undoes the box's mask),
-    # and redo brings it back.
-    masks.undo()
+    # The whole propagation is one undo step (the next one undoes the box and its
+    # mask), and redo brings both back.
+    widget.undo()
     assert [z for z in range(len(obj)) if (masks.data[z] == oid).any()] == [START]
-    masks.undo()
-    assert not (masks.data == oid).any()
-    masks.redo()
-    masks.redo()
-    assert np.array_equal(masks.data == oid, obj)
+    widget.undo()
+    assert not (masks.data == oid).any() and len(widget.boxes.data) == 0
+    widget.redo()
+    widget.redo()
+    assert np.array_equal(masks.data == oid, obj) and len(widget.boxes.data) == 1
     # The propagated boxes are remembered per slice (the zoom preview uses them).
     assert set(widget.volume.plane_boxes[oid]) == set(written) - {START}
     assert not [n for n in notes if n[0] == "error"], notes

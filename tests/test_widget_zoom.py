@@ -38,7 +38,7 @@ def _segmented(make_napari_viewer, qtbot, model_path, show=False):
     viewer.add_image(image, name="disc")
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     widget.model_combo.setCurrentText(model_path)
-    viewer.layers["boxes"].add_rectangles(_rect(truth))
+    widget.boxes.add_rectangles(_rect(truth))
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert dice(widget.masks.data == 1, truth) > 0.6
     return viewer, widget, truth
@@ -171,7 +171,7 @@ def test_preview_of_a_volume_slice_lives_on_that_slice(make_napari_viewer, qtbot
     widget.model_combo.setCurrentText(model_path)
     _dense(widget)
     viewer.dims.set_point(0, 10.0 + 2.0 * 7)  # world z of slice 7
-    boxes = viewer.layers["boxes"]
+    boxes = widget.boxes
     boxes.add_rectangles(np.column_stack([np.full(4, 7.0), _rect(truth[7])]))
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     assert (widget.masks.data[7] == 1).any()
@@ -195,11 +195,11 @@ def test_preview_of_a_volume_slice_lives_on_that_slice(make_napari_viewer, qtbot
 def test_screenshot_preview_sits_over_the_image(make_napari_viewer, qtbot, model_path):
     viewer, widget, truth = _segmented(make_napari_viewer, qtbot, model_path, show=True)
     widget.zoom.boundary.setChecked(True)
-    viewer.layers["uncertainty"].visible = False
+    widget.uncertainty.visible = False
     _look(viewer, qtbot, widget, (22.0, 36.0), 12.0)
-    viewer.layers["masks"].visible = False  # the preview alone, over the image
+    widget.masks.visible = False  # the preview alone, over the image
     shot = viewer.screenshot("/tmp/zoom_preview_screenshot.png", canvas_only=True)
-    viewer.layers["masks"].visible = True
+    widget.masks.visible = True
     viewer.layers["disc preview"].visible = False
     viewer.screenshot("/tmp/zoom_masks_screenshot.png", canvas_only=True)
     rgb = shot[..., :3].astype(int)

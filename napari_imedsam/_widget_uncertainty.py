@@ -1,0 +1,119 @@
+"""The uncertainty overlay of the Segment widget, and its legend.
+
+What is shown: the standard deviation of the mask probability over the
+MC-dropout samples (0 to 0.5), for every object of the plane in view, on a
+fixed scale: transparent where the model is sure, yellow to red up to
+``STD_FULL_SCALE`` and above. Fixed, so that a faint map looks faint; with the
+low end transparent and the overlay translucent, the mask edge underneath stays
+visible. Nothing is drawn for a box whose mask came back empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtGui import QColor, QLinearGradient, QPainter, QPixmap
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from . import _widget_layers as wl
+from ._segment_worker import compose, crop_nonzero
+
+#: The std of the probability at which the colour saturates (its maximum is 0.5).
+STD_FULL_SCALE = 0.25
+#: (position on the scale, RGBA): transparent below about 0.01, then yellow to red.
+COLORS = ((0.0, (1.0, 1.0, 0.0, 0.0)), (0.04, (1.0, 1.0, 0.0, 0.0)),
+          (0.2, (1.0, 0.85, 0.0, 0.55)), (0.6, (1.0, 0.35, 0.0, 0.85)),
+          (1.0, (1.0, 0.0, 0.25, 1.0)))
+
+
+def colormap() -> Any:
+    from napari.utils import Colormap
+
+    return Colormap(colors=[c for _, c in COLORS], controls=[p for p, _ in COLORS],
+                    name="imedsam uncertainty")
+
+
+class UncertaintyView(QWidget):
+    """The legend, and the per-image overlay layers it describes."""
+
+    def __init__(self, widget: Any) -> None:
+        super().__init__()
+        self.widget = widget
+        bar = QLabel()
+        bar.setPixmap(_legend_bar(160, 10))
+        ticks = QLabel(f"0 · {STD_FULL_SCALE / 2:g} · {STD_FULL_SCALE:g}+")
+        caption = QLabel("uncertainty: std of the mask probability (MC dropout)")
+        caption.setWordWrap(True)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(bar)
+        row.addWidget(ticks)
+        row.addStretch(1)
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.addWidget(caption)
+        box.addLayout(row)
+
+    def show_object(self, state: Any, key: int, plane: int | None,
+                    variance: np.ndarray | None) -> None:
+        """Keep one object's map (as a crop, for memory) and redraw its plane."""
+        part = None if variance is None else crop_nonzero(np.sqrt(np.maximum(variance, 0)))
+        if part is None:
+            if state.unc_parts.pop(key, None) is None:
+                return
+        else:
+            state.unc_parts[key] = (plane, *part)
+        self._redraw(state, plane)
+
+    def redraw_all(self, state: Any) -> None:
+        """Redraw every plane that shows, or showed, an object's map."""
+        planes = {p for p, _, _ in state.unc_parts.values()} | set(state.unc_planes)
+        for plane in planes or {None}:
+            self._redraw(state, plane)
+
+    def refresh_visibility(self) -> None:
+        state = self.widget.state
+        if state is not None and state.uncertainty is not None:
+            state.uncertainty.visible = self.widget.show_unc.isChecked()
+
+    def _redraw(self, state: Any, plane: int | None) -> None:
+        masks = state.masks
+        if masks is None:
+            return
+        if state.uncertainty is None:
+            if not state.unc_parts:
+                return
+            layer = wl.find_or_add_uncertainty(self.widget.viewer, state.image, masks.data.shape)
+            layer.colormap = colormap()
+            layer.blending = "translucent"
+            layer.contrast_limits = (0.0, STD_FULL_SCALE)
+            state.uncertainty = layer
+            self.refresh_visibility()
+        parts = [(origin, crop) for p, origin, crop in state.unc_parts.values() if p == plane]
+        values = compose(masks.data.shape[-2:], parts)
+        layer = state.uncertainty
+        if plane is None:
+            layer.data[...] = values
+        else:
+            layer.data[plane] = values
+            state.unc_planes.add(plane)
+        layer.contrast_limits = (0.0, STD_FULL_SCALE)  # a fixed scale, never fitted
+        layer.refresh()
+
+
+def _legend_bar(width: int, height: int) -> QPixmap:
+    """The colour scale, drawn over a checkerboard so transparency reads as such."""
+    pixmap = QPixmap(width, height)
+    pixmap.fill(QColor(90, 90, 90))
+    painter = QPainter(pixmap)
+    for x in range(0, width, height // 2 or 1):
+        for y in range(0, height, height // 2 or 1):
+            if (x // (height // 2 or 1) + y // (height // 2 or 1)) % 2:
+                painter.fillRect(x, y, height // 2 or 1, height // 2 or 1, QColor(150, 150, 150))
+    gradient = QLinearGradient(0, 0, width, 0)
+    for position, (r, g, b, a) in COLORS:
+        gradient.setColorAt(position, QColor.fromRgbF(r, g, b, a))
+    painter.fillRect(0, 0, width, height, gradient)
+    painter.end()
+    return pixmap
