@@ -19,10 +19,10 @@ from typing import Any
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, QSettings, Qt, Signal
+from qtpy.QtCore import QObject, QSettings, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout,
-    QLabel, QLineEdit, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
+    QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout,
+    QLabel, QLineEdit, QMainWindow, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from . import _finetune_link as link
@@ -69,6 +69,29 @@ class FinetuneWidget(QWidget):
         self._bridge.status.connect(self.set_status)
         self._build_ui()
         self.refresh_adapters()
+        self._placed = False
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._placed:
+            self._placed = True
+            # Once napari has docked it: next to the Segment widget, as a tab.
+            QTimer.singleShot(0, self.place_beside_segment)
+
+    def place_beside_segment(self) -> None:
+        """Share the Segment widget's dock area as a tab rather than squeeze under it:
+        stacked, the Fine-tune widget got about 90 px, too little to see Train."""
+        segment = self.find_segment_widget()
+        mine, theirs = _dock_of(self), _dock_of(segment) if segment is not None else None
+        main = mine.parentWidget() if mine is not None else None
+        if theirs is None or not isinstance(main, QMainWindow) or mine is theirs:
+            return
+        if main.dockWidgetArea(mine) != main.dockWidgetArea(theirs) or \
+                mine in main.tabifiedDockWidgets(theirs):
+            return
+        main.tabifyDockWidget(theirs, mine)
+        mine.show()
+        mine.raise_()
 
     # -- UI --------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -297,6 +320,15 @@ class FinetuneWidget(QWidget):
         note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"
         if outcome.stop_reason == "stopped":
             note = "stopped; kept the best adapter so far. " + note
+        if outcome.after is None:
+            # Stopped before its first validation: kept, but not measured, so not used.
+            outcome.model = None
+            self.refresh_adapters(select=outcome.adapter)
+            show_warning(f"I-MedSAM: stopped before the first validation: {outcome.adapter.name} "
+                         "keeps what was trained but was not measured, so the Segment widget "
+                         "keeps its model (Use selected, in the list, to try it).")
+            self.set_status("stopped before any validation: the new adapter is saved, not used")
+            return
         if outcome.worse:
             # A worse model never replaces the one the user was segmenting with.
             outcome.model = None
@@ -327,6 +359,14 @@ class FinetuneWidget(QWidget):
             self._bar.close()
             self._bar = None
         self._set_running(False)
+
+
+def _dock_of(widget: QWidget) -> QDockWidget | None:
+    """The dock widget that holds ``widget`` (napari wraps each plugin widget in one)."""
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
 
 
 def _train_worker(job: dict[str, Any], fields: dict[str, Any],

@@ -266,13 +266,10 @@ def test_run_trains_publishes_and_measures_before_after(tmp_path):
 
 
 def test_stop_keeps_best_so_far_and_an_immediate_stop_saves_nothing(tmp_path):
-    polls = []
-
-    def stop_after_two() -> bool:
-        polls.append(1)
-        return len(polls) > 2
-
-    outcome = ft.run_finetune(_job(tmp_path, epochs=50), should_stop=stop_after_two)
+    steps = []
+    outcome = ft.run_finetune(_job(tmp_path, epochs=50),
+                              on_progress=lambda e: steps.extend([1] if e.kind == "step" else []),
+                              should_stop=lambda: len(steps) >= 2)
     assert outcome.error is None and outcome.stopped and outcome.steps == 2
     assert outcome.adapter is not None and outcome.adapter.is_file()
     assert outcome.stop_reason == "stopped" and outcome.summary().endswith(", stopped")

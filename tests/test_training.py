@@ -168,15 +168,15 @@ def test_stop_request_keeps_best_adapter(tmp_path):
     torch.manual_seed(0)
     model = build_model("tiny")
     data = _disc_images(8)
-    polls = []
+    steps = []
 
-    def should_stop():
-        polls.append(1)
-        return len(polls) > 2
+    def count(event) -> None:  # noqa: ANN001
+        steps.extend([1] if event.kind == "step" else [])
 
+    # Stop after two steps: before any validation, so what was trained is kept as is.
     result = train(model, data, data[:2], _cfg(epochs=50), tmp_path / "s.safetensors",
-                   should_stop=should_stop)
-    assert result.stopped and result.epochs_done == 1
+                   on_progress=count, should_stop=lambda: len(steps) >= 2)
+    assert result.stopped and result.epochs_done == 1 and len(steps) == 2
     assert result.adapter is not None and result.adapter.is_file()
     fresh = build_model("tiny")
     load_adapter(fresh, result.adapter)
@@ -196,10 +196,11 @@ def test_seeded_runs_are_identical_and_resume_continues_exactly(tmp_path):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     torch.manual_seed(0)
     model = build_model("tiny")
-    polls = []
-    # Interrupted at the start of the third epoch (3 steps per epoch)...
+    steps = []
+    # Interrupted after six steps, in the second epoch's validation (3 steps per epoch)...
     result = train(model, data[:4], data[4:], cfg, tmp_path / "c.safetensors",
-                   should_stop=lambda: polls.append(1) or len(polls) > 6)
+                   on_progress=lambda e: steps.extend([1] if e.kind == "step" else []),
+                   should_stop=lambda: len(steps) >= 6)
     assert result.stopped and result.epochs_done == 2
     # ...then resumed in a new process-like state: the global seed must not matter.
     torch.manual_seed(123)
@@ -372,3 +373,32 @@ def test_distill_objective_follows_the_backbone_not_the_labels(tmp_path):
         gaps[name] = _gap_to_sam(model, data[0])
     assert gaps["distill"] < gaps["mixed"] < gaps["labels"], gaps
     assert gaps["distill"] < 0.25 * gaps["labels"], gaps
+
+
+def test_stop_takes_effect_within_two_seconds_even_while_embedding(tmp_path):
+    """A slow encoder (0.3 s an image, a batch of 8 to embed, then a validation) must not
+    hold a Stop back: the run returns within 2 s of it."""
+    import time
+
+    data = _disc_images(16)
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    original = model.embed
+
+    def slow_embed(images):  # noqa: ANN001, ANN202
+        time.sleep(0.3 * images.shape[0])
+        return original(images)
+
+    model.embed = slow_embed
+    pressed: list[float] = []
+
+    def should_stop() -> bool:
+        if not pressed and time.monotonic() > started + 1.0:
+            pressed.append(time.monotonic())
+        return bool(pressed)
+
+    started = time.monotonic()
+    result = train(model, data[:12], data[12:], _cfg(mode="decoder", epochs=5, batch_size=8),
+                   tmp_path / "stop.safetensors", should_stop=should_stop)
+    assert result.stopped and pressed
+    assert time.monotonic() - pressed[0] < 2.0

@@ -253,7 +253,11 @@ def train(
             w_coarse, w_fine = coarse_fine_weights(progress, ramp)
             images, embedded = batch.images.to(device), False
             if encoder is not None:
-                images, embedded = _cached_embeddings(encoder.run, batch, cache, device), True
+                images = _cached_embeddings(encoder.run, batch, cache, device, should_stop)
+                if images is None:  # stopped while embedding
+                    stopped = True
+                    break
+                embedded = True
             with autocast(device, precision):
                 coarse, final, teacher = step_module(images, batch.boxes.to(device),
                                                      batch.points.to(device), embedded,
@@ -277,15 +281,30 @@ def train(
                 "step", epoch, cfg.epochs, step + 1, steps_per_epoch, loss.item(),
                 coarse_loss.item(), fine_loss.item(), None, state.best_val_dice,
                 time.monotonic() - start))
-        if stopped and not losses and state.best_val_dice is not None:
-            break
-        val = _validate(model, val_images or train_images, cfg, device) if dist.rank == 0 else None
+        if stopped and not losses:
+            break  # nothing trained since the last epoch's end
+        # A Stop takes effect at once: a partial epoch is not validated, and a
+        # validation in progress is cut short (seconds to minutes otherwise). A time
+        # limit still validates what the last epoch did. Data-parallel ranks always
+        # validate in full: they must meet at the barrier.
+        single = dist.world == 1
+        asked = single and should_stop is not None and should_stop()
+        val = None
+        if dist.rank == 0 and not asked:
+            val = _validate(model, val_images or train_images, cfg, device,
+                            should_stop if single else None)
+        stopped = stopped or (single and should_stop is not None and should_stop())
         state.record(epoch, float(np.mean(losses)) if losses else None, val)
         if dist.rank == 0:
+            info = {**(extra or {}), "best_epoch": epoch, "val_dice": val,
+                    "train_config": asdict(cfg)}
             if state.best_epoch == epoch:
+                save_adapter(model, out, scope=scope, overwrite=True, extra=info)
+            elif state.best_epoch is None and val is None:
+                # Stopped before any validation: keep what was trained, marked as not
+                # measured, rather than lose it.
                 save_adapter(model, out, scope=scope, overwrite=True,
-                             extra={**(extra or {}), "best_epoch": epoch, "val_dice": val,
-                                    "train_config": asdict(cfg)})
+                             extra={**info, "validated": False})
             files.save(model, optimizer, scheduler, state, scope, cfg)
         _emit(on_progress, dist, TrainEvent(
             "epoch", epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, state.last_loss,
@@ -325,22 +344,30 @@ def _cosine(done: float, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def _cached_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], batch: Any,
-                       cache: dict[int, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Frozen-encoder modes: each image (and view) is embedded once."""
+                       cache: dict[int, torch.Tensor], device: torch.device,
+                       should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+    """Frozen-encoder modes: each image (and view) is embedded once, one at a time so
+    that a stop request is seen within one encoder run; None when stopped."""
     first = {key: i for i, key in reversed(list(enumerate(batch.keys)))}
-    missing = [i for key, i in first.items() if key not in cache]
-    if missing:
-        embs = embed(batch.images[missing].to(device)).to(device)
-        for j, i in enumerate(missing):
-            cache[batch.keys[i]] = embs[j : j + 1]
+    for key, i in first.items():
+        if key in cache:
+            continue
+        if should_stop is not None and should_stop():
+            return None
+        cache[key] = embed(batch.images[i : i + 1].to(device)).to(device)
     return torch.cat([cache[key] for key in batch.keys])
 
 
 def _validate(model: IMedSAM, images: list[LabeledImage], cfg: TrainConfig,
-              device: torch.device) -> float:
+              device: torch.device, should_stop: Callable[[], bool] | None = None
+              ) -> float | None:
+    """Mean validation Dice; None when a stop request cut the validation short."""
     rows = evaluate_model(model, images, label_size=cfg.val_label_size, device=device,
                           with_distances=False, seed=cfg.seed,
-                          decoder="sam" if cfg.objective == "sam" else "imedsam")
+                          decoder="sam" if cfg.objective == "sam" else "imedsam",
+                          should_stop=should_stop)
+    if should_stop is not None and should_stop():
+        return None
     return float(np.mean([r["dice"] for r in rows])) if rows else 0.0
 
 

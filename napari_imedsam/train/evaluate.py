@@ -41,12 +41,14 @@ def evaluate_model(
     on_progress: ProgressFn | None = None,
     decoder: str = "imedsam",
     box_margin_px: float = 0.0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
     ``decoder``: ``imedsam`` (the implicit decoder) or ``sam`` (SAM's own).
     ``box_margin_px``: grow each prompt box by this many image pixels per side
     (clipped to the image), to see how loose a box the model expects.
+    ``should_stop``: polled before each object; the rows so far come back at once.
     """
     was_training = model.training
     model.eval()
@@ -60,6 +62,8 @@ def evaluate_model(
                                   cache_bytes=64 << 20, seed=seed, adaptive=False)
     shape = (label_size, label_size)
     for done, ref in enumerate(refs):
+        if should_stop is not None and should_stop():
+            break
         item = images[ref.index]
         session.set_image(item.image, key=("evaluate", id(item)))
         native = targets_for(item, ref, classes)
@@ -84,9 +88,9 @@ def evaluate_model(
             pred = result.prob[0, k] > 0.5
             object_id = ref.object_id or k + 1
             row: dict[str, Any] = {"image": item.name, "object": object_id,
-                                   "label": item.label_names.get(object_id, ""),
                                    "dice": metrics.dice(pred, targets[k]),
-                                   "ellipse_dice": metrics.dice(ellipse, targets[k])}
+                                   "ellipse_dice": metrics.dice(ellipse, targets[k]),
+                                   "label": item.label_names.get(object_id, "")}
             if result.uncertainty is not None:
                 std = np.sqrt(np.maximum(result.uncertainty[0, k], 0.0))
                 row["unc_band_ratio"] = metrics.boundary_band_ratio(pred, std, grid_box)
