@@ -292,10 +292,12 @@ class SegmentWidget(QWidget):
     def _show_only(self, state: ImageState) -> None:
         """Show the current image with its layers; hide the other images and theirs."""
         for other in self._states.values():
-            if other is not state:
-                for layer in other.layers():
-                    if layer.visible:
-                        layer.visible = False
+            if other is not state and other.image.visible:
+                other.image.visible = False
+        for layer in self.viewer.layers:  # boxes, masks, previews... of other images
+            owner = wl.owner_name(layer)
+            if owner is not None and owner != state.image.name and layer.visible:
+                layer.visible = False
         for layer in (state.image, state.boxes, state.masks):
             if layer is not None and not layer.visible:
                 layer.visible = True

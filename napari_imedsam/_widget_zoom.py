@@ -268,7 +268,8 @@ class ZoomPreview(QWidget):
             layer = None
         if layer is None:
             layer = Labels(data, name=name, opacity=0.7, scale=scale, translate=translate,
-                           metadata={"napari_imedsam": PREVIEW})
+                           units=tuple(image.units),
+                           metadata={"napari_imedsam": PREVIEW, wl.IMAGE_KEY: image.name})
             self._insert_above(layer, masks)
             self.layer = layer
         else:
@@ -295,7 +296,8 @@ class ZoomPreview(QWidget):
                 self._remove(layer)
             # (An empty Shapes layer has no extent, so creating one never moves the view.)
             layer = Shapes(ndim=ndim, name=name, scale=image.scale, translate=image.translate,
-                           metadata={"napari_imedsam": BOUNDARY})
+                           units=tuple(image.units),
+                           metadata={"napari_imedsam": BOUNDARY, wl.IMAGE_KEY: image.name})
             self._insert_above(layer, self.layer or masks)
             self.paths = layer
         layer.scale, layer.translate = image.scale, image.translate
