@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..inference.accelerate import choose_encoder
+from ..inference.cache import EmbeddingCache
 from ..model.build import set_trainable, trainable_parts
 from ..model.checkpoint import save_adapter
 from ..model.config import FROZEN_ENCODER_MODES
@@ -214,6 +215,8 @@ def train(
     flips = max(1, cfg.cached_flips) if frozen_encoder and cfg.augment else 1
     precision = resolve_precision(cfg.precision, model.config)
     encoder = choose_encoder(model, device, precision) if frozen_encoder else None
+    # The validation images' embeddings do not change either: kept between epochs.
+    val_embeddings = EmbeddingCache(2 << 30) if frozen_encoder else None
     decoding = model.implicit_decoder.positional_encoding
     ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
     warmup = min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs)
@@ -292,7 +295,7 @@ def train(
         val = None
         if dist.rank == 0 and not asked:
             val = _validate(model, val_images or train_images, cfg, device,
-                            should_stop if single else None)
+                            should_stop if single else None, val_embeddings)
         stopped = stopped or (single and should_stop is not None and should_stop())
         state.record(epoch, float(np.mean(losses)) if losses else None, val)
         if dist.rank == 0:
@@ -359,13 +362,13 @@ def _cached_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], batch: Any
 
 
 def _validate(model: IMedSAM, images: list[LabeledImage], cfg: TrainConfig,
-              device: torch.device, should_stop: Callable[[], bool] | None = None
-              ) -> float | None:
+              device: torch.device, should_stop: Callable[[], bool] | None = None,
+              embeddings: EmbeddingCache | None = None) -> float | None:
     """Mean validation Dice; None when a stop request cut the validation short."""
     rows = evaluate_model(model, images, label_size=cfg.val_label_size, device=device,
                           with_distances=False, seed=cfg.seed,
                           decoder="sam" if cfg.objective == "sam" else "imedsam",
-                          should_stop=should_stop)
+                          should_stop=should_stop, embeddings=embeddings)
     if should_stop is not None and should_stop():
         return None
     return float(np.mean([r["dice"] for r in rows])) if rows else 0.0

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..inference.cache import EmbeddingCache
 from ..inference.session import SegmentationSession
 from ..model.modeling.imedsam import IMedSAM
 from . import metrics
@@ -42,6 +43,7 @@ def evaluate_model(
     decoder: str = "imedsam",
     box_margin_px: float = 0.0,
     should_stop: Callable[[], bool] | None = None,
+    embeddings: EmbeddingCache | None = None,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
@@ -49,6 +51,8 @@ def evaluate_model(
     ``box_margin_px``: grow each prompt box by this many image pixels per side
     (clipped to the image), to see how loose a box the model expects.
     ``should_stop``: polled before each object; the rows so far come back at once.
+    ``embeddings``: a cache kept between calls (validation after every epoch of a
+    frozen-encoder run: the images are embedded once, not once an epoch).
     """
     was_training = model.training
     model.eval()
@@ -57,9 +61,11 @@ def evaluate_model(
     refs = sample_refs(images, classes)
     rows: list[dict[str, Any]] = []
     # Dense decoding: evaluation measures the model, not the adaptive approximation.
-    # A small cache: the objects of one image share its embedding.
+    # A small cache unless one is given: the objects of one image share its embedding.
     session = SegmentationSession(model, device=device, mode=decoder, precision="fp32",
                                   cache_bytes=64 << 20, seed=seed, adaptive=False)
+    if embeddings is not None:
+        session.cache = embeddings
     shape = (label_size, label_size)
     for done, ref in enumerate(refs):
         if should_stop is not None and should_stop():
