@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from . import _widget_journal as journal
 from . import _widget_layers as wl
+from ._notify import tell
 from ._segment_worker import (
     Outcome, Request, SessionHolder, box_from_vertices, check_image, plane_index, segment,
     spatial_shape, take_plane,
@@ -249,7 +250,7 @@ class SegmentWidget(QWidget):
             self.state = None  # boxes drawn now get "choose an image", not a wrong image
             if self._refused != id(image):  # once per layer, not at every re-check
                 self._refused = id(image)
-                show_warning(f"I-MedSAM cannot use layer '{name}': {exc}")
+                tell("warning", f"cannot use layer '{name}': {exc}")
             self.set_status(f"'{name}' cannot be segmented: {exc}")
             return
         self._refused = None
@@ -416,8 +417,7 @@ class SegmentWidget(QWidget):
         row = None if boxes is None else wl.row_of(boxes, key)
         if outcome.error is not None:
             state.last_box.pop(key, None)  # let the same box be tried again
-            show_error(f"I-MedSAM: {outcome.error}")
-            self.set_status(f"failed: {outcome.error}")
+            tell("error", outcome.error, lambda text: self.set_status(f"failed: {text}"))
             return
         if row is None:
             return

@@ -406,3 +406,17 @@ def test_boundary_band_ratio_sees_where_uncertainty_sits():
     assert math.isnan(boundary_band_ratio(np.zeros((80, 80), bool), on_edge, box))
     with pytest.raises(ValueError, match="differ in shape"):
         boundary_band_ratio(mask, on_edge[:10], box)
+
+
+def test_notifications_fit_and_point_to_the_rest():
+    from napari_imedsam._notify import headline
+
+    short = "the box is too small: drag a rectangle around the whole object"
+    assert headline(short) == short
+    long = ("Could not load the model /a/very/long/path/to/some/model.safetensors on auto: "
+            "adapter file does not exist. Choose another model (medsam_lite, vit_b, ...) or "
+            "an existing checkpoint file, and check the adapter matches it.")
+    cut = headline(long)
+    assert len(cut) < 200 and cut.startswith("Could not load the model")
+    assert cut.endswith("(details in the widget's status line)")
+    assert "Choose another" not in cut
