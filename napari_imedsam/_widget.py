@@ -34,6 +34,7 @@ from ._segment_worker import (
 )
 from ._widget_download import DownloadControls
 from ._widget_export import ExportControls
+from ._widget_series import SeriesControls
 from ._widget_settings import SettingsForm
 from ._widget_state import ImageState, segmentable_images
 from ._widget_uncertainty import UncertaintyView
@@ -108,6 +109,8 @@ class SegmentWidget(QWidget):
             buttons.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addLayout(image_row)
+        self.series = SeriesControls(self)
+        layout.addWidget(self.series)
         layout.addWidget(self.settings)
         layout.addLayout(buttons)
         self.unc_view = UncertaintyView(self)

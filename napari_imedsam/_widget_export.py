@@ -192,6 +192,24 @@ class ExportControls(QGroupBox):
         self._start(target, labels, objects, scale, overwrite, spec)
         return True
 
+    def save_as_is(self, path: str | Path) -> list[Path] | None:
+        """Save the current labels at scale 1 with their uncertainty and record, under
+        ``path`` or, when any of its files exist, the next free ``-2``, ``-3`` name
+        (never replacing anything). Returns the files, or None when it failed."""
+        w = self.widget
+        if w.image is None or w.masks is None:
+            return None
+        labels = np.array(w.masks.data, dtype=np.int32)
+        objects = gather_objects(w)
+        exported = ex.labels_at_scale(labels, objects, 1.0, None)
+        unc = w.uncertainty
+        if unc is not None and unc in w.viewer.layers and unc.data.shape == labels.shape:
+            exported.uncertainty = np.array(unc.data, dtype=np.float32)
+        self.last_written = None
+        self._write(ex.free_targets(path, exported.uncertainty is not None), exported,
+                    objects, 1.0, overwrite=False)
+        return self.last_written
+
     def _start(self, target: ex.ExportTarget, labels: np.ndarray, objects: list[ex.ObjectBox],
                scale: float, overwrite: bool, spec: Any) -> None:
         w = self.widget

@@ -41,6 +41,9 @@ class SegmentationResult:
     mode: str  # "imedsam" (implicit decoder) or "sam" (SAM's mask decoder)
     region: Region
     boxes: np.ndarray  # (N, 4) as used (clipped to the image)
+    #: (N,) the backbone's own predicted IoU of its mask for each box (SAM's IoU
+    #: head): its confidence that the box holds one clear object. NaN: not computed.
+    iou: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -213,6 +216,7 @@ class SegmentationSession:
         unc = np.zeros_like(prob) if self.mode == "imedsam" else None
         refined = np.zeros((len(boxes), rows, cols), bool) if self.mode == "imedsam" else None
         evaluated = np.zeros((len(boxes), rows, cols), bool)
+        ious = np.full(len(boxes), np.nan, np.float32)
         use_adaptive = self.adaptive if adaptive is None else adaptive
         for i, box in enumerate(boxes):
             window = _window_of(box, region, out_shape, margin)
@@ -221,15 +225,16 @@ class SegmentationSession:
             r0, c0, r1, c1 = window
             points_of = self._points_of(region, out_shape, r0, c0)
             if self.mode == "sam":
-                prob[i, :, r0:r1, c0:c1] = self._sam_prob(box, points_of, (r1 - r0, c1 - c0))
+                prob[i, :, r0:r1, c0:c1], ious[i] = self._sam_prob(box, points_of,
+                                                                   (r1 - r0, c1 - c0))
                 evaluated[i, r0:r1, c0:c1] = True
                 continue
-            maps = self._implicit(box, points_of, (r1 - r0, c1 - c0), use_adaptive)
+            maps, ious[i] = self._implicit(box, points_of, (r1 - r0, c1 - c0), use_adaptive)
             prob[i, :, r0:r1, c0:c1] = maps[0]
             unc[i, :, r0:r1, c0:c1] = maps[1]  # type: ignore[index]
             refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
             evaluated[i, r0:r1, c0:c1] = maps[3]
-        return SegmentationResult(prob, unc, refined, evaluated, self.mode, region, boxes)
+        return SegmentationResult(prob, unc, refined, evaluated, self.mode, region, boxes, ious)
 
     def predict_points(self, box: Sequence[float], points_xy: np.ndarray) -> dict[str, np.ndarray]:
         """Probability (and uncertainty) of one box at ``(P, 2)`` image points (x, y)."""
@@ -237,7 +242,7 @@ class SegmentationSession:
         pts = torch.as_tensor(self._letterbox.normalize(np.asarray(points_xy, np.float64)),
                               dtype=torch.float32, device=self.device)
         if self.mode == "sam":
-            return {"prob": self._sam_prob(box_arr, lambda r, c: pts, None)}
+            return {"prob": self._sam_prob(box_arr, lambda r, c: pts, None)[0]}
         with torch.no_grad():
             prompt = self._prompt(box_arr)
             pred = self.model.decode_points(prompt, pts, generator=self._generator(),
@@ -272,8 +277,10 @@ class SegmentationSession:
 
     @torch.no_grad()
     def _implicit(self, box: np.ndarray, points_of, shape: tuple[int, int],  # noqa: ANN001
-                  adaptive: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                  adaptive: bool) -> tuple[tuple[np.ndarray, ...], float]:
+        """((prob, uncertainty, refined, evaluated) maps, the backbone's predicted IoU)."""
         prompt = self._prompt(box)
+        iou = float("nan") if prompt.iou is None else float(prompt.iou[0])
         cfg = self.model.config.decoder
         if adaptive:
             networks = self.model.implicit_decoder.coarse.sample_networks(
@@ -287,7 +294,7 @@ class SegmentationSession:
             maps = adaptive_decode(fast, points_of, shape, stride=stride,
                                    top_k_ratio=cfg.top_k_ratio)
             return (maps.prob.cpu().numpy(), maps.uncertainty.cpu().numpy(),
-                    maps.refined.cpu().numpy(), maps.evaluated.cpu().numpy())
+                    maps.refined.cpu().numpy(), maps.evaluated.cpu().numpy()), iou
         rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
         points = points_of(rows.ravel(), cols.ravel())
         pred = self.model.decode_points(prompt, points, generator=self._generator(),
@@ -295,15 +302,16 @@ class SegmentationSession:
         k = pred.logits.shape[1]
         return (pred.prob[0].reshape(k, *shape).cpu().numpy(),
                 pred.uncertainty[0].reshape(k, *shape).cpu().numpy(),
-                pred.refined[0].reshape(shape).cpu().numpy(), np.ones(shape, bool))
+                pred.refined[0].reshape(shape).cpu().numpy(), np.ones(shape, bool)), iou
 
     @torch.no_grad()
-    def _sam_prob(self, box: np.ndarray, points_of, shape: tuple[int, int] | None) -> np.ndarray:  # noqa: ANN001
+    def _sam_prob(self, box: np.ndarray, points_of,  # noqa: ANN001
+                  shape: tuple[int, int] | None) -> tuple[np.ndarray, float]:
         """SAM's own decoder: its low-resolution logits, cropped to the image's part
         of the input and sampled bilinearly at the points (as SAM and LiteMedSAM
-        crop, then resize to the image)."""
+        crop, then resize to the image); and its predicted IoU."""
         assert self._embedding is not None and self._letterbox is not None
-        low_res, _ = self.model.predict_discrete(self._embedding, self._box_prompt(box))
+        low_res, iou = self.model.predict_discrete(self._embedding, self._box_prompt(box))
         if shape is None:
             points = points_of(None, None)
         else:
@@ -313,7 +321,7 @@ class SegmentationSession:
         logits = F.grid_sample(low_res, grid, mode="bilinear", align_corners=False,
                                padding_mode="border")[0, 0, :, 0]
         prob = torch.sigmoid(logits).cpu().numpy()
-        return prob[None] if shape is None else prob.reshape(1, *shape)
+        return (prob[None] if shape is None else prob.reshape(1, *shape)), float(iou[0, 0])
 
 
 def _clamp_to_image(points: torch.Tensor, letterbox: Letterbox, map_size: int) -> torch.Tensor:
