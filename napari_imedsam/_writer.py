@@ -49,8 +49,7 @@ def write_labels_file(path: str | Path, array: np.ndarray, meta: dict[str, Any],
     name = path.name.lower()
     scale, unit = spacing_of(meta)
     if name.endswith(TIFF_SUFFIXES):
-        max_id = int(array.max(initial=0))
-        dtype = np.uint16 if 0 <= int(array.min(initial=0)) and max_id < 65536 else np.int32
+        dtype = io.label_dtype(array)  # every id kept: 2**31 and more need 64 bits
         pixel = tuple(scale[-2:]) if len(scale) >= 2 else None
         return io.write_tiff(path, array.astype(dtype, copy=False), pixel_size=pixel, unit=unit,
                              spacing=scale or None, overwrite=overwrite)
@@ -61,8 +60,7 @@ def write_labels_file(path: str | Path, array: np.ndarray, meta: dict[str, Any],
             raise ValueError(f"NIfTI export takes 2D or 3D labels, got shape {array.shape}")
         source = (meta.get("metadata") or {}).get(SOURCE_KEY) or {}
         affine = source.get("nifti_affine")
-        return io.write_nifti(path, array.astype(np.int32 if array.max(initial=0) > 32767
-                                                 else np.int16, copy=False),
+        return io.write_nifti(path, array.astype(io.label_dtype(array), copy=False),
                               spacing=scale or None,
                               source_affine=None if affine is None else np.asarray(affine),
                               overwrite=overwrite)
@@ -71,11 +69,11 @@ def write_labels_file(path: str | Path, array: np.ndarray, meta: dict[str, Any],
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 writer: one Labels layer to TIFF, PNG or NIfTI; never replaces a file."""
-    target = io.free_path(path)
-    written = write_labels_file(target, _labels_array(data), meta)
-    if target != Path(path):
+    array = _labels_array(data)
+    written = io.save_new(path, lambda target: write_labels_file(target, array, meta))
+    if written != Path(path):
         from napari.utils.notifications import show_warning
 
         show_warning(f"I-MedSAM kept the existing {Path(path).name} and saved the labels as "
-                     f"{target.name}")
+                     f"{written.name}")
     return [str(written)]

@@ -277,7 +277,7 @@ def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[st
     fine = (*spacing[:-2], spacing[-2] / scale, spacing[-1] / scale)
     written: list[Path] = []
     if name.endswith((".tif", ".tiff")):
-        dtype = np.uint16 if labels.max(initial=0) < 65536 else np.int32
+        dtype = io.label_dtype(labels)
         written.append(io.write_tiff(target.labels, labels.astype(dtype), pixel_size=fine[-2:],
                                      unit=geometry.unit, spacing=fine, overwrite=overwrite))
     elif name.endswith(".png"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,34 @@ def read_any(path: str | Path) -> LoadedImage:
         return LoadedImage(np.asarray(img), None, str(path))
 
 
+def label_dtype(array: np.ndarray) -> np.dtype:
+    """The smallest unsigned integer type that holds every label id of ``array``.
+
+    Ids of 2**31 and more would wrap to negative (or zero) values in int32:
+    objects silently erased. Negative ids are refused.
+    """
+    low, high = int(array.min(initial=0)), int(array.max(initial=0))
+    if low < 0:
+        raise ValueError(f"label ids must not be negative (found {low})")
+    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if high <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"label id {high} does not fit in 64 bits")
+
+
+def save_new(path: str | Path, save: Callable[[Path], Path], attempts: int = 100) -> Path:
+    """``save(target)`` under ``path`` or, when taken, the next free ``NAME-2``...:
+    a writer that loses the race for a name takes the next one, never replacing."""
+    for _ in range(attempts):
+        target = free_path(path)
+        try:
+            return save(target)
+        except FileExistsError:
+            if not target.exists():
+                raise
+    raise FileExistsError(f"no free name near {path} after {attempts} tries")
+
+
 def free_path(path: str | Path) -> Path:
     """``path`` if nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``...
 
@@ -156,14 +185,21 @@ def free_path(path: str | Path) -> Path:
 
 
 def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  # noqa: ANN001
-    """Call ``write(tmp_path)`` then move the file into place in one step.
+    """Call ``write(tmp_path)`` then put the file in place in one step.
 
-    Refuses to replace an existing file unless ``overwrite``; on any error the
-    temporary file is removed and the destination is untouched.
+    Without ``overwrite`` the final name is claimed atomically (a hard link that
+    fails if the name exists), so of several writers racing for one name exactly
+    one succeeds and the others get ``FileExistsError``: no result silently
+    replaces another. With ``overwrite`` only a regular file is ever replaced
+    (never a device, a folder or a link's target). On any error the temporary
+    file is removed and the destination is untouched.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: choose another name or allow overwriting")
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists: choose another name or allow overwriting")
+        if path.is_symlink() or not path.is_file():
+            raise FileExistsError(f"{path} is not a regular file: it is never replaced")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
@@ -175,11 +211,29 @@ def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  #
         umask = os.umask(0)  # mkstemp makes owner-only files; restore the usual mode
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _claim(Path(tmp), path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _claim(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if nobody has it (atomically)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists: choose another name or allow overwriting") from None
+    except OSError:
+        # No hard links on this file system: an exclusive create claims the name.
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 def write_tiff(path: str | Path, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
@@ -270,6 +324,7 @@ def write_nifti(path: str | Path, data: np.ndarray, *, spacing: tuple[float, ...
     transform = ornt_transform(view_ornt, target)
     out = apply_orientation(volume, transform)
     affine = view_affine @ inv_ornt_aff(transform, volume.shape)
-    image = nib.Nifti1Image(np.ascontiguousarray(out), affine)
+    # An explicit dtype: nibabel refuses to guess one for 64-bit integers.
+    image = nib.Nifti1Image(np.ascontiguousarray(out), affine, dtype=out.dtype)
     image.header.set_xyzt_units("mm")
     return atomic_save(path, lambda tmp: nib.save(image, str(tmp)), overwrite=overwrite)

@@ -186,3 +186,85 @@ def test_writer_nifti_round_trips_onto_the_source_grid(make_napari_viewer, tmp_p
     back = io.read_nifti(out2)
     assert np.array_equal(back.data, masks.data)
     assert back.spacing == pytest.approx((2.5, 0.7, 0.8))
+
+
+def test_racing_writers_never_replace_each_other(tmp_path):
+    """Four writers for one name: with atomic_save exactly one gets it; with save_new
+    each gets a name of its own and every result survives."""
+    import threading
+
+    from napari_imedsam.io import atomic_save, save_new
+
+    target = tmp_path / "labels.tif"
+    outcomes: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        try:
+            atomic_save(target, lambda tmp: tmp.write_text(f"writer {i}"))
+            outcomes.append("ok")
+        except FileExistsError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["ok", "refused", "refused", "refused"]
+    assert target.read_text().startswith("writer ")
+
+    barrier = threading.Barrier(4)
+    names: list[Path] = []
+
+    def write_new(i: int) -> None:
+        barrier.wait()
+        names.append(save_new(tmp_path / "set.txt", lambda p: atomic_save(
+            p, lambda tmp: tmp.write_text(f"set {i}"))))
+
+    threads = [threading.Thread(target=write_new, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 4
+    assert sorted(p.read_text() for p in names) == [f"set {i}" for i in range(4)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_overwrite_replaces_regular_files_only(tmp_path):
+    from napari_imedsam.io import atomic_save
+
+    folder = tmp_path / "a folder.tif"
+    folder.mkdir()
+    link = tmp_path / "link.tif"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link.symlink_to(victim)
+    for path in (folder, link):
+        with pytest.raises(FileExistsError, match="not a regular file"):
+            atomic_save(path, lambda tmp: tmp.write_text("x"), overwrite=True)
+    assert folder.is_dir() and victim.read_text() == "keep me"
+    plain = tmp_path / "plain.txt"
+    plain.write_text("old")
+    atomic_save(plain, lambda tmp: tmp.write_text("new"), overwrite=True)
+    assert plain.read_text() == "new"
+
+
+@pytest.mark.parametrize("name", ["big.tif", "big.nii.gz"])
+def test_label_ids_beyond_int32_survive(tmp_path, name):
+    from napari_imedsam._writer import write_labels_file
+    from napari_imedsam.io import label_dtype, read_any
+
+    if name.endswith(".nii.gz"):
+        pytest.importorskip("nibabel")
+    labels = np.zeros((6, 8), np.int64)
+    labels[1, 1], labels[2, 2], labels[3, 3] = 1, 2**31 + 5, 2**32 + 7
+    assert label_dtype(labels) == np.uint64
+    assert label_dtype(np.array([[0, 300]])) == np.uint16
+    with pytest.raises(ValueError, match="negative"):
+        label_dtype(np.array([[-1, 2]]))
+    path = write_labels_file(tmp_path / name, labels, {"scale": (1.0, 1.0)})
+    back = np.asarray(read_any(path).data).astype(np.int64)
+    assert np.array_equal(back.reshape(labels.shape), labels)  # NIfTI keeps a 1-slice axis

@@ -2,20 +2,27 @@
 
     xvfb-run -a python docs/walkthrough/walkthrough.py --out docs/walkthrough
 
-Steps (each leaves a screenshot of the whole window in ``--out``):
+Each step goes through the real widgets (their buttons and layers, as a user's clicks
+would) with the default model on the CPU, leaves a screenshot of the whole window in
+``--out`` and prints what it checked:
 
-1. open the synthetic endoscopy sample and the Segment widget (the default model,
-   LiteMedSAM + our I-MedSAM decoder, CPU);
-   draw a box around the first object -> mask and uncertainty (``1_first_box.png``);
-2. accept it (Shift+A), draw a box around a second object -> id 2, id 1 untouched;
-   undo (Ctrl+Z) and redo the box (``2_second_box.png``);
-3. zoom in on the first object's edge -> the high-resolution preview
-   (``3_zoomed.png``);
-4. export at scale 2 -> TIFF + uncertainty + JSON, read back;
-5. a real CT slice (AMOS, CC BY 4.0, ``shared/data/ct-slices``) with a box on the
-   liver (``4_ct_liver.png``).
+1. the synthetic endoscopy sample: a box -> mask and its uncertainty (``1_first_box.png``);
+2. accept, a second box, Undo (box and mask go together), Redo (``2_second_box.png``);
+3. the base model's own decoder for one box, then I-MedSAM's again;
+4. zoom on an edge: the sharper preview (``3_zoomed.png``);
+5. a second image, a real polyp (Kvasir-Sessile, ``shared/data``): the widget follows it,
+   the first image hides (``4_polyp.png``);
+6. a CT slice saved as RGB (AMOS, CC BY 4.0) with the abdomen window: the liver
+   (``5_ct_liver.png``);
+7. a synthetic CT volume: a box on the middle slice, Propagate; slices labelled vs the
+   organ's true range (``6_volume.png``);
+8. back to the first image: its objects, boxes and undo are there; Clear and Undo
+   (``7_back_to_first.png``);
+9. export at scale 2 -> TIFF + uncertainty + JSON, read back;
+10. a folder as a series: Next saves, Previous reloads (``8_series.png``);
+11. the Fine-tune dock beside the Segment dock (``9_finetune_dock.png``).
 
-Prints what it checked. Settings go to a temporary folder, never the user's.
+Settings go to a temporary folder, never the user's.
 """
 
 from __future__ import annotations
@@ -42,20 +49,21 @@ def _wait(app, done, timeout: float = 300.0) -> float:
     return time.monotonic() - start
 
 
-def _rect(box_xyxy) -> np.ndarray:
-    """A rectangle as napari draws it: corner pixel centres (row, col)."""
+def _rect(box_xyxy, plane: int | None = None) -> np.ndarray:
+    """A rectangle as napari draws it: corner pixel centres (row, col) [, plane first]."""
     x0, y0, x1, y1 = box_xyxy
-    return np.array([[y0, x0], [y0, x1 - 1], [y1 - 1, x1 - 1], [y1 - 1, x0]], dtype=float)
+    corners = np.array([[y0, x0], [y0, x1 - 1], [y1 - 1, x1 - 1], [y1 - 1, x0]], dtype=float)
+    return corners if plane is None else np.column_stack([np.full(4, plane), corners])
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
-def main() -> None:
+def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user goes
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/walkthrough"))
-    parser.add_argument("--ct", type=Path, default=Path("../shared/data/ct-slices"))
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -69,88 +77,171 @@ def main() -> None:
     from napari.qt import get_qapp
 
     from napari_imedsam._sample_data import SIZE
-    from napari_imedsam.train.data import box_of
+    from napari_imedsam.train.data import box_of, read_image, read_mask
     from napari_imedsam.train.synthetic import synthetic_sample
+    from napari_imedsam.train.synthetic_volume import TARGET, synthetic_ct_volume
 
     app = get_qapp()
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1400, 900)
-    viewer.open_sample("napari-imedsam", "rgb")
-    _, truth = synthetic_sample(np.random.default_rng(5), SIZE, "rgb")  # the sample's labels
+    viewer.window._qt_window.resize(1600, 1000)
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     widget.model_combo.setCurrentText("medsam_lite")
     widget.device_combo.setCurrentText("cpu")
-    boxes, shot = widget.boxes, lambda name: viewer.screenshot(str(args.out / name),
-                                                             canvas_only=False)
-    ids = [k for k in range(1, truth.max() + 1) if (truth == k).sum() > 400][:2]
+
+    def shot(name: str) -> None:
+        viewer.screenshot(str(args.out / name), canvas_only=False)
+
+    def box_and_wait(rect: np.ndarray) -> float:
+        widget.boxes.add_rectangles(rect)
+        return _wait(app, lambda: not widget.busy)
 
     # 1. first box
-    boxes.add_rectangles(_rect(box_of(truth == ids[0])))
-    took = _wait(app, lambda: not widget.busy)
-    first = widget.masks.data == 1
-    print(f"1. box -> mask in {took:.1f} s (model load included): {first.sum()} px, "
-          f"Dice to the object {_dice(first, truth == ids[0]):.3f}; uncertainty layer: "
-          f"{widget.uncertainty is not None and float(widget.uncertainty.data.max()) > 0}; "
+    viewer.open_sample("napari-imedsam", "rgb")
+    _wait(app, lambda: viewer.layers.selection.active is widget.boxes, 10)
+    _, truth = synthetic_sample(np.random.default_rng(5), SIZE, "rgb")  # the sample's labels
+    ids = [k for k in range(1, truth.max() + 1) if (truth == k).sum() > 400][:2]
+    took = box_and_wait(_rect(box_of(truth == ids[0])))
+    first_masks = widget.masks
+    first = first_masks.data == 1
+    unc = widget.uncertainty
+    print(f"1. box -> mask in {took:.1f} s (model load included): {first.sum()} px, Dice "
+          f"{_dice(first, truth == ids[0]):.3f}; uncertainty max std "
+          f"{float(unc.data.max()):.3f} on scale {tuple(unc.contrast_limits)}; "
           f"status: {widget.status.text()}")
     shot("1_first_box.png")
 
     # 2. accept, second box, undo, redo
     widget.accept_current()
-    boxes.add_rectangles(_rect(box_of(truth == ids[1])))
-    took = _wait(app, lambda: not widget.busy)
-    second = widget.masks.data == 2
+    took = box_and_wait(_rect(box_of(truth == ids[1])))
+    second = first_masks.data == 2
     print(f"2. second box -> id 2 in {took:.1f} s: {second.sum()} px, Dice "
           f"{_dice(second, truth == ids[1]):.3f}; id 1 unchanged: "
-          f"{bool(((widget.masks.data == 1) == first).all())}")
-    widget.masks.undo()
-    print(f"   undo -> id 2 pixels: {(widget.masks.data == 2).sum()}")
-    widget.masks.redo()
-    print(f"   redo -> id 2 pixels: {(widget.masks.data == 2).sum()}")
+          f"{bool(((first_masks.data == 1) == first).all())}")
+    widget.undo()
+    print(f"   Undo -> id 2 pixels {(first_masks.data == 2).sum()}, boxes {len(widget.boxes.data)}")
+    widget.redo()
+    print(f"   Redo -> id 2 pixels {(first_masks.data == 2).sum()}, boxes {len(widget.boxes.data)}")
     shot("2_second_box.png")
 
-    # 3. zoom in on the first object's edge
-    rows, cols = np.nonzero(first)
-    viewer.camera.center = (float(rows.min()), float(cols.mean()))
+    # 3. the base model's decoder for a moment
+    widget.settings.decoder_combo.setCurrentIndex(1)
+    widget.boxes.selected_data = {len(widget.boxes.data) - 1}
+    rows = np.flatnonzero(widget.boxes.features["object_id"].to_numpy() == 2)
+    moved = [np.array(d) for d in widget.boxes.data]
+    moved[rows[0]] = moved[rows[0]] + np.array([1.0, 0.0])  # nudge: segment again
+    widget.boxes.data = moved
+    _wait(app, lambda: not widget.busy)
+    print(f"3. base model's decoder: {widget.status.text()}")
+    widget.settings.decoder_combo.setCurrentIndex(0)
+
+    # 4. zoom in on the first object's edge
+    r, c = np.nonzero(first)
+    viewer.camera.center = (float(r.min()), float(c.mean()))
     viewer.camera.zoom = 10.0
     widget.zoom.schedule()
     took = _wait(app, lambda: not widget.zoom.busy and not widget.zoom._timer.isActive())
     preview = [layer for layer in viewer.layers if layer.name.endswith("preview")]
-    if preview:
-        print(f"3. zoom x10 -> preview {preview[0].data.shape} at scale "
-              f"{np.round(preview[0].scale, 3).tolist()}, in {took:.1f} s")
-    else:
-        print("3. zoom x10 -> no preview layer")
+    print(f"4. zoom x10 -> " + (f"preview {preview[0].data.shape} at scale "
+                                 f"{np.round(preview[0].scale, 3).tolist()} in {took:.1f} s"
+                                 if preview else "no preview layer"))
     shot("3_zoomed.png")
     viewer.reset_view()
 
-    # 4. export at scale 2
+    # 5. a real polyp as a second image
+    kvasir = args.data / "kvasir-sessile"
+    name = sorted((kvasir / "images").iterdir())[0].name
+    polyp, polyp_truth = read_image(kvasir / "images" / name), read_mask(kvasir / "masks" / name) > 0
+    viewer.add_image(polyp, name="polyp", rgb=True)
+    _wait(app, lambda: viewer.layers.selection.active is widget.boxes, 10)
+    took = box_and_wait(_rect(box_of(polyp_truth)))
+    got = widget.masks.data == 1
+    print(f"5. second image '{widget.image.name}' (the first hidden: "
+          f"{not viewer.layers['synthetic endoscopy (RGB)'].visible}): polyp Dice "
+          f"{_dice(got, polyp_truth):.3f} in {took:.1f} s")
+    viewer.reset_view()
+    shot("4_polyp.png")
+
+    # 6. a CT slice saved as RGB, with the abdomen window
+    ct = args.data / "ct-slices"
+    ct_image = read_image(ct / "images" / "amos_0004_75.png")
+    liver = read_mask(ct / "masks" / "amos_0004_75_liver_000.png") > 0
+    viewer.add_image(ct_image, name="CT slice", rgb=True)
+    _wait(app, lambda: viewer.layers.selection.active is widget.boxes, 10)
+    widget.window_combo.setCurrentText("abdomen")
+    took = box_and_wait(_rect(box_of(liver)))
+    got = widget.masks.data == 1
+    print(f"6. CT saved as RGB, window {widget.settings.window()} (enabled: "
+          f"{widget.window_combo.isEnabled()}): liver Dice {_dice(got, liver):.3f} in {took:.1f} s")
+    viewer.reset_view()
+    shot("5_ct_liver.png")
+
+    # 7. a volume: propagate from the middle slice
+    volume, labels = synthetic_ct_volume(np.random.default_rng(11), depth=31, size=160,
+                                         span=(5, 25))
+    organ = labels == TARGET
+    viewer.add_image(volume, name="CT volume")
+    _wait(app, lambda: viewer.layers.selection.active is widget.boxes, 10)
+    widget.window_combo.setCurrentText("abdomen")
+    viewer.dims.set_current_step(0, 15)
+    box_and_wait(_rect(box_of(organ[15]), plane=15))
+    widget.volume.direction.setCurrentText("both")
+    started = time.monotonic()
+    widget.volume.propagate_button.click()
+    _wait(app, lambda: not widget.volume.busy, 900)
+    done = [z for z in range(len(volume)) if (widget.masks.data[z] == 1).any()]
+    inter = ((widget.masks.data == 1) & organ).sum()
+    volume_dice = 2 * inter / max(1, (widget.masks.data == 1).sum() + organ.sum())
+    print(f"7. propagation in {time.monotonic() - started:.0f} s: slices {done[0]}..{done[-1]} "
+          f"labelled (organ: 5..25), volume Dice {volume_dice:.3f}; {widget.status.text()}")
+    shot("6_volume.png")
+
+    # 8. back to the first image
+    viewer.layers.selection.active = viewer.layers["synthetic endoscopy (RGB)"]
+    _wait(app, lambda: True, 1)
+    same = bool(np.array_equal(widget.masks.data == 1, first))
+    print(f"8. back to '{widget.image.name}': {len(widget.boxes.data)} boxes, object 1 as it "
+          f"was: {same}")
+    widget.boxes.selected_data = {0}
+    widget.clear_current()
+    cleared = (widget.masks.data == 1).sum()
+    widget.undo()
+    print(f"   Clear -> object 1 {cleared} px, {len(widget.boxes.data)} boxes; Undo -> "
+          f"{(widget.masks.data == 1).sum()} px, {len(widget.boxes.data)} boxes")
+    shot("7_back_to_first.png")
+
+    # 9. export at scale 2
     export_dir = Path(tempfile.mkdtemp(prefix="imedsam-export-"))
     widget.export.scale.setValue(2.0)
     widget.export.export(export_dir / "masks.tif")
     _wait(app, lambda: not widget.export.busy)
-    written = sorted(p.name for p in export_dir.iterdir())
     back = tifffile.imread(export_dir / "masks.tif")
     record = json.loads((export_dir / "masks.json").read_text())
-    print(f"4. export x2 -> {written}; TIFF {back.shape}, ids {np.unique(back).tolist()}; "
-          f"JSON objects {len(record.get('objects', []))}")
+    print(f"9. export x2 -> {sorted(p.name for p in export_dir.iterdir())}; TIFF {back.shape}, "
+          f"ids {np.unique(back).tolist()}; JSON objects {len(record.get('objects', []))}")
 
-    # 5. a real CT slice
-    from skimage.io import imread
-    images = sorted((args.ct / "images").glob("*.png"))
-    ct = next((p for p in images if "mr" not in p.name.lower()), None)
-    liver = sorted((args.ct / "masks").glob(f"{ct.stem}_liver*.png")) if ct else []
-    if ct is not None and liver:
-        viewer.layers.clear()
-        viewer.add_image(imread(ct), name=ct.stem, rgb=True)
-        widget.image_combo.setCurrentText(ct.stem)
-        truth_ct = imread(liver[0]) > 0
-        truth_ct = truth_ct if truth_ct.ndim == 2 else truth_ct[..., 0]
-        widget.boxes.add_rectangles(_rect(box_of(truth_ct)))
-        took = _wait(app, lambda: not widget.busy)
-        got = widget.masks.data == 1
-        print(f"5. CT slice {ct.name}, liver box -> {got.sum()} px in {took:.1f} s, "
-              f"Dice {_dice(got, truth_ct):.3f}")
-        shot("4_ct_liver.png")
+    # 10. a series of three polyps
+    folder = Path(tempfile.mkdtemp(prefix="imedsam-series-"))
+    names = sorted((kvasir / "images").iterdir())[1:4]
+    for path in names:
+        (folder / path.name).write_bytes(path.read_bytes())
+    out = folder / "imedsam-labels"
+    widget.series.open_folder(folder, out)
+    truth0 = read_mask(kvasir / "masks" / names[0].name) > 0
+    box_and_wait(_rect(box_of(truth0)))
+    widget.series.move(1)
+    widget.series.move(-1)
+    print(f"10. series: saved {sorted(p.name for p in out.glob('*_labels*'))}; back on "
+          f"'{widget.image.name}' with {int(widget.masks.data.max())} object(s) reloaded")
+    viewer.reset_view()
+    shot("8_series.png")
+
+    # 11. the Fine-tune dock
+    _, finetune = viewer.window.add_plugin_dock_widget("napari-imedsam", "Fine-tune")
+    _wait(app, lambda: finetune._placed, 10)
+    _wait(app, lambda: True, 1)
+    print(f"11. Fine-tune dock: Train visible {finetune.train_button.isVisible()}, plot "
+          f"{finetune.plot.visibleRegion().boundingRect().height()} px high")
+    shot("9_finetune_dock.png")
     viewer.close()
 
 
