@@ -36,11 +36,28 @@ def _slice_of(data: Any, index: int | None, source: str) -> Any:
     raise ValueError(f"{source} has shape {data.shape}: expected a 2D image or a 3D volume")
 
 
+def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwrite: bool) -> None:
+    """Before any work: outputs distinct from each other and from the inputs, and, unless
+    ``overwrite``, none of them already there (so a run writes all or nothing new)."""
+    chosen = [Path(p) for p in outputs if p is not None]
+    resolved = [p.resolve() for p in chosen]
+    if len(set(resolved)) < len(resolved):
+        raise ValueError("two outputs name the same file: give each output its own name")
+    sources = {Path(p).resolve() for p in inputs if p is not None}
+    for path, full in zip(chosen, resolved):
+        if full in sources:
+            raise ValueError(f"{path} is an input: choose another output name")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists: choose another name or pass "
+                                  "--overwrite")
+
+
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
                  args: argparse.Namespace) -> dict[str, Any]:
     from .inference.session import boundary_polygons
-    from .io import atomic_save, read_any, write_tiff
+    from .io import atomic_save, label_dtype, read_any, write_tiff
 
+    check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
     loaded = read_any(image_path)
     image = _slice_of(loaded.data, args.slice, str(image_path))
     session.set_image(image, window=args.window)
@@ -50,7 +67,8 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
              else (1.0 / args.scale, 1.0 / args.scale))
     unit = "mm" if spacing else "pixel"
-    write_tiff(out, labels.astype("uint16"), pixel_size=pixel, unit=unit, overwrite=args.overwrite)
+    write_tiff(out, labels.astype(label_dtype(labels)), pixel_size=pixel, unit=unit,
+               overwrite=args.overwrite)
     written = [str(out)]
     if args.uncertainty:
         if result.uncertainty is None:

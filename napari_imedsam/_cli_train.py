@@ -68,6 +68,13 @@ def _train(args: argparse.Namespace) -> int:
     from .model import build_model, load_adapter
     from .train.engine import TrainConfig, train
 
+    from .train.run_state import RunFiles
+
+    if not args.resume:  # every output checked before anything is read or written
+        inputs = tuple(p for p in (args.split, args.init, args.data, args.images, args.masks,
+                                   args.ct_slices, args.base_weights) if p is not None)
+        RunFiles(Path(args.out).with_suffix(".safetensors")).check_new(
+            args.overwrite, tuple(Path(p) for p in inputs))
     torch.manual_seed(args.seed)
     cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
                       points_per_sample=args.points, seed=args.seed, device=args.device,
@@ -144,6 +151,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .model.loading import load_model, model_from_adapter
     from .train.evaluate import evaluate_model, summary, write_report
 
+    from .train.evaluate import check_report_paths
+
+    inputs = tuple(p for p in (args.split, args.adapter, args.data, args.images, args.masks,
+                               args.ct_slices) if p is not None)
+    check_report_paths(args.json, args.overwrite, inputs)  # before hours of evaluation
     device = resolve_device(args.device)
     if args.adapter:
         model = model_from_adapter(args.adapter, base_checkpoint=args.base_weights, device=device)
@@ -162,7 +174,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
                      subset=args.subset, input_size=model.config.input_size,
                      decoder=args.decoder)
-    csv_path = write_report(report, rows, args.json)
+    csv_path = write_report(report, rows, args.json, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.json} and {csv_path}")
     return 0
@@ -224,7 +236,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="imedsam: the implicit decoder; sam: the backbone's own mask decoder "
                         "(the discrete path)")
     e.add_argument("--only-class", type=int, help="multi-class: report this class id only")
-    e.add_argument("--json", required=True, type=Path)
+    e.add_argument("--json", required=True, type=Path,
+                   help="the summary; the per-object rows go to the same name with .csv")
+    e.add_argument("--overwrite", action="store_true", help="replace earlier reports")
     e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)

@@ -232,6 +232,13 @@ def test_segment_command(trained_tiny, tmp_path, capsys):
     before = out.read_bytes()
     assert main(args) == 2 and "exists" in capsys.readouterr().err  # no silent overwrite
     assert out.read_bytes() == before
+    # One file for two outputs, even with --overwrite: refused before anything is written.
+    assert main(["segment", str(tmp_path / "a.png"), "--box", box, "--out", str(out),
+                 "--uncertainty", str(out), "--overwrite", "--model", trained_tiny]) == 2
+    assert "same file" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["segment", str(tmp_path / "a.png"), "--box", box, "--out",
+                 str(tmp_path / "a.png"), "--overwrite", "--model", trained_tiny]) == 2
+    assert "is an input" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "a.png"), "--box", "5,5,2,2", "--out",
                  str(tmp_path / "b.tif"), "--model", trained_tiny]) == 2
     assert "inverted" in capsys.readouterr().err

@@ -403,3 +403,29 @@ def test_stop_takes_effect_within_two_seconds_even_while_embedding(tmp_path):
                    tmp_path / "stop.safetensors", should_stop=should_stop)
     assert result.stopped and pressed
     assert time.monotonic() - pressed[0] < 2.0
+
+
+def test_commands_never_replace_files_they_were_not_told_to(tmp_path, capsys):
+    """evaluate --json and train --out check every output before any work, refuse an
+    output that is an input, and replace only with --overwrite."""
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    split = tmp_path / "split.csv"
+    split.write_text("name,split\n")
+    # evaluate: its CSV would be the split file.
+    code = main(["evaluate", "--data", str(data), "--split", str(split), "--model", "tiny",
+                 "--json", str(tmp_path / "split.json")])
+    assert code == 2 and "input" in capsys.readouterr().err
+    assert split.read_text() == "name,split\n"
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    assert main(["evaluate", "--data", str(data), "--json", str(report)]) == 2
+    assert "already exists" in capsys.readouterr().err and report.read_text() == "{}"
+    # train: --out results.json would replace results.json with the adapter's record.
+    results = tmp_path / "results.json"
+    results.write_text("mine")
+    code = main(["train", "--synthetic", "4", "--variant", "tiny", "--mode", "full",
+                 "--epochs", "1", "--out", str(results)])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert results.read_text() == "mine" and not (tmp_path / "results.safetensors").exists()

@@ -137,15 +137,41 @@ def summary(rows: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
     }
 
 
-def write_report(report: dict[str, Any], rows: list[dict[str, Any]], json_path: str | Path) -> Path:
-    """Write the JSON summary and a per-object CSV beside it (``NAME.csv``)."""
+def report_paths(json_path: str | Path) -> tuple[Path, Path]:
+    """``NAME.json`` and the per-object ``NAME.csv`` beside it."""
     json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    csv_path = json_path.with_suffix(".csv")
-    if rows:
-        with csv_path.open("w", newline="") as f:
+    return json_path, json_path.with_suffix(".csv")
+
+
+def check_report_paths(json_path: str | Path, overwrite: bool, inputs: tuple[Path, ...] = ()
+                       ) -> None:
+    """Before evaluating: the report's files are not inputs and, unless ``overwrite``,
+    do not exist (``--json split.json`` would otherwise replace ``split.csv``)."""
+    resolved = {Path(p).resolve() for p in inputs if p is not None}
+    for path in report_paths(json_path):
+        if path.resolve() in resolved:
+            raise ValueError(f"{path} is an input of this evaluation: choose another --json name")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists: choose another --json name or "
+                                  "pass --overwrite")
+
+
+def write_report(report: dict[str, Any], rows: list[dict[str, Any]], json_path: str | Path,
+                 overwrite: bool = False) -> Path:
+    """Write the JSON summary and a per-object CSV beside it (``NAME.csv``), each
+    atomically; an existing file is replaced only with ``overwrite``."""
+    from ..io import atomic_save
+
+    json_path, csv_path = report_paths(json_path)
+    text = json.dumps(report, indent=2) + "\n"
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+
+    if rows:
+        atomic_save(csv_path, write_csv, overwrite=overwrite)
+    atomic_save(json_path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
     return csv_path

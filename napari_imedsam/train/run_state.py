@@ -47,8 +47,21 @@ class RunFiles:
         self.optim = Path(f"{stem}.optim.safetensors")
         self.progress = Path(f"{stem}.run.json")
 
-    def check_new(self, overwrite: bool) -> None:
-        existing = [p for p in (self.best, self.last, self.progress) if p.exists()]
+    def paths(self) -> list[Path]:
+        """Every file a run writes: the best adapter and its JSON, the last adapter and
+        its JSON, the optimiser state, the progress record."""
+        return [self.best, self.best.with_suffix(".json"), self.last,
+                self.last.with_suffix(".json"), self.optim, self.progress]
+
+    def check_new(self, overwrite: bool, inputs: list[Path] | tuple[Path, ...] = ()) -> None:
+        """Before anything is written: no output may be an input, and none may exist
+        unless ``overwrite`` (a ``--out results.json`` would otherwise replace the
+        user's results.json with the adapter's record)."""
+        resolved = {Path(p).resolve() for p in inputs}
+        for path in self.paths():
+            if path.resolve() in resolved:
+                raise ValueError(f"{path} is an input of this run: choose another output name")
+        existing = [p for p in self.paths() if p.exists()]
         if existing and not overwrite:
             raise FileExistsError(
                 f"{existing[0]} already exists: resume that run, choose another output name, "
