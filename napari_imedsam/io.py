@@ -40,6 +40,35 @@ class LoadedImage:
     affine: np.ndarray | None = None
 
 
+#: Largest decoded image this reads without being asked (bytes); ``$IMEDSAM_MAX_IMAGE_BYTES``.
+MAX_IMAGE_BYTES = 8 << 30
+#: Decoded size over file size beyond which a compressed file is taken for a
+#: decompression bomb (real images compress tens of times, not thousands).
+MAX_EXPANSION = 2000
+
+
+def check_decoded_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
+                       compressed: bool) -> None:
+    """Refuse, before decoding, a file whose header promises more data than it can hold
+    (truncated or lying) or more than memory should take (a decompression bomb)."""
+    path = Path(path)
+    expected = int(np.prod([int(v) for v in shape], dtype=np.float64)) * int(itemsize)
+    size = path.stat().st_size
+    limit = int(os.environ.get("IMEDSAM_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+    shown = " x ".join(str(int(v)) for v in shape)
+    if expected > limit:
+        raise ValueError(f"{path.name}: its header claims {shown} values ({expected / 2**30:.1f} "
+                         f"GiB), over the {limit / 2**30:.0f} GiB this reads; if the file is "
+                         "real, raise IMEDSAM_MAX_IMAGE_BYTES")
+    if compressed and expected > MAX_EXPANSION * max(size, 1):
+        raise ValueError(f"{path.name}: a {size}-byte file that claims {shown} values "
+                         f"({expected / 2**20:.0f} MiB): corrupt or a decompression bomb; "
+                         "not read")
+    if not compressed and expected > size:
+        raise ValueError(f"{path.name}: its header claims {shown} values ({expected} bytes) "
+                         f"but the file holds {size}: truncated or corrupt")
+
+
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
@@ -64,8 +93,17 @@ def read_nifti(path: str | Path) -> LoadedImage:
     nib = _optional("nibabel", "NIfTI files")
     from nibabel.orientations import apply_orientation, inv_ornt_aff
 
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
+    try:
+        img = nib.load(str(path))
+        header = img.header
+        check_decoded_size(path, header.get_data_shape(), header.get_data_dtype().itemsize,
+                           compressed=str(path).lower().endswith(".gz"))
+        data = np.asarray(img.dataobj)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated gzip, text, wrong magic...
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(f"{Path(path).name} is not a readable NIfTI file ({text})") from exc
     affine = np.asarray(img.affine, dtype=np.float64)
     if data.ndim < 3:
         # A 2D NIfTI stores (X, Y); show it as (rows, cols) = (Y, X).
@@ -129,15 +167,51 @@ def read_any(path: str | Path) -> LoadedImage:
     if is_nifti(path):
         return read_nifti(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+        return LoadedImage(read_tiff(path), None, str(path))
+    return LoadedImage(read_pillow(path), None, str(path))
 
-        return LoadedImage(np.asarray(tifffile.imread(path)), None, str(path))
+
+def read_tiff(path: str | Path) -> np.ndarray:
+    """A TIFF's pixels, after checking what its header promises."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            check_decoded_size(path, series.shape, series.dtype.itemsize,
+                               compressed=series.pages[0].compression != 1)
+            return np.asarray(series.asarray())
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(f"{Path(path).name} is not a readable TIFF ({text})") from exc
+
+
+def read_pillow(path: str | Path, modes: tuple[str, ...] = ("L", "I;16", "I", "F", "RGB", "RGBA"),
+                ) -> np.ndarray:
+    """PNG, JPEG, BMP... through Pillow, after checking the size its header claims;
+    other modes are converted to RGB."""
+    import warnings
+
     from PIL import Image
 
-    with Image.open(path) as img:
-        if img.mode not in ("L", "I;16", "I", "F", "RGB", "RGBA"):
-            img = img.convert("RGB")
-        return LoadedImage(np.asarray(img), None, str(path))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                bands = len(img.getbands())
+                check_decoded_size(path, (img.height, img.width, bands), 4, compressed=True)
+                if img.mode not in modes:
+                    img = img.convert("RGB")
+                return np.asarray(img)
+    except ValueError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{Path(path).name}: {exc}; not read") from exc
+    except Exception as exc:  # noqa: BLE001 - truncated or not an image
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ValueError(f"{Path(path).name} is not a readable image ({text})") from exc
 
 
 def label_dtype(array: np.ndarray) -> np.dtype:

@@ -268,3 +268,43 @@ def test_label_ids_beyond_int32_survive(tmp_path, name):
     path = write_labels_file(tmp_path / name, labels, {"scale": (1.0, 1.0)})
     back = np.asarray(read_any(path).data).astype(np.int64)
     assert np.array_equal(back.reshape(labels.shape), labels)  # NIfTI keeps a 1-slice axis
+
+
+def test_lying_and_bomb_files_are_refused_before_decoding(tmp_path):
+    """A header that claims far more data than its file holds is refused with one line
+    naming the file, before any allocation (and a text file is not a traceback)."""
+    from napari_imedsam.io import read_any
+
+    PILImage.new("L", (20000, 20000)).save(tmp_path / "bomb.png", optimize=True)
+    assert (tmp_path / "bomb.png").stat().st_size < 1_000_000
+    with pytest.raises(ValueError, match="bomb.png"):
+        read_any(tmp_path / "bomb.png")
+    (tmp_path / "text.png").write_text("<html>not an image</html>")
+    with pytest.raises(ValueError, match="text.png is not a readable image"):
+        read_any(tmp_path / "text.png")
+
+    import struct
+
+    nib = pytest.importorskip("nibabel")
+
+    def lying_nifti(path, side: int) -> bytes:
+        """A 4x4x4 NIfTI whose header then claims side^3 voxels (dim at byte 40)."""
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4)), path)
+        raw = bytearray(path.read_bytes())
+        raw[40:56] = struct.pack("<8h", 3, side, side, side, 1, 1, 1, 1)
+        return bytes(raw)
+
+    (tmp_path / "liar.nii").write_bytes(lying_nifti(tmp_path / "liar.nii", 2000))  # 16 GB
+    with pytest.raises(ValueError, match="liar.nii: its header claims 2000 x 2000 x 2000"):
+        read_any(tmp_path / "liar.nii")
+    import gzip
+
+    claimed = lying_nifti(tmp_path / "bomb.nii", 600)  # 432 MB from a ~1 kB file
+    (tmp_path / "bomb.nii.gz").write_bytes(gzip.compress(claimed))
+    with pytest.raises(ValueError, match="decompression bomb"):
+        read_any(tmp_path / "bomb.nii.gz")
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    (tmp_path / "words.nii.gz").write_text("hello")
+    for name in ("empty.nii.gz", "words.nii.gz"):
+        with pytest.raises(ValueError, match=f"{name} is not a readable NIfTI"):
+            read_any(tmp_path / name)
