@@ -48,6 +48,20 @@ class StopRule:
     max_growth: float = 4.0
     grow: float = 0.1
     min_pad: float = 2.0
+    #: The model's own evidence (measured on volumes, docs/benchmarks.md): below this
+    #: predicted IoU (the backbone's IoU head) the box no longer holds the object.
+    min_iou: float | None = None
+    #: Below this share of the mask lying on (or next to) the previous slice's mask,
+    #: the mask has jumped to something else.
+    min_overlap: float | None = None
+
+
+@dataclass
+class Evidence:
+    """What the model says about one slice's mask besides its pixels."""
+
+    iou: float = float("nan")  # the backbone's predicted IoU for the box
+    overlap: float = float("nan")  # share of the mask on or next to the previous mask
 
 
 @dataclass
@@ -58,6 +72,7 @@ class Step:
     direction: str  # "up" or "down"
     box: Box
     mask: np.ndarray  # (H, W) bool, only the components that belong to the object
+    evidence: Evidence = field(default_factory=Evidence)
 
 
 @dataclass
@@ -111,8 +126,18 @@ def keep_in_box(mask: np.ndarray, box: Box) -> np.ndarray:
     return np.isin(labels, inside[inside > 0])
 
 
+def overlap_with(mask: np.ndarray, previous: np.ndarray, reach: int = 2) -> float:
+    """Share of ``mask`` within ``reach`` pixels of ``previous`` (objects move a little
+    between slices; a mask that jumped to a neighbour lies mostly elsewhere)."""
+    area = int(mask.sum())
+    if area == 0:
+        return float("nan")
+    near = ndimage.binary_dilation(previous, iterations=reach) if reach > 0 else previous
+    return float((mask & near).sum()) / area
+
+
 def check_mask(mask: np.ndarray, previous_area: int, start_area: int,
-               rule: StopRule = StopRule()) -> str | None:
+               rule: StopRule = StopRule(), evidence: Evidence | None = None) -> str | None:
     """Why this slice's mask ends the object (a reason), or None to keep going."""
     area = int(mask.sum())
     floor = max(rule.min_pixels, rule.min_fraction * start_area)
@@ -123,6 +148,13 @@ def check_mask(mask: np.ndarray, previous_area: int, start_area: int,
     if previous_area > 0 and area > rule.max_growth * previous_area:
         return (f"the mask grew {area / previous_area:.1f}-fold in one slice "
                 "(probably a neighbouring structure)")
+    if evidence is not None:
+        if rule.min_iou is not None and evidence.iou < rule.min_iou:
+            return (f"the model's confidence fell (predicted IoU {evidence.iou:.2f} < "
+                    f"{rule.min_iou:.2f})")
+        if rule.min_overlap is not None and evidence.overlap < rule.min_overlap:
+            return (f"the mask jumped ({evidence.overlap:.0%} of it next to the previous "
+                    "slice's)")
     return None
 
 
@@ -149,7 +181,7 @@ def nearby_order(current: int, depth: int, radius: int) -> list[int]:
 
 
 def iter_propagation(
-    segment_slice: Callable[[int, Box], np.ndarray],
+    segment_slice: Callable[[int, Box], np.ndarray | tuple[np.ndarray, float]],
     start_plane: int,
     start_mask: np.ndarray,
     depth: int,
@@ -161,7 +193,8 @@ def iter_propagation(
     """Propagate an object from ``start_plane`` through the volume.
 
     ``segment_slice(plane, box)`` returns the (H, W) bool mask the model gives
-    for ``box`` on ``plane``. Yields one :class:`Step` per slice that belongs
+    for ``box`` on ``plane``, or ``(mask, predicted IoU)``. Yields one :class:`Step`
+    per slice that belongs
     to the object (the ending slice is not yielded) and returns a
     :class:`Summary` saying why each direction ended. ``should_stop`` is
     polled before every slice.
@@ -180,14 +213,17 @@ def iter_propagation(
                 break
             box = box_of_mask(previous, rule)
             assert box is not None  # previous is never empty here
-            mask = keep_in_box(np.asarray(segment_slice(plane, box), bool), box)
-            why = check_mask(mask, int(previous.sum()), start_area, rule)
+            answer = segment_slice(plane, box)
+            raw, iou = answer if isinstance(answer, tuple) else (answer, float("nan"))
+            mask = keep_in_box(np.asarray(raw, bool), box)
+            evidence = Evidence(iou, overlap_with(mask, previous))
+            why = check_mask(mask, int(previous.sum()), start_area, rule, evidence)
             if why is not None:
                 reason = f"ended at slice {plane}: {why}"
                 summary.ended_at[way] = plane
                 break
             summary.planes += 1
-            yield Step(plane, way, box, mask)
+            yield Step(plane, way, box, mask, evidence)
             previous = mask
         summary.reasons[way] = reason
     return summary
@@ -248,11 +284,13 @@ def propagate_body(holder: SessionHolder, spec: ModelSpec, data: Any, start_plan
     except Exception as exc:  # noqa: BLE001
         return Summary({}, error=explain(exc, spec, loading=True))
 
-    def segment_slice(plane: int, box: Box) -> np.ndarray:
+    def segment_slice(plane: int, box: Box) -> tuple[np.ndarray, float]:
         image = take_plane(data, plane)  # read outside the lock: lazy data may be slow
         with holder.lock:  # the session holds one image at a time
             session.set_image(image, window=window)
-            return session.predict(np.asarray([box])).masks()[0]
+            result = session.predict(np.asarray([box]))
+        iou = float("nan") if result.iou is None else float(result.iou[0])
+        return result.masks()[0], iou
 
     steps = iter_propagation(segment_slice, start_plane, start_mask, len(data),
                                              direction, rule=rule,
