@@ -200,3 +200,30 @@ def test_medsam_lite_runs_at_256_only():
         get_config("medsam_lite", input_size=384)
     cfg = get_config("medsam_lite")
     assert dataclasses.asdict(cfg)["preprocess"] == "medsam_lite"
+
+
+def test_adapters_mode_trains_lora_and_opens_the_frequency_gates(tmp_path):
+    """From their identity start (B = 0, gates = 0), two steps in adapters mode move
+    both: the closed gates do not block the frequency adapter's gradient."""
+    from napari_imedsam.train.data import LabeledImage
+    from napari_imedsam.train.engine import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(2):
+        image = rng.integers(0, 60, (96, 96, 3), dtype=np.uint8)
+        labels = np.zeros((96, 96), np.int32)
+        labels[20 + i : 60, 30:70] = 1
+        image[labels > 0] += 150
+        items.append(LabeledImage(f"sq{i}", image, labels))
+    torch.manual_seed(0)
+    model = build_model("medsam_lite", checkpoint="medsam_lite")
+    cfg = TrainConfig(mode="adapters", epochs=1, batch_size=2, points_per_sample=256,
+                      val_label_size=32, device="cpu", precision="fp32", augment=False,
+                      lr_adapters=1e-2)
+    train(model, items, items[:1], cfg, tmp_path / "lite.safetensors")
+    enc = model.image_encoder
+    assert not enc.adapters_are_identity()
+    assert any(g.abs().max() > 0 for g in enc.frequency.gates)
+    lora = enc.vit.layers[1].blocks[0].attn.qkv
+    assert lora.lora_B["q"].abs().max() > 0 and lora.lora_B["v"].abs().max() > 0

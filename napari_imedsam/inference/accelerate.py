@@ -28,6 +28,8 @@ from ..model.modeling.imedsam import IMedSAM
 
 #: Largest absolute difference from the eager encoder a runtime may show.
 TOLERANCE = 1e-4
+#: Exported encoders kept in the cache (each about 14 MB; one per set of encoder weights).
+KEEP_EXPORTS = 8
 ENV_DISABLE = "IMEDSAM_NO_OPENVINO"
 _LOCK = threading.Lock()
 
@@ -85,6 +87,17 @@ def _export(model: IMedSAM, target: Path, ov: object) -> None:
         os.replace(staging / target.name, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _prune(target.parent, keep=target)
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Drop the least recently exported graphs beyond ``KEEP_EXPORTS``."""
+    graphs = sorted(folder.glob("encoder-*.xml"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in graphs[KEEP_EXPORTS:]:
+        if old == keep:
+            continue
+        for path in (old, old.with_suffix(".bin"), old.with_suffix(".json")):
+            path.unlink(missing_ok=True)
 
 
 def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRuntime:

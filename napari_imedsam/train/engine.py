@@ -368,7 +368,8 @@ def _validate(model: IMedSAM, images: list[LabeledImage], cfg: TrainConfig,
     rows = evaluate_model(model, images, label_size=cfg.val_label_size, device=device,
                           with_distances=False, seed=cfg.seed,
                           decoder="sam" if cfg.objective == "sam" else "imedsam",
-                          should_stop=should_stop, embeddings=embeddings)
+                          should_stop=should_stop, embeddings=embeddings,
+                          accelerate=embeddings is not None)
     if should_stop is not None and should_stop():
         return None
     return float(np.mean([r["dice"] for r in rows])) if rows else 0.0

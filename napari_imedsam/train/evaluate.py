@@ -44,6 +44,7 @@ def evaluate_model(
     box_margin_px: float = 0.0,
     should_stop: Callable[[], bool] | None = None,
     embeddings: EmbeddingCache | None = None,
+    accelerate: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
@@ -53,6 +54,8 @@ def evaluate_model(
     ``should_stop``: polled before each object; the rows so far come back at once.
     ``embeddings``: a cache kept between calls (validation after every epoch of a
     frozen-encoder run: the images are embedded once, not once an epoch).
+    ``accelerate``: the OpenVINO encoder where it applies; off for an encoder that is
+    being trained (each validation would export a new graph).
     """
     was_training = model.training
     model.eval()
@@ -63,7 +66,8 @@ def evaluate_model(
     # Dense decoding: evaluation measures the model, not the adaptive approximation.
     # A small cache unless one is given: the objects of one image share its embedding.
     session = SegmentationSession(model, device=device, mode=decoder, precision="fp32",
-                                  cache_bytes=64 << 20, seed=seed, adaptive=False)
+                                  cache_bytes=64 << 20, seed=seed, adaptive=False,
+                                  accelerate=accelerate)
     if embeddings is not None:
         session.cache = embeddings
     shape = (label_size, label_size)
