@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         stem = Path(name).stem
         mask_path = next((args.data / "masks").glob(f"{stem}.*"))
         viewer.add_image(read_image(args.data / "images" / name), name=stem, rgb=True)
-        viewer.add_labels(read_mask(mask_path), name=f"{stem} masks", opacity=0.4)
+        viewer.add_labels(read_mask(mask_path), name=f"{stem} labels", opacity=0.4)
     _, segment = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     segment.model_combo.setCurrentText(args.model)
     segment.adapter_edit.setText("")
@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Fine-tune",
                                                      tabify=True)
     widget.parent().raise_()  # show the Fine-tune tab
-    widget.pairs_table.set_row("masks", use=False)  # the Segment widget's own, empty
+    if segment.masks is not None:  # the Segment widget's own, empty
+        widget.pairs_table.set_row(segment.masks.name, use=False)
     widget.out_edit.setText(str((args.out / "adapters").resolve()))
     widget.refresh_adapters()
     widget.mode_combo.setCurrentIndex(0 if args.mode == "quick" else 1)

@@ -101,6 +101,8 @@ def evaluate_model(
                                    "dice": metrics.dice(pred, targets[k]),
                                    "ellipse_dice": metrics.dice(ellipse, targets[k]),
                                    "label": item.label_names.get(object_id, "")}
+            if result.iou is not None:
+                row["pred_iou"] = float(result.iou[0])  # the backbone's own confidence
             if result.uncertainty is not None:
                 std = np.sqrt(np.maximum(result.uncertainty[0, k], 0.0))
                 row["unc_band_ratio"] = metrics.boundary_band_ratio(pred, std, grid_box)
