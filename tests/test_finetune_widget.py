@@ -249,8 +249,12 @@ def test_stop_ends_within_a_couple_of_steps_with_the_best_adapter(make_napari_vi
     assert outcome.error is None, outcome.error
     assert outcome.stopped and 1 <= outcome.steps <= 3 and outcome.epochs == 1
     assert outcome.adapter is not None and outcome.adapter.is_file()
-    assert segment.adapter_edit.text() == str(outcome.adapter)
-    assert any("kept the best adapter so far" in m for _, m in notes), notes
+    # Stopped before any validation: what was trained is saved but not measured, so the
+    # Segment widget keeps its model and the user can choose the new one from the list.
+    assert segment.adapter_edit.text() == ""
+    assert any(s == "warning" and "stopped before the first validation" in m
+               for s, m in notes), notes
+    assert widget.adapters.paths() == [outcome.adapter]
     assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
 
 

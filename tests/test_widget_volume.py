@@ -158,7 +158,8 @@ def test_volume_tools_on_2d_and_channel_data(make_napari_viewer, qtbot, notes):
     # Channels last (not RGB): refused with what to do; channels first: a plane stack.
     viewer.add_image(np.zeros((40, 50, 2), np.uint8), name="two channels last")
     widget.image_combo.setCurrentText("two channels last")
-    assert any(s == "warning" and "channel_axis" in m for s, m in notes), notes
+    assert any(s == "warning" and "two channels last" in m for s, m in notes), notes
+    assert "channel_axis" in widget.status.text()  # the whole message, with what to do
     viewer.add_image(np.zeros((2, 40, 50), np.uint8), name="two channels first")
     widget.image_combo.setCurrentText("two channels first")
     assert widget.boxes.ndim == 3 and widget.masks.data.shape == (2, 40, 50)

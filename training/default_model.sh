@@ -18,7 +18,7 @@ MINUTES=${MINUTES:-35}
 
 imedsam train --synthetic 600 --synthetic-size 512 --synthetic-kind mixed \
     --variant medsam_lite --mode implicit --flips 1 --epochs 8 --batch-size 8 \
-    --points 2048 --box-jitter 5 --val-label-size 256 --seed 0 --device cpu \
+    --points 2048 --box-jitter 5 --distill-weight 1.0 --val-label-size 256 --seed 0 --device cpu \
     --time-budget $((MINUTES * 60)) --out "$OUT/residual.safetensors" "$@"
 python training/export_default.py "$OUT/residual.safetensors" \
     napari_imedsam/resources/medsam_lite.safetensors
