@@ -48,12 +48,26 @@ class StopRule:
     max_growth: float = 4.0
     grow: float = 0.1
     min_pad: float = 2.0
-    #: The model's own evidence (measured on volumes, docs/benchmarks.md): below this
-    #: predicted IoU (the backbone's IoU head) the box no longer holds the object.
+    #: The model's own evidence (None: not used; measured values per backbone in
+    #: :data:`MEASURED_STOPS`): below this predicted IoU (the backbone's IoU head)
+    #: the box no longer holds the object.
     min_iou: float | None = None
     #: Below this share of the mask lying on (or next to) the previous slice's mask,
-    #: the mask has jumped to something else.
+    #: the mask has slid onto something else.
     min_overlap: float | None = None
+
+
+#: Evidence thresholds measured per backbone (training/propagation_stop_eval.py:
+#: chosen on 8 synthetic CT volumes, checked on 8 others; docs/training.md). Other
+#: backbones' IoU heads were not measured, so they stop on the area rules alone.
+MEASURED_STOPS: dict[str, StopRule] = {
+    "medsam_lite": StopRule(min_iou=0.725, min_overlap=0.9),
+}
+
+
+def stop_rule_for(variant: str) -> StopRule:
+    """The stop rule measured for a backbone, or the area rules alone."""
+    return MEASURED_STOPS.get(variant, StopRule())
 
 
 @dataclass
@@ -153,8 +167,8 @@ def check_mask(mask: np.ndarray, previous_area: int, start_area: int,
             return (f"the model's confidence fell (predicted IoU {evidence.iou:.2f} < "
                     f"{rule.min_iou:.2f})")
         if rule.min_overlap is not None and evidence.overlap < rule.min_overlap:
-            return (f"the mask jumped ({evidence.overlap:.0%} of it next to the previous "
-                    "slice's)")
+            return (f"the mask slid off the object (only {evidence.overlap:.0%} of it next "
+                    f"to the previous slice's, below {rule.min_overlap:.0%})")
     return None
 
 
@@ -275,14 +289,17 @@ def precompute_body(holder: SessionHolder, spec: ModelSpec, data: Any, planes: S
 
 def propagate_body(holder: SessionHolder, spec: ModelSpec, data: Any, start_plane: int,
                    start_mask: np.ndarray, direction: str, window: str | None, job: Job,
-                   rule: StopRule = StopRule()) -> Generator[Step, None, Summary]:
+                   rule: StopRule | None = None) -> Generator[Step, None, Summary]:
     """Worker body for "Propagate": yields :class:`Step` s, returns a :class:`Summary`
-    (with ``error`` set instead of raising)."""
+    (with ``error`` set instead of raising). ``rule``: the one measured for the
+    session's backbone unless given."""
     try:
         with holder.lock:
             session = holder.session_for(spec)
     except Exception as exc:  # noqa: BLE001
         return Summary({}, error=explain(exc, spec, loading=True))
+    if rule is None:
+        rule = stop_rule_for(session.model.config.variant)
 
     def segment_slice(plane: int, box: Box) -> tuple[np.ndarray, float]:
         image = take_plane(data, plane)  # read outside the lock: lazy data may be slow

@@ -159,3 +159,35 @@ def test_channels_last_layers_are_refused_with_advice():
         check_image((64, 64, 2), rgb=False)
     check_image((2, 64, 64), rgb=False)  # a channel stack: planes on a slider
     check_image((5, 64, 64, 3), rgb=True)  # an RGB volume
+
+
+def test_default_model_stops_within_a_slice_of_a_synthetic_organ(tmp_path, monkeypatch):
+    """The shipped model and the stop rule measured for it, end to end: propagated from
+    the middle of an organ past both of its ends, next to a neighbour that continues,
+    the labels stay within one slice of the organ's true span."""
+    from napari_imedsam.propagate import MEASURED_STOPS, propagate_body
+    from napari_imedsam.train.synthetic_volume import TARGET, synthetic_ct_volume
+
+    monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(tmp_path))
+    # Volumes other than the 16 the thresholds were measured on (seed 0).
+    volume, labels = synthetic_ct_volume(np.random.default_rng(7), depth=17, size=128,
+                                         span=(4, 12))
+    truth = labels == TARGET
+    holder, spec = SessionHolder(), ModelSpec("medsam_lite", None, "cpu")
+    session = holder.session_for(spec)
+    assert session.model.config.variant in MEASURED_STOPS
+    rows, cols = np.nonzero(truth[8])
+    session.set_image(volume[8], window="abdomen")
+    start = session.predict(np.asarray([[cols.min(), rows.min(), cols.max() + 1,
+                                          rows.max() + 1]])).masks()[0]
+    body = propagate_body(holder, spec, volume, 8, start, "both", "abdomen", Job())
+    planes = [8]
+    try:
+        while True:
+            planes.append(next(body).plane)
+    except StopIteration as stop:
+        summary = stop.value
+    assert summary.error is None, summary.error
+    assert 3 <= min(planes) <= 5 and 11 <= max(planes) <= 13, (sorted(planes), summary)
+    assert set(summary.ended_at) == {"up", "down"}  # both ends found, not the volume's edge
+    assert "ended at slice" in summary.describe()
