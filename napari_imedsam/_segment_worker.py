@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .advice import advise
+
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixel-edge coordinates
 
 #: Model choices offered in the widget besides "a local file": the default
@@ -81,6 +83,7 @@ class Outcome:
     mode: str = ""
     error: str | None = None
     encoder: str = ""  # how the image was embedded, e.g. "OpenVINO (CPU, fp32)"
+    advice: str | None = None  # a measured hint about the mask (napari_imedsam.advice)
 
 
 def spatial_shape(shape: tuple[int, ...], rgb: bool) -> tuple[int, ...]:
@@ -235,8 +238,10 @@ def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Out
             result = session.predict(np.asarray([request.box]))
         mask = result.masks()[0]
         unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
+        iou = float("nan") if result.iou is None else float(result.iou[0])
         return Outcome(request, mask=mask, uncertainty=unc, mode=result.mode,
-                       encoder=session.encoder_runtime().describe)
+                       encoder=session.encoder_runtime().describe,
+                       advice=advise(session.model.config.variant, mask, iou))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         return Outcome(request, error=explain(exc, spec, loading=False))
 

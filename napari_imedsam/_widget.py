@@ -436,9 +436,9 @@ class SegmentWidget(QWidget):
         state.journal.record(journal.Step(f"object {object_id}", changes,
                                           [journal.BoxChange(key, before, after)]))
         state.masks.selected_label = object_id  # brush corrections continue this object
-        if not outcome.mask.any():
-            show_warning("I-MedSAM: no object found in the box; draw it tighter around the object")
-        elif written == 0:
+        if outcome.advice is not None:
+            show_warning(f"I-MedSAM: {outcome.advice}")
+        elif written == 0 and outcome.mask.any():
             show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
         self.unc_view.show_object(state, key, request.plane,
                                   outcome.uncertainty if outcome.mask.any() else None)
