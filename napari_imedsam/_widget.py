@@ -267,8 +267,10 @@ class SegmentWidget(QWidget):
                 state.masks = wl.find_or_add_masks(self.viewer, image, spatial)
             if state.boxes is None:
                 state.boxes = wl.find_or_add_boxes(self.viewer, image, len(spatial))
-            self.state = state
+            previous, self.state = self.state, state
             self._show_only(state)
+            if previous is not state:
+                self._move_camera(previous, state)
             self._connect(state)
             self.settings.show_window(state.window, image)
         finally:
@@ -292,6 +294,24 @@ class SegmentWidget(QWidget):
             state.boxes.mode = "add_rectangle"
         finally:
             self._binding = False
+
+    def _move_camera(self, previous: ImageState | None, state: ImageState) -> None:
+        """Frame the image the widget now follows: where the user left it, or whole.
+
+        Images of different sizes share one canvas; without this a small image
+        opened after zooming into a large one sits in a corner, and coming back
+        to an image loses the place the user was working at.
+        """
+        camera = getattr(self.viewer, "scene", self.viewer).camera
+        if previous is not None and previous.image in self.viewer.layers:
+            previous.view = (tuple(camera.center), float(camera.zoom))
+        if state.view is not None:
+            camera.center, camera.zoom = state.view
+            return
+        try:
+            self.viewer.reset_view(layers=[state.image])
+        except TypeError:  # napari before 0.6: fits every layer
+            self.viewer.reset_view()
 
     def _show_only(self, state: ImageState) -> None:
         """Show the current image with its layers; hide the other images and theirs."""

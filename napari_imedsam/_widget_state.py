@@ -44,6 +44,8 @@ class ImageState:
     #: box_key -> the box as its mask was last written (the "before" of its next edit).
     box_memory: dict[int, BoxRecord] = field(default_factory=dict)
     connected: bool = False  # box events are wired to the widget
+    #: The camera (center, zoom) when the user last left this image, restored on return.
+    view: tuple[tuple[float, ...], float] | None = None
 
     @property
     def key(self) -> int:

