@@ -278,6 +278,7 @@ class SegmentWidget(QWidget):
         if activate:
             self._activate_boxes()
         self.unc_view.refresh_visibility()
+        self.unc_view.apply_outline(state)
         self.set_status(f"ready: draw a box on '{name}'")
 
     def _activate_boxes(self) -> None:

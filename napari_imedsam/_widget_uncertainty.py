@@ -5,7 +5,9 @@ MC-dropout samples (0 to 0.5), for every object of the plane in view, on a
 fixed scale: transparent where the model is sure, yellow to red up to
 ``STD_FULL_SCALE`` and above. Fixed, so that a faint map looks faint; with the
 low end transparent and the overlay translucent, the mask edge underneath stays
-visible. Nothing is drawn for a box whose mask came back empty.
+visible; "mask as outline" draws the masks as their edges above the overlay, for
+reading the uncertainty against the exact boundary. Nothing is drawn for a box
+whose mask came back empty.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtGui import QColor, QLinearGradient, QPainter, QPixmap
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from . import _widget_layers as wl
 from ._segment_worker import compose, crop_nonzero
@@ -54,6 +56,24 @@ class UncertaintyView(QWidget):
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(caption)
         box.addLayout(row)
+        self.outline = QCheckBox("mask as outline, above the uncertainty")
+        self.outline.setToolTip("Draw each object as its edge (2 px) over the uncertainty "
+                                "map, so the boundary and the doubt around it show together")
+        self.outline.toggled.connect(lambda _on: self.apply_outline(self.widget.state))
+        box.addWidget(self.outline)
+
+    def apply_outline(self, state: Any) -> None:
+        """Filled masks, or their outlines placed just above the uncertainty layer."""
+        if state is None or state.masks is None:
+            return
+        on = self.outline.isChecked()
+        state.masks.contour = 2 if on else 0
+        layers = self.widget.viewer.layers
+        unc = state.uncertainty
+        if on and unc is not None and unc in layers and state.masks in layers:
+            here, above = layers.index(state.masks), layers.index(unc)
+            if here < above:
+                layers.move(here, above + 1)
 
     def show_object(self, state: Any, key: int, plane: int | None,
                     variance: np.ndarray | None) -> None:
@@ -77,6 +97,15 @@ class UncertaintyView(QWidget):
         if state is not None and state.uncertainty is not None:
             state.uncertainty.visible = self.widget.show_unc.isChecked()
 
+    def _boxes_on_top(self, state: Any) -> None:
+        """A new overlay lands on top of the list; the boxes belong there (they are
+        what the user draws and drags)."""
+        layers = self.widget.viewer.layers
+        if state.boxes is not None and state.boxes in layers:
+            here = layers.index(state.boxes)
+            if here != len(layers) - 1:
+                layers.move(here, len(layers))
+
     def _redraw(self, state: Any, plane: int | None) -> None:
         masks = state.masks
         if masks is None:
@@ -90,6 +119,8 @@ class UncertaintyView(QWidget):
             layer.contrast_limits = (0.0, STD_FULL_SCALE)
             state.uncertainty = layer
             self.refresh_visibility()
+            self.apply_outline(state)
+            self._boxes_on_top(state)
         parts = [(origin, crop) for p, origin, crop in state.unc_parts.values() if p == plane]
         values = compose(masks.data.shape[-2:], parts)
         layer = state.uncertainty

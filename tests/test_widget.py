@@ -464,3 +464,28 @@ def test_each_image_is_framed_when_it_opens_and_found_where_it_was_left(make_nap
     viewer.layers.selection.active = viewer.layers["large"]
     assert widget.image.name == "large"
     assert np.allclose(camera.center, left_at[0]) and camera.zoom == pytest.approx(left_at[1])
+
+
+def test_mask_outline_shows_the_edge_above_the_uncertainty(make_napari_viewer, qtbot,
+                                                           trained_tiny):
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    widget.boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    layers, masks, unc = viewer.layers, widget.masks, widget.uncertainty
+    assert masks.contour == 0 and layers.index(masks) < layers.index(unc)  # filled, below
+    widget.unc_view.outline.setChecked(True)
+    assert masks.contour == 2 and layers.index(masks) == layers.index(unc) + 1
+    assert layers.index(widget.boxes) == len(layers) - 1  # the boxes stay on top
+    # A new image's masks follow the choice, once its uncertainty exists too.
+    grey, disc = _disc_scene(80, 96, seed=7)
+    viewer.add_image(grey[..., 0], name="grey")
+    qtbot.waitUntil(lambda: widget.image.name == "grey", timeout=5000)
+    widget.boxes.add_rectangles(_box_of(disc))
+    _wait(qtbot, widget)
+    assert widget.masks.contour == 2
+    assert layers.index(widget.masks) > layers.index(widget.uncertainty)
+    widget.unc_view.outline.setChecked(False)
+    assert widget.masks.contour == 0

@@ -6,7 +6,8 @@ Each step goes through the real widgets (their buttons and layers, as a user's c
 would) with the default model on the CPU, leaves a screenshot of the whole window in
 ``--out`` and prints what it checked:
 
-1. the synthetic endoscopy sample: a box -> mask and its uncertainty (``1_first_box.png``);
+1. the synthetic endoscopy sample: a box -> mask and its uncertainty (``1_first_box.png``),
+   then the mask as an outline above the uncertainty (``1b_outline.png``);
 2. accept, a second box, Undo (box and mask go together), Redo (``2_second_box.png``);
 3. the base model's own decoder for one box, then I-MedSAM's again;
 4. zoom on an edge: the sharper preview (``3_zoomed.png``);
@@ -88,6 +89,8 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     widget.model_combo.setCurrentText("medsam_lite")
     widget.device_combo.setCurrentText("cpu")
 
+    camera = getattr(viewer, "scene", viewer).camera
+
     def shot(name: str) -> None:
         viewer.screenshot(str(args.out / name), canvas_only=False)
 
@@ -109,6 +112,12 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
           f"{float(unc.data.max()):.3f} on scale {tuple(unc.contrast_limits)}; "
           f"status: {widget.status.text()}")
     shot("1_first_box.png")
+    widget.unc_view.outline.setChecked(True)
+    _wait(app, lambda: True)
+    print(f"   mask as outline: contour {first_masks.contour}, masks above the uncertainty: "
+          f"{viewer.layers.index(first_masks) > viewer.layers.index(unc)}")
+    shot("1b_outline.png")
+    widget.unc_view.outline.setChecked(False)
 
     # 2. accept, second box, undo, redo
     widget.accept_current()
@@ -136,8 +145,8 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
 
     # 4. zoom in on the first object's edge
     r, c = np.nonzero(first)
-    viewer.camera.center = (float(r.min()), float(c.mean()))
-    viewer.camera.zoom = 10.0
+    camera.center = (float(r.min()), float(c.mean()))
+    camera.zoom = 10.0
     widget.zoom.schedule()
     took = _wait(app, lambda: not widget.zoom.busy and not widget.zoom._timer.isActive())
     preview = [layer for layer in viewer.layers if layer.name.endswith("preview")]
