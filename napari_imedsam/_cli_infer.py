@@ -54,15 +54,16 @@ def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwri
 
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
                  args: argparse.Namespace) -> dict[str, Any]:
-    from .inference.session import boundary_polygons
+    from .inference.merge import predict_merged
     from .io import atomic_save, label_dtype, read_any, write_tiff
 
     check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
     loaded = read_any(image_path)
     image = _slice_of(loaded.data, args.slice, str(image_path))
     session.set_image(image, window=args.window)
-    result = session.predict(boxes, scale=args.scale)
-    labels = result.labels()
+    # Box by box into one label image: memory does not grow with the number of boxes.
+    result = predict_merged(session, boxes, scale=args.scale, polygons=bool(args.polygons))
+    labels = result.labels
     spacing = loaded.spacing[-2:] if loaded.spacing else None
     pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
              else (1.0 / args.scale, 1.0 / args.scale))
@@ -75,12 +76,11 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
             print("note: the base model's own decoder gives no uncertainty (use --decoder "
                   "imedsam with medsam_lite or an adapter)")
         else:
-            unc = result.uncertainty.max(axis=(0, 1)).astype("float32")
-            write_tiff(args.uncertainty, unc, pixel_size=pixel, unit=unit,
+            write_tiff(args.uncertainty, result.uncertainty, pixel_size=pixel, unit=unit,
                        overwrite=args.overwrite)
             written.append(str(args.uncertainty))
     if args.polygons:
-        polys = boundary_polygons(result)
+        polys = result.polygons or []
         payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
                    "objects": [{"id": i + 1, "box": list(map(float, b)),
                                 "polygons": [p.round(3).tolist() for p in ps]}

@@ -27,6 +27,21 @@ from .intensity import Window, to_encoder_rgb
 
 Region = tuple[float, float, float, float]  # y0, x0, y1, x1 in image pixels
 
+#: Output pixels decoded at once for one box (a tile's side is at most 512).
+TILE = 512
+#: Bytes per output pixel and box of a result (probability, uncertainty, two flags).
+BYTES_PER_OUTPUT_PIXEL = 10
+#: The largest result one predict call builds; callers merge boxes one by one beyond.
+MAX_RESULT_BYTES = 4 << 30
+
+
+def tiles(window: tuple[int, int, int, int], size: int = TILE
+          ) -> list[tuple[int, int, int, int]]:
+    """``(r0, c0, r1, c1)`` tiles of at most ``size`` x ``size`` covering ``window``."""
+    r0, c0, r1, c1 = window
+    return [(r, c, min(r + size, r1), min(c + size, c1))
+            for r in range(r0, r1, size) for c in range(c0, c1, size)]
+
 
 @dataclass
 class SegmentationResult:
@@ -209,8 +224,14 @@ class SegmentationSession:
         elif out_shape is None:
             raise ValueError("a region needs an out_shape")
         rows, cols = out_shape
-        if rows < 1 or cols < 1 or rows * cols > 64_000_000:
-            raise ValueError(f"output shape {out_shape} is not usable")
+        if rows < 1 or cols < 1:
+            raise ValueError(f"the output grid {rows} x {cols} is empty: use a larger scale")
+        need = len(boxes) * rows * cols * BYTES_PER_OUTPUT_PIXEL
+        if need > MAX_RESULT_BYTES:
+            raise ValueError(
+                f"{len(boxes)} box(es) on a {cols} x {rows} output grid need "
+                f"{need / 2**30:.1f} GiB of maps; ask for fewer boxes at a time or a smaller "
+                "scale (`imedsam segment` and export merge boxes one by one)")
         classes = self.model.config.num_classes if self.mode == "imedsam" else 1
         prob = np.zeros((len(boxes), classes, rows, cols), np.float32)
         unc = np.zeros_like(prob) if self.mode == "imedsam" else None
@@ -219,21 +240,23 @@ class SegmentationSession:
         ious = np.full(len(boxes), np.nan, np.float32)
         use_adaptive = self.adaptive if adaptive is None else adaptive
         for i, box in enumerate(boxes):
-            window = _window_of(box, region, out_shape, margin)
+            window = window_of(box, region, out_shape, margin)
             if window is None:
                 continue
-            r0, c0, r1, c1 = window
-            points_of = self._points_of(region, out_shape, r0, c0)
-            if self.mode == "sam":
-                prob[i, :, r0:r1, c0:c1], ious[i] = self._sam_prob(box, points_of,
-                                                                   (r1 - r0, c1 - c0))
-                evaluated[i, r0:r1, c0:c1] = True
-                continue
-            maps, ious[i] = self._implicit(box, points_of, (r1 - r0, c1 - c0), use_adaptive)
-            prob[i, :, r0:r1, c0:c1] = maps[0]
-            unc[i, :, r0:r1, c0:c1] = maps[1]  # type: ignore[index]
-            refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
-            evaluated[i, r0:r1, c0:c1] = maps[3]
+            # Tiles bound the decoder's working memory whatever the window's size.
+            for r0, c0, r1, c1 in tiles(window):
+                points_of = self._points_of(region, out_shape, r0, c0)
+                if self.mode == "sam":
+                    prob[i, :, r0:r1, c0:c1], ious[i] = self._sam_prob(box, points_of,
+                                                                       (r1 - r0, c1 - c0))
+                    evaluated[i, r0:r1, c0:c1] = True
+                    continue
+                maps, ious[i] = self._implicit(box, points_of, (r1 - r0, c1 - c0),
+                                               use_adaptive)
+                prob[i, :, r0:r1, c0:c1] = maps[0]
+                unc[i, :, r0:r1, c0:c1] = maps[1]  # type: ignore[index]
+                refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
+                evaluated[i, r0:r1, c0:c1] = maps[3]
         return SegmentationResult(prob, unc, refined, evaluated, self.mode, region, boxes, ious)
 
     def predict_points(self, box: Sequence[float], points_xy: np.ndarray) -> dict[str, np.ndarray]:
@@ -334,8 +357,8 @@ def _clamp_to_image(points: torch.Tensor, letterbox: Letterbox, map_size: int) -
     return torch.minimum(points, upper)
 
 
-def _window_of(box: np.ndarray, region: Region, out_shape: tuple[int, int],
-               margin: float) -> tuple[int, int, int, int] | None:
+def window_of(box: np.ndarray, region: Region, out_shape: tuple[int, int],
+              margin: float = 0.25) -> tuple[int, int, int, int] | None:
     """Output-grid window covering the box plus ``margin`` of its size, inside ``region``."""
     y0, x0, y1, x1 = region
     bx0, by0, bx1, by1 = box
