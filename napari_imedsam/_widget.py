@@ -270,7 +270,10 @@ class SegmentWidget(QWidget):
             previous, self.state = self.state, state
             self._show_only(state)
             if previous is not state:
-                self._move_camera(previous, state)
+                try:
+                    self._move_camera(previous, state)
+                except Exception:  # noqa: BLE001 - framing is a courtesy, never a crash
+                    pass
             self._connect(state)
             self.settings.show_window(state.window, image)
         finally:
@@ -311,7 +314,9 @@ class SegmentWidget(QWidget):
             return
         try:
             self.viewer.reset_view(layers=[state.image])
-        except TypeError:  # napari before 0.6: fits every layer
+        except (TypeError, IndexError):
+            # napari before 0.6 has no ``layers``; napari 0.9 fails to fit a 2D layer
+            # while a volume sets the world's dimensions: fit every layer instead.
             self.viewer.reset_view()
 
     def _show_only(self, state: ImageState) -> None:

@@ -489,3 +489,16 @@ def test_mask_outline_shows_the_edge_above_the_uncertainty(make_napari_viewer, q
     assert layers.index(widget.masks) > layers.index(widget.uncertainty)
     widget.unc_view.outline.setChecked(False)
     assert widget.masks.contour == 0
+
+
+def test_a_2d_image_opened_after_a_volume_is_framed(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = _open(viewer)
+    viewer.add_image(np.zeros((5, 64, 64), np.uint8), name="volume")
+    qtbot.waitUntil(lambda: widget.image is not None and widget.image.name == "volume",
+                    timeout=5000)
+    viewer.add_image(np.zeros((40, 50), np.uint8), name="flat")  # napari cannot fit it alone
+    qtbot.waitUntil(lambda: widget.image.name == "flat", timeout=5000)
+    viewer.layers.selection.active = viewer.layers["volume"]
+    viewer.layers.selection.active = viewer.layers["flat"]
+    assert widget.image.name == "flat" and viewer.layers["flat"].visible
