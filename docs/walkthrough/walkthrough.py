@@ -167,8 +167,7 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     print(f"5. second image '{widget.image.name}' (the first hidden: "
           f"{not viewer.layers['synthetic endoscopy (RGB)'].visible}): polyp Dice "
           f"{_dice(got, polyp_truth):.3f} in {took:.1f} s")
-    viewer.reset_view()
-    shot("4_polyp.png")
+    shot("4_polyp.png")  # framed by the widget, as it follows the new image
 
     # 6. a CT slice saved as RGB, with the abdomen window
     ct = args.data / "ct-slices"
@@ -181,7 +180,6 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     got = widget.masks.data == 1
     print(f"6. CT saved as RGB, window {widget.settings.window()} (enabled: "
           f"{widget.window_combo.isEnabled()}): liver Dice {_dice(got, liver):.3f} in {took:.1f} s")
-    viewer.reset_view()
     shot("5_ct_liver.png")
 
     # 7. a volume: propagate from the middle slice
@@ -241,7 +239,6 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     widget.series.move(-1)
     print(f"10. series: saved {sorted(p.name for p in out.glob('*_labels*'))}; back on "
           f"'{widget.image.name}' with {int(widget.masks.data.max())} object(s) reloaded")
-    viewer.reset_view()
     shot("8_series.png")
 
     # 11. the Fine-tune dock
