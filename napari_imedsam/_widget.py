@@ -316,8 +316,19 @@ class SegmentWidget(QWidget):
             self.viewer.reset_view(layers=[state.image])
         except (TypeError, IndexError):
             # napari before 0.6 has no ``layers``; napari 0.9 fails to fit a 2D layer
-            # while a volume sets the world's dimensions: fit every layer instead.
+            # while a volume sets the world's dimensions: fit the image's plane by hand.
+            self._fit_plane(state.image, camera)
+
+    def _fit_plane(self, image: Image, camera: Any) -> None:
+        """Centre the image's last two axes and fill 95 % of the canvas with them."""
+        extent = np.asarray(image.extent.world, dtype=float)[:, -2:]
+        size = np.maximum(extent[1] - extent[0], 1e-6)
+        canvas = getattr(getattr(self.viewer, "canvas", None), "size", None)
+        if canvas is None or self.viewer.dims.ndisplay != 2:
             self.viewer.reset_view()
+            return
+        camera.center = tuple(camera.center)[:-2] + tuple((extent[0] + extent[1]) / 2)
+        camera.zoom = 0.95 * float(np.min(np.asarray(canvas[-2:], float) / size))
 
     def _show_only(self, state: ImageState) -> None:
         """Show the current image with its layers; hide the other images and theirs."""

@@ -499,6 +499,8 @@ def test_a_2d_image_opened_after_a_volume_is_framed(make_napari_viewer, qtbot):
                     timeout=5000)
     viewer.add_image(np.zeros((40, 50), np.uint8), name="flat")  # napari cannot fit it alone
     qtbot.waitUntil(lambda: widget.image.name == "flat", timeout=5000)
+    camera = viewer.scene.camera
+    assert np.allclose(camera.center[-2:], (20.0, 25.0), atol=1.0), camera.center
     viewer.layers.selection.active = viewer.layers["volume"]
     viewer.layers.selection.active = viewer.layers["flat"]
     assert widget.image.name == "flat" and viewer.layers["flat"].visible
