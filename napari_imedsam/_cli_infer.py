@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwri
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
                  args: argparse.Namespace) -> dict[str, Any]:
     from .inference.merge import predict_merged
-    from .io import atomic_save, label_dtype, read_any, write_tiff
+    from .io import read_any
 
     check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
     loaded = read_any(image_path)
@@ -68,9 +69,26 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
              else (1.0 / args.scale, 1.0 / args.scale))
     unit = "mm" if spacing else "pixel"
+    written: list[str] = []
+    try:
+        _write_set(out, labels, result, image_path, pixel, unit, args, written)
+    except BaseException:
+        # A set of outputs is complete or absent: remove what this call wrote.
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
+    return {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
+            "shape": list(labels.shape), "written": written}
+
+
+def _write_set(out: Path, labels: Any, result: Any, image_path: Path,
+               pixel: tuple[float, float], unit: str, args: argparse.Namespace,
+               written: list[str]) -> None:
+    from .io import atomic_save, label_dtype, write_tiff
+
     write_tiff(out, labels.astype(label_dtype(labels)), pixel_size=pixel, unit=unit,
                overwrite=args.overwrite)
-    written = [str(out)]
+    written.append(str(out))
     if args.uncertainty:
         if result.uncertainty is None:
             print("note: the base model's own decoder gives no uncertainty (use --decoder "
@@ -88,8 +106,6 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
         atomic_save(args.polygons, lambda tmp: tmp.write_text(json.dumps(payload)),
                     overwrite=args.overwrite)
         written.append(str(args.polygons))
-    return {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
-            "shape": list(labels.shape), "written": written}
 
 
 def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
@@ -142,6 +158,43 @@ def _from_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_batch(session: Any, args: argparse.Namespace) -> int:
+    """Every image of a boxes file; a failed image does not stop the others, and
+    ``segment_report.json`` in the output folder lists what succeeded and what failed.
+    All inputs and outputs are checked before the first image is segmented."""
+    if not (args.boxes_file and args.out_dir):
+        raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
+    if args.uncertainty or args.polygons:
+        raise ValueError("--uncertainty and --polygons name one file: segment images one "
+                         "at a time for them (batch mode writes one mask per image)")
+    jobs = [(args.batch / name, args.out_dir / (Path(name).name.split(".")[0] + "_mask.tif"),
+             boxes) for name, boxes in sorted(_read_boxes_file(args.boxes_file).items())]
+    missing = [str(image) for image, _, _ in jobs if not image.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) of {args.boxes_file} are not in "
+                                f"{args.batch}: {', '.join(missing[:3])}")
+    report_path = args.out_dir / "segment_report.json"
+    check_outputs([out for _, out, _ in jobs] + [report_path],
+                  [image for image, _, _ in jobs] + [args.boxes_file], args.overwrite)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    done, failed = [], []
+    for image, out, boxes in jobs:
+        try:
+            done.append(_segment_one(session, image, boxes, out, args))
+        except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on
+            failed.append({"image": str(image), "error": f"{type(exc).__name__}: {exc}"})
+    report = {"boxes_file": str(args.boxes_file), "succeeded": done, "failed": failed}
+    from .io import atomic_save
+
+    atomic_save(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"),
+                overwrite=args.overwrite)
+    print(json.dumps(report, indent=2))
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} image(s) failed (see {report_path})",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _segment(args: argparse.Namespace) -> int:
     from .inference.session import SegmentationSession
     from .model.loading import load_model
@@ -151,14 +204,7 @@ def _segment(args: argparse.Namespace) -> int:
     model = load_model(args.model, adapter=args.adapter, device="cpu")
     session = SegmentationSession(model, device=args.device, mode=args.decoder)
     if args.batch:
-        if not (args.boxes_file and args.out_dir):
-            raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
-        reports = []
-        for name, boxes in sorted(_read_boxes_file(args.boxes_file).items()):
-            out = args.out_dir / (Path(name).name.split(".")[0] + "_mask.tif")
-            reports.append(_segment_one(session, args.batch / name, boxes, out, args))
-        print(json.dumps(reports, indent=2))
-        return 0
+        return _segment_batch(session, args)
     if not (args.image and args.box and args.out):
         raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 and --out MASK.tif "
                          "(or --batch DIR --boxes-file CSV --out-dir DIR)")

@@ -349,3 +349,35 @@ def test_bench_peak_memory_counts_what_a_run_allocates_even_after_frees():
     assert 120 < _peak_rise_mb(lambda: len(blocks()), cpu) < 260
     assert _peak_rise_mb(lambda: None, cpu) < 20
     assert len(pins) == 1500
+
+
+def test_segment_batch_reports_failures_and_writes_sets_whole(trained_tiny, tmp_path, capsys):
+    from PIL import Image
+
+    image, mask = _scene(60, 100, seed=3)
+    Image.fromarray(image).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    ys, xs = np.nonzero(mask)
+    box = f"{xs.min()},{ys.min()},{xs.max() + 1},{ys.max() + 1}"
+    (tmp_path / "boxes.csv").write_text(f"image,x0,y0,x1,y1\nbroken.png,{box}\ngood.png,{box}\n")
+    batch = ["segment", "--batch", str(tmp_path), "--boxes-file", str(tmp_path / "boxes.csv"),
+             "--out-dir", str(tmp_path / "out"), "--model", trained_tiny, "--device", "cpu"]
+    assert main(batch) == 1  # one image failed; the other was still segmented
+    report = json.loads((tmp_path / "out" / "segment_report.json").read_text())
+    assert [r["image"] for r in report["succeeded"]] == [str(tmp_path / "good.png")]
+    assert report["failed"][0]["image"] == str(tmp_path / "broken.png")
+    assert tifffile.imread(tmp_path / "out" / "good_mask.tif").max() == 1
+    assert not (tmp_path / "out" / "broken_mask.tif").exists()
+    # Again: the report and the mask exist, so nothing runs and nothing is replaced.
+    assert main(batch) == 2 and "exists" in capsys.readouterr().err
+    # A missing image is found before any work.
+    (tmp_path / "boxes.csv").write_text(f"image,x0,y0,x1,y1\nnone.png,{box}\n")
+    assert main(batch[:-4] + ["--out-dir", str(tmp_path / "out2")] + batch[-4:]) == 2
+    assert "not in" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    # One image's outputs are a set: when the second cannot be written, the first goes.
+    out = tmp_path / "set_mask.tif"
+    assert main(["segment", str(tmp_path / "good.png"), "--box", box, "--out", str(out),
+                 "--uncertainty", str(tmp_path / "boxes.csv" / "u.tif"), "--model",
+                 trained_tiny, "--device", "cpu"]) != 0
+    capsys.readouterr()
+    assert not out.exists()
