@@ -481,6 +481,8 @@ class SegmentWidget(QWidget):
                                   outcome.uncertainty if outcome.mask.any() else None)
         decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"
         note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
+        if outcome.advice is not None:
+            note += f". Hint: {outcome.advice}"
         if outcome.mode == "sam":
             note += ". " + NO_UNCERTAINTY
             if not self._told_no_uncertainty:

@@ -12,7 +12,8 @@ would) with the default model on the CPU, leaves a screenshot of the whole windo
 3. the base model's own decoder for one box, then I-MedSAM's again;
 4. zoom on an edge: the sharper preview (``3_zoomed.png``);
 5. a second image, a real polyp (Kvasir-Sessile, ``shared/data``): the widget follows it,
-   the first image hides (``4_polyp.png``);
+   the first image hides (``4_polyp.png``); a box on background gets the model's doubt as
+   a hint (``4b_hint.png``), then Undo;
 6. a CT slice saved as RGB (AMOS, CC BY 4.0) with the abdomen window: the liver
    (``5_ct_liver.png``);
 7. a synthetic CT volume: a box on the middle slice, Propagate; slices labelled vs the
@@ -168,6 +169,15 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
           f"{not viewer.layers['synthetic endoscopy (RGB)'].visible}): polyp Dice "
           f"{_dice(got, polyp_truth):.3f} in {took:.1f} s")
     shot("4_polyp.png")  # framed by the widget, as it follows the new image
+    # A box on background (no polyp in it): the model still outlines something, and
+    # says it doubts it (a hint measured for this model, napari_imedsam/advice.py).
+    h, w = polyp_truth.shape
+    corner = next((x, y) for x, y in ((0, 0), (w - 120, 0), (0, h - 120), (w - 120, h - 120))
+                  if not polyp_truth[y:y + 120, x:x + 120].any())
+    box_and_wait(_rect((corner[0], corner[1], corner[0] + 120, corner[1] + 120)))
+    print(f"   a box on background: {widget.status.text()}")
+    shot("4b_hint.png")
+    widget.undo()
 
     # 6. a CT slice saved as RGB, with the abdomen window
     ct = args.data / "ct-slices"
