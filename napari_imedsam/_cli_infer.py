@@ -121,6 +121,25 @@ def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
+def _export_record(path: Path, fmt: str) -> dict[str, Any]:
+    """The JSON record of a napari export, checked for what re-making its masks reads."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise ValueError(f"{path} is not a napari-imedsam export record")
+    missing = [k for k in ("image", "model", "scale", "objects") if k not in record]
+    if not missing and not all(k in record["image"] for k in ("shape",)):
+        missing = ["image.shape"]
+    if not missing and "name" not in record["model"]:
+        missing = ["model.name"]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or from another "
+                         "tool; export again from napari")
+    return record
+
+
 def _from_export(args: argparse.Namespace) -> int:
     """Make an export's masks again from its JSON record (napari widget's Export)."""
     from .export import FORMAT, reproduce, session_decoder
@@ -129,9 +148,7 @@ def _from_export(args: argparse.Namespace) -> int:
     from .model.loading import load_model
     from .model.weights import sha256_file
 
-    record = json.loads(Path(args.from_export).read_text())
-    if record.get("format") != FORMAT:
-        raise ValueError(f"{args.from_export} is not a napari-imedsam export record")
+    record = _export_record(Path(args.from_export), FORMAT)
     image_path = args.image or record["image"].get("path")
     if not image_path:
         raise ValueError("the record names no image file (the layer had none): give IMAGE")
@@ -158,7 +175,7 @@ def _from_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_batch(session: Any, args: argparse.Namespace) -> int:
+def _segment_batch(make_session: Any, args: argparse.Namespace) -> int:
     """Every image of a boxes file; a failed image does not stop the others, and
     ``segment_report.json`` in the output folder lists what succeeded and what failed.
     All inputs and outputs are checked before the first image is segmented."""
@@ -176,6 +193,7 @@ def _segment_batch(session: Any, args: argparse.Namespace) -> int:
     report_path = args.out_dir / "segment_report.json"
     check_outputs([out for _, out, _ in jobs] + [report_path],
                   [image for image, _, _ in jobs] + [args.boxes_file], args.overwrite)
+    session = make_session()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
     for image, out, boxes in jobs:
@@ -201,14 +219,20 @@ def _segment(args: argparse.Namespace) -> int:
 
     if args.from_export:
         return _from_export(args)
-    model = load_model(args.model, adapter=args.adapter, device="cpu")
-    session = SegmentationSession(model, device=args.device, mode=args.decoder)
+
+    def session() -> Any:  # loaded once the inputs and outputs are known to be usable
+        model = load_model(args.model, adapter=args.adapter, device="cpu")
+        return SegmentationSession(model, device=args.device, mode=args.decoder)
+
     if args.batch:
         return _segment_batch(session, args)
     if not (args.image and args.box and args.out):
         raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 and --out MASK.tif "
                          "(or --batch DIR --boxes-file CSV --out-dir DIR)")
-    print(json.dumps(_segment_one(session, args.image, args.box, args.out, args), indent=2))
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"{args.image} does not exist")
+    check_outputs([args.out, args.uncertainty, args.polygons], [args.image], args.overwrite)
+    print(json.dumps(_segment_one(session(), args.image, args.box, args.out, args), indent=2))
     return 0
 
 

@@ -12,6 +12,17 @@ from typing import Any
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (a folder with images/ and masks/, or two folders)")
     g.add_argument("--data", type=Path, help="DIR with images/ and masks/ (Kvasir layout)")
@@ -19,10 +30,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--masks", type=Path, help="folder of masks with matching names")
     g.add_argument("--split", type=Path, help="CSV with columns name,split")
     g.add_argument("--ct-slices", type=Path, help="AMOS-style folder of CT slices")
-    g.add_argument("--synthetic", type=int, metavar="N",
+    g.add_argument("--synthetic", type=positive_int, metavar="N",
                    help="use N generated images instead of files (--synthetic-kind)")
     g.add_argument("--synthetic-kind", default="mixed", choices=("ct", "rgb", "mixed"))
-    g.add_argument("--synthetic-size", type=int, default=256, metavar="PX",
+    g.add_argument("--synthetic-size", type=positive_int, default=256, metavar="PX",
                    help="side of the generated images")
     g.add_argument("--multiclass-labels", action="store_true",
                    help="masks are integer class images, not binary masks")
@@ -190,15 +201,15 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--base-weights", help="SAM weights name (vit_b...) or .pth path")
     t.add_argument("--init", type=Path, help="start from this adapter")
     t.add_argument("--mode", default="adapters", choices=TRAIN_MODES)
-    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--epochs", type=positive_int, default=100)
     t.add_argument("--input-size", type=int, default=None)
-    t.add_argument("--classes", type=int, default=1)
+    t.add_argument("--classes", type=positive_int, default=1)
     t.add_argument("--frequency", default="amplitude", choices=("amplitude", "phase", "off"))
     t.add_argument("--sam-logit", choices=("off", "residual"), default=None,
                    help="the implicit decoder as residual on the backbone's own mask logit, "
                         "or plain (the paper's); default: the variant's")
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--points", type=int, default=4096, help="query points per sample")
+    t.add_argument("--batch-size", type=positive_int, default=4)
+    t.add_argument("--points", type=positive_int, default=4096, help="query points per sample")
     t.add_argument("--lr-base", type=float, default=3e-4, help="encoder lr in full mode")
     t.add_argument("--objective", default="implicit", choices=("implicit", "sam", "distill"),
                    help="sam: train SAM's own decoder (pretrains the box path of a "
@@ -210,7 +221,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--flips", type=int, default=4, choices=(1, 2, 4),
                    help="mirrored views per image when embeddings are cached "
                         "(decoder/implicit modes); 1 saves memory for many images")
-    t.add_argument("--val-label-size", type=int, default=128)
+    t.add_argument("--val-label-size", type=positive_int, default=128)
     t.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--box-jitter", type=float, default=20.0, metavar="PX",
@@ -231,7 +242,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    help="medsam_lite (the default), vit_b... (when no --adapter)")
     e.add_argument("--base-weights", help="SAM weights the adapter was trained on")
     e.add_argument("--subset", default="test")
-    e.add_argument("--label-size", type=int, default=384)
+    e.add_argument("--label-size", type=positive_int, default=384)
     e.add_argument("--decoder", default="imedsam", choices=("imedsam", "sam"),
                    help="imedsam: the implicit decoder; sam: the backbone's own mask decoder "
                         "(the discrete path)")
