@@ -26,6 +26,9 @@ def _box(text: str) -> list[float]:
 def _slice_of(data: Any, index: int | None, source: str) -> Any:
     """A 2D image from what was read: RGB(A) and 2D pass; volumes need --slice."""
     if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
+        if index is not None:
+            raise ValueError(f"--slice applies to volumes; {source} is one 2D image: "
+                             "leave --slice out")
         return data
     if data.ndim == 3:
         if index is None:
@@ -54,12 +57,13 @@ def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwri
 
 
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace, loaded: Any = None) -> dict[str, Any]:
+    """``loaded``: the image already read (and checked) by the caller, if it was."""
     from .inference.merge import predict_merged
     from .io import read_any
 
     check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
-    loaded = read_any(image_path)
+    loaded = loaded if loaded is not None else read_any(image_path)
     image = _slice_of(loaded.data, args.slice, str(image_path))
     session.set_image(image, window=args.window)
     # Box by box into one label image: memory does not grow with the number of boxes.
@@ -232,7 +236,18 @@ def _segment(args: argparse.Namespace) -> int:
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"{args.image} does not exist")
     check_outputs([args.out, args.uncertainty, args.polygons], [args.image], args.overwrite)
-    print(json.dumps(_segment_one(session(), args.image, args.box, args.out, args), indent=2))
+    for flag, path in (("--out", args.out), ("--uncertainty", args.uncertainty)):
+        if path is not None and Path(path).suffix.lower() not in (".tif", ".tiff"):
+            raise ValueError(f"{flag} {path}: masks and maps are written as TIFF; name the "
+                             "file .tif or .tiff")
+    from .inference.intensity import parse_window
+    from .io import read_any
+
+    parse_window(args.window)
+    loaded = read_any(args.image)
+    _slice_of(loaded.data, args.slice, str(args.image))
+    print(json.dumps(_segment_one(session(), args.image, args.box, args.out, args, loaded),
+                     indent=2))
     return 0
 
 

@@ -66,3 +66,22 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
     parser._subparsers._group_actions[0].choices["train"].set_defaults(func=interrupted)
     assert main(["train", "--synthetic", "4", "--out", "x.safetensors"]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_outputs_that_would_lie_are_refused_before_any_work(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 50, 3), np.uint8)).save(tmp_path / "a.png")
+    image, box = str(tmp_path / "a.png"), "5,5,20,20"
+    cases = [
+        (["--out", str(tmp_path / "m.png")], "name the file .tif"),
+        (["--out", str(tmp_path / "m.tif"), "--uncertainty", str(tmp_path / "u.jpg")],
+         "name the file .tif"),
+        (["--out", str(tmp_path / "m.tif"), "--slice", "3"], "--slice applies to volumes"),
+        (["--out", str(tmp_path / "m.tif"), "--window", "inf,40"], "finite positive width"),
+    ]
+    for extra, expected in cases:
+        assert main(["segment", image, "--box", box, "--model", "tiny", *extra]) == 2
+        assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

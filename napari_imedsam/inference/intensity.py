@@ -7,6 +7,8 @@ is scaled by its 0.5-99.5 percentiles (``train.data.as_rgb_uint8``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..train.data import as_rgb_uint8
@@ -39,8 +41,9 @@ def parse_window(window: Window) -> tuple[float, float] | None:
             ) from None
     else:
         width, level = (float(v) for v in window)
-    if not width > 0:
-        raise ValueError(f"a CT window needs a positive width, got {width}")
+    if not (math.isfinite(width) and math.isfinite(level)) or not width > 0:
+        raise ValueError(f"a CT window needs a finite positive width and a finite level, "
+                         f"got width {width:g}, level {level:g}")
     return width, level
 
 
