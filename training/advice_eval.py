@@ -74,8 +74,9 @@ def measure(session, name: str, image: np.ndarray, truth: np.ndarray, scale: flo
     result = session.predict(np.stack(list(boxes.values())), scale=scale)
     grid = result.shape
     small_truth = resize_mask(truth, grid)
-    for k, (kind, box) in enumerate(boxes.items()):
-        mask = result.masks()[k]
+    masks = result.masks()
+    for k, kind in enumerate(boxes):
+        mask = masks[k]
         rows.append({"image": name, "kind": kind, "pred_iou": float(result.iou[k]),
                      "empty": bool(not mask.any()),
                      "dice": float(dice(mask, small_truth)) if kind != "background" else 0.0})
