@@ -134,10 +134,9 @@ def _export_record(path: Path, fmt: str) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("format") != fmt:
         raise ValueError(f"{path} is not a napari-imedsam export record")
     missing = [k for k in ("image", "model", "scale", "objects") if k not in record]
-    if not missing and not all(k in record["image"] for k in ("shape",)):
-        missing = ["image.shape"]
-    if not missing and "name" not in record["model"]:
-        missing = ["model.name"]
+    for part, key in (("image", "shape"), ("model", "name")):
+        if not missing and not (isinstance(record[part], dict) and key in record[part]):
+            missing = [f"{part}.{key}"]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or from another "
                          "tool; export again from napari")
@@ -194,6 +193,9 @@ def _segment_batch(make_session: Any, args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {args.boxes_file} are not in "
                                 f"{args.batch}: {', '.join(missing[:3])}")
+    from .inference.intensity import parse_window
+
+    parse_window(args.window)
     report_path = args.out_dir / "segment_report.json"
     check_outputs([out for _, out, _ in jobs] + [report_path],
                   [image for image, _, _ in jobs] + [args.boxes_file], args.overwrite)

@@ -12,7 +12,6 @@ from typing import Any
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
-
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -22,6 +21,7 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (a folder with images/ and masks/, or two folders)")

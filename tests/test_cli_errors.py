@@ -19,6 +19,8 @@ def _write(path, text):
     ("[1, 2]", "is not a napari-imedsam export record"),
     ("{not json", "is not a JSON file"),
     (json.dumps({"format": "napari-imedsam-export"}), "lacks image, model, scale, objects"),
+    (json.dumps({"format": "napari-imedsam-export", "image": [1], "model": {}, "scale": 1,
+                 "objects": []}), "lacks image.shape"),
 ])
 def test_damaged_export_records_get_one_line(tmp_path, capsys, content, expected):
     from napari_imedsam.export import FORMAT
@@ -85,3 +87,13 @@ def test_outputs_that_would_lie_are_refused_before_any_work(tmp_path, capsys):
         assert main(["segment", image, "--box", box, "--model", "tiny", *extra]) == 2
         assert expected in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_batch_with_a_bad_window_stops_before_the_model_loads(tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(b"")
+    boxes = _write(tmp_path / "b.csv", "image,x0,y0,x1,y1\na.png,1,1,5,5\n")
+    # "tiny" is no weights name: reaching the model would say so instead.
+    assert main(["segment", "--batch", str(tmp_path), "--boxes-file", boxes, "--out-dir",
+                 str(tmp_path / "out"), "--window", "nan,40", "--model", "tiny"]) == 2
+    assert "finite positive width" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
