@@ -325,7 +325,13 @@ def test_fast_decoder_equals_the_model_with_and_without_an_extent(sam_logit):
             torch.testing.assert_close(fast.fine(points, hidden).T, ref.logits[0],
                                        atol=1e-4, rtol=1e-4)
         cropped = FastDecoder(model, prompt, networks, extent=extent)
-        assert cropped.table.shape[0] < FastDecoder(model, prompt, networks).table.shape[0]
+        assert cropped.table.rows.shape[0] < FastDecoder(model, prompt, networks).table.rows.shape[0]
+        # Rows are projected when first read: one point reads 8 rows of each table.
+        assert not cropped.table._done.any()
+        hidden, _, _ = cropped.coarse(points[:1])
+        assert int(cropped.table._done.sum()) <= 8 and not cropped.fine_table._done.any()
+        cropped.fine(points[:1], hidden)
+        assert 0 < int(cropped.fine_table._done.sum()) <= 8
         with pytest.raises(ValueError, match="extent"):
             cropped.coarse(torch.tensor([[-0.9, 0.0]]))
 

@@ -7,7 +7,8 @@ Two exact rewrites make a point cheap:
   projections of the feature map and of the dense positional encoding are
   computed once per box, and a point then costs a weighted sum of eight table
   rows instead of a ``288 x 1024`` product. Only gamma(p) goes through the
-  matrix per point.
+  matrix per point. A table row is projected the first time a point reads it:
+  adaptive evaluation reads about half of Dec_c's rows and a tenth of Dec_f's.
 The mask of a point needs only the logit column of Dec_c's head; ``z_c`` and
 Dec_f run for refined points alone. In residual mode SAM's logit at a point is
 one more bilinear read, of SAM's own low-resolution logit map.
@@ -99,6 +100,35 @@ class _Crop:
         return crop.permute(1, 2, 0).reshape(self.h * self.w, -1)
 
 
+class _ProjectedTable:
+    """Rows of ``[feat_in @ w_feat.T ; pe_in @ w_pe.T]``, each projected on its first read.
+
+    The projection is the largest cost of a box when done for the whole window,
+    yet most rows are never read (points gather near the boundary), so rows are
+    computed on demand; a row's value does not depend on which others exist.
+    """
+
+    def __init__(self, feat_in: torch.Tensor, pe_in: torch.Tensor, w_feat: torch.Tensor,
+                 w_pe: torch.Tensor):
+        self._parts = ((feat_in, w_feat.T.contiguous(), 0),
+                       (pe_in, w_pe.T.contiguous(), len(feat_in)))
+        self.rows = torch.empty(len(feat_in) + len(pe_in), w_feat.shape[0], dtype=w_feat.dtype,
+                                device=w_feat.device)
+        self._done = torch.zeros(len(self.rows), dtype=torch.bool, device=w_feat.device)
+
+    def read(self, index: torch.Tensor) -> torch.Tensor:
+        """The table, with every row named in ``index`` projected."""
+        wanted = index.flatten().unique()
+        missing = wanted[~self._done[wanted]]
+        if len(missing):
+            for inputs, weight_t, start in self._parts:
+                part = missing[(missing >= start) & (missing < start + len(inputs))]
+                if len(part):
+                    self.rows[part] = inputs[part - start] @ weight_t
+            self._done[missing] = True
+        return self.rows
+
+
 class FastDecoder:
     """Dec_c, MC-dropout uncertainty and Dec_f for one box, at arbitrary points."""
 
@@ -126,13 +156,13 @@ class FastDecoder:
         # The projected maps (1024 channels), channels-last so that a point reads
         # whole contiguous rows, both in one table: a point's two bilinear
         # samples are then one weighted sum of 8 rows. Only the part of the maps
-        # the points reach is projected.
+        # the points can reach is kept, and a row is projected when first read.
         dense_pe = prompt.dense_pe.to(w_pe.dtype)
         self.feat_crop = _Crop.covering(*prompt.features.shape[2:], extent, 0)
         self.pe_crop = _Crop.covering(*dense_pe.shape[2:], extent,
                                       self.feat_crop.h * self.feat_crop.w)
         self._inputs = (self.feat_crop.rows(prompt.features), self.pe_crop.rows(dense_pe))
-        self.table = self._stacked_table(w_feat, w_pe)
+        self.table = _ProjectedTable(*self._inputs, w_feat, w_pe)
         self.w2, self.b2 = w2, b2
         heads = dec.coarse.heads
         per_class = heads.weight.view(self.classes, 1 + self.feature_dim, -1)
@@ -143,16 +173,6 @@ class FastDecoder:
         self.sam_table = None
         if dec.sam_logit == "residual":
             self.sam_table = self.feat_crop.rows(prompt.sam_logits().to(w1.dtype)).contiguous()
-
-    def _stacked_table(self, w_feat: torch.Tensor, w_pe: torch.Tensor) -> torch.Tensor:
-        """The cropped feature and PE rows projected by ``w_feat`` and ``w_pe``, stacked;
-        written in place (a cat would copy tens of MB per box)."""
-        feat_in, pe_in = self._inputs
-        table = torch.empty(len(feat_in) + len(pe_in), w_feat.shape[0], dtype=w_feat.dtype,
-                            device=w_feat.device)
-        torch.mm(feat_in, w_feat.T, out=table[: len(feat_in)])
-        torch.mm(pe_in, w_pe.T, out=table[len(feat_in) :])
-        return table
 
     def _fold_fine(self, dec: torch.nn.Module, w_zc: torch.Tensor, b_zc: torch.Tensor,
                    n_gamma: int, n_feat: int) -> None:
@@ -169,7 +189,7 @@ class FastDecoder:
         self.fine_hidden_w = torch.einsum("of,kfh->koh", w1_zc, w_zc)  # (K, 256, 512)
         self.fine_b1 = b1 + b_zc @ w1_zc.T  # (K, 256)
         self.fine_gamma_t = w1_gamma.T.contiguous()
-        self.fine_table = self._stacked_table(w1_feat, w1_pe)
+        self.fine_table = _ProjectedTable(*self._inputs, w1_feat, w1_pe)
         self.fine_rest = rest
         self.fine_heads = [(*fold_linear_bn(head[0], head[1]), head[3].weight.detach(),
                             head[3].bias.detach()) for head in dec.fine.heads]
@@ -181,7 +201,8 @@ class FastDecoder:
         return torch.cat([idx_f, idx_p], 1), torch.cat([wt_f, wt_p], 1)
 
     @staticmethod
-    def _projected_samples(table: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _projected_samples(table: _ProjectedTable,
+                           taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """``(M, O)``: both projected maps of ``table`` sampled bilinearly at the points
         and summed.
 
@@ -190,7 +211,8 @@ class FastDecoder:
         was ten times slower (memory traffic of the temporaries).
         """
         index, weight = taps
-        return F.embedding_bag(index, table, per_sample_weights=weight.to(table.dtype), mode="sum")
+        rows = table.read(index)
+        return F.embedding_bag(index, rows, per_sample_weights=weight.to(rows.dtype), mode="sum")
 
     def _sam_logits(self, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
         """``(M,)`` SAM's logit at the points (the feature map's four taps), or None."""
