@@ -1,6 +1,6 @@
 """Export: labels at the image grid or any scale, the uncertainty map, and a JSON record.
 
-No Qt and no napari here: the widget (``_widget_export``) gathers the layers
+No Qt and no napari here: the widget (``widgets.segment.export``) gathers the layers
 into plain arrays and :class:`ObjectBox` lists, and tests call these functions
 directly.
 

@@ -1,7 +1,7 @@
 """Fine-tuning from the viewer, without Qt: samples from layer arrays, a held-out
 split, and the run itself with before/after Dice (names and files: ``adapter_store``).
 
-The Fine-tune dock widget (``_finetune_widget``) only gathers the user's choices
+The Fine-tune dock widget (``widgets.finetune.widget``) only gathers the user's choices
 and shows progress; everything that decides what trains, what is measured and
 where files go lives in these two modules, driven by plain callbacks, so it is tested (and
 scripted) without a display.

@@ -8,10 +8,10 @@ somewhere else, or balloons (the model found a neighbour instead).
 
 Everything here works on numpy arrays and plain callbacks, so the logic is
 tested without a viewer and can be reused by scripts. The napari side
-(``_widget_volume``) only supplies ``segment_slice`` and writes the masks.
+(``widgets.segment.volume``) only supplies ``segment_slice`` and writes the masks.
 
 Boxes are in the session's pixel-edge convention (x0, y0, x1, y1), pixel
-``i`` spanning ``[i, i + 1]`` (see ``_segment_worker``).
+``i`` spanning ``[i, i + 1]`` (see ``boxes``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ._segment_worker import Box, ModelSpec, SessionHolder, explain, take_plane
+from .boxes import Box, take_plane
+from .session_holder import ModelSpec, SessionHolder, explain
 
 #: The directions a user can choose; "up" is towards higher slice indices.
 DIRECTIONS = ("both", "up", "down")

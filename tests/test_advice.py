@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_imedsam._segment_worker import ModelSpec, Request, SessionHolder, segment
+from napari_imedsam.session_holder import ModelSpec, Request, SessionHolder, segment
 from napari_imedsam.advice import ADVICE, advise
 
 KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir-sessile"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from napari_imedsam import cli
-from napari_imedsam.cli import _attach_negative_boxes, main
+from napari_imedsam.cli import app as cli
+from napari_imedsam.cli.app import _attach_negative_boxes, main
 
 
 def _write(path, text):

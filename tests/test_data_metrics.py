@@ -409,7 +409,7 @@ def test_boundary_band_ratio_sees_where_uncertainty_sits():
 
 
 def test_notifications_fit_and_point_to_the_rest():
-    from napari_imedsam._notify import headline
+    from napari_imedsam.widgets.common import headline
 
     short = "the box is too small: drag a rectangle around the whole object"
     assert headline(short) == short

@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from napari_imedsam._segment_worker import ModelSpec, SessionHolder, check_image
+from napari_imedsam.session_holder import ModelSpec, SessionHolder
+from napari_imedsam.boxes import check_image
 from napari_imedsam.model import build_model
 from napari_imedsam.propagate import (
-    Job, StopRule, box_of_mask, check_mask, iter_propagation, keep_in_box, nearby_order,
-    precompute_body, slice_order,
+    Job,
+    StopRule,
+    box_of_mask,
+    check_mask,
+    iter_propagation,
+    keep_in_box,
+    nearby_order,
+    precompute_body,
+    slice_order,
 )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from napari_imedsam import _cli_weights
+from napari_imedsam.cli import weights as _cli_weights
 from napari_imedsam.model import weights as w
 
 NAME = "test_tiny"

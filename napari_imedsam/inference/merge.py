@@ -18,9 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .session import (
-    BYTES_PER_OUTPUT_PIXEL, SegmentationSession, boundary_polygons, window_of,
-)
+from .session import BYTES_PER_OUTPUT_PIXEL, SegmentationSession, boundary_polygons, window_of
 
 #: Bytes of per-box maps held at once while merging.
 MERGE_BUDGET = 32 << 20

@@ -12,6 +12,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+#: Where a model may run: ``auto`` picks CUDA, then Apple MPS, then the CPU.
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
 FrequencyMode = Literal["amplitude", "phase", "off"]
 #: How images and boxes enter the encoder: SAM's (bilinear resize, RGB 0-255,
 #: mean/std inside the encoder) or LiteMedSAM's (area resize, min-max to [0, 1]).

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+from .config import DEVICE_CHOICES
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

@@ -31,8 +31,7 @@ from .data import LabeledImage
 from .distributed import DistContext, all_ranks_max, init_distributed
 from .evaluate import evaluate_model
 from .losses import coarse_fine_weights, seg_loss
-from .samples import (CACHED_FLIPS, JITTER_PX_AT_384, collate, flipped, make_sample,
-                      sample_refs)
+from .samples import CACHED_FLIPS, JITTER_PX_AT_384, collate, flipped, make_sample, sample_refs
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""``imedsam bench``: the encoder's and the box decoder's speed and memory, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..model.config import DEVICE_CHOICES
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ..inference.bench import run_benchmark
+
+    results = run_benchmark(args.device, repeats=args.repeats, vit_b=args.vit_b)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    b = subparsers.add_parser("bench", help="time the encoder and box -> mask decoding")
+    b.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--vit-b", action="store_true",
+                   help="also time SAM's vit_b encoder at 384 and 1024 (random weights)")
+    b.add_argument("--json", type=Path, help="also write the numbers here")
+    b.set_defaults(func=_bench)

@@ -1,0 +1,282 @@
+"""``imedsam segment``: boxes -> label images, one image, a batch, or an export again."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..model.config import DEVICE_CHOICES as DEVICES
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".gz", ".dcm")
+
+
+def _box(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"a box is X0,Y0,X1,Y1 (four numbers), got {text!r}")
+    return values
+
+
+def _slice_of(data: Any, index: int | None, source: str) -> Any:
+    """A 2D image from what was read: RGB(A) and 2D pass; volumes need --slice."""
+    if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
+        if index is not None:
+            raise ValueError(f"--slice applies to volumes; {source} is one 2D image: "
+                             "leave --slice out")
+        return data
+    if data.ndim == 3:
+        if index is None:
+            raise ValueError(f"{source} is a volume of {data.shape[0]} slices: choose one "
+                             "with --slice Z")
+        if not 0 <= index < data.shape[0]:
+            raise ValueError(f"--slice {index} is outside 0..{data.shape[0] - 1}")
+        return data[index]
+    raise ValueError(f"{source} has shape {data.shape}: expected a 2D image or a 3D volume")
+
+
+def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwrite: bool) -> None:
+    """Before any work: outputs distinct from each other and from the inputs, and, unless
+    ``overwrite``, none of them already there (so a run writes all or nothing new)."""
+    chosen = [Path(p) for p in outputs if p is not None]
+    resolved = [p.resolve() for p in chosen]
+    if len(set(resolved)) < len(resolved):
+        raise ValueError("two outputs name the same file: give each output its own name")
+    sources = {Path(p).resolve() for p in inputs if p is not None}
+    for path, full in zip(chosen, resolved):
+        if full in sources:
+            raise ValueError(f"{path} is an input: choose another output name")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists: choose another name or pass "
+                                  "--overwrite")
+
+
+def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
+                 args: argparse.Namespace, loaded: Any = None) -> dict[str, Any]:
+    """``loaded``: the image already read (and checked) by the caller, if it was."""
+    from ..inference.merge import predict_merged
+    from ..io import read_any
+
+    check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
+    loaded = loaded if loaded is not None else read_any(image_path)
+    image = _slice_of(loaded.data, args.slice, str(image_path))
+    session.set_image(image, window=args.window)
+    # Box by box into one label image: memory does not grow with the number of boxes.
+    result = predict_merged(session, boxes, scale=args.scale, polygons=bool(args.polygons))
+    labels = result.labels
+    spacing = loaded.spacing[-2:] if loaded.spacing else None
+    pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
+             else (1.0 / args.scale, 1.0 / args.scale))
+    unit = "mm" if spacing else "pixel"
+    written: list[str] = []
+    try:
+        _write_set(out, labels, result, image_path, pixel, unit, args, written)
+    except BaseException:
+        # A set of outputs is complete or absent: remove what this call wrote.
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
+    return {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
+            "shape": list(labels.shape), "written": written}
+
+
+def _write_set(out: Path, labels: Any, result: Any, image_path: Path,
+               pixel: tuple[float, float], unit: str, args: argparse.Namespace,
+               written: list[str]) -> None:
+    from ..io import atomic_save, label_dtype, write_tiff
+
+    write_tiff(out, labels.astype(label_dtype(labels)), pixel_size=pixel, unit=unit,
+               overwrite=args.overwrite)
+    written.append(str(out))
+    if args.uncertainty:
+        if result.uncertainty is None:
+            print("note: the base model's own decoder gives no uncertainty (use --decoder "
+                  "imedsam with medsam_lite or an adapter)")
+        else:
+            write_tiff(args.uncertainty, result.uncertainty, pixel_size=pixel, unit=unit,
+                       overwrite=args.overwrite)
+            written.append(str(args.uncertainty))
+    if args.polygons:
+        polys = result.polygons or []
+        payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
+                   "objects": [{"id": i + 1, "box": list(map(float, b)),
+                                "polygons": [p.round(3).tolist() for p in ps]}
+                               for i, (b, ps) in enumerate(zip(result.boxes, polys))]}
+        atomic_save(args.polygons, lambda tmp: tmp.write_text(json.dumps(payload)),
+                    overwrite=args.overwrite)
+        written.append(str(args.polygons))
+
+
+def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
+    """CSV with columns image,x0,y0,x1,y1 (one row per box)."""
+    boxes: dict[str, list[list[float]]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 ({exc})") from None
+            boxes.setdefault(row["image"], []).append(box)
+    return boxes
+
+
+def _export_record(path: Path, fmt: str) -> dict[str, Any]:
+    """The JSON record of a napari export, checked for what re-making its masks reads."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise ValueError(f"{path} is not a napari-imedsam export record")
+    missing = [k for k in ("image", "model", "scale", "objects") if k not in record]
+    for part, key in (("image", "shape"), ("model", "name")):
+        if not missing and not (isinstance(record[part], dict) and key in record[part]):
+            missing = [f"{part}.{key}"]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or from another "
+                         "tool; export again from napari")
+    return record
+
+
+def _from_export(args: argparse.Namespace) -> int:
+    """Make an export's masks again from its JSON record (napari widget's Export)."""
+    from ..export import FORMAT, reproduce, session_decoder
+    from ..inference.session import SegmentationSession
+    from ..io import read_any, write_tiff
+    from ..model.loading import load_model
+    from ..model.weights import sha256_file
+
+    record = _export_record(Path(args.from_export), FORMAT)
+    image_path = args.image or record["image"].get("path")
+    if not image_path:
+        raise ValueError("the record names no image file (the layer had none): give IMAGE")
+    if not args.out:
+        raise ValueError("give --out MASK.tif")
+    spec = record["model"]
+    adapter = spec.get("adapter")
+    if adapter and spec.get("adapter_sha256") and sha256_file(adapter) != spec["adapter_sha256"]:
+        raise ValueError(f"{adapter} is not the adapter the export used (its SHA-256 differs)")
+    loaded = read_any(image_path)
+    spatial = list(loaded.data.shape[:-1] if record["image"].get("rgb") else loaded.data.shape)
+    if spatial != list(record["image"]["shape"]):
+        raise ValueError(f"{image_path} has shape {spatial}, the export's image "
+                         f"{record['image']['shape']}")
+    session = SegmentationSession(load_model(spec["name"], adapter=adapter or None),
+                                  device=args.device, mode=spec.get("decoder", "auto"))
+    labels = reproduce(record, session_decoder(session, loaded.data, record.get("window")))
+    spacing = record["image"].get("spacing") or [1.0, 1.0]
+    scale = float(record["scale"])
+    write_tiff(args.out, labels.astype("uint16"), unit=record["image"].get("unit", "pixel"),
+               pixel_size=(spacing[-2] / scale, spacing[-1] / scale), overwrite=args.overwrite)
+    print(json.dumps({"image": str(image_path), "objects": len(record["objects"]),
+                      "shape": list(labels.shape), "written": [str(args.out)]}, indent=2))
+    return 0
+
+
+def _segment_batch(make_session: Any, args: argparse.Namespace) -> int:
+    """Every image of a boxes file; a failed image does not stop the others, and
+    ``segment_report.json`` in the output folder lists what succeeded and what failed.
+    All inputs and outputs are checked before the first image is segmented."""
+    if not (args.boxes_file and args.out_dir):
+        raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
+    if args.uncertainty or args.polygons:
+        raise ValueError("--uncertainty and --polygons name one file: segment images one "
+                         "at a time for them (batch mode writes one mask per image)")
+    jobs = [(args.batch / name, args.out_dir / (Path(name).name.split(".")[0] + "_mask.tif"),
+             boxes) for name, boxes in sorted(_read_boxes_file(args.boxes_file).items())]
+    missing = [str(image) for image, _, _ in jobs if not image.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) of {args.boxes_file} are not in "
+                                f"{args.batch}: {', '.join(missing[:3])}")
+    from ..inference.intensity import parse_window
+
+    parse_window(args.window)
+    report_path = args.out_dir / "segment_report.json"
+    check_outputs([out for _, out, _ in jobs] + [report_path],
+                  [image for image, _, _ in jobs] + [args.boxes_file], args.overwrite)
+    session = make_session()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    done, failed = [], []
+    for image, out, boxes in jobs:
+        try:
+            done.append(_segment_one(session, image, boxes, out, args))
+        except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on
+            failed.append({"image": str(image), "error": f"{type(exc).__name__}: {exc}"})
+    report = {"boxes_file": str(args.boxes_file), "succeeded": done, "failed": failed}
+    from ..io import atomic_save
+
+    atomic_save(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"),
+                overwrite=args.overwrite)
+    print(json.dumps(report, indent=2))
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} image(s) failed (see {report_path})",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from ..inference.session import SegmentationSession
+    from ..model.loading import load_model
+
+    if args.from_export:
+        return _from_export(args)
+
+    def session() -> Any:  # loaded once the inputs and outputs are known to be usable
+        model = load_model(args.model, adapter=args.adapter, device="cpu")
+        return SegmentationSession(model, device=args.device, mode=args.decoder)
+
+    if args.batch:
+        return _segment_batch(session, args)
+    if not (args.image and args.box and args.out):
+        raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 and --out MASK.tif "
+                         "(or --batch DIR --boxes-file CSV --out-dir DIR)")
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"{args.image} does not exist")
+    check_outputs([args.out, args.uncertainty, args.polygons], [args.image], args.overwrite)
+    for flag, path in (("--out", args.out), ("--uncertainty", args.uncertainty)):
+        if path is not None and Path(path).suffix.lower() not in (".tif", ".tiff"):
+            raise ValueError(f"{flag} {path}: masks and maps are written as TIFF; name the "
+                             "file .tif or .tiff")
+    from ..inference.intensity import parse_window
+    from ..io import read_any
+
+    parse_window(args.window)
+    loaded = read_any(args.image)
+    _slice_of(loaded.data, args.slice, str(args.image))
+    print(json.dumps(_segment_one(session(), args.image, args.box, args.out, args, loaded),
+                     indent=2))
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("segment", help="box -> mask (+ uncertainty, polygons)")
+    s.add_argument("image", nargs="?", type=Path, help="PNG/JPEG/TIFF, NIfTI or DICOM")
+    s.add_argument("--box", type=_box, action="append", help="X0,Y0,X1,Y1 in pixels; repeat")
+    s.add_argument("--out", type=Path, help="label TIFF: one id per box")
+    s.add_argument("--scale", type=float, default=1.0, help="output scale, 0.25 to 8")
+    s.add_argument("--uncertainty", type=Path, help="uncertainty TIFF (float32)")
+    s.add_argument("--polygons", type=Path, help="sub-pixel boundaries as JSON")
+    s.add_argument("--model", default="medsam_lite",
+                   help="medsam_lite (the default: LiteMedSAM + our adapter), vit_b, vit_l, "
+                        "vit_h or a .pth")
+    s.add_argument("--adapter", type=Path, help="adapter .safetensors")
+    s.add_argument("--decoder", default="auto", choices=("auto", "imedsam", "sam"),
+                   help="imedsam: the implicit decoder (any scale, uncertainty); sam: the base "
+                        "model's own mask decoder; auto: imedsam when the model has one")
+    s.add_argument("--window", default=None, help="CT window: abdomen, lung, bone, brain, "
+                   "liver, mediastinum or WIDTH,LEVEL")
+    s.add_argument("--slice", type=int, help="slice index for volumes")
+    s.add_argument("--device", default="auto", choices=DEVICES)
+    s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    s.add_argument("--batch", type=Path, help="folder of images (batch mode)")
+    s.add_argument("--boxes-file", type=Path, help="CSV image,x0,y0,x1,y1 (batch mode)")
+    s.add_argument("--out-dir", type=Path, help="output folder (batch mode)")
+    s.add_argument("--from-export", type=Path, metavar="JSON",
+                   help="make the masks of a napari export again from its JSON record "
+                        "(its boxes, model, adapter, window and scale)")
+    s.set_defaults(func=_segment)

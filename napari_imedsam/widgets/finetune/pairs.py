@@ -1,0 +1,163 @@
+"""The Fine-tune widget's table of training pairs: one row per Labels layer.
+
+Each row says whether the layer is used, which image it annotates (guessed,
+changeable) and how many objects and slices it gives, or why it cannot be
+used. The table follows the layer list; choices survive a refresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QAbstractItemView, QComboBox, QHeaderView, QTableWidget, QTableWidgetItem
+
+from .. import layers as wl
+from ...finetune import DataError, LayerPair, SliceChoice, count, guess_image
+
+USE, LABELS, IMAGE, DATA = range(4)
+
+
+def _image_layers(viewer: Any) -> list[tuple[int, Image]]:
+    """Images that can be trained on (not our uncertainty maps), with their index."""
+    return [(i, layer) for i, layer in enumerate(viewer.layers)
+            if isinstance(layer, Image) and not wl.is_ours(layer, wl.UNCERTAINTY)]
+
+
+def _full_res(data: Any) -> Any:
+    """Level 0 of multiscale data, else the data itself."""
+    return data[0] if isinstance(data, (list, tuple)) else data
+
+
+def layer_pair(image: Image, labels: Labels) -> LayerPair:
+    """The arrays of an image and a Labels layer (full resolution, not copied)."""
+    return LayerPair(image.name, labels.name, _full_res(image.data), _full_res(labels.data),
+                     bool(image.rgb))
+
+
+class PairsTable(QTableWidget):
+    """Rows of (use, labels layer, image layer, what it gives)."""
+
+    #: A row was ticked or unticked, or its image changed.
+    changed = Signal()
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(0, 4, parent)
+        self.setHorizontalHeaderLabels(["use", "labels", "image", "gives"])
+        self.verticalHeader().setVisible(False)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        header = self.horizontalHeader()
+        for col, mode in ((USE, QHeaderView.ResizeMode.ResizeToContents),
+                          (LABELS, QHeaderView.ResizeMode.Stretch),
+                          (IMAGE, QHeaderView.ResizeMode.Stretch),
+                          (DATA, QHeaderView.ResizeMode.ResizeToContents)):
+            header.setSectionResizeMode(col, mode)
+        self.setMinimumHeight(90)
+        self._choices: dict[str, tuple[bool, str | None]] = {}  # labels -> (use, image)
+        self.itemChanged.connect(lambda _item: self.changed.emit())
+
+    # -- rows ---------------------------------------------------------------------
+    def sync(self, viewer: Any) -> None:
+        """Rebuild the rows from the layer list, keeping the user's choices."""
+        self._remember()
+        images = _image_layers(viewer)
+        info = [(i, im.name, wl.image_spatial_shape(im)) for i, im in images]
+        self.blockSignals(True)
+        self.setRowCount(0)
+        for index, layer in enumerate(viewer.layers):
+            if not isinstance(layer, Labels):
+                continue
+            shape = tuple(_full_res(layer.data).shape)
+            guess = guess_image(layer.name, index, shape, info)
+            use, chosen = self._choices.get(
+                layer.name, (any(tuple(s) == shape for *_, s in info), guess))
+            row = self.rowCount()
+            self.insertRow(row)
+            check = QTableWidgetItem()
+            check.setFlags(Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsEnabled)
+            check.setCheckState(Qt.CheckState.Checked if use else Qt.CheckState.Unchecked)
+            self.setItem(row, USE, check)
+            name = QTableWidgetItem(layer.name)
+            name.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            self.setItem(row, LABELS, name)
+            combo = QComboBox()
+            combo.setSizeAdjustPolicy(
+                QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
+            combo.addItems([im.name for _, im in images])
+            if chosen in [im.name for _, im in images]:
+                combo.setCurrentText(chosen)
+            combo.currentTextChanged.connect(lambda _text: self.changed.emit())
+            self.setCellWidget(row, IMAGE, combo)
+            gives = QTableWidgetItem("")
+            gives.setFlags(Qt.ItemFlag.ItemIsEnabled)
+            self.setItem(row, DATA, gives)
+        self.blockSignals(False)
+
+    def _remember(self) -> None:
+        for row in range(self.rowCount()):
+            combo = self.cellWidget(row, IMAGE)
+            self._choices[self.item(row, LABELS).text()] = (
+                self.item(row, USE).checkState() == Qt.CheckState.Checked,
+                combo.currentText() if combo is not None else None)
+
+    def set_row(self, labels: str, *, use: bool | None = None, image: str | None = None) -> None:
+        """Change a row (scripts and tests; the user clicks)."""
+        for row in range(self.rowCount()):
+            if self.item(row, LABELS).text() != labels:
+                continue
+            if use is not None:
+                self.item(row, USE).setCheckState(
+                    Qt.CheckState.Checked if use else Qt.CheckState.Unchecked)
+            if image is not None:
+                self.cellWidget(row, IMAGE).setCurrentText(image)
+            return
+        raise KeyError(f"no Labels layer {labels!r} in the table")
+
+    def used_rows(self) -> list[tuple[int, str, str]]:
+        """``(row, labels name, image name)`` of the ticked rows."""
+        out = []
+        for row in range(self.rowCount()):
+            if self.item(row, USE).checkState() == Qt.CheckState.Checked:
+                combo = self.cellWidget(row, IMAGE)
+                out.append((row, self.item(row, LABELS).text(), combo.currentText()))
+        return out
+
+    # -- data ---------------------------------------------------------------------
+    def pairs(self, viewer: Any) -> list[LayerPair]:
+        """The ticked rows as arrays; :class:`DataError` if a layer is missing."""
+        out = []
+        for _row, labels, image in self.used_rows():
+            if not image or image not in viewer.layers:
+                raise DataError(f"labels '{labels}' have no image: add the image they were "
+                                "drawn on, or untick the row")
+            if labels not in viewer.layers:
+                raise DataError(f"the Labels layer '{labels}' was removed")
+            out.append(layer_pair(viewer.layers[image], viewer.layers[labels]))
+        return out
+
+    def recount(self, viewer: Any, choice: SliceChoice) -> tuple[int, int, list[str]]:
+        """Fill the "gives" column; returns (objects, slices, problems) over used rows."""
+        objects = slices = 0
+        problems = []
+        used = {row for row, *_ in self.used_rows()}
+        for row in range(self.rowCount()):
+            labels = self.item(row, LABELS).text()
+            image = self.cellWidget(row, IMAGE).currentText()
+            try:
+                if image not in viewer.layers or labels not in viewer.layers:
+                    raise DataError(f"labels '{labels}' have no image")
+                n_obj, n_sl = count(layer_pair(viewer.layers[image], viewer.layers[labels]),
+                                    choice)
+                text = f"{n_obj} obj / {n_sl} sl"
+                if row in used:
+                    objects, slices = objects + n_obj, slices + n_sl
+            except DataError as exc:
+                text = "shape mismatch" if "match" in str(exc) else "unusable"
+                if row in used:
+                    problems.append(str(exc))
+            blocked = self.blockSignals(True)  # a text change is not a user's change
+            self.item(row, DATA).setText(text)
+            self.blockSignals(blocked)
+        return objects, slices, problems

@@ -1,0 +1,215 @@
+"""napari layer plumbing for the Segment widget (no Qt widgets here).
+
+Each image gets its own layers, named after it ("<image> boxes", "<image>
+masks", "<image> uncertainty") and marked in their metadata with their role
+and their image, so that several images can be annotated in one viewer.
+
+The boxes layer carries its own bookkeeping as per-shape features, so napari
+keeps it in step when shapes are added, deleted or reordered:
+
+- ``box_key``: a stable identity for the rectangle (indices shift on delete);
+- ``object_id``: the label id its mask was written with (0 = not yet written);
+- ``accepted``: the user committed the object; edits no longer re-segment it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Shapes
+
+BOXES, MASKS, UNCERTAINTY = "boxes", "masks", "uncertainty"
+#: Metadata key naming the image a widget layer belongs to.
+IMAGE_KEY = "napari_imedsam_image"
+FEATURES = {"box_key": 0, "object_id": 0, "accepted": False}
+EDGE_ACTIVE, EDGE_ACCEPTED = "yellow", "#9a9a9a"
+
+
+def image_spatial_shape(image: Image) -> tuple[int, ...]:
+    """Shape of the labels that go with ``image`` (full resolution, no colour axis)."""
+    shape = image.data[0].shape if image.multiscale else image.data.shape
+    return tuple(shape[:-1]) if image.rgb else tuple(shape)
+
+
+def is_ours(layer: Any, role: str | None = None) -> bool:
+    """Whether ``layer`` is one of the widget's layers (of ``role``, if given)."""
+    mark = layer.metadata.get("napari_imedsam")
+    return mark is not None if role is None else mark == role
+
+
+def owner_name(layer: Any) -> str | None:
+    """The name of the image a widget layer belongs to (None for other layers)."""
+    return layer.metadata.get(IMAGE_KEY) if is_ours(layer) else None
+
+
+def layer_name(image: Image, role: str) -> str:
+    return f"{image.name} {role}"
+
+
+def _marks(image: Image, role: str) -> dict[str, Any]:
+    return {"napari_imedsam": role, IMAGE_KEY: image.name}
+
+
+def _find(viewer: Any, image: Image, role: str, kind: type, fits: Any) -> Any:
+    for layer in viewer.layers:
+        if isinstance(layer, kind) and is_ours(layer, role) and owner_name(layer) == image.name \
+                and fits(layer):
+            return layer
+    return None
+
+
+def set_feature(boxes: Shapes, row: int, name: str, value: Any) -> None:
+    """Set one shape's bookkeeping value (by position: row labels are not guaranteed)."""
+    boxes.features.iloc[row, boxes.features.columns.get_loc(name)] = value
+
+
+def _geometry(image: Image) -> dict[str, Any]:
+    """scale/translate (and units, e.g. mm) that put a new layer exactly over ``image``
+    (spatial axes only)."""
+    return {"scale": tuple(image.scale), "translate": tuple(image.translate),
+            "units": tuple(image.units)}
+
+
+def find_or_add_boxes(viewer: Any, image: Image, ndim: int) -> Shapes:
+    """``image``'s boxes Shapes layer: reused when its ndim fits, else a new one."""
+    layer = _find(viewer, image, BOXES, Shapes, lambda lay: lay.ndim == ndim)
+    if layer is not None:
+        ensure_features(layer)
+        return layer
+    shape = image.data[0].shape if image.multiscale else image.data.shape
+    side = min(shape[ndim - 2:ndim])
+    return viewer.add_shapes(
+        ndim=ndim, name=layer_name(image, BOXES), shape_type="rectangle",
+        edge_color=EDGE_ACTIVE, face_color="transparent", edge_width=max(1.0, side / 256),
+        features={k: np.zeros(0, type(v)) for k, v in FEATURES.items()},
+        feature_defaults=FEATURES, metadata=_marks(image, BOXES), **_geometry(image))
+
+
+def ensure_features(layer: Shapes) -> None:
+    """Add the bookkeeping columns to a reused boxes layer that lacks them."""
+    missing = {k: v for k, v in FEATURES.items() if k not in layer.features}
+    if not missing:
+        return
+    layer.features = layer.features.assign(**missing)
+    defaults = layer.feature_defaults
+    layer.feature_defaults = {**(defaults.iloc[0].to_dict() if len(defaults) else {}), **FEATURES}
+
+
+def find_or_add_masks(viewer: Any, image: Image, shape: tuple[int, ...]) -> Labels:
+    """``image``'s masks Labels layer: reused when its shape matches, else a new one."""
+    layer = _find(viewer, image, MASKS, Labels, lambda lay: lay.data.shape == shape)
+    if layer is not None:
+        return layer
+    # The image's source geometry (a NIfTI affine) lets File > Save write the
+    # masks onto the source's voxel grid.
+    source = {k: v for k, v in image.metadata.items() if k == "imedsam_source"}
+    return viewer.add_labels(np.zeros(shape, np.int32), name=layer_name(image, MASKS),
+                             opacity=0.55, metadata={**source, **_marks(image, MASKS)},
+                             **_geometry(image))
+
+
+def assign_keys(boxes: Shapes) -> list[int]:
+    """Give new (or pasted, hence duplicated) rectangles a fresh ``box_key``.
+
+    Returns the rows that got one: they are the rectangles to segment.
+    """
+    keys = boxes.features["box_key"].to_numpy()
+    seen: set[int] = set()
+    fresh = []
+    next_key = int(keys.max(initial=0)) + 1
+    for row, key in enumerate(keys):
+        if key <= 0 or key in seen:
+            for name, value in (("box_key", next_key), ("object_id", 0), ("accepted", False)):
+                set_feature(boxes, row, name, value)
+            seen.add(next_key)
+            next_key += 1
+            fresh.append(row)
+        else:
+            seen.add(int(key))
+    return fresh
+
+
+def row_of(boxes: Shapes, box_key: int) -> int | None:
+    """Current row of the rectangle with ``box_key`` (None once it was deleted)."""
+    rows = np.flatnonzero(boxes.features["box_key"].to_numpy() == box_key)
+    return int(rows[0]) if rows.size else None
+
+
+def recolor(boxes: Shapes) -> None:
+    """Accepted boxes grey, the rest yellow, so the user sees what is still editable."""
+    if len(boxes.data):
+        accepted = boxes.features["accepted"].to_numpy(bool)
+        boxes.edge_color = [EDGE_ACCEPTED if a else EDGE_ACTIVE for a in accepted]
+    boxes.current_edge_color = EDGE_ACTIVE
+
+
+def vertices_in_image(boxes: Shapes, image: Image, row: int) -> np.ndarray:
+    """A shape's vertices in the image layer's data coordinates (via world space, so a
+    reused boxes layer with another scale or offset still lines up)."""
+    verts = np.asarray(boxes.data[row], dtype=np.float64)
+    return np.array([image.world_to_data(boxes.data_to_world(v)) for v in verts])
+
+
+def next_free_id(labels: Labels, boxes: Shapes | None) -> int:
+    """max + 1 over the labels and every id a box holds: an id whose pixels were
+    undone must not be handed to another object while its box still claims it."""
+    used = int(np.max(labels.data, initial=0))
+    if boxes is not None and len(boxes.data):
+        used = max(used, int(boxes.features["object_id"].max()))
+    return used + 1
+
+
+def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id: int
+                 ) -> tuple[int, list[Any]]:
+    """Write ``mask`` as ``object_id`` onto background pixels of ``plane``.
+
+    The object's previous pixels on that plane (an edited box) are cleared
+    first. Other objects' pixels are never overwritten. Returns the number of
+    pixels written and the changes, for the widget's journal (undo and redo
+    take the box and its pixels together; see ``widgets.segment.journal``).
+    """
+    from .segment.journal import write_pixels
+
+    data = labels.data
+    target = data if plane is None else data[plane]
+    changes = []
+    old = np.nonzero(target == object_id)
+    if old[0].size:
+        changes.append(write_pixels(labels, _on_plane(old, plane), 0))
+    rows, cols = np.nonzero(mask & (target == 0))
+    if rows.size:
+        changes.append(write_pixels(labels, _on_plane((rows, cols), plane), object_id))
+    labels.refresh()
+    return int(rows.size), changes
+
+
+def _on_plane(index: tuple[np.ndarray, ...], plane: int | None) -> tuple[np.ndarray, ...]:
+    return index if plane is None else (np.full_like(index[0], plane), *index)
+
+
+def clear_object(labels: Labels, object_id: int) -> list[Any]:
+    """Remove an object's pixels; returns the changes for the journal."""
+    from .segment.journal import write_pixels
+
+    old = np.nonzero(labels.data == object_id)
+    if not old[0].size:
+        return []
+    change = write_pixels(labels, old, 0)
+    labels.refresh()
+    return [change]
+
+
+def find_or_add_uncertainty(viewer: Any, image: Image, shape: tuple[int, ...]) -> Image:
+    """``image``'s uncertainty Image layer (the widget sets its colours and scale)."""
+    layer = _find(viewer, image, UNCERTAINTY, Image, lambda lay: lay.data.shape == shape)
+    if layer is not None:
+        return layer
+    # Adding a layer makes it the active one: give the focus back so the
+    # rectangle tool (or whatever the user was doing) keeps working.
+    active = viewer.layers.selection.active
+    layer = viewer.add_image(np.zeros(shape, np.float32), name=layer_name(image, UNCERTAINTY),
+                             metadata=_marks(image, UNCERTAINTY), **_geometry(image))
+    if active is not None and active in viewer.layers:
+        viewer.layers.selection.active = active
+    return layer

@@ -1,0 +1,1 @@
+"""The Segment dock: ``widget.SegmentWidget`` and its sections, one module each."""

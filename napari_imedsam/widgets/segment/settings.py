@@ -1,0 +1,159 @@
+"""The Segment widget's model settings: fields, file pickers and persistence.
+
+Kept apart from the widget's layer and worker logic; the values persist with
+``QSettings("napari-imedsam", "segment")`` so a restarted napari comes back
+with the same model, adapter, decoder, device and uncertainty toggle. The CT
+window is not among them: it belongs to each image (a window remembered from a
+CT scan must not follow the user to a photograph).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtCore import QSettings
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget,
+)
+
+from ...session_holder import DEVICE_CHOICES, MODEL_CHOICES, ModelSpec
+
+#: The decoder choices as the widget words them, and what they mean.
+DECODERS = {"I-MedSAM (any resolution, uncertainty)": "auto",
+            "base model's own decoder": "sam"}
+from ...inference.intensity import CT_WINDOWS
+
+
+def settings() -> QSettings:
+    """Where the widget's choices are stored between sessions."""
+    return QSettings("napari-imedsam", "segment")
+
+
+class SettingsForm(QWidget):
+    """Model, adapter, decoder, device, CT window and "show uncertainty", remembered."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model_combo = QComboBox()
+        self.model_combo.setEditable(True)  # a typed path is a local checkpoint
+        self.model_combo.addItems(MODEL_CHOICES)
+        self.model_combo.setToolTip(
+            "medsam_lite: LiteMedSAM with our I-MedSAM decoder (offline, the default); SAM "
+            "vit_b/l/h (downloaded on first use); or a local .pth / .safetensors file")
+        self.adapter_edit = QLineEdit()
+        self.adapter_edit.setPlaceholderText("the model's own (medsam_lite: shipped)")
+        self.adapter_edit.setToolTip("an I-MedSAM adapter (.safetensors) for the chosen model, "
+                                     "e.g. one trained in the Fine-tune widget")
+        self.decoder_combo = QComboBox()
+        self.decoder_combo.addItems(list(DECODERS))
+        self.decoder_combo.setToolTip(
+            "I-MedSAM: the implicit decoder (masks at any resolution, uncertainty); base "
+            "model: the backbone's own mask decoder (LiteMedSAM's / SAM's)")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICE_CHOICES)
+        self.window_combo = QComboBox()
+        self.window_combo.addItems(["none", *CT_WINDOWS])
+        self.window_combo.setToolTip("CT intensity window applied before the encoder (HU data)")
+        self.show_unc = QCheckBox("show uncertainty")
+        self.show_unc.setChecked(True)
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("model", _with_browse(self.model_combo, self._browse_model))
+        form.addRow("adapter", _with_browse(self.adapter_edit, self._browse_adapter))
+        form.addRow("decoder", self.decoder_combo)
+        form.addRow("device", self.device_combo)
+        form.addRow("CT window", self.window_combo)
+        form.addRow("", self.show_unc)
+
+        self._restoring = False
+        self.restore()
+        for signal in (self.model_combo.currentTextChanged, self.adapter_edit.editingFinished,
+                       self.device_combo.currentTextChanged,
+                       self.decoder_combo.currentTextChanged, self.show_unc.toggled):
+            signal.connect(self.save)
+
+    def spec(self) -> ModelSpec:
+        """The model the next request will use."""
+        name = self.model_combo.currentText().strip() or MODEL_CHOICES[0]
+        adapter = self.adapter_edit.text().strip() or None
+        decoder = DECODERS.get(self.decoder_combo.currentText(), "auto")
+        return ModelSpec(name, adapter, self.device_combo.currentText(), decoder)
+
+    def window(self) -> str | None:
+        """The CT window of the current image, or None."""
+        text = self.window_combo.currentText()
+        return None if text == "none" else text
+
+    def show_window(self, window: str | None, image: Any) -> None:
+        """Show an image's own CT window; a colour image cannot have one."""
+        from ...inference.intensity import is_grey
+
+        colour = bool(getattr(image, "rgb", False)) and not _looks_grey(image, is_grey)
+        self.window_combo.blockSignals(True)
+        self.window_combo.setCurrentText("none" if colour or window is None else window)
+        self.window_combo.blockSignals(False)
+        self.window_combo.setEnabled(not colour)
+        self.window_combo.setToolTip(
+            "this image has colour: a CT window applies to grey (CT) images only" if colour
+            else "CT intensity window applied before the encoder (HU data); it belongs to "
+                 "this image")
+
+    def restore(self) -> None:
+        """Load the stored choices (unknown stored values fall back to the defaults)."""
+        self._restoring = True  # each field set below would otherwise save all the others
+        try:
+            s = settings()
+            model = str(s.value("model", MODEL_CHOICES[0]))
+            # The retired demo model of earlier versions: the default replaces it.
+            self.model_combo.setCurrentText(MODEL_CHOICES[0] if model == "demo" else model)
+            self.adapter_edit.setText(str(s.value("adapter", "")))
+            for combo, key in ((self.device_combo, "device"), (self.decoder_combo, "decoder")):
+                index = combo.findText(str(s.value(key, combo.itemText(0))))
+                combo.setCurrentIndex(max(index, 0))
+            self.show_unc.setChecked(str(s.value("show_uncertainty", "true")).lower() == "true")
+        finally:
+            self._restoring = False
+
+    def save(self, *_: Any) -> None:
+        """Store the current choices."""
+        if self._restoring:
+            return
+        s = settings()
+        s.setValue("model", self.model_combo.currentText())
+        s.setValue("adapter", self.adapter_edit.text())
+        s.setValue("device", self.device_combo.currentText())
+        s.setValue("decoder", self.decoder_combo.currentText())
+        s.setValue("show_uncertainty", "true" if self.show_unc.isChecked() else "false")
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model checkpoint", "",
+                                              "Models (*.pth *.pt *.safetensors)")
+        if path:
+            self.model_combo.setCurrentText(path)
+
+    def _browse_adapter(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Adapter", "", "Adapters (*.safetensors)")
+        if path:
+            self.adapter_edit.setText(path)
+            self.save()
+
+
+def _looks_grey(image: Any, is_grey: Any) -> bool:
+    """Whether an RGB layer holds grey pixels (CT saved as RGB), from a sample of rows."""
+    data = image.data[-1] if getattr(image, "multiscale", False) else image.data
+    step = max(1, data.shape[-3] // 64)
+    return is_grey(__import__("numpy").asarray(data[..., ::step, :, :]))
+
+
+def _with_browse(field: QWidget, slot: Any) -> QWidget:
+    """``field`` with a small "..." button that opens a file picker."""
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QPushButton("...")
+    button.setMaximumWidth(30)
+    button.clicked.connect(slot)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box

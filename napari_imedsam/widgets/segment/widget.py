@@ -1,0 +1,623 @@
+"""The Segment dock widget: draw a box, get a mask (and its uncertainty).
+
+Flow: a rectangle added to or edited in an image's boxes layer becomes a
+:class:`~napari_imedsam.session_holder.Request`; requests run one at a time
+in a napari thread worker (the model loads lazily in the first one); a newer
+request for the same box replaces a queued one and makes a running one stale,
+so only the latest box geometry ever reaches the masks layer.
+
+Several images: each has its own layers and bookkeeping (``state``);
+the widget follows the image the user selects or opened last, shows that
+image with its layers and hides the others' (so boxes are never drawn over the
+wrong picture). Undo/redo take a box and its mask together (``journal``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
+)
+
+from . import journal
+from .. import layers as wl
+from ..common import tell
+from ...session_holder import Outcome, Request, SessionHolder, segment
+from ...boxes import box_from_vertices, check_image, plane_index, spatial_shape, take_plane
+from .download import DownloadControls
+from .export import ExportControls
+from .series import SeriesControls
+from .settings import SettingsForm
+from .state import ImageState, segmentable_images
+from .uncertainty import UncertaintyView
+from .volume import VolumeTools
+from .zoom import ZoomPreview
+
+HELP = (
+    "Draw a rectangle around an object in the image's <b>boxes</b> layer: its mask appears "
+    "in <b>masks</b> with the next free id. Move or resize the box to redo that object.<br>"
+    "<b>Shift+A</b> accept the current object (its box turns grey and stays as it is), "
+    "then draw the next one. <b>Shift+C</b> clear the current (or selected) object and its "
+    "box. <b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b> (boxes layer active) undo / redo a box and its "
+    "mask together; brush strokes have the masks layer's own undo.<br>"
+    "Several images: the widget follows the image you select or open.<br>"
+    "Volumes: the box applies to the slice in view."
+)
+NO_UNCERTAINTY = (
+    "Base-model mode: the backbone's own mask decoder gives no uncertainty. For an "
+    "uncertainty map choose the I-MedSAM decoder (the medsam_lite model has one), or "
+    "load an I-MedSAM adapter for a SAM model."
+)
+NO_IMAGE = "add an image layer (File > Open, or File > Open Sample > I-MedSAM)"
+
+
+class SegmentWidget(QWidget):
+    """Dock widget for box-prompted segmentation of the viewer's images."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        # napari hands dock widgets a proxy of the viewer whose every answer is a
+        # new proxy object: layers would never be identical to themselves, and the
+        # per-image bookkeeping is keyed by layer identity. The viewer itself.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self._holder = SessionHolder()
+        self._states: dict[int, ImageState] = {}  # id(image layer) -> its state
+        self.state: ImageState | None = None  # the image being annotated
+        self._queue: dict[tuple[int, int], Request] = {}  # (image, box_key) -> newest waiting
+        self._worker: Any = None
+        self._told_no_uncertainty = False
+        self._binding = False
+        self._replaying = False  # undo/redo is moving boxes: not new requests
+        self._refused: int | None = None  # the unusable layer last warned about
+        self._build_ui()
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._on_layers_changed()
+
+    # -- UI ----------------------------------------------------------------
+    def _build_ui(self) -> None:
+        self.image_combo = QComboBox()
+        self.settings = SettingsForm()
+        # Short names for the fields (scripts and tests set them directly).
+        form = self.settings
+        self.model_combo, self.adapter_edit = form.model_combo, form.adapter_edit
+        self.device_combo, self.window_combo = form.device_combo, form.window_combo
+        self.show_unc = form.show_unc
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        help_label = QLabel(HELP)
+        help_label.setWordWrap(True)
+
+        image_row = QFormLayout()
+        image_row.setContentsMargins(0, 0, 0, 0)
+        image_row.addRow("image", self.image_combo)
+        buttons = QHBoxLayout()
+        for text, slot in (("Accept (Shift+A)", self.accept_current),
+                           ("Clear (Shift+C)", self.clear_current),
+                           ("Undo", self.undo), ("Redo", self.redo)):
+            button = QPushButton(text)
+            button.clicked.connect(slot)
+            buttons.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(image_row)
+        self.series = SeriesControls(self)
+        layout.addWidget(self.series)
+        layout.addWidget(self.settings)
+        layout.addLayout(buttons)
+        self.unc_view = UncertaintyView(self)
+        layout.addWidget(self.unc_view)
+        # Zoom preview and volume tools: their own modules, hooked in here only.
+        self.zoom, self.volume = ZoomPreview(self), VolumeTools(self)
+        self.zoom.more_boxes = self.volume.boxes_on_plane
+        layout.addWidget(self.zoom)
+        layout.addWidget(self.volume)
+        # Export and weights download: their own modules, hooked in here only.
+        self.export, self.downloads = ExportControls(self), DownloadControls(self._holder)
+        layout.addWidget(self.export)
+        layout.addWidget(self.downloads)
+        layout.addWidget(self.status)
+        layout.addWidget(help_label)
+        layout.addStretch(1)
+
+        self.image_combo.currentTextChanged.connect(lambda _: self._bind_layers())
+        # Choosing the same image again re-creates layers the user deleted.
+        self.image_combo.activated.connect(lambda _: self._bind_layers())
+        self.show_unc.toggled.connect(lambda _: self.unc_view.refresh_visibility())
+        self.window_combo.currentTextChanged.connect(self._on_window_chosen)
+
+    def use_model(self, model: Any) -> None:
+        """Segment with an already built model object (scripts, tests) instead of a name."""
+        self._holder.pinned = model
+
+    @property
+    def holder(self) -> SessionHolder:
+        """The model in memory, shared with the other sections and the Fine-tune widget."""
+        return self._holder
+
+    @property
+    def pinned_model(self) -> Any:
+        """The model given to :meth:`use_model`, or None when the settings name it."""
+        return self._holder.pinned
+
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+    # -- the current image's layers (the sections read these) ------------------------
+    @property
+    def image(self) -> Image | None:
+        return None if self.state is None else self.state.image
+
+    @property
+    def boxes(self) -> Any:
+        return None if self.state is None else self.state.boxes
+
+    @property
+    def masks(self) -> Any:
+        return None if self.state is None else self.state.masks
+
+    @property
+    def uncertainty(self) -> Any:
+        return None if self.state is None else self.state.uncertainty
+
+    # -- following images ---------------------------------------------------------------
+    def _on_layers_changed(self, event: Any = None) -> None:
+        """Keep the image list current, forget removed layers, follow a new image.
+
+        Layers are only ever created when an image is chosen or first appears,
+        never in answer to a removal: napari removes every layer one by one when
+        it closes, and re-creating them there would never end.
+        """
+        images = segmentable_images(self.viewer)
+        for key in [k for k, st in self._states.items() if st.image not in images]:
+            self._drop_state(key)
+        for state in self._states.values():
+            state.drop_missing(self.viewer)
+        inserted = event is not None and getattr(event, "type", "") == "inserted"
+        if inserted and isinstance(event.value, Image):
+            event.value.events.name.connect(self._on_layers_changed)
+        names = [layer.name for layer in images]
+        current = self.image_combo.currentText()
+        new_image = inserted and event.value in images and not self._binding
+        if names != [self.image_combo.itemText(i) for i in range(self.image_combo.count())]:
+            self.image_combo.blockSignals(True)
+            self.image_combo.clear()
+            self.image_combo.addItems(names)
+            if current in names:
+                self.image_combo.setCurrentText(current)
+            self.image_combo.blockSignals(False)
+        if self._binding:
+            return
+        if new_image:  # the user opened an image: annotate it next
+            self.show_image(event.value)
+            # napari makes the new image active once this event is over: take the
+            # focus back to its boxes layer then.
+            QTimer.singleShot(0, self._activate_boxes)
+        elif self.state is None and names and event is None:
+            self._bind_layers()
+        elif self.state is None:
+            self.set_status("choose an image to segment" if names else NO_IMAGE)
+
+    def _on_active_layer(self, event: Any = None) -> None:
+        """Follow the user: selecting an image, or one of an image's layers, makes it current."""
+        if self._binding or self._replaying:
+            return
+        layer = self.viewer.layers.selection.active
+        if layer is None or (self.state is not None and self.state.owns(layer)):
+            return
+        owner = wl.owner_name(layer)
+        if owner is not None and owner in self.viewer.layers:
+            target = self.viewer.layers[owner]
+        elif isinstance(layer, Image) and not wl.is_ours(layer):
+            target = layer
+        else:
+            return
+        self.show_image(target, activate=False)
+
+    def show_image(self, image: Image, activate: bool = True) -> None:
+        """Make ``image`` the one boxes refer to (as choosing it in the list does)."""
+        if self.image_combo.currentText() == image.name:
+            self._bind_layers(activate=activate)
+        else:
+            self._activate_after = activate
+            self.image_combo.setCurrentText(image.name)  # -> _bind_layers
+
+    def _drop_state(self, key: int) -> None:
+        state = self._states.pop(key)
+        for queued in [k for k in self._queue if k[0] == key]:
+            del self._queue[queued]
+        if state is self.state:
+            self.state = None
+
+    def _bind_layers(self, activate: bool | None = None) -> None:
+        """Point the widget at the chosen image, with its own boxes and masks layers."""
+        activate = getattr(self, "_activate_after", True) if activate is None else activate
+        self._activate_after = True
+        name = self.image_combo.currentText()
+        image = self.viewer.layers[name] if name in self.viewer.layers else None
+        if not isinstance(image, Image):
+            self.set_status(NO_IMAGE)
+            return
+        shape = image.data[0].shape if image.multiscale else image.data.shape
+        try:
+            check_image(shape, image.rgb)
+        except ValueError as exc:
+            self.state = None  # boxes drawn now get "choose an image", not a wrong image
+            if self._refused != id(image):  # once per layer, not at every re-check
+                self._refused = id(image)
+                tell("warning", f"cannot use layer '{name}': {exc}")
+            self.set_status(f"'{name}' cannot be segmented: {exc}")
+            return
+        self._refused = None
+        state = self._states.get(id(image))
+        if state is None:
+            state = self._states[id(image)] = ImageState(image, window=_first_window(image))
+        spatial = spatial_shape(shape, image.rgb)
+        self._binding = True  # adding layers below re-enters _on_layers_changed
+        try:
+            if state.masks is None:
+                state.masks = wl.find_or_add_masks(self.viewer, image, spatial)
+            if state.boxes is None:
+                state.boxes = wl.find_or_add_boxes(self.viewer, image, len(spatial))
+            previous, self.state = self.state, state
+            self._show_only(state)
+            if previous is not state:
+                try:
+                    self._move_camera(previous, state)
+                except Exception:  # noqa: BLE001 - framing is a courtesy, never a crash
+                    pass
+            self._connect(state)
+            self.settings.show_window(state.window, image)
+        finally:
+            self._binding = False
+        if activate:
+            self._activate_boxes()
+        self.unc_view.refresh_visibility()
+        self.unc_view.apply_outline(state)
+        self.set_status(f"ready: draw a box on '{name}'")
+
+    def _activate_boxes(self) -> None:
+        """The current boxes layer on top of the list and active: the next drag draws a box."""
+        state = self.state
+        if state is None or state.boxes is None or state.boxes not in self.viewer.layers:
+            return
+        self._binding = True
+        try:
+            layers = self.viewer.layers
+            if layers.index(state.boxes) != len(layers) - 1:
+                layers.move(layers.index(state.boxes), len(layers))
+            layers.selection.active = state.boxes
+            state.boxes.mode = "add_rectangle"
+        finally:
+            self._binding = False
+
+    def _move_camera(self, previous: ImageState | None, state: ImageState) -> None:
+        """Frame the image the widget now follows: where the user left it, or whole.
+
+        Images of different sizes share one canvas; without this a small image
+        opened after zooming into a large one sits in a corner, and coming back
+        to an image loses the place the user was working at.
+        """
+        camera = getattr(self.viewer, "scene", self.viewer).camera
+        if previous is not None and previous.image in self.viewer.layers:
+            previous.view = (tuple(camera.center), float(camera.zoom))
+        if state.view is not None:
+            camera.center, camera.zoom = state.view
+            return
+        try:
+            self.viewer.reset_view(layers=[state.image])
+        except (TypeError, IndexError):
+            # napari before 0.6 has no ``layers``; napari 0.9 fails to fit a 2D layer
+            # while a volume sets the world's dimensions: fit the image's plane by hand.
+            self._fit_plane(state.image, camera)
+
+    def _fit_plane(self, image: Image, camera: Any) -> None:
+        """Centre the image's last two axes and fill 95 % of the canvas with them."""
+        extent = np.asarray(image.extent.world, dtype=float)[:, -2:]
+        size = np.maximum(extent[1] - extent[0], 1e-6)
+        canvas = getattr(getattr(self.viewer, "canvas", None), "size", None)
+        if canvas is None or self.viewer.dims.ndisplay != 2:
+            self.viewer.reset_view()
+            return
+        camera.center = tuple(camera.center)[:-2] + tuple((extent[0] + extent[1]) / 2)
+        camera.zoom = 0.95 * float(np.min(np.asarray(canvas[-2:], float) / size))
+
+    def _show_only(self, state: ImageState) -> None:
+        """Show the current image with its layers; hide the other images and theirs."""
+        for other in self._states.values():
+            if other is not state and other.image.visible:
+                other.image.visible = False
+        for layer in self.viewer.layers:  # boxes, masks, previews... of other images
+            owner = wl.owner_name(layer)
+            if owner is not None and owner != state.image.name and layer.visible:
+                layer.visible = False
+        for layer in (state.image, state.boxes, state.masks):
+            if layer is not None and not layer.visible:
+                layer.visible = True
+
+    def _connect(self, state: ImageState) -> None:
+        if state.connected or state.boxes is None:
+            return
+        state.boxes.events.data.connect(lambda event, st=state: self._on_boxes_data(st, event))
+        for key, action in (("Shift-A", self.accept_current), ("Shift-C", self.clear_current),
+                            ("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
+                            ("Control-Y", self.redo)):
+            state.boxes.bind_key(key, lambda _layer, f=action: f(), overwrite=True)
+        state.connected = True
+
+    def _on_window_chosen(self, text: str) -> None:
+        if self.state is not None and not self._binding:
+            self.state.window = None if text == "none" else text
+
+    # -- boxes -> requests -----------------------------------------------------
+    def _on_boxes_data(self, state: ImageState, event: Any) -> None:
+        if self._replaying:
+            return
+        # Never let an exception escape into napari's event loop.
+        try:
+            action = str(event.action)
+            if action == "removing":
+                self._forget_rows(state, event.data_indices)
+            elif action == "added":
+                self._request_rows(state, wl.assign_keys(state.boxes))
+            elif action == "changed":
+                self._request_rows(state, [i for i in event.data_indices
+                                           if 0 <= i < len(state.boxes.data)])
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"I-MedSAM: could not handle the box: {exc}")
+
+    def _request_rows(self, state: ImageState, rows: list[int]) -> None:
+        image, boxes = state.image, state.boxes
+        if image not in self.viewer.layers or boxes is None:
+            show_warning("I-MedSAM: choose an image layer in the Segment widget first")
+            return
+        spatial = wl.image_spatial_shape(image)
+        for row in rows:
+            key = int(boxes.features["box_key"].iloc[row])
+            if bool(boxes.features["accepted"].iloc[row]):
+                show_info("I-MedSAM: that object is accepted and stays as it is; "
+                          "clear it (Shift+C) to redo it")
+                continue
+            verts = wl.vertices_in_image(boxes, image, row)
+            try:
+                plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
+                box = box_from_vertices(verts[:, -2:], spatial[-2:])
+            except ValueError as exc:
+                show_warning(f"I-MedSAM: {exc}")
+                continue
+            if state.last_box.get(key) == (plane, box):
+                continue  # a move that ended where it started: nothing new to compute
+            state.last_box[key] = (plane, box)
+            data = image.data[0] if image.multiscale else image.data
+            request = Request(key, self.settings.spec(), take_plane(data, plane), plane, box,
+                              state.window, owner=state.key)
+            state.latest[key] = request.req_id
+            self._queue.pop((state.key, key), None)  # re-insert: the newest goes last
+            self._queue[(state.key, key)] = request
+            state.current = key
+        self._start_next()
+
+    def _start_next(self) -> None:
+        """Run the oldest waiting request unless one is running (the session is not
+        thread-safe, and one at a time keeps the CPU free for the viewer)."""
+        if self._worker is not None or not self._queue:
+            return
+        first = next(iter(self._queue))
+        if not self.downloads.ensure(self._queue[first].spec, self._start_next, self._drop_waiting):
+            return  # the model's weights download first, then this runs again
+        request = self._queue.pop(first)
+        worker = create_worker(segment, self._holder, request, _start_thread=False)
+        worker.yielded.connect(self.set_status)
+        worker.returned.connect(self._on_outcome)
+        worker.finished.connect(self._on_worker_finished)
+        self._worker = worker
+        worker.start()
+
+    def _on_worker_finished(self) -> None:
+        self._worker = None
+        if self._queue:
+            self._start_next()
+
+    def _drop_waiting(self, message: str) -> None:
+        """The model cannot be had (download cancelled or failed): forget the waiting
+        boxes, so that drawing or nudging them again retries."""
+        for owner, key in self._queue:
+            state = self._states.get(owner)
+            if state is not None:
+                state.last_box.pop(key, None)
+        self._queue.clear()
+        self.set_status(message)
+
+    @property
+    def busy(self) -> bool:
+        """True while a request runs or waits."""
+        return self._worker is not None or bool(self._queue)
+
+    # -- results -> layers ---------------------------------------------------------
+    def _on_outcome(self, outcome: Outcome) -> None:
+        try:
+            self._apply(outcome)
+        except Exception as exc:  # noqa: BLE001
+            show_error(f"I-MedSAM: could not write the mask: {exc}")
+
+    def _apply(self, outcome: Outcome) -> None:
+        request = outcome.request
+        state, key = self._states.get(request.owner), request.box_key
+        if state is None or state.latest.get(key) != request.req_id:
+            return  # superseded, the box was deleted, or its image was closed
+        boxes = state.boxes
+        row = None if boxes is None else wl.row_of(boxes, key)
+        if outcome.error is not None:
+            state.last_box.pop(key, None)  # let the same box be tried again
+            tell("error", outcome.error, lambda text: self.set_status(f"failed: {text}"))
+            return
+        if row is None:
+            return
+        if state.masks is None:  # the user deleted it: start a new one
+            state.masks = wl.find_or_add_masks(self.viewer, state.image,
+                                              wl.image_spatial_shape(state.image))
+        before = state.box_memory.get(key)
+        object_id = int(boxes.features["object_id"].iloc[row]) or wl.next_free_id(state.masks, boxes)
+        written, changes = wl.write_object(state.masks, outcome.mask, request.plane, object_id)
+        wl.set_feature(boxes, row, "object_id", object_id)
+        after = journal.box_record(boxes, row)
+        state.box_memory[key] = after
+        state.journal.record(journal.Step(f"object {object_id}", changes,
+                                          [journal.BoxChange(key, before, after)]))
+        state.masks.selected_label = object_id  # brush corrections continue this object
+        if outcome.advice is not None:
+            show_warning(f"I-MedSAM: {outcome.advice}")
+        elif written == 0 and outcome.mask.any():
+            show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
+        self.unc_view.show_object(state, key, request.plane,
+                                  outcome.uncertainty if outcome.mask.any() else None)
+        decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"
+        note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
+        if outcome.advice is not None:
+            note += f". Hint: {outcome.advice}"
+        if outcome.mode == "sam":
+            note += ". " + NO_UNCERTAINTY
+            if not self._told_no_uncertainty:
+                self._told_no_uncertainty = True
+                show_info(f"I-MedSAM: {NO_UNCERTAINTY}")
+        # The worker that produced this outcome is still finishing: only queued
+        # requests mean more work.
+        self.set_status(note + "; more boxes waiting..." if self._queue else note)
+
+    # -- hotkeys -------------------------------------------------------------------
+    def current_row(self) -> int | None:
+        """The selected box if exactly one is selected, else the last one worked on."""
+        state = self.state
+        if state is None or state.boxes is None:
+            return None
+        if len(state.boxes.selected_data) == 1:
+            return int(next(iter(state.boxes.selected_data)))
+        return None if state.current is None else wl.row_of(state.boxes, state.current)
+
+    def accept_current(self) -> None:
+        """Commit the current object: later edits of its box no longer change it."""
+        row = self.current_row()
+        if row is None:
+            show_info("I-MedSAM: no current object to accept; draw a box first")
+            return
+        state, boxes = self.state, self.state.boxes
+        key = int(boxes.features["box_key"].iloc[row])
+        before = journal.box_record(boxes, row)
+        wl.set_feature(boxes, row, "accepted", True)
+        after = state.box_memory[key] = journal.box_record(boxes, row)
+        state.journal.record(journal.Step("accept", [], [journal.BoxChange(key, before, after)]))
+        wl.recolor(boxes)
+        state.current = None
+        boxes.selected_data = set()
+        boxes.mode = "add_rectangle"
+        self.set_status("object accepted: draw the next box")
+
+    def clear_current(self) -> None:
+        """Remove the current object's pixels and its box: one undo step for both."""
+        row = self.current_row()
+        if row is None:
+            show_info("I-MedSAM: no current object to clear")
+            return
+        self._remove_rows(self.state, [row], "clear")
+        self.state.boxes.mode = "add_rectangle"
+        self.set_status("object cleared (Ctrl+Z brings it back)")
+
+    def _remove_rows(self, state: ImageState, rows: list[int], what: str) -> None:
+        """Clear the objects of ``rows`` (accepted ones too: the user asked) and remove
+        their boxes, as one journal step."""
+        boxes, step = state.boxes, journal.Step(what)
+        for row in rows:
+            key = int(boxes.features["box_key"].iloc[row])
+            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
+            object_id = int(boxes.features["object_id"].iloc[row])
+            if object_id and state.masks is not None:
+                step.masks += wl.clear_object(state.masks, object_id)
+            self._forget_key(state, key)
+        self._replaying = True  # the removal below is ours, already recorded
+        try:
+            boxes.selected_data = set(rows)
+            boxes.remove_selected()
+        finally:
+            self._replaying = False
+        state.journal.record(step)
+        self.unc_view.redraw_all(state)
+
+    def _forget_rows(self, state: ImageState, rows: tuple[int, ...]) -> None:
+        """The user deleted boxes (napari's delete): their objects go too, undoably;
+        accepted objects keep their pixels."""
+        boxes, step = state.boxes, journal.Step("delete")
+        for row in rows:
+            if not 0 <= row < len(boxes.features):
+                continue
+            key = int(boxes.features["box_key"].iloc[row])
+            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
+            object_id = int(boxes.features["object_id"].iloc[row])
+            if object_id and not bool(boxes.features["accepted"].iloc[row]) \
+                    and state.masks is not None:
+                step.masks += wl.clear_object(state.masks, object_id)
+            self._forget_key(state, key)
+        state.journal.record(step)
+        self.unc_view.redraw_all(state)
+
+    def _forget_key(self, state: ImageState, key: int) -> None:
+        self._queue.pop((state.key, key), None)
+        state.forget_object(key)
+        state.box_memory.pop(key, None)
+
+    # -- undo / redo -------------------------------------------------------------------
+    def undo(self) -> None:
+        self._replay(undo=True)
+
+    def redo(self) -> None:
+        self._replay(undo=False)
+
+    def _replay(self, undo: bool) -> None:
+        state = self.state
+        if state is None or state.boxes is None:
+            return
+        step = state.journal.undo() if undo else state.journal.redo()
+        if step is None:
+            self.set_status("nothing to undo" if undo else "nothing to redo")
+            return
+        self._replaying = True
+        try:
+            if state.masks is not None:
+                journal.apply_masks(state.masks, step.masks, undo)
+            journal.apply_boxes(state.boxes, step.boxes, undo)
+        finally:
+            self._replaying = False
+        for change in step.boxes:
+            target = change.before if undo else change.after
+            self._forget_key(state, change.key)
+            if target is not None:
+                state.box_memory[change.key] = target
+                plane_box = self._plane_box(state, change.key)
+                if plane_box is not None:
+                    state.last_box[change.key] = plane_box
+        self.unc_view.redraw_all(state)
+        self.set_status(f"{'undone' if undo else 'redone'}: {step.what}")
+
+    def _plane_box(self, state: ImageState, key: int) -> tuple | None:
+        """(plane, box) of a restored box, so that it is not segmented again as is."""
+        row = wl.row_of(state.boxes, key)
+        if row is None:
+            return None
+        spatial = wl.image_spatial_shape(state.image)
+        verts = wl.vertices_in_image(state.boxes, state.image, row)
+        try:
+            plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
+            return plane, box_from_vertices(verts[:, -2:], spatial[-2:])
+        except ValueError:
+            return None
+
+
+def _first_window(image: Image) -> str | None:
+    """The CT window a newly seen image starts with: its suggested one, if any."""
+    suggested = image.metadata.get("suggested_window") if hasattr(image, "metadata") else None
+    return suggested if isinstance(suggested, str) else None
