@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixel-edge coordinates
+from .inference.regions import Box, Region
+
+__all__ = ["Box", "MIN_BOX_SIDE", "Region", "box_from_vertices", "check_image", "plane_index",
+           "spatial_shape", "take_plane"]
 
 #: Boxes thinner than this (pixels) are almost always a stray click.
 MIN_BOX_SIDE = 2.0

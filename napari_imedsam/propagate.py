@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from .boxes import Box, take_plane
-from .session_holder import ModelSpec, SessionHolder, explain
+from .session_holder import ModelSpec, SessionError, SessionHolder, explain
 
 #: The directions a user can choose; "up" is towards higher slice indices.
 DIRECTIONS = ("both", "up", "down")
@@ -271,10 +271,9 @@ def precompute_body(holder: SessionHolder, spec: ModelSpec, data: Any, planes: S
     """
     done = 0
     try:
-        with holder.lock:
-            session = holder.session_for(spec)
-    except Exception as exc:  # noqa: BLE001
-        return done, explain(exc, spec, loading=True)
+        session = holder.load(spec)
+    except SessionError as exc:
+        return done, str(exc)
     try:
         for plane in planes:
             if job.stopped:
@@ -295,18 +294,15 @@ def propagate_body(holder: SessionHolder, spec: ModelSpec, data: Any, start_plan
     (with ``error`` set instead of raising). ``rule``: the one measured for the
     session's backbone unless given."""
     try:
-        with holder.lock:
-            session = holder.session_for(spec)
-    except Exception as exc:  # noqa: BLE001
-        return Summary({}, error=explain(exc, spec, loading=True))
+        session = holder.load(spec)
+    except SessionError as exc:
+        return Summary({}, error=str(exc))
     if rule is None:
         rule = stop_rule_for(session.model.config.variant)
 
     def segment_slice(plane: int, box: Box) -> tuple[np.ndarray, float]:
         image = take_plane(data, plane)  # read outside the lock: lazy data may be slow
-        with holder.lock:  # the session holds one image at a time
-            session.set_image(image, window=window)
-            result = session.predict(np.asarray([box]))
+        result, _ = holder.run(spec, image, [box], window=window)
         iou = float("nan") if result.iou is None else float(result.iou[0])
         return result.masks()[0], iou
 
@@ -315,6 +311,8 @@ def propagate_body(holder: SessionHolder, spec: ModelSpec, data: Any, start_plan
                                              should_stop=lambda: job.stopped)
     try:
         summary = yield from steps
+    except SessionError as exc:
+        return Summary({}, error=str(exc))
     except Exception as exc:  # noqa: BLE001
         return Summary({}, error=explain(exc, spec, loading=False))
     return summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +17,6 @@ import numpy as np
 
 from .advice import advise
 from .boxes import Box
-from .model.config import DEVICE_CHOICES
 
 #: Model choices offered in the widget besides "a local file": the default
 #: (LiteMedSAM + our I-MedSAM adapter, offline) and SAM's ViTs (downloaded).
@@ -93,14 +92,19 @@ def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:
     return f"Segmentation failed: {text}"
 
 
+class SessionError(RuntimeError):
+    """A failure of loading or running a model, already worded for the user (:func:`explain`)."""
+
+
 class SessionHolder:
     """Keeps one loaded model (and its embedding cache) between requests.
 
     Several workers use it (box requests, the zoom preview, volume
-    precompute and propagation), each in its own thread: ``lock`` must be
-    held while loading and for every set_image + predict pair, since the
-    session holds one current image. ``pinned`` lets a caller supply a model
-    object directly (scripts, tests) instead of a name.
+    precompute and propagation, export), each in its own thread: ``lock`` must
+    be held while loading and for every set_image + predict pair, since the
+    session holds one current image; :meth:`load` and :meth:`run` do both and
+    word failures. ``pinned`` lets a caller supply a model object directly
+    (scripts, tests) instead of a name.
     """
 
     def __init__(self) -> None:
@@ -138,6 +142,28 @@ class SessionHolder:
         self._session.use_decoder(spec.decoder)
         return self._session
 
+    def load(self, spec: ModelSpec) -> Any:
+        """:meth:`session_for` under the lock; a failure raises :class:`SessionError`
+        saying what to do (another model, a local file, the weights offline)."""
+        try:
+            with self.lock:
+                return self.session_for(spec)
+        except Exception as exc:  # noqa: BLE001 - worded for the user, with the cause chained
+            raise SessionError(explain(exc, spec, loading=True)) from exc
+
+    def run(self, spec: ModelSpec, image: np.ndarray, boxes: Sequence[Box], *,
+            window: str | None = None, **predict: Any) -> tuple[Any, Any]:
+        """``(prediction, session)`` of ``boxes`` on ``image``: loads ``spec`` if needed,
+        then sets the image and predicts under the lock (``predict``: e.g. ``region``,
+        ``out_shape``). A failure raises :class:`SessionError`, worded."""
+        session = self.load(spec)
+        try:
+            with self.lock:
+                session.set_image(image, window=window)
+                return session.predict(np.asarray(boxes, dtype=np.float64), **predict), session
+        except Exception as exc:  # noqa: BLE001
+            raise SessionError(explain(exc, spec, loading=False)) from exc
+
 
 def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Outcome]:
     """Worker body: yields status lines, returns an :class:`Outcome` (never raises).
@@ -150,20 +176,16 @@ def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Out
         if not holder.loaded(spec):
             note = " (downloads the weights on first use)" if spec.name in MODEL_CHOICES[1:] else ""
             yield f"loading model {spec.describe()}{note}..."
-        try:
-            with holder.lock:
-                session = holder.session_for(spec)
-        except Exception as exc:  # noqa: BLE001
-            return Outcome(request, error=explain(exc, spec, loading=True))
+            holder.load(spec)
         yield f"segmenting box {request.box_key}..."
-        with holder.lock:
-            session.set_image(request.image, window=request.window)
-            result = session.predict(np.asarray([request.box]))
+        result, session = holder.run(spec, request.image, [request.box], window=request.window)
         mask = result.masks()[0]
         unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
         iou = float("nan") if result.iou is None else float(result.iou[0])
         return Outcome(request, mask=mask, uncertainty=unc, mode=result.mode,
                        encoder=session.encoder_runtime().describe,
                        advice=advise(session.model.config.variant, mask, iou))
+    except SessionError as exc:
+        return Outcome(request, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         return Outcome(request, error=explain(exc, spec, loading=False))

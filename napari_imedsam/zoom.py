@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .boxes import Box
-from .session_holder import ModelSpec, SessionHolder, explain
+from .boxes import Box, Region
+from .session_holder import ModelSpec, SessionError, SessionHolder
 
-Region = tuple[float, float, float, float]  # y0, x0, y1, x1 in pixel edges
 
 #: Below this many screen pixels per image pixel the image grid is already
 #: as sharp as the screen: no preview (and the layer is cleared).
@@ -174,13 +173,10 @@ class PreviewOutcome:
 def decode_preview(holder: SessionHolder, job: PreviewJob) -> PreviewOutcome:
     """Worker body: decode ``job``'s boxes on its view (never raises)."""
     try:
-        with holder.lock:
-            session = holder.session_for(job.spec)
-            session.set_image(job.image, window=job.window)
-            result = session.predict(np.asarray(job.boxes), region=job.view.region,
-                                     out_shape=job.view.out_shape)
-    except Exception as exc:  # noqa: BLE001 - a failed preview only notifies
-        return PreviewOutcome(job, error=explain(exc, job.spec, loading=False))
+        result, _ = holder.run(job.spec, job.image, job.boxes, window=job.window,
+                               region=job.view.region, out_shape=job.view.out_shape)
+    except SessionError as exc:  # a failed preview only notifies
+        return PreviewOutcome(job, error=str(exc))
     labels = preview_labels(result.prob.max(axis=1), job.object_ids)
     paths: list[tuple[int, np.ndarray]] = []
     if job.boundary:

@@ -151,7 +151,7 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     widget.zoom.schedule()
     took = _wait(app, lambda: not widget.zoom.busy and not widget.zoom._timer.isActive())
     preview = [layer for layer in viewer.layers if layer.name.endswith("preview")]
-    print(f"4. zoom x10 -> " + (f"preview {preview[0].data.shape} at scale "
+    print("4. zoom x10 -> " + (f"preview {preview[0].data.shape} at scale "
                                  f"{np.round(preview[0].scale, 3).tolist()} in {took:.1f} s"
                                  if preview else "no preview layer"))
     shot("3_zoomed.png")

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..model.build import build_model
 from ..model.devices import autocast, autocast_dtype, resolve_device

@@ -2,7 +2,7 @@
 
 SAM's encoder expects 8-bit RGB. CT in Hounsfield units is windowed first (the
 presets radiologists use); MR, microscopy and anything else not already 8-bit
-is scaled by its 0.5-99.5 percentiles (``train.data.as_rgb_uint8``).
+is scaled by its 0.5-99.5 percentiles (:func:`as_rgb_uint8`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-from ..train.data import as_rgb_uint8
 
 #: (width, level) in Hounsfield units.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -92,3 +90,42 @@ def is_grey(image: np.ndarray) -> bool:
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         return arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1)
     return bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Convert a 2D grey, RGB or RGBA image of any numeric dtype to (H, W, 3) uint8.
+
+    Alpha is dropped and grey is repeated to 3 channels. Non-uint8 data is scaled
+    by its 0.5-99.5 percentiles (over all channels jointly, so colours keep their
+    balance) to [0, 255]; NaN/inf become 0 first; a constant image gives zeros.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
+    elif arr.ndim != 2:
+        raise ValueError(
+            f"expected a 2D image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {arr.shape}"
+        )
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"expected a numeric image, got dtype {arr.dtype}")
+    if arr.dtype != np.uint8:
+        arr = _scale_to_uint8(arr)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    data = arr.astype(np.float64)
+    data[~np.isfinite(data)] = 0.0
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    if hi <= lo:
+        # Sparse images (a few bright pixels on a flat background) collapse the
+        # percentiles; the full range keeps them visible instead of blank.
+        lo, hi = float(data.min()), float(data.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    scaled = np.clip((data - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)

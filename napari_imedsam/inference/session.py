@@ -24,8 +24,8 @@ from .adaptive import adaptive_decode, lattice_shape, start_stride
 from .cache import EmbeddingCache, content_key
 from .fast_decoder import FastDecoder
 from .intensity import Window, to_encoder_rgb
+from .regions import Region
 
-Region = tuple[float, float, float, float]  # y0, x0, y1, x1 in image pixels
 
 #: Output pixels decoded at once for one box (a tile's side is at most 512).
 TILE = 512

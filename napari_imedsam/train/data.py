@@ -16,9 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..inference.intensity import as_rgb_uint8
+from ..inference.regions import Box
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 Pair = tuple[str, Path, Path]
-Box = tuple[float, float, float, float]
 
 
 @dataclass
@@ -29,45 +31,6 @@ class LabeledImage:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     labels: np.ndarray  # (H, W) int32, 0 = background, 1..n = objects or class ids
     label_names: dict[int, str] = field(default_factory=dict)
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Convert a 2D grey, RGB or RGBA image of any numeric dtype to (H, W, 3) uint8.
-
-    Alpha is dropped and grey is repeated to 3 channels. Non-uint8 data is scaled
-    by its 0.5-99.5 percentiles (over all channels jointly, so colours keep their
-    balance) to [0, 255]; NaN/inf become 0 first; a constant image gives zeros.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-        arr = arr[..., :3] if arr.shape[-1] == 4 else arr
-    elif arr.ndim != 2:
-        raise ValueError(
-            f"expected a 2D image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {arr.shape}"
-        )
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"expected a numeric image, got dtype {arr.dtype}")
-    if arr.dtype != np.uint8:
-        arr = _scale_to_uint8(arr)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return np.ascontiguousarray(arr)
-
-
-def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
-    data = arr.astype(np.float64)
-    data[~np.isfinite(data)] = 0.0
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    if hi <= lo:
-        # Sparse images (a few bright pixels on a flat background) collapse the
-        # percentiles; the full range keeps them visible instead of blank.
-        lo, hi = float(data.min()), float(data.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    scaled = np.clip((data - lo) / (hi - lo), 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
 
 
 def _read_raw(path: Path) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""Notifications that fit: napari's pop-ups cut long messages mid-sentence.
+"""Small Qt helpers both docks use: notifications that fit, and file pickers.
 
-The whole text goes to the widget's status line; the pop-up gets its first
-sentence (or clause) and says where the rest is.
+Notifications: napari's pop-ups cut long messages mid-sentence, so the whole
+text goes to the widget's status line and the pop-up gets its first sentence
+(or clause) and says where the rest is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, Literal
 
 #: Characters a napari notification shows on one line without cutting.
 POPUP_LIMIT = 150
@@ -31,3 +33,20 @@ def tell(level: str, text: str, status: Callable[[str], None] | None = None) -> 
         status(text)
     show = {"error": show_error, "warning": show_warning}.get(level, show_info)
     show(f"I-MedSAM: {headline(text)}")
+
+
+def browse(parent: Any, kind: Literal["folder", "open", "save"], title: str, *,
+           filters: str = "", start: str = "") -> str:
+    """A path picked in Qt's file dialog, or ``""`` when the user cancels.
+
+    ``save`` does not ask about replacing an existing file: our writers check
+    every output of an export before writing any, and ask once for all of them.
+    """
+    from qtpy.QtWidgets import QFileDialog
+
+    if kind == "folder":
+        return QFileDialog.getExistingDirectory(parent, title, start)
+    if kind == "open":
+        return QFileDialog.getOpenFileName(parent, title, start, filters)[0]
+    return QFileDialog.getSaveFileName(parent, title, start, filters,
+                                       options=QFileDialog.Option.DontConfirmOverwrite)[0]

@@ -1,4 +1,4 @@
-"""napari layer plumbing for the Segment widget (no Qt widgets here).
+"""napari layer plumbing for both docks (no Qt widgets here).
 
 Each image gets its own layers, named after it ("<image> boxes", "<image>
 masks", "<image> uncertainty") and marked in their metadata with their role
@@ -14,10 +14,13 @@ keeps it in step when shapes are added, deleted or reordered:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Shapes
+
+from ..boxes import Box, box_from_vertices, plane_index
 
 BOXES, MASKS, UNCERTAINTY = "boxes", "masks", "uncertainty"
 #: Metadata key naming the image a widget layer belongs to.
@@ -26,9 +29,14 @@ FEATURES = {"box_key": 0, "object_id": 0, "accepted": False}
 EDGE_ACTIVE, EDGE_ACCEPTED = "yellow", "#9a9a9a"
 
 
+def level0(layer: Any) -> Any:
+    """A layer's full-resolution data: level 0 when it is multiscale, else its data."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 def image_spatial_shape(image: Image) -> tuple[int, ...]:
     """Shape of the labels that go with ``image`` (full resolution, no colour axis)."""
-    shape = image.data[0].shape if image.multiscale else image.data.shape
+    shape = level0(image).shape
     return tuple(shape[:-1]) if image.rgb else tuple(shape)
 
 
@@ -77,7 +85,7 @@ def find_or_add_boxes(viewer: Any, image: Image, ndim: int) -> Shapes:
     if layer is not None:
         ensure_features(layer)
         return layer
-    shape = image.data[0].shape if image.multiscale else image.data.shape
+    shape = level0(image).shape
     side = min(shape[ndim - 2:ndim])
     return viewer.add_shapes(
         ndim=ndim, name=layer_name(image, BOXES), shape_type="rectangle",
@@ -149,6 +157,44 @@ def vertices_in_image(boxes: Shapes, image: Image, row: int) -> np.ndarray:
     reused boxes layer with another scale or offset still lines up)."""
     verts = np.asarray(boxes.data[row], dtype=np.float64)
     return np.array([image.world_to_data(boxes.data_to_world(v)) for v in verts])
+
+
+@dataclass(frozen=True)
+class BoxItem:
+    """One rectangle of a boxes layer, read as the box a model answers."""
+
+    row: int
+    object_id: int  # 0 until its mask is written
+    plane: int | None  # the slice of a volume, None on a 2D image
+    box: Box
+    key: int  # the rectangle's stable identity (``box_key``)
+    accepted: bool
+
+
+def box_item(boxes: Shapes, image: Image, row: int) -> BoxItem:
+    """Row ``row`` of ``boxes`` as a :class:`BoxItem`; ValueError (with what to do) for
+    a rectangle across slices, outside the image or too small."""
+    spatial = image_spatial_shape(image)
+    verts = vertices_in_image(boxes, image, row)
+    plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
+    features = boxes.features
+    return BoxItem(row, int(features["object_id"].iloc[row]), plane,
+                   box_from_vertices(verts[:, -2:], spatial[-2:]),
+                   int(features["box_key"].iloc[row]), bool(features["accepted"].iloc[row]))
+
+
+def box_items(boxes: Shapes, image: Image, *, with_objects: bool = True) -> list[BoxItem]:
+    """Every usable rectangle of ``boxes`` (those :func:`box_item` refuses are left out);
+    ``with_objects``: only those whose mask was written."""
+    items = []
+    for row in range(len(boxes.data)):
+        if with_objects and int(boxes.features["object_id"].iloc[row]) <= 0:
+            continue
+        try:
+            items.append(box_item(boxes, image, row))
+        except ValueError:
+            continue  # a box the widget never used
+    return items
 
 
 def next_free_id(labels: Labels, boxes: Shapes | None) -> int:

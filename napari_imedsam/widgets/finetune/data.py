@@ -15,10 +15,11 @@ from typing import Any
 from napari.layers import Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+    QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from ..common import browse
 from ... import finetune as ft
 from .pairs import PairsTable
 
@@ -133,7 +134,7 @@ class DataBox(QGroupBox):
         return objects, slices, problems
 
     def _browse_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Folder with images/ and masks/")
+        path = browse(self, "folder", "Folder with images/ and masks/")
         if path:
             self.folder_edit.setText(path)
             self.recount()

@@ -25,14 +25,9 @@ def _image_layers(viewer: Any) -> list[tuple[int, Image]]:
             if isinstance(layer, Image) and not wl.is_ours(layer, wl.UNCERTAINTY)]
 
 
-def _full_res(data: Any) -> Any:
-    """Level 0 of multiscale data, else the data itself."""
-    return data[0] if isinstance(data, (list, tuple)) else data
-
-
 def layer_pair(image: Image, labels: Labels) -> LayerPair:
     """The arrays of an image and a Labels layer (full resolution, not copied)."""
-    return LayerPair(image.name, labels.name, _full_res(image.data), _full_res(labels.data),
+    return LayerPair(image.name, labels.name, wl.level0(image), wl.level0(labels),
                      bool(image.rgb))
 
 
@@ -68,7 +63,7 @@ class PairsTable(QTableWidget):
         for index, layer in enumerate(viewer.layers):
             if not isinstance(layer, Labels):
                 continue
-            shape = tuple(_full_res(layer.data).shape)
+            shape = tuple(wl.level0(layer).shape)
             guess = guess_image(layer.name, index, shape, info)
             use, chosen = self._choices.get(
                 layer.name, (any(tuple(s) == shape for *_, s in info), guess))

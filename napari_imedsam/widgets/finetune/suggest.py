@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ... import suggest as sg
-from ...session_holder import SessionHolder
+from ...session_holder import SessionError, SessionHolder
 from ..._torch_guard import import_torch
 from ...finetune import DataError
 
@@ -75,7 +75,7 @@ class SuggestBox(QGroupBox):
         self._stop.clear()
 
         def session_for() -> Any:
-            return self._holder.session_for(spec)
+            return self._holder.load(spec)
 
         worker = create_worker(_rank, session_for, pairs, window, self._stop.is_set,
                                _start_thread=False)
@@ -142,6 +142,8 @@ def _rank(session_for: Any, pairs: list, window: str | None,
         return sg.suggest(session_for, pairs, window, should_stop=should_stop)
     except (DataError, sg.NoUncertainty) as exc:
         return f"cannot rank: {exc}"
+    except SessionError as exc:
+        return str(exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         text = str(exc) or type(exc).__name__
         if isinstance(exc, MemoryError) or "out of memory" in text.lower():

@@ -21,17 +21,19 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QSettings, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
-    QComboBox, QDockWidget, QDoubleSpinBox, QFileDialog, QFormLayout, QFrame, QHBoxLayout,
+    QComboBox, QDockWidget, QDoubleSpinBox, QFormLayout, QFrame, QHBoxLayout,
     QLabel, QLineEdit, QMainWindow, QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from ..common import browse
 from . import link
 from ... import adapter_store as store
 from ... import finetune as ft
 from .data import DataBox, group, narrow, with_button
 from .suggest import SuggestBox
 from .plot import TrainingPlot
-from ...session_holder import DEVICE_CHOICES, MODEL_CHOICES, ModelSpec
+from ...model.config import DEVICE_CHOICES
+from ...session_holder import MODEL_CHOICES, ModelSpec
 from ..._torch_guard import import_torch
 
 MODES = {"quick: decoder only (CPU)": "decoder",
@@ -181,7 +183,7 @@ class FinetuneWidget(QWidget):
         return self.data.recount()
 
     def _browse_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Folder for new adapters")
+        path = browse(self, "folder", "Folder for new adapters")
         if path:
             self.out_edit.setText(path)
             self._on_out_dir()

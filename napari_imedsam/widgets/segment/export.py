@@ -10,7 +10,6 @@ user chooses between replacing it, a new name (``NAME-2``) and cancelling.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,16 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
-    QCheckBox, QDoubleSpinBox, QFileDialog, QGridLayout, QGroupBox, QMessageBox, QPushButton,
+    QCheckBox, QDoubleSpinBox, QGridLayout, QGroupBox, QMessageBox, QPushButton,
     QWidget,
 )
 
+from ..common import browse
 from .. import layers as wl
 from ... import export as ex
 from ..._reader import SOURCE_KEY
-from ...boxes import box_from_vertices, plane_index
 from ..._writer import spacing_of
+from ...session_holder import SessionError, SessionHolder
 
 FILTERS = "TIFF (*.tif *.tiff);;PNG, 2D only (*.png);;NIfTI (*.nii.gz *.nii)"
 ENCODER_INPUT = ("the CT window when one is set; else 8-bit data as it is and other data "
@@ -37,21 +37,10 @@ ENCODER_INPUT = ("the CT window when one is set; else 8-bit data as it is and ot
 def gather_objects(widget: Any) -> list[ex.ObjectBox]:
     """Every object with a box: the boxes layer, plus boxes propagation made per slice."""
     boxes, image = widget.boxes, widget.image
-    spatial = wl.image_spatial_shape(image)
     objects: dict[tuple[int, int | None], ex.ObjectBox] = {}
-    if boxes is not None:
-        for row in range(len(boxes.data)):
-            object_id = int(boxes.features["object_id"].iloc[row])
-            if object_id <= 0:
-                continue
-            verts = wl.vertices_in_image(boxes, image, row)
-            try:
-                plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
-                box = box_from_vertices(verts[:, -2:], spatial[-2:])
-            except ValueError:
-                continue  # a box the widget never used
-            accepted = bool(boxes.features["accepted"].iloc[row])
-            objects[(object_id, plane)] = ex.ObjectBox(object_id, box, plane, accepted)
+    for item in [] if boxes is None else wl.box_items(boxes, image):
+        objects[(item.object_id, item.plane)] = ex.ObjectBox(item.object_id, item.box,
+                                                             item.plane, item.accepted)
     volume = getattr(widget, "volume", None)
     for object_id, per_plane in (getattr(volume, "plane_boxes", None) or {}).items():
         for plane, box in per_plane.items():
@@ -74,20 +63,16 @@ def geometry_of(image: Any) -> tuple[ex.Geometry, dict[str, Any]]:
     return ex.Geometry(spatial, spacing, unit, None if affine is None else np.asarray(affine)), info
 
 
-def _export_body(holder: Any, spec: Any, data: Any, window: str | None, labels: np.ndarray,
+def _export_body(holder: SessionHolder, spec: Any, data: Any, window: str | None, labels: np.ndarray,
                  objects: list[ex.ObjectBox], scale: float,
                  ) -> Generator[tuple[int, int], None, ex.ExportedLabels | str]:
     """Worker body: decodes at ``scale``; returns the labels, or an error message."""
-    from ...session_holder import explain
-
-    lock = getattr(holder, "lock", None) or contextlib.nullcontext()
     try:
-        with lock:
-            session = holder.session_for(spec)
-    except Exception as exc:  # noqa: BLE001
-        return explain(exc, spec, loading=True)
+        session = holder.load(spec)
+    except SessionError as exc:
+        return str(exc)
     try:
-        decode = ex.session_decoder(session, data, window, getattr(holder, "lock", None))
+        decode = ex.session_decoder(session, data, window, holder.lock)
         return (yield from ex.iter_labels_at_scale(labels, objects, scale, decode))
     except Exception as exc:  # noqa: BLE001
         return f"Export failed: {exc}"
@@ -129,9 +114,7 @@ class ExportControls(QGroupBox):
         return self._worker is not None
 
     def choose_and_export(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self, "Export labels", "masks.tif", FILTERS,
-            options=QFileDialog.Option.DontConfirmOverwrite)  # asked below, for every file
+        path = browse(self, "save", "Export labels", filters=FILTERS, start="masks.tif")
         if path:
             self.export(path)
 
@@ -213,7 +196,7 @@ class ExportControls(QGroupBox):
     def _start(self, target: ex.ExportTarget, labels: np.ndarray, objects: list[ex.ObjectBox],
                scale: float, overwrite: bool, spec: Any) -> None:
         w = self.widget
-        data = w.image.data[0] if w.image.multiscale else w.image.data
+        data = wl.level0(w.image)
         total = 1 if labels.ndim == 2 else labels.shape[0]
         worker = create_worker(
             _export_body, w._holder, spec, data, w.settings.window(), labels, objects, scale,

@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
+from ..common import browse
 from .. import layers as wl
 from ...series import Series, list_images
 
@@ -46,7 +47,7 @@ class SeriesControls(QGroupBox):
         box.addWidget(self.label)
 
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder of images to annotate")
+        folder = browse(self, "folder", "Folder of images to annotate")
         if folder:
             self.open_folder(folder)
 

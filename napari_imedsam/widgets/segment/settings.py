@@ -13,10 +13,12 @@ from typing import Any
 
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget,
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget,
 )
 
-from ...session_holder import DEVICE_CHOICES, MODEL_CHOICES, ModelSpec
+from ..common import browse
+from ...model.config import DEVICE_CHOICES
+from ...session_holder import MODEL_CHOICES, ModelSpec
 
 #: The decoder choices as the widget words them, and what they mean.
 DECODERS = {"I-MedSAM (any resolution, uncertainty)": "auto",
@@ -127,13 +129,12 @@ class SettingsForm(QWidget):
         s.setValue("show_uncertainty", "true" if self.show_unc.isChecked() else "false")
 
     def _browse_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model checkpoint", "",
-                                              "Models (*.pth *.pt *.safetensors)")
+        path = browse(self, "open", "Model checkpoint", filters="Models (*.pth *.pt *.safetensors)")
         if path:
             self.model_combo.setCurrentText(path)
 
     def _browse_adapter(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Adapter", "", "Adapters (*.safetensors)")
+        path = browse(self, "open", "Adapter", filters="Adapters (*.safetensors)")
         if path:
             self.adapter_edit.setText(path)
             self.save()

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as wl
-from ...boxes import Box, plane_index
+from ...boxes import Box
 from .journal import Step as JournalStep
 from ...propagate import (
     DIRECTIONS,
@@ -176,7 +176,7 @@ class VolumeTools(QGroupBox):
             show_info("I-MedSAM: precompute and propagate work on 3D images (a stack of "
                       "slices or channels); this image is 2D")
             return None
-        return (image.data[0] if image.multiscale else image.data), spatial
+        return wl.level0(image), spatial
 
     def _plane_in_view(self, depth: int) -> int:
         point = self.widget.image.world_to_data(self.viewer.dims.point)
@@ -259,8 +259,11 @@ class VolumeTools(QGroupBox):
         plane = self._plane_in_view(spatial[0])
         start = w.masks.data[plane] == object_id
         if not start.any():  # not on the slice in view: start from its box's slice
-            verts = wl.vertices_in_image(w.boxes, w.image, row)
-            plane = plane_index(verts[:, 0], spatial[0])
+            try:
+                plane = wl.box_item(w.boxes, w.image, row).plane
+            except ValueError as exc:
+                show_warning(f"I-MedSAM: {exc}")
+                return
             start = w.masks.data[plane] == object_id
         if not start.any():
             show_warning(f"I-MedSAM: object {object_id} has no pixels on slice {plane}: "

@@ -29,7 +29,7 @@ from . import journal
 from .. import layers as wl
 from ..common import tell
 from ...session_holder import Outcome, Request, SessionHolder, segment
-from ...boxes import box_from_vertices, check_image, plane_index, spatial_shape, take_plane
+from ...boxes import check_image, spatial_shape, take_plane
 from .download import DownloadControls
 from .export import ExportControls
 from .series import SeriesControls
@@ -244,7 +244,7 @@ class SegmentWidget(QWidget):
         if not isinstance(image, Image):
             self.set_status(NO_IMAGE)
             return
-        shape = image.data[0].shape if image.multiscale else image.data.shape
+        shape = wl.level0(image).shape
         try:
             check_image(shape, image.rgb)
         except ValueError as exc:
@@ -377,24 +377,22 @@ class SegmentWidget(QWidget):
         if image not in self.viewer.layers or boxes is None:
             show_warning("I-MedSAM: choose an image layer in the Segment widget first")
             return
-        spatial = wl.image_spatial_shape(image)
         for row in rows:
             key = int(boxes.features["box_key"].iloc[row])
             if bool(boxes.features["accepted"].iloc[row]):
                 show_info("I-MedSAM: that object is accepted and stays as it is; "
                           "clear it (Shift+C) to redo it")
                 continue
-            verts = wl.vertices_in_image(boxes, image, row)
             try:
-                plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
-                box = box_from_vertices(verts[:, -2:], spatial[-2:])
+                item = wl.box_item(boxes, image, row)
+                plane, box = item.plane, item.box
             except ValueError as exc:
                 show_warning(f"I-MedSAM: {exc}")
                 continue
             if state.last_box.get(key) == (plane, box):
                 continue  # a move that ended where it started: nothing new to compute
             state.last_box[key] = (plane, box)
-            data = image.data[0] if image.multiscale else image.data
+            data = wl.level0(image)
             request = Request(key, self.settings.spec(), take_plane(data, plane), plane, box,
                               state.window, owner=state.key)
             state.latest[key] = request.req_id
@@ -608,11 +606,9 @@ class SegmentWidget(QWidget):
         row = wl.row_of(state.boxes, key)
         if row is None:
             return None
-        spatial = wl.image_spatial_shape(state.image)
-        verts = wl.vertices_in_image(state.boxes, state.image, row)
         try:
-            plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
-            return plane, box_from_vertices(verts[:, -2:], spatial[-2:])
+            item = wl.box_item(state.boxes, state.image, row)
+            return item.plane, item.box
         except ValueError:
             return None
 

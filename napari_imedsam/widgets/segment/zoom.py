@@ -27,7 +27,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 from .. import layers as wl
-from ...boxes import Box, box_from_vertices, plane_index, take_plane
+from ...boxes import Box, take_plane
 from .settings import settings
 from ...zoom import (
     PreviewJob,
@@ -186,7 +186,7 @@ class ZoomPreview(QWidget):
         ids, object_boxes = self._objects(plane, view, spatial)
         if not ids:
             return None
-        data = image.data[0] if image.multiscale else image.data
+        data = wl.level0(image)
         return PreviewJob(self._gen, w.settings.spec(), take_plane(data, plane), plane,
                           w.settings.window(), object_boxes, ids, view,
                           self.boundary.isChecked())
@@ -197,18 +197,8 @@ class ZoomPreview(QWidget):
         (an object whose pixels were undone or cleared is not previewed)."""
         w = self.widget
         boxes, image = w.boxes, w.image
-        found: dict[int, Box] = {}
-        for row in range(len(boxes.data)):
-            object_id = int(boxes.features["object_id"].iloc[row])
-            if object_id <= 0:
-                continue
-            verts = wl.vertices_in_image(boxes, image, row)
-            try:
-                if plane is not None and plane_index(verts[:, 0], spatial[0]) != plane:
-                    continue
-                found[object_id] = box_from_vertices(verts[:, -2:], spatial[-2:])
-            except ValueError:
-                continue
+        found: dict[int, Box] = {item.object_id: item.box for item in wl.box_items(boxes, image)
+                                 if plane is None or item.plane == plane}
         if self.more_boxes is not None:
             for object_id, box in self.more_boxes(plane):
                 found.setdefault(object_id, box)

@@ -3,7 +3,6 @@ in view without scrolling or floating it; Stop takes effect within 2 s."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
