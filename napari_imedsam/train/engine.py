@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..inference.accelerate import choose_encoder
 from ..inference.cache import EmbeddingCache
@@ -32,6 +31,7 @@ from .distributed import DistContext, all_ranks_max, init_distributed
 from .evaluate import evaluate_model
 from .losses import coarse_fine_weights, seg_loss
 from .samples import CACHED_FLIPS, JITTER_PX_AT_384, collate, flipped, make_sample, sample_refs
+from .step import StepModule, cached_embeddings
 
 
 @dataclass
@@ -103,38 +103,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Step(nn.Module):
-    """The differentiable part of a step, as one module so DDP can wrap it."""
-
-    def __init__(self, model: IMedSAM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor,
-                embedded: bool, objective: str = "implicit"
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Coarse and final logits ``(B, K, P)``, and the backbone's own probability
-        at the points when it is the target (``distill``)."""
-        emb = images if embedded else self.model.embed(images)
-        if objective == "sam":
-            low_res, _ = self.model.predict_discrete(emb, boxes)  # (B, 1, 4g, 4g)
-            logits = _at_points(low_res, points)
-            return logits, logits, None
-        prompt = self.model.encode_prompt(emb, boxes)
-        pred = self.model.decode_points(prompt, points)
-        teacher = None
-        if objective in ("distill", "implicit+distill"):
-            with torch.no_grad():
-                teacher = torch.sigmoid(_at_points(prompt.sam_logits(), points).float())
-        return pred.coarse_logits, pred.logits, teacher
-
-
-def _at_points(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, H, W)`` maps read bilinearly at ``(B, P, 2)`` points -> ``(B, 1, P)``."""
-    return F.grid_sample(maps, points.unsqueeze(2).to(maps.dtype), mode="bilinear",
-                         align_corners=False, padding_mode="border")[..., 0]
-
-
 def _optimizer(model: IMedSAM, cfg: TrainConfig) -> torch.optim.Optimizer:
     set_trainable(model, cfg.mode)  # type: ignore[arg-type]
     parts = trainable_parts(model, cfg.mode)  # type: ignore[arg-type]
@@ -164,6 +132,65 @@ def train(
     best adapter so far kept (one is validated and saved if none was yet).
     ``resume`` continues a run from the files beside ``out``.
     """
+    run = _setup(model, train_images, val_images, cfg, Path(out).with_suffix(".safetensors"),
+                 resume=resume, overwrite=overwrite)
+    state, stopped = run.state, False
+    for epoch in range(state.epochs_done, cfg.epochs):
+        losses, stopped = _train_epoch(run, epoch, on_progress, should_stop)
+        if stopped and not losses:
+            break  # nothing trained since the last epoch's end
+        stopped = _end_epoch(run, epoch, losses, stopped, on_progress, should_stop, extra)
+        if stopped:
+            break
+    run.dist.barrier()
+    _emit(on_progress, run.dist, TrainEvent(
+        "done", state.epochs_done, cfg.epochs, 0, run.steps_per_epoch, state.last_loss, None,
+        None, None, state.best_val_dice, time.monotonic() - run.start))
+    return TrainResult(run.out if run.out.exists() else None, state.best_val_dice,
+                       state.best_epoch, state.epochs_done, stopped, state.history)
+
+
+@dataclass
+class _Run:
+    """What a run sets up once and every epoch and step use."""
+
+    model: IMedSAM
+    cfg: TrainConfig
+    train_images: list[LabeledImage]
+    val_images: list[LabeledImage]
+    out: Path
+    files: run_state.RunFiles
+    dist: DistContext
+    device: torch.device
+    precision: str
+    refs: list  # the (image, object) samples, see ``samples.sample_refs``
+    per_rank: int
+    steps_per_epoch: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    state: run_state.RunProgress
+    step_module: nn.Module  # ``StepModule``, wrapped in DDP when data-parallel
+    step_objective: str
+    encoder: Any  # the frozen encoder's fastest runtime, or None (it trains)
+    flips: int  # views per image (1: no flips)
+    val_embeddings: EmbeddingCache | None
+    ramp: float  # epochs of the coarse-to-fine loss ramp
+    warmup: float  # epochs of the positional encoding's frequency warm-up
+    start: float
+    #: The elapsed time the learning rate follows, the same on every rank (see
+    #: ``_train_epoch``): ranks whose rates differed by a clock tick would drift apart.
+    clock: dict[str, float] = field(default_factory=lambda: {"elapsed": 0.0})
+    embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        return "full" if self.cfg.mode == "full" else "adapters"
+
+
+def _setup(model: IMedSAM, train_images: list[LabeledImage], val_images: list[LabeledImage],
+           cfg: TrainConfig, out: Path, *, resume: bool, overwrite: bool) -> _Run:
+    """Check the request, place the model, build the optimiser and schedule, resume."""
     if cfg.objective not in ("implicit", "sam", "distill"):
         raise ValueError(f"objective must be 'implicit', 'sam' or 'distill', got {cfg.objective!r}")
     if cfg.objective in ("sam", "distill") and model.config.num_classes != 1:
@@ -172,153 +199,160 @@ def train(
     dist = init_distributed()
     device = dist.device if dist.world > 1 else resolve_device(cfg.device)
     model.to(device)
-    classes = model.config.num_classes
-    refs = sample_refs(train_images, classes)
+    refs = sample_refs(train_images, model.config.num_classes)
     if not refs:
         raise ValueError("no labelled objects to train on: every label image is empty")
-    out = Path(out).with_suffix(".safetensors")
     files = run_state.RunFiles(out)
     if dist.rank == 0 and not resume:
         files.check_new(overwrite)
-    scope = "full" if cfg.mode == "full" else "adapters"
     optimizer = _optimizer(model, cfg)
     per_rank = len(refs) // dist.world
     steps_per_epoch = max(1, math.ceil(per_rank / cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     start = time.monotonic()
-    # The elapsed time the learning rate follows, the same on every rank (see the loop):
-    # ranks whose rates differed by a clock tick would drift apart.
     clock = {"elapsed": 0.0}
 
     def lr_factor(step: int) -> float:
-        done = schedule_position(step, total_steps, clock["elapsed"], cfg.time_budget_s)
-        return _cosine(done, cfg)
+        return _cosine(schedule_position(step, total_steps, clock["elapsed"],
+                                         cfg.time_budget_s), cfg)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    state = run_state.RunProgress()
-    if resume:
-        state = files.load(model, optimizer, scheduler)
-    step_module: nn.Module = _Step(model)
+    state = files.load(model, optimizer, scheduler) if resume else run_state.RunProgress()
+    step_module: nn.Module = StepModule(model)
     if dist.world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, find_unused_parameters=True)
-    dtype_scaler = torch.amp.GradScaler(
-        device.type, enabled=_uses_fp16(device, resolve_precision(cfg.precision, model.config)))
-    cache: dict[int, torch.Tensor] = {}
-    frozen_encoder = cfg.mode in FROZEN_ENCODER_MODES
-    # What the step computes: the teacher's probability too when a loss needs it.
-    step_objective = ("implicit+distill" if cfg.objective == "implicit" and cfg.distill_weight
-                      else cfg.objective)
-    # Frozen-encoder modes cache embeddings, so they augment with flips only (one
-    # cache entry each), computed by the fastest encoder that gives the same output.
-    flips = max(1, cfg.cached_flips) if frozen_encoder and cfg.augment else 1
     precision = resolve_precision(cfg.precision, model.config)
-    encoder = choose_encoder(model, device, precision) if frozen_encoder else None
-    # The validation images' embeddings do not change either: kept between epochs.
-    val_embeddings = EmbeddingCache(2 << 30) if frozen_encoder else None
-    decoding = model.implicit_decoder.positional_encoding
-    ramp = min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs)
-    warmup = min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs)
-    stopped = False
-    for epoch in range(state.epochs_done, cfg.epochs):
-        model.train()
-        # Every random stream restarts from (seed, epoch, rank): a resumed run
-        # continues exactly as an uninterrupted one.
-        torch.manual_seed(hash((cfg.seed, epoch, dist.rank)) % (2**31))
-        rng = np.random.default_rng([cfg.seed, epoch, dist.rank])
-        augmenter = (Augmenter(seed=int(rng.integers(2**31)))
-                     if cfg.augment and not frozen_encoder else None)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(refs))
-        mine = order[dist.rank :: dist.world][:per_rank]
-        losses = []
-        for step in range(steps_per_epoch):
-            elapsed = time.monotonic() - start
-            stop_now = (should_stop is not None and should_stop()) or (
-                cfg.time_budget_s is not None and elapsed > cfg.time_budget_s)
-            stop_flag, clock["elapsed"] = all_ranks_max(dist, float(stop_now), elapsed)
-            if stop_flag:
-                stopped = True
-                break
-            chosen = [refs[i] for i in mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-            views = rng.integers(flips, size=len(chosen)).tolist()  # all 0 without flips
-            batch = collate(
-                [make_sample(flipped(train_images[r.index], v), r, num_classes=classes,
-                             input_size=model.config.input_size,
-                             preprocess=model.config.preprocess,
-                             points=cfg.points_per_sample, rng=rng, augmenter=augmenter,
-                             jitter_px=cfg.box_jitter_px) for r, v in zip(chosen, views)],
-                [r.index * flips + v for r, v in zip(chosen, views)],  # embedding cache keys
-            )
-            progress = epoch + step / steps_per_epoch
-            decoding.set_progress(decoding.num_frequencies * (
-                1.0 if warmup <= 0 else min(1.0, progress / warmup)))
-            w_coarse, w_fine = coarse_fine_weights(progress, ramp)
-            images, embedded = batch.images.to(device), False
-            if encoder is not None:
-                images = _cached_embeddings(encoder.run, batch, cache, device, should_stop)
-                if images is None:  # stopped while embedding
-                    stopped = True
-                    break
-                embedded = True
-            with autocast(device, precision):
-                coarse, final, teacher = step_module(images, batch.boxes.to(device),
-                                                     batch.points.to(device), embedded,
-                                                     step_objective)
-            targets = batch.targets.to(device) if cfg.objective != "distill" else teacher
-            coarse_loss, fine_loss = seg_loss(coarse, targets), seg_loss(final, targets)
-            if cfg.distill_weight and cfg.objective == "implicit":
-                coarse_loss = coarse_loss + cfg.distill_weight * seg_loss(coarse, teacher)
-                fine_loss = fine_loss + cfg.distill_weight * seg_loss(final, teacher)
-            loss = w_coarse * coarse_loss + w_fine * fine_loss
-            optimizer.zero_grad(set_to_none=True)
-            dtype_scaler.scale(loss).backward()
-            dtype_scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            dtype_scaler.step(optimizer)
-            dtype_scaler.update()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            _emit(on_progress, dist, TrainEvent(
-                "step", epoch, cfg.epochs, step + 1, steps_per_epoch, loss.item(),
-                coarse_loss.item(), fine_loss.item(), None, state.best_val_dice,
-                time.monotonic() - start))
-        if stopped and not losses:
-            break  # nothing trained since the last epoch's end
-        # A Stop takes effect at once: a partial epoch is not validated, and a
-        # validation in progress is cut short (seconds to minutes otherwise). A time
-        # limit still validates what the last epoch did. Data-parallel ranks always
-        # validate in full: they must meet at the barrier.
-        single = dist.world == 1
-        asked = single and should_stop is not None and should_stop()
-        val = None
-        if dist.rank == 0 and not asked:
-            val = _validate(model, val_images or train_images, cfg, device,
-                            should_stop if single else None, val_embeddings)
-        stopped = stopped or (single and should_stop is not None and should_stop())
-        state.record(epoch, float(np.mean(losses)) if losses else None, val)
-        if dist.rank == 0:
-            info = {**(extra or {}), "best_epoch": epoch, "val_dice": val,
-                    "train_config": asdict(cfg)}
-            if state.best_epoch == epoch:
-                save_adapter(model, out, scope=scope, overwrite=True, extra=info)
-            elif state.best_epoch is None and val is None:
-                # Stopped before any validation: keep what was trained, marked as not
-                # measured, rather than lose it.
-                save_adapter(model, out, scope=scope, overwrite=True,
-                             extra={**info, "validated": False})
-            files.save(model, optimizer, scheduler, state, scope, cfg)
+    frozen_encoder = cfg.mode in FROZEN_ENCODER_MODES
+    return _Run(
+        model, cfg, train_images, val_images, out, files, dist, device, precision, refs,
+        per_rank, steps_per_epoch, optimizer, scheduler,
+        torch.amp.GradScaler(device.type, enabled=_uses_fp16(device, precision)), state,
+        step_module,
+        # What the step computes: the teacher's probability too when a loss needs it.
+        "implicit+distill" if cfg.objective == "implicit" and cfg.distill_weight
+        else cfg.objective,
+        # Frozen-encoder modes cache embeddings, computed by the fastest encoder that
+        # gives the same output, so they augment with flips only (one entry each).
+        choose_encoder(model, device, precision) if frozen_encoder else None,
+        max(1, cfg.cached_flips) if frozen_encoder and cfg.augment else 1,
+        # The validation images' embeddings do not change either: kept between epochs.
+        EmbeddingCache(2 << 30) if frozen_encoder else None,
+        min(cfg.coarse_to_fine_epochs, 0.1 * cfg.epochs),
+        min(cfg.pe_warmup_epochs, 0.2 * cfg.epochs),
+        start, clock)
+
+
+def _train_epoch(run: _Run, epoch: int, on_progress: Callable[[TrainEvent], None] | None,
+                 should_stop: Callable[[], bool] | None) -> tuple[list[float], bool]:
+    """One epoch's steps: ``(losses, stopped)``."""
+    model, cfg, dist = run.model, run.cfg, run.dist
+    model.train()
+    # Every random stream restarts from (seed, epoch, rank): a resumed run
+    # continues exactly as an uninterrupted one.
+    torch.manual_seed(hash((cfg.seed, epoch, dist.rank)) % (2**31))
+    rng = np.random.default_rng([cfg.seed, epoch, dist.rank])
+    augmenter = (Augmenter(seed=int(rng.integers(2**31)))
+                 if cfg.augment and run.encoder is None else None)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(run.refs))
+    mine = order[dist.rank :: dist.world][: run.per_rank]
+    losses: list[float] = []
+    for step in range(run.steps_per_epoch):
+        elapsed = time.monotonic() - run.start
+        stop_now = (should_stop is not None and should_stop()) or (
+            cfg.time_budget_s is not None and elapsed > cfg.time_budget_s)
+        stop_flag, run.clock["elapsed"] = all_ranks_max(dist, float(stop_now), elapsed)
+        if stop_flag:
+            return losses, True
+        chosen = [run.refs[i] for i in mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+        views = rng.integers(run.flips, size=len(chosen)).tolist()  # all 0 without flips
+        batch = collate(
+            [make_sample(flipped(run.train_images[r.index], v), r,
+                         num_classes=model.config.num_classes,
+                         input_size=model.config.input_size, preprocess=model.config.preprocess,
+                         points=cfg.points_per_sample, rng=rng, augmenter=augmenter,
+                         jitter_px=cfg.box_jitter_px) for r, v in zip(chosen, views)],
+            [r.index * run.flips + v for r, v in zip(chosen, views)],  # embedding cache keys
+        )
+        parts = _train_step(run, batch, epoch + step / run.steps_per_epoch, should_stop)
+        if parts is None:  # stopped while embedding
+            return losses, True
+        losses.append(parts[0])
         _emit(on_progress, dist, TrainEvent(
-            "epoch", epoch, cfg.epochs, steps_per_epoch, steps_per_epoch, state.last_loss,
-            None, None, val, state.best_val_dice, time.monotonic() - start))
-        if stopped:
-            break
-    dist.barrier()
+            "step", epoch, cfg.epochs, step + 1, run.steps_per_epoch, *parts, None,
+            run.state.best_val_dice, time.monotonic() - run.start))
+    return losses, False
+
+
+def _train_step(run: _Run, batch: Any, progress: float,
+                should_stop: Callable[[], bool] | None) -> tuple[float, float, float] | None:
+    """One optimiser step at ``progress`` epochs: (loss, coarse loss, fine loss), or None
+    when a stop came while embedding the batch."""
+    cfg, device = run.cfg, run.device
+    decoding = run.model.implicit_decoder.positional_encoding
+    decoding.set_progress(decoding.num_frequencies * (
+        1.0 if run.warmup <= 0 else min(1.0, progress / run.warmup)))
+    w_coarse, w_fine = coarse_fine_weights(progress, run.ramp)
+    images, embedded = batch.images.to(device), False
+    if run.encoder is not None:
+        images = cached_embeddings(run.encoder.run, batch, run.embeddings, device, should_stop)
+        if images is None:
+            return None
+        embedded = True
+    with autocast(device, run.precision):
+        coarse, final, teacher = run.step_module(images, batch.boxes.to(device),
+                                                 batch.points.to(device), embedded,
+                                                 run.step_objective)
+    targets = batch.targets.to(device) if cfg.objective != "distill" else teacher
+    coarse_loss, fine_loss = seg_loss(coarse, targets), seg_loss(final, targets)
+    if cfg.distill_weight and cfg.objective == "implicit":
+        coarse_loss = coarse_loss + cfg.distill_weight * seg_loss(coarse, teacher)
+        fine_loss = fine_loss + cfg.distill_weight * seg_loss(final, teacher)
+    loss = w_coarse * coarse_loss + w_fine * fine_loss
+    optimizer, scaler = run.optimizer, run.scaler
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    run.scheduler.step()
+    return float(loss.detach()), coarse_loss.item(), fine_loss.item()
+
+
+def _end_epoch(run: _Run, epoch: int, losses: list[float], stopped: bool,
+               on_progress: Callable[[TrainEvent], None] | None,
+               should_stop: Callable[[], bool] | None, extra: dict[str, Any] | None) -> bool:
+    """Validate, keep the best adapter, save the run's state; whether the run stops."""
+    dist, state = run.dist, run.state
+    # A Stop takes effect at once: a partial epoch is not validated, and a
+    # validation in progress is cut short (seconds to minutes otherwise). A time
+    # limit still validates what the last epoch did. Data-parallel ranks always
+    # validate in full: they must meet at the barrier.
+    single = dist.world == 1
+    asked = single and should_stop is not None and should_stop()
+    val = None
+    if dist.rank == 0 and not asked:
+        val = _validate(run.model, run.val_images or run.train_images, run.cfg, run.device,
+                        should_stop if single else None, run.val_embeddings)
+    stopped = stopped or (single and should_stop is not None and should_stop())
+    state.record(epoch, float(np.mean(losses)) if losses else None, val)
+    if dist.rank == 0:
+        info = {**(extra or {}), "best_epoch": epoch, "val_dice": val,
+                "train_config": asdict(run.cfg)}
+        if state.best_epoch == epoch:
+            save_adapter(run.model, run.out, scope=run.scope, overwrite=True, extra=info)
+        elif state.best_epoch is None and val is None:
+            # Stopped before any validation: keep what was trained, marked as not
+            # measured, rather than lose it.
+            save_adapter(run.model, run.out, scope=run.scope, overwrite=True,
+                         extra={**info, "validated": False})
+        run.files.save(run.model, run.optimizer, run.scheduler, state, run.scope, run.cfg)
     _emit(on_progress, dist, TrainEvent(
-        "done", state.epochs_done, cfg.epochs, 0, steps_per_epoch, state.last_loss, None, None,
-        None, state.best_val_dice, time.monotonic() - start))
-    return TrainResult(out if out.exists() else None, state.best_val_dice, state.best_epoch,
-                       state.epochs_done, stopped, state.history)
+        "epoch", epoch, run.cfg.epochs, run.steps_per_epoch, run.steps_per_epoch,
+        state.last_loss, None, None, val, state.best_val_dice, time.monotonic() - run.start))
+    return stopped
 
 
 def _uses_fp16(device: torch.device, precision: str) -> bool:
@@ -342,22 +376,6 @@ def schedule_position(step: int, total_steps: int, elapsed_s: float,
 
 def _cosine(done: float, cfg: TrainConfig) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
-
-
-@torch.no_grad()
-def _cached_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], batch: Any,
-                       cache: dict[int, torch.Tensor], device: torch.device,
-                       should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
-    """Frozen-encoder modes: each image (and view) is embedded once, one at a time so
-    that a stop request is seen within one encoder run; None when stopped."""
-    first = {key: i for i, key in reversed(list(enumerate(batch.keys)))}
-    for key, i in first.items():
-        if key in cache:
-            continue
-        if should_stop is not None and should_stop():
-            return None
-        cache[key] = embed(batch.images[i : i + 1].to(device)).to(device)
-    return torch.cat([cache[key] for key in batch.keys])
 
 
 def _validate(model: IMedSAM, images: list[LabeledImage], cfg: TrainConfig,

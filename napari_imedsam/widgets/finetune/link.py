@@ -63,18 +63,7 @@ def hand_over(segment: Any, path: Path, model_name: str | None, model: Any = Non
             s.setValue("model", model_name)
         s.setValue("adapter", str(path))
         return
-    if segment.pinned_model is not None:
-        if model is None:  # picked from the list: adapt a copy of the pinned model
-            from ...model.checkpoint import load_adapter
-
-            model = copy.deepcopy(segment.pinned_model)
-            load_adapter(model, path)
-        segment.use_model(model)
-    if model_name:
-        segment.model_combo.setCurrentText(model_name)
-    segment.adapter_edit.setText(str(path))
-    segment.settings.save()
-    segment.set_status(f"using adapter {Path(path).name}")
+    segment.use_adapter(path, model_name, model)
 
 
 class AdaptersBox(QGroupBox):

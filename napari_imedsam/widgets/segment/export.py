@@ -199,7 +199,7 @@ class ExportControls(QGroupBox):
         data = wl.level0(w.image)
         total = 1 if labels.ndim == 2 else labels.shape[0]
         worker = create_worker(
-            _export_body, w._holder, spec, data, w.settings.window(), labels, objects, scale,
+            _export_body, w.holder, spec, data, w.settings.window(), labels, objects, scale,
             _start_thread=False, _progress={"total": total, "desc": f"I-MedSAM: export x{scale:g}"})
         worker.returned.connect(
             lambda result: self._on_decoded(result, target, objects, scale, overwrite))

@@ -215,7 +215,7 @@ class VolumeTools(QGroupBox):
         planes = nearby_order(self._plane_in_view(spatial[0]), spatial[0], self.radius.value())
         settings, job = self.widget.settings, Job()
         worker = create_worker(
-            precompute_body, self.widget._holder, settings.spec(), data, planes,
+            precompute_body, self.widget.holder, settings.spec(), data, planes,
             settings.window(), job, _start_thread=False,
             _progress={"total": len(planes), "desc": "I-MedSAM: embedding slices"})
         worker.yielded.connect(lambda p: self.widget.set_status(f"embedded slice {p}"))
@@ -278,7 +278,7 @@ class VolumeTools(QGroupBox):
         self.plane_boxes.setdefault(object_id, {})
         settings, job = w.settings, Job()
         worker = create_worker(
-            propagate_body, w._holder, settings.spec(), data, plane, start, direction,
+            propagate_body, w.holder, settings.spec(), data, plane, start, direction,
             settings.window(), job, _start_thread=False,
             _progress={"total": total, "desc": f"I-MedSAM: propagating object {object_id}"})
         worker.yielded.connect(self._on_step)

@@ -14,6 +14,8 @@ wrong picture). Undo/redo take a box and its mask together (``journal``).
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,6 +142,25 @@ class SegmentWidget(QWidget):
     def holder(self) -> SessionHolder:
         """The model in memory, shared with the other sections and the Fine-tune widget."""
         return self._holder
+
+    def use_adapter(self, path: str | Path, model_name: str | None = None,
+                    model: Any = None) -> None:
+        """Segment with adapter ``path`` from the next box on (and model ``model_name``,
+        when given); remembered in the settings. With a model object in use
+        (:meth:`use_model`), ``model`` is that model with the adapter loaded, or None
+        to load it into a copy here."""
+        if self.pinned_model is not None:
+            if model is None:
+                from ...model.checkpoint import load_adapter
+
+                model = copy.deepcopy(self.pinned_model)
+                load_adapter(model, path)
+            self.use_model(model)
+        if model_name:
+            self.settings.model_combo.setCurrentText(model_name)
+        self.settings.adapter_edit.setText(str(path))
+        self.settings.save()
+        self.set_status(f"using adapter {Path(path).name}")
 
     @property
     def pinned_model(self) -> Any:

@@ -147,7 +147,7 @@ class ZoomPreview(QWidget):
         self._run(job)
 
     def _run(self, job: PreviewJob) -> None:
-        worker = create_worker(decode_preview, self.widget._holder, job, _start_thread=False)
+        worker = create_worker(decode_preview, self.widget.holder, job, _start_thread=False)
         worker.returned.connect(self._on_outcome)
         worker.finished.connect(self._on_finished)
         self._worker = worker
