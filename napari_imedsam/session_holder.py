@@ -128,9 +128,9 @@ class SessionHolder:
         model and its cached embeddings)."""
         wanted = self._effective(spec)
         if self._session is None or self._spec != wanted:
-            from ._torch_guard import import_torch
+            from .model.torch_guard import import_torch
 
-            import_torch()  # Triton must not load beside napari's OpenGL (see _torch_guard)
+            import_torch()  # Triton must not load beside napari's OpenGL (see model/torch_guard.py)
             from .inference.session import SegmentationSession
             from .model.loading import load_model
 

@@ -310,7 +310,7 @@ def test_torch_guard_hides_triton_in_a_fresh_process():
 
     code = (
         "import sys\n"
-        "from napari_imedsam._torch_guard import import_torch\n"
+        "from napari_imedsam.model.torch_guard import import_torch\n"
         "import_torch()\n"
         "assert sys.modules['triton'] is None\n"
         "from napari_imedsam.model import build_model\n"

@@ -339,7 +339,7 @@ def test_fast_decoder_equals_the_model_with_and_without_an_extent(sam_logit):
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"),
                     reason="the CPU peak-memory count reads Linux's /proc")
 def test_bench_peak_memory_counts_what_a_run_allocates_even_after_frees():
-    from napari_imedsam.inference.bench import _peak_rise_mb
+    from napari_imedsam.bench import _peak_rise_mb
 
     def blocks() -> list[np.ndarray]:  # 1500 x 100 KB: C-heap blocks, not mmap
         return [np.ones(100 * 1024 // 8) for _ in range(1500)]

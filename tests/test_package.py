@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,69 @@ def test_model_package_imports_neither_qt_nor_napari():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+PACKAGE = Path(__file__).resolve().parent.parent / "napari_imedsam"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside functions, made absolute."""
+    module = ".".join(("napari_imedsam", *path.relative_to(PACKAGE).with_suffix("").parts))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # maybe modules
+    return found
+
+
+def _part(module: str) -> str | None:
+    """``napari_imedsam.model.build`` -> ``model``; None outside the package."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "napari_imedsam" and len(parts) > 1 else None
+
+
+def test_layering_of_the_package():
+    """The README's "Layout": Qt only in widgets/; model/ uses only io; inference/ only
+    model/ and io; train/ only those and inference/."""
+    allowed = {"model": {"model", "io"}, "inference": {"inference", "model", "io"},
+               "train": {"train", "model", "io", "inference"}}
+    files = sorted(PACKAGE.rglob("*.py"))
+    assert len(files) > 40
+    problems = []
+    for path in files:
+        part = path.relative_to(PACKAGE).parts[0]
+        imports = _imports(path)
+        if part != "widgets":
+            qt = [m for m in imports if m.split(".")[0] in ("qtpy", "PyQt5", "PyQt6", "PySide2",
+                                                            "PySide6")
+                  or m.startswith("napari.qt") or m.startswith("napari._qt")]
+            problems += [f"{path.name} imports {m}" for m in qt]
+        if part in allowed:
+            # Names imported from a module count as that module (e.g. ``Box`` of regions).
+            used = {_part(m) for m in imports} - {None}
+            used = {p for p in used if (PACKAGE / p).exists() or (PACKAGE / f"{p}.py").exists()}
+            problems += [f"{part}/{path.name} imports {p}" for p in used - allowed[part]]
+    assert not problems, problems
+
+
+def test_widgets_are_the_only_qt_modules_and_all_of_them_live_there():
+    """Every module that imports qtpy is under widgets/ (the test above), and the
+    manifest's widgets come from there."""
+    manifest = (PACKAGE / "napari.yaml").read_text()
+    assert "napari_imedsam.widgets.segment.widget:SegmentWidget" in manifest
+    assert "napari_imedsam.widgets.finetune.widget:FinetuneWidget" in manifest
+    flat = [p.name for p in PACKAGE.glob("_*.py")]
+    assert sorted(flat) == ["__init__.py", "_reader.py", "_sample_data.py", "_writer.py"]
 
 
 def test_manifest_is_found_through_the_entry_point():

@@ -10,7 +10,7 @@ from ..model.config import DEVICE_CHOICES
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ..inference.bench import run_benchmark
+    from ..bench import run_benchmark
 
     results = run_benchmark(args.device, repeats=args.repeats, vit_b=args.vit_b)
     text = json.dumps(results, indent=2)

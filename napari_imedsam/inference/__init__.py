@@ -28,7 +28,6 @@ _EXPORTS = {
     "to_encoder_rgb": ".intensity",
     "Box": ".regions",
     "Region": ".regions",
-    "run_benchmark": ".bench",
 }
 __all__ = sorted(_EXPORTS)
 

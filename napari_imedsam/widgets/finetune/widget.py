@@ -34,7 +34,7 @@ from .suggest import SuggestBox
 from .plot import TrainingPlot
 from ...model.config import DEVICE_CHOICES
 from ...session_holder import MODEL_CHOICES, ModelSpec
-from ..._torch_guard import import_torch
+from ...model.torch_guard import import_torch
 
 MODES = {"quick: decoder only (CPU)": "decoder",
          "adapters: LoRA + frequency + decoder (GPU)": "adapters"}
@@ -373,7 +373,7 @@ def _dock_of(widget: QWidget) -> QDockWidget | None:
 
 def _train_worker(job: dict[str, Any], fields: dict[str, Any],
                   **callbacks: Any) -> ft.FinetuneOutcome:
-    """Worker body: torch comes in here, with Triton hidden (see ``_torch_guard``)."""
+    """Worker body: torch comes in here, with Triton hidden (see ``model.torch_guard``)."""
     import_torch()
     from ...train.engine import TrainConfig
 

