@@ -163,3 +163,25 @@ def test_wheel_holds_the_manifest_and_the_default_models_adapter(tmp_path):
     assert {r.command for r in manifest.contributions.readers} == {
         "napari-imedsam.get_nifti_reader", "napari-imedsam.get_dicom_reader"}
     assert [w.command for w in manifest.contributions.writers] == ["napari-imedsam.write_labels"]
+
+
+def test_readme_layout_matches_the_tree():
+    """The README's map names every module and package there is, and nothing else."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    top = {p.name for p in PACKAGE.iterdir()
+           if (p.suffix in (".py", ".yaml") or (p / "__init__.py").exists())}
+    named = set(re.findall(r"[\w.]+\.(?:py|yaml)\b", block)) | {
+        d for d in re.findall(r"(?m)^\s*(\w+)/", block)}
+    assert {n for n in top if n not in ("__init__.py",)} - named == set()
+    everything = {p.name for p in PACKAGE.rglob("*.py")} | {p.name for p in PACKAGE.rglob("*")
+                                                           if p.is_dir()} | {"napari.yaml"}
+    assert {n for n in named if n not in ("napari_imedsam", "tests")} - everything == set()
+    for dock in ("segment", "finetune"):  # their sections are listed by name
+        for module in (PACKAGE / "widgets" / dock).glob("*.py"):
+            if module.stem != "__init__":
+                assert module.stem in block, f"widgets/{dock}/{module.name} is not in the map"
+    assert (PACKAGE.parent / "tests" / "widgets" / "segment").is_dir()
