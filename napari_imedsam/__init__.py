@@ -14,33 +14,18 @@ The README's "Layout" section maps the package.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "load_model": ".model.loading",
-    "build_model": ".model.build",
-    "load_adapter": ".model.checkpoint",
-    "save_adapter": ".model.checkpoint",
-    "SegmentationSession": ".inference.session",
-    "predict_merged": ".inference.merge",
-    "read_any": ".io",
-    "Box": ".boxes",
-    "ModelSpec": ".session_holder",
-    "SessionHolder": ".session_holder",
-}
-__all__ = ["__version__", *sorted(_EXPORTS)]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, _names = lazy_loader.attach(__name__, submod_attrs={
+    "model.loading": ["load_model"],
+    "model.build": ["build_model"],
+    "model.checkpoint": ["load_adapter", "save_adapter"],
+    "inference.session": ["SegmentationSession"],
+    "inference.merge": ["predict_merged"],
+    "io": ["read_any"],
+    "boxes": ["Box"],
+    "session_holder": ["ModelSpec", "SessionHolder"],
+})
+__all__ = ["__version__", *_names]

@@ -11,34 +11,12 @@ intensity helpers do not pay for importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_EXPORTS = {
-    "SegmentationSession": ".session",
-    "SegmentationResult": ".session",
-    "boundary_polygons": ".session",
-    "predict_merged": ".merge",
-    "MergedResult": ".merge",
-    "EmbeddingCache": ".cache",
-    "CT_WINDOWS": ".intensity",
-    "apply_window": ".intensity",
-    "as_rgb_uint8": ".intensity",
-    "parse_window": ".intensity",
-    "to_encoder_rgb": ".intensity",
-    "Box": ".regions",
-    "Region": ".regions",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "session": ["SegmentationSession", "SegmentationResult", "boundary_polygons"],
+    "merge": ["predict_merged", "MergedResult"],
+    "cache": ["EmbeddingCache"],
+    "intensity": ["CT_WINDOWS", "apply_window", "as_rgb_uint8", "parse_window", "to_encoder_rgb"],
+    "regions": ["Box", "Region"],
+})

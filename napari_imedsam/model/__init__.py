@@ -9,38 +9,12 @@ Names are imported on first use, so ``napari_imedsam.model.weights`` and the
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+import lazy_loader
 
-_EXPORTS = {
-    "TRAIN_MODES": ".config",
-    "build_model": ".build",
-    "parameter_counts": ".build",
-    "set_trainable": ".build",
-    "trainable_parts": ".build",
-    "load_adapter": ".checkpoint",
-    "read_adapter": ".checkpoint",
-    "save_adapter": ".checkpoint",
-    "VARIANTS": ".config",
-    "ModelConfig": ".config",
-    "get_config": ".config",
-    "autocast": ".devices",
-    "resolve_device": ".devices",
-    "IMedSAM": ".modeling.imedsam",
-    "Prediction": ".modeling.imedsam",
-    "PromptFeatures": ".modeling.imedsam",
-    "grid_points": ".modeling.imedsam",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "config": ["TRAIN_MODES", "VARIANTS", "ModelConfig", "get_config"],
+    "build": ["build_model", "parameter_counts", "set_trainable", "trainable_parts"],
+    "checkpoint": ["load_adapter", "read_adapter", "save_adapter"],
+    "devices": ["autocast", "resolve_device"],
+    "modeling.imedsam": ["IMedSAM", "Prediction", "PromptFeatures", "grid_points"],
+})
