@@ -46,7 +46,8 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
 BOX_CONVENTION = ("x0, y0, x1, y1 in pixel-edge coordinates of the image grid (pixel i spans "
                   "[i, i + 1]); plane: index along the volume's first axis (null for 2D)")
 
-#: decode(plane, boxes (N, 4), scale) -> (masks (N, h, w) bool, uncertainty (h, w) or None)
+#: decode(plane, boxes (N, 4), scale[, head]) -> (masks (N, h, w) bool, uncertainty (h, w)
+#: or None); ``head``: the class that answers (models with several classes).
 Decode = Callable[[int | None, np.ndarray, float], tuple[np.ndarray, np.ndarray | None]]
 
 
@@ -58,6 +59,7 @@ class ObjectBox:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 (pixel edges)
     plane: int | None = None
     accepted: bool = False
+    head: int | None = None  # the class (decoder head) that answered it, if chosen
 
 
 @dataclass
@@ -93,10 +95,13 @@ def session_decoder(session: Any, data: Any, window: Any = None,
     """
     guard = lock if lock is not None else contextlib.nullcontext()
 
-    def decode(plane: int | None, boxes: np.ndarray, scale: float):  # noqa: ANN202
+    def decode(plane: int | None, boxes: np.ndarray, scale: float,  # noqa: ANN202
+               head: int | None = None):
         image = np.asarray(data if plane is None else data[plane])
         with guard:
             session.set_image(image, window=window)
+            if head is not None:
+                session.use_class(head)
             result = session.predict(np.asarray(boxes, dtype=np.float64), scale=scale)
         unc = None if result.uncertainty is None else result.uncertainty.max(axis=(0, 1))
         return result.masks(), unc
@@ -167,9 +172,7 @@ def iter_labels_at_scale(labels: np.ndarray, objects: Sequence[ObjectBox], scale
             owner = resample_nearest(grid, fine)
             masks: list[tuple[int, np.ndarray]] = []
             if here:
-                boxes = np.array([o.box for o in here], dtype=np.float64)
-                coarse, _ = decode(plane, boxes, 1.0)
-                sharp, unc = decode(plane, boxes, scale)
+                coarse, sharp, unc = _decode_by_class(decode, plane, here, scale)
                 if unc is not None:
                     if unc_out is None:
                         unc_out = np.zeros(out.shape, np.float32)
@@ -193,6 +196,27 @@ def iter_labels_at_scale(labels: np.ndarray, objects: Sequence[ObjectBox], scale
     return ExportedLabels(out, unc_out, info)
 
 
+def _decode_by_class(decode: Decode, plane: int | None, objects: list[ObjectBox], scale: float,
+                     *, at_one: bool = True
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray | None]:
+    """Masks of ``objects`` at scale 1 (unless not ``at_one``) and at ``scale``, in their
+    order, each answered by its own class, and the uncertainty's maximum."""
+    coarse: list[Any] = [None] * len(objects)
+    sharp: list[Any] = [None] * len(objects)
+    unc = None
+    for head in sorted({o.head for o in objects}, key=lambda h: -1 if h is None else h):
+        index = [i for i, o in enumerate(objects) if o.head == head]
+        boxes = np.array([objects[i].box for i in index], dtype=np.float64)
+        extra = () if head is None else (head,)
+        masks1 = decode(plane, boxes, 1.0, *extra)[0] if at_one else [None] * len(index)
+        masks, part = decode(plane, boxes, scale, *extra)
+        for j, i in enumerate(index):
+            coarse[i], sharp[i] = masks1[j], masks[j]
+        if part is not None:
+            unc = part if unc is None else np.maximum(unc, part)
+    return coarse, sharp, unc
+
+
 def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
     """Decode the recorded boxes again: labels on the record's grid and scale."""
     shape = tuple(record["image"]["shape"])
@@ -204,7 +228,10 @@ def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
         if obj.get("box") is not None:
             by_plane.setdefault(obj.get("plane"), []).append(obj)
     for plane, objs in by_plane.items():
-        masks, _ = decode(plane, np.array([o["box"] for o in objs], np.float64), scale)
+        # Each object answered by the class recorded with it (models with several classes).
+        boxes = [ObjectBox(int(o["id"]), tuple(o["box"]), plane,
+                           head=(o.get("class") or {}).get("head")) for o in objs]
+        _, masks, _ = _decode_by_class(decode, plane, boxes, scale, at_one=False)
         target = out if plane is None else out[plane]
         target[...] = _compose(fine, [(int(o["id"]), m) for o, m in zip(objs, masks)], None)
     return out
@@ -323,7 +350,8 @@ def model_info(name: str, adapter: str | None, device: str,
 
 def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | None,
                  scale: float, objects: Sequence[ObjectBox], exported: ExportedLabels,
-                 intensity: dict[str, Any] | None = None) -> dict[str, Any]:
+                 intensity: dict[str, Any] | None = None,
+                 classes: Sequence[Any] = ()) -> dict[str, Any]:
     """The JSON record: enough to know how the masks were made and to make them again."""
     from .inference.intensity import parse_window
 
@@ -332,6 +360,8 @@ def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | 
     for o in sorted(objects, key=lambda o: (o.object_id, -1 if o.plane is None else o.plane)):
         entry = {"id": o.object_id, "plane": o.plane, "box": [float(v) for v in o.box],
                  "accepted": o.accepted}
+        if o.head is not None and o.head < len(classes):
+            entry["class"] = {"head": o.head, **classes[o.head].to_dict()}
         extra = how.get((o.object_id, o.plane), {})
         entry.update({k: v for k, v in extra.items() if k not in ("id", "plane")})
         listed.append(entry)

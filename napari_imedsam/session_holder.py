@@ -36,6 +36,8 @@ class ModelSpec:
     adapter: str | None = None
     device: str = "auto"
     decoder: str = "auto"
+    #: The class (decoder head) that answers boxes; None: every class of the model.
+    head: int | None = None
 
     def describe(self) -> str:
         text = self.name if self.adapter is None else f"{self.name} + adapter {self.adapter}"
@@ -57,6 +59,9 @@ class Request:
     box: Box
     window: str | None = None
     owner: int = 0  # which image's state the outcome goes to (the widget's key)
+    #: Semantic labelling: the class's label value the mask is written with (else None:
+    #: a new object id).
+    class_value: int | None = None
     req_id: int = field(default_factory=lambda: next(_request_ids))
 
 
@@ -71,6 +76,42 @@ class Outcome:
     error: str | None = None
     encoder: str = ""  # how the image was embedded, e.g. "OpenVINO (CPU, fp32)"
     advice: str | None = None  # a measured hint about the mask (napari_imedsam.advice)
+
+
+def spec_classes(spec: ModelSpec, pinned: Any = None) -> tuple[Any, ...]:
+    """The classes (``model.classes.ClassInfo``) the model of ``spec`` will answer with,
+    known before it loads: from a model object in use, else its adapter's JSON (the
+    shipped one for medsam_lite), else one class. Reads no weights and imports no torch."""
+    from .model.classes import classes_from_json, classes_of, default_classes
+
+    if pinned is not None:
+        return classes_of(pinned)
+    adapter = spec.adapter
+    if adapter is None and spec.name == MODEL_CHOICES[0]:
+        from .model.config import DEFAULT_ADAPTER
+
+        adapter = str(DEFAULT_ADAPTER)
+    if adapter is None:
+        return default_classes(1)
+    try:
+        config = _adapter_json(adapter)
+        return classes_from_json(config.get("classes"), int(config["model"]["num_classes"]))
+    except Exception:  # noqa: BLE001 - an unreadable adapter is reported when it loads
+        return default_classes(1)
+
+
+def _adapter_json(path: str) -> dict[str, Any]:
+    """An adapter's JSON: the file beside it, else the safetensors header's copy."""
+    import json
+    from pathlib import Path
+
+    beside = Path(path).with_suffix(".json")
+    if beside.is_file():
+        return json.loads(beside.read_text())
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        return json.loads((f.metadata() or {})["imedsam_config"])
 
 
 def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:
@@ -140,6 +181,7 @@ class SessionHolder:
             self._session = SegmentationSession(model, device=spec.device)
             self._spec = wanted
         self._session.use_decoder(spec.decoder)
+        self._session.use_class(spec.head)
         return self._session
 
     def load(self, spec: ModelSpec) -> Any:

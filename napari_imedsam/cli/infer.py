@@ -69,6 +69,13 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     # Box by box into one label image: memory does not grow with the number of boxes.
     result = predict_merged(session, boxes, scale=args.scale, polygons=bool(args.polygons))
     labels = result.labels
+    chosen = None
+    if getattr(session, "head", None) is not None and result.mode == "imedsam":
+        from ..model.classes import classes_of
+
+        chosen = classes_of(session.model)[session.head]
+        if not args.instances:  # semantic: every box's mask gets the class's label value
+            labels[labels > 0] = chosen.value
     spacing = loaded.spacing[-2:] if loaded.spacing else None
     pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
              else (1.0 / args.scale, 1.0 / args.scale))
@@ -81,8 +88,11 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
         for path in written:
             Path(path).unlink(missing_ok=True)
         raise
-    return {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
-            "shape": list(labels.shape), "written": written}
+    report = {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
+              "shape": list(labels.shape), "written": written}
+    if chosen is not None:
+        report["class"] = chosen.to_dict()
+    return report
 
 
 def _write_set(out: Path, labels: Any, result: Any, image_path: Path,
@@ -228,7 +238,12 @@ def _segment(args: argparse.Namespace) -> int:
 
     def session() -> Any:  # loaded once the inputs and outputs are known to be usable
         model = load_model(args.model, adapter=args.adapter, device="cpu")
-        return SegmentationSession(model, device=args.device, mode=args.decoder)
+        made = SegmentationSession(model, device=args.device, mode=args.decoder)
+        if args.class_name is not None:
+            from ..model.classes import find_class
+
+            made.use_class(find_class(model, args.class_name))
+        return made
 
     if args.batch:
         return _segment_batch(session, args)
@@ -271,6 +286,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--window", default=None, help="CT window: abdomen, lung, bone, brain, "
                    "liver, mediastinum or WIDTH,LEVEL")
     s.add_argument("--slice", type=int, help="slice index for volumes")
+    s.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="a model with several classes: the class (name or label value) that "
+                        "answers the boxes; masks get its label value")
+    s.add_argument("--instances", action="store_true",
+                   help="with --class: one id per box instead of the class's label value")
     s.add_argument("--device", default="auto", choices=DEVICES)
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--batch", type=Path, help="folder of images (batch mode)")

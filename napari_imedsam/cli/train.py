@@ -11,7 +11,6 @@ from typing import Any
 
 from ..model.config import DEVICE_CHOICES as DEVICES
 
-
 def positive_int(text: str) -> int:
     """An argparse type: a whole number of at least 1."""
     try:
@@ -94,13 +93,29 @@ def _train(args: argparse.Namespace) -> int:
                       lr_base=args.lr_base, objective=args.objective,
                       box_jitter_px=args.box_jitter, cached_flips=args.flips,
                       distill_weight=args.distill_weight)
+    from ..model.classes import default_classes, expand_classes, parse_class_names
+
+    classes = parse_class_names(args.class_names) if args.class_names else None
+    if classes is not None:
+        args.classes, args.multiclass_labels = len(classes), True
     train_set, val_set = _split(args, args.seed)
+    if classes is not None:
+        from ..train.data import as_class_heads
+
+        values = [c.value for c in classes]
+        train_set, val_set = as_class_heads(train_set, values), as_class_heads(val_set, values)
     import dataclasses
 
     from ..model import get_config
+    from ..model.checkpoint import adapter_model_config, read_adapter
     from ..model.weights import REGISTRY
 
-    config = get_config(args.variant, input_size=args.input_size, num_classes=args.classes,
+    # A one-class adapter (e.g. the shipped default) grows a head per class after loading.
+    heads = args.classes
+    if args.init and args.classes > 1:
+        if adapter_model_config(read_adapter(args.init)[1]).num_classes == 1:
+            heads = 1
+    config = get_config(args.variant, input_size=args.input_size, num_classes=heads,
                         frequency_mode=args.frequency)
     if args.sam_logit:
         config = dataclasses.replace(
@@ -111,6 +126,8 @@ def _train(args: argparse.Namespace) -> int:
     model = build_model(config=config, checkpoint=base)
     if args.init:
         load_adapter(model, args.init)
+    if classes is not None or args.classes > 1:
+        expand_classes(model, classes or default_classes(args.classes))
     # Under torchrun every rank runs this; only rank 0 talks and writes the log.
     lead = int(os.environ.get("RANK", "0")) == 0
     if lead:
@@ -172,7 +189,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         model = model_from_adapter(args.adapter, base_checkpoint=args.base_weights, device=device)
     else:
         model = load_model(args.model, device=device)
+    from ..model.classes import classes_of, find_class
+
+    only = args.only_class
+    if args.class_name is not None:
+        only = find_class(model, args.class_name) + 1
+    classes = classes_of(model)
+    if len(classes) > 1:  # class label images, read as the model's heads
+        args.multiclass_labels = True
     images = _load(args, args.subset if (args.split or args.synthetic) else None, args.seed)
+    if len(classes) > 1:
+        from ..train.data import as_class_heads
+
+        images = as_class_heads(images, [c.value for c in classes])
     with tqdm(total=None, unit="object") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -180,8 +209,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         rows = evaluate_model(model, images, label_size=args.label_size, device=device,
                               on_progress=progress, decoder=args.decoder)
-    if args.only_class is not None:
-        rows = [r for r in rows if r["object"] == args.only_class]
+    if len(classes) > 1:
+        for row in rows:  # head index -> the class's name and label value
+            info = classes[row["object"] - 1]
+            row["label"], row["class_value"] = info.name, info.value
+    if only is not None:
+        rows = [r for r in rows if r["object"] == only]
     report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
                      subset=args.subset, input_size=model.config.input_size,
                      decoder=args.decoder)
@@ -204,6 +237,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=positive_int, default=100)
     t.add_argument("--input-size", type=int, default=None)
     t.add_argument("--classes", type=positive_int, default=1)
+    t.add_argument("--class-names", metavar="NAMES",
+                   help="classes from integer label images: NAME[=VALUE],... (e.g. "
+                        "inner,wall or liver=6,tumour=7); one decoder head each, named in "
+                        "the adapter; implies --multiclass-labels")
     t.add_argument("--frequency", default="amplitude", choices=("amplitude", "phase", "off"))
     t.add_argument("--sam-logit", choices=("off", "residual"), default=None,
                    help="the implicit decoder as residual on the backbone's own mask logit, "
@@ -246,7 +283,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--decoder", default="imedsam", choices=("imedsam", "sam"),
                    help="imedsam: the implicit decoder; sam: the backbone's own mask decoder "
                         "(the discrete path)")
-    e.add_argument("--only-class", type=int, help="multi-class: report this class id only")
+    e.add_argument("--class", dest="class_name", metavar="NAME",
+                   help="a model with several classes: report this class (name or value) only")
+    e.add_argument("--only-class", type=int, help="multi-class: report head K (1..) only")
     e.add_argument("--json", required=True, type=Path,
                    help="the summary; the per-object rows go to the same name with .csv")
     e.add_argument("--overwrite", action="store_true", help="replace earlier reports")

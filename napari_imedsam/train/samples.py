@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..model.transforms import letterbox_image
 from .augment import Augmenter
@@ -22,21 +23,27 @@ JITTER_PX_AT_384 = 20.0
 
 @dataclass(frozen=True)
 class SampleRef:
-    """One training sample: ``object_id`` in image ``index``, or all classes if None."""
+    """One training sample: ``object_id`` in image ``index`` (binary models), or every
+    class within connected group ``group`` of labelled pixels (multi-class)."""
 
     index: int
     object_id: int | None
+    group: int | None = None
 
 
 def sample_refs(images: list[LabeledImage], num_classes: int) -> list[SampleRef]:
-    """One sample per object for binary models; one per image for multi-class ones."""
+    """One sample per object for binary models. For multi-class ones, one per connected
+    group of labelled pixels (a wall with the cavity it surrounds, an organ with a
+    structure inside): its box is the group's, and every class answers in it, so a
+    class absent from a group learns to answer nothing there."""
     refs = []
     for i, item in enumerate(images):
-        ids = object_ids(item.labels)
         if num_classes == 1:
-            refs.extend(SampleRef(i, obj) for obj in ids)
-        elif ids:
-            refs.append(SampleRef(i, None))
+            refs.extend(SampleRef(i, obj) for obj in object_ids(item.labels))
+            continue
+        if item.groups is None:
+            item.groups, _ = ndimage.label(item.labels > 0)
+        refs.extend(SampleRef(i, None, int(g)) for g in np.unique(item.groups) if g > 0)
     return refs
 
 
@@ -48,19 +55,24 @@ CACHED_FLIPS = 4
 
 def flipped(item: LabeledImage, view: int) -> LabeledImage:
     """``item`` mirrored: bit 0 of ``view`` left-right, bit 1 up-down (no copies)."""
-    image, labels = item.image, item.labels
+    image, labels, groups = item.image, item.labels, item.groups
     if view & 1:
         image, labels = image[:, ::-1], labels[:, ::-1]
+        groups = None if groups is None else groups[:, ::-1]
     if view & 2:
         image, labels = image[::-1], labels[::-1]
-    return LabeledImage(item.name, image, labels)
+        groups = None if groups is None else groups[::-1]
+    return LabeledImage(item.name, image, labels, groups=groups)
 
 
 def targets_for(item: LabeledImage, ref: SampleRef, num_classes: int) -> np.ndarray:
     """``(K, H, W)`` bool targets of a sample."""
     if ref.object_id is not None:
         return (item.labels == ref.object_id)[None]
-    return np.stack([item.labels == k + 1 for k in range(num_classes)])
+    targets = np.stack([item.labels == k + 1 for k in range(num_classes)])
+    if ref.group is not None and item.groups is not None:
+        targets &= (item.groups == ref.group)[None]
+    return targets
 
 
 @dataclass

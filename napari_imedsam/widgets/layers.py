@@ -9,7 +9,9 @@ keeps it in step when shapes are added, deleted or reordered:
 
 - ``box_key``: a stable identity for the rectangle (indices shift on delete);
 - ``object_id``: the label id its mask was written with (0 = not yet written);
-- ``accepted``: the user committed the object; edits no longer re-segment it.
+- ``accepted``: the user committed the object; edits no longer re-segment it;
+- ``head``: the class (decoder head) that answered the box, -1 for none chosen, so a
+  moved box is answered by its own class whatever is chosen now.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..boxes import Box, box_from_vertices, plane_index
 BOXES, MASKS, UNCERTAINTY = "boxes", "masks", "uncertainty"
 #: Metadata key naming the image a widget layer belongs to.
 IMAGE_KEY = "napari_imedsam_image"
-FEATURES = {"box_key": 0, "object_id": 0, "accepted": False}
+FEATURES = {"box_key": 0, "object_id": 0, "accepted": False, "head": -1}
 EDGE_ACTIVE, EDGE_ACCEPTED = "yellow", "#9a9a9a"
 
 
@@ -169,6 +171,7 @@ class BoxItem:
     box: Box
     key: int  # the rectangle's stable identity (``box_key``)
     accepted: bool
+    head: int | None = None  # the class that answered it (models with several classes)
 
 
 def box_item(boxes: Shapes, image: Image, row: int) -> BoxItem:
@@ -178,9 +181,11 @@ def box_item(boxes: Shapes, image: Image, row: int) -> BoxItem:
     verts = vertices_in_image(boxes, image, row)
     plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
     features = boxes.features
+    head = int(features["head"].iloc[row]) if "head" in features else -1
     return BoxItem(row, int(features["object_id"].iloc[row]), plane,
                    box_from_vertices(verts[:, -2:], spatial[-2:]),
-                   int(features["box_key"].iloc[row]), bool(features["accepted"].iloc[row]))
+                   int(features["box_key"].iloc[row]), bool(features["accepted"].iloc[row]),
+                   None if head < 0 else head)
 
 
 def box_items(boxes: Shapes, image: Image, *, with_objects: bool = True) -> list[BoxItem]:

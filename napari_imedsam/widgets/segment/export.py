@@ -40,7 +40,7 @@ def gather_objects(widget: Any) -> list[ex.ObjectBox]:
     objects: dict[tuple[int, int | None], ex.ObjectBox] = {}
     for item in [] if boxes is None else wl.box_items(boxes, image):
         objects[(item.object_id, item.plane)] = ex.ObjectBox(item.object_id, item.box,
-                                                             item.plane, item.accepted)
+                                                             item.plane, item.accepted, item.head)
     volume = getattr(widget, "volume", None)
     for object_id, per_plane in (getattr(volume, "plane_boxes", None) or {}).items():
         for plane, box in per_plane.items():
@@ -238,7 +238,7 @@ class ExportControls(QGroupBox):
                 image=image_info,
                 model=ex.model_info(spec.name, spec.adapter, spec.device, spec.decoder),
                 window=w.settings.window(), scale=scale, objects=objects, exported=exported,
-                intensity=intensity)
+                intensity=intensity, classes=w.settings.classes)
             if exported.uncertainty is None and target.uncertainty is not None:
                 show_info("I-MedSAM: no uncertainty map to export (none was computed: base-SAM "
                           "mode, or no object yet)")

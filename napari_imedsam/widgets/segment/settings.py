@@ -13,17 +13,20 @@ from typing import Any
 
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton, QWidget,
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget,
 )
 
 from ..common import browse
 from ...model.config import DEVICE_CHOICES
 from ...session_holder import MODEL_CHOICES, ModelSpec
 
+from ...inference.intensity import CT_WINDOWS
+
 #: The decoder choices as the widget words them, and what they mean.
 DECODERS = {"I-MedSAM (any resolution, uncertainty)": "auto",
             "base model's own decoder": "sam"}
-from ...inference.intensity import CT_WINDOWS
+#: Where a box's mask goes with a model of several classes.
+LABELLING = {"new object id per box": "instance", "the class's label value": "semantic"}
 
 
 def settings() -> QSettings:
@@ -58,6 +61,22 @@ class SettingsForm(QWidget):
         self.window_combo.setToolTip("CT intensity window applied before the encoder (HU data)")
         self.show_unc = QCheckBox("show uncertainty")
         self.show_unc.setChecked(True)
+        # Shown for a model with several classes only (see set_classes).
+        self.classes: tuple[Any, ...] = ()
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip("the class (decoder head) that answers the next box; "
+                                    "Shift+K cycles through them (boxes layer active)")
+        self.labelling_combo = QComboBox()
+        self.labelling_combo.addItems(list(LABELLING))
+        self.labelling_combo.setToolTip(
+            "instance: each box's mask gets a new object id; semantic: the mask gets its "
+            "class's label value (all objects of a class share it)")
+        self.class_row = QWidget()
+        row = QHBoxLayout(self.class_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.class_combo, 1)
+        row.addWidget(self.labelling_combo, 1)
+        self.class_label = QLabel("class")
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -66,7 +85,9 @@ class SettingsForm(QWidget):
         form.addRow("decoder", self.decoder_combo)
         form.addRow("device", self.device_combo)
         form.addRow("CT window", self.window_combo)
+        form.addRow(self.class_label, self.class_row)
         form.addRow("", self.show_unc)
+        self.set_classes(())
 
         self._restoring = False
         self.restore()
@@ -80,7 +101,36 @@ class SettingsForm(QWidget):
         name = self.model_combo.currentText().strip() or MODEL_CHOICES[0]
         adapter = self.adapter_edit.text().strip() or None
         decoder = DECODERS.get(self.decoder_combo.currentText(), "auto")
-        return ModelSpec(name, adapter, self.device_combo.currentText(), decoder)
+        head = self.class_combo.currentIndex() if len(self.classes) > 1 else None
+        return ModelSpec(name, adapter, self.device_combo.currentText(), decoder,
+                         None if head is None or head < 0 else head)
+
+    def set_classes(self, classes: tuple[Any, ...]) -> None:
+        """Offer ``classes`` (``ClassInfo``); the row shows only for two or more. The
+        chosen class stays chosen when a class of that name is still there."""
+        current = self.class_combo.currentText()
+        self.classes = tuple(classes)
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        self.class_combo.addItems([f"{c.name} ({c.value})" for c in self.classes])
+        index = self.class_combo.findText(current)
+        self.class_combo.setCurrentIndex(max(index, 0))
+        self.class_combo.blockSignals(False)
+        several = len(self.classes) > 1
+        self.class_row.setVisible(several)
+        self.class_label.setVisible(several)
+
+    def cycle_class(self, step: int = 1) -> str | None:
+        """Choose the next class (keyboard cycling); its name, or None with one class."""
+        if len(self.classes) < 2:
+            return None
+        index = (self.class_combo.currentIndex() + step) % len(self.classes)
+        self.class_combo.setCurrentIndex(index)
+        return self.classes[index].name
+
+    def semantic(self) -> bool:
+        """Masks go to their class's label value (rather than a new object id each)."""
+        return len(self.classes) > 1 and LABELLING[self.labelling_combo.currentText()] == "semantic"
 
     def window(self) -> str | None:
         """The CT window of the current image, or None."""

@@ -15,6 +15,7 @@ wrong picture). Undo/redo take a box and its mask together (``journal``).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from qtpy.QtWidgets import (
 from . import journal
 from .. import layers as wl
 from ..common import tell
-from ...session_holder import Outcome, Request, SessionHolder, segment
+from ...session_holder import Outcome, Request, SessionHolder, segment, spec_classes
 from ...boxes import check_image, spatial_shape, take_plane
 from .download import DownloadControls
 from .export import ExportControls
@@ -48,6 +49,8 @@ HELP = (
     "then draw the next one. <b>Shift+C</b> clear the current (or selected) object and its "
     "box. <b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b> (boxes layer active) undo / redo a box and its "
     "mask together; brush strokes have the masks layer's own undo.<br>"
+    "A model with several classes: the class chosen answers the next box; "
+    "<b>Shift+K</b> cycles through them.<br>"
     "Several images: the widget follows the image you select or open.<br>"
     "Volumes: the box applies to the slice in view."
 )
@@ -133,10 +136,14 @@ class SegmentWidget(QWidget):
         self.image_combo.activated.connect(lambda _: self._bind_layers())
         self.show_unc.toggled.connect(lambda _: self.unc_view.refresh_visibility())
         self.window_combo.currentTextChanged.connect(self._on_window_chosen)
+        self.settings.model_combo.currentTextChanged.connect(lambda _: self.refresh_classes())
+        self.settings.adapter_edit.editingFinished.connect(self.refresh_classes)
+        self.refresh_classes()
 
     def use_model(self, model: Any) -> None:
         """Segment with an already built model object (scripts, tests) instead of a name."""
         self._holder.pinned = model
+        self.refresh_classes()
 
     @property
     def holder(self) -> SessionHolder:
@@ -160,6 +167,7 @@ class SegmentWidget(QWidget):
             self.settings.model_combo.setCurrentText(model_name)
         self.settings.adapter_edit.setText(str(path))
         self.settings.save()
+        self.refresh_classes()
         self.set_status(f"using adapter {Path(path).name}")
 
     @property
@@ -367,6 +375,7 @@ class SegmentWidget(QWidget):
             return
         state.boxes.events.data.connect(lambda event, st=state: self._on_boxes_data(st, event))
         for key, action in (("Shift-A", self.accept_current), ("Shift-C", self.clear_current),
+                            ("Shift-K", self.cycle_class),
                             ("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
                             ("Control-Y", self.redo)):
             state.boxes.bind_key(key, lambda _layer, f=action: f(), overwrite=True)
@@ -407,6 +416,7 @@ class SegmentWidget(QWidget):
             try:
                 item = wl.box_item(boxes, image, row)
                 plane, box = item.plane, item.box
+                spec, class_value = self._class_spec(boxes, item)
             except ValueError as exc:
                 show_warning(f"I-MedSAM: {exc}")
                 continue
@@ -414,13 +424,36 @@ class SegmentWidget(QWidget):
                 continue  # a move that ended where it started: nothing new to compute
             state.last_box[key] = (plane, box)
             data = wl.level0(image)
-            request = Request(key, self.settings.spec(), take_plane(data, plane), plane, box,
-                              state.window, owner=state.key)
+            request = Request(key, spec, take_plane(data, plane), plane, box,
+                              state.window, owner=state.key, class_value=class_value)
             state.latest[key] = request.req_id
             self._queue.pop((state.key, key), None)  # re-insert: the newest goes last
             self._queue[(state.key, key)] = request
             state.current = key
         self._start_next()
+
+    def _class_spec(self, boxes: Any, item: wl.BoxItem) -> tuple[Any, int | None]:
+        """The spec that answers ``item``: with several classes, the box's own class (the
+        one chosen when it was drawn, remembered on the box), and the label value its
+        mask gets in semantic labelling."""
+        spec = self.settings.spec()
+        classes = self.settings.classes
+        if spec.head is None or len(classes) < 2:
+            return spec, None
+        head = item.head if item.head is not None and item.head < len(classes) else spec.head
+        wl.set_feature(boxes, item.row, "head", head)
+        value = classes[head].value if self.settings.semantic() else None
+        return dataclasses.replace(spec, head=head), value
+
+    def cycle_class(self) -> None:
+        """Shift+K: the next class answers the next box."""
+        name = self.settings.cycle_class()
+        if name is not None:
+            self.set_status(f"class for the next box: {name}")
+
+    def refresh_classes(self) -> None:
+        """Offer the classes of the model the settings name (or of the model in use)."""
+        self.settings.set_classes(spec_classes(self.settings.spec(), self._holder.pinned))
 
     def _start_next(self) -> None:
         """Run the oldest waiting request unless one is running (the session is not
@@ -482,7 +515,8 @@ class SegmentWidget(QWidget):
             state.masks = wl.find_or_add_masks(self.viewer, state.image,
                                               wl.image_spatial_shape(state.image))
         before = state.box_memory.get(key)
-        object_id = int(boxes.features["object_id"].iloc[row]) or wl.next_free_id(state.masks, boxes)
+        object_id = (int(boxes.features["object_id"].iloc[row]) or request.class_value
+                     or wl.next_free_id(state.masks, boxes))
         written, changes = wl.write_object(state.masks, outcome.mask, request.plane, object_id)
         wl.set_feature(boxes, row, "object_id", object_id)
         after = journal.box_record(boxes, row)
