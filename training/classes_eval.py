@@ -52,17 +52,6 @@ def _kvasir(folder: Path, count: int, offset: int, rim: int, size: int) -> list:
     return out
 
 
-def per_class_dice(model, items: list, label_size: int) -> dict[str, float]:
-    """Mean Dice per class name, each group's box the same for every class."""
-    from napari_imedsam.model.classes import classes_of
-    from napari_imedsam.train.evaluate import evaluate_model
-
-    rows = evaluate_model(model, items, label_size=label_size, with_distances=False)
-    names = {k + 1: c.name for k, c in enumerate(classes_of(model))}
-    return {names[k]: float(np.mean([r["dice"] for r in rows if r["object"] == k]))
-            for k in sorted(names) if any(r["object"] == k for r in rows)}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train", type=int, default=20, help="labelled training images")
@@ -71,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=5.0)
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--label-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=None,
+                   help="the decoder's learning rate (default: finetune.CLASS_LR_DECODER)")
+    p.add_argument("--points", type=int, default=None,
+                   help="query points per sample (default: finetune.CLASS_POINTS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kvasir", type=Path, help="Kvasir-Sessile folder: polyp and rim instead")
     p.add_argument("--rim", type=int, default=6, help="rim width in pixels (--kvasir)")
@@ -79,9 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from napari_imedsam.finetune import CLASS_LR_DECODER, CLASS_POINTS
     from napari_imedsam.model.classes import ClassInfo, expand_classes
     from napari_imedsam.model.loading import load_model
     from napari_imedsam.train.engine import TrainConfig, train
+    from napari_imedsam.train.evaluate import dice_per_class
     from napari_imedsam.train.synthetic_rings import ring_dataset
 
     torch.manual_seed(args.seed)
@@ -94,12 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         test_items = _items(ring_dataset(args.test, args.seed + 1000, args.size), "test")
     classes = [ClassInfo("inner", 1), ClassInfo("wall", 2)]
     model = expand_classes(load_model("medsam_lite"), classes)
-    before = per_class_dice(model, test_items, args.label_size)
+    before = dice_per_class(model, test_items, args.label_size)
     print(f"base model (one head, the same box for both): {before}")
     cfg = TrainConfig(mode="decoder", epochs=args.epochs, device="cpu",
                       val_label_size=args.label_size, time_budget_s=args.minutes * 60,
                       box_jitter_px=0.0, coarse_to_fine_epochs=0.0, pe_warmup_epochs=0.0,
-                      seed=args.seed)
+                      seed=args.seed, lr_decoder=args.lr or CLASS_LR_DECODER,
+                      points_per_sample=args.points or CLASS_POINTS)
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         result = train(model, train_items, train_items[: max(1, len(train_items) // 4)], cfg,
@@ -108,12 +104,13 @@ def main(argv: list[str] | None = None) -> int:
 
         load_adapter(model, result.adapter)  # the best epoch
     minutes = (time.monotonic() - start) / 60
-    after = per_class_dice(model, test_items, args.label_size)
+    after = dice_per_class(model, test_items, args.label_size)
     print(f"after {minutes:.1f} min, {result.epochs_done} epochs: {after}")
     report = {"data": "kvasir polyp/rim" if args.kvasir else "synthetic rings and tubes",
               "train_images": args.train, "test_images": args.test, "size": args.size,
               "label_size": args.label_size, "minutes": round(minutes, 2),
-              "epochs": result.epochs_done, "before": before, "after": after,
+              "epochs": result.epochs_done, "lr_decoder": cfg.lr_decoder,
+              "points": cfg.points_per_sample, "before": before, "after": after,
               "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

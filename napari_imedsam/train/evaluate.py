@@ -117,6 +117,18 @@ def evaluate_model(
     return rows
 
 
+def dice_per_class(model: IMedSAM, images: list[LabeledImage], label_size: int = 128,
+                   **options: Any) -> dict[str, float]:
+    """Mean Dice per class name (multi-class models: every class of a group answers its
+    group's box); ``options`` go to :func:`evaluate_model`."""
+    from ..model.classes import classes_of
+
+    rows = evaluate_model(model, images, label_size=label_size, with_distances=False, **options)
+    names = {k + 1: c.name for k, c in enumerate(classes_of(model))}
+    return {names[k]: float(np.mean([r["dice"] for r in rows if r["object"] == k]))
+            for k in sorted(names) if any(r["object"] == k for r in rows)}
+
+
 def summary(rows: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
     """Means over objects, in the JSON layout the CLI writes."""
     def mean(key: str) -> float | None:

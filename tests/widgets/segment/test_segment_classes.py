@@ -1,0 +1,87 @@
+"""The Segment dock with a model of several classes: choosing, cycling, labelling, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_imedsam.model import build_model  # noqa: E402
+from napari_imedsam.model.classes import ClassInfo, expand_classes  # noqa: E402
+from napari_imedsam.train.synthetic_rings import ring_sample  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("private_qsettings")
+
+
+def _two_class_tiny() -> torch.nn.Module:
+    """Heads that differ on purpose: ``inner`` says yes everywhere in the box, ``wall``
+    says no, so which head answered shows in the mask."""
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    model = expand_classes(model, (ClassInfo("inner", 3), ClassInfo("wall", 7)))
+    model.adapter_sha256 = "test"  # a trained decoder: the widget's "auto" picks it
+    with torch.no_grad():
+        model.implicit_decoder.coarse.heads.bias.view(2, -1)[:, 0] = torch.tensor([30.0, -30.0])
+        for head, sign in zip(model.implicit_decoder.fine.heads, (30.0, -30.0)):
+            head[-1].bias.fill_(sign)
+    return model
+
+
+def _rect(r0: int, c0: int, r1: int, c1: int) -> np.ndarray:
+    return np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], dtype=float)
+
+
+def test_class_selector_per_box_class_semantic_labels_and_export(make_napari_viewer, qtbot,
+                                                                   tmp_path):
+    image, _ = ring_sample(np.random.default_rng(0), 96, "ring")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="rings", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    settings = widget.settings
+    assert settings.class_row.isHidden()  # the default model: one class, no selector
+    widget.use_model(_two_class_tiny())
+    assert not settings.class_row.isHidden()
+    assert [settings.class_combo.itemText(i) for i in range(2)] == ["inner (3)", "wall (7)"]
+    assert widget.settings.spec().head == 0
+
+    # Semantic labelling: the mask gets the class's label value.
+    settings.labelling_combo.setCurrentText("the class's label value")
+    widget.boxes.add_rectangles(_rect(20, 20, 60, 60))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert set(np.unique(widget.masks.data).tolist()) == {0, 3}
+    assert int(widget.boxes.features["head"].iloc[0]) == 0
+
+    # Shift+K cycles: the next box is answered by "wall" (which says no here).
+    widget.boxes.mode = "select"
+    widget.cycle_class()
+    assert settings.class_combo.currentText() == "wall (7)" and "wall" in widget.status.text()
+    widget.boxes.add_rectangles(_rect(65, 65, 90, 90))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert int(widget.boxes.features["head"].iloc[1]) == 1
+    assert (widget.masks.data[65:90, 65:90] == 7).sum() == 0  # the wall head said no
+
+    # The first box keeps its own class when moved, whatever is chosen now.
+    widget.boxes.data = [_rect(22, 22, 62, 62), widget.boxes.data[1]]
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert (widget.masks.data[25:60, 25:60] == 3).mean() > 0.9
+
+    # Instance labelling: a new object id, whatever the class.
+    settings.class_combo.setCurrentIndex(0)
+    settings.labelling_combo.setCurrentText("new object id per box")
+    widget.boxes.add_rectangles(_rect(2, 60, 18, 90))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert 8 in np.unique(widget.masks.data)  # next free id after 7
+
+    # The export's JSON records each object's class.
+    widget.export.scale.setValue(1.0)
+    widget.export.export(str(tmp_path / "masks.tif"))
+    qtbot.waitUntil(lambda: not widget.export.busy, timeout=120_000)
+    record = json.loads((tmp_path / "masks.json").read_text())
+    classes = {o["id"]: o.get("class") for o in record["objects"]}
+    assert classes[3] == {"head": 0, "name": "inner", "value": 3}
+    assert classes[8]["name"] == "inner"
