@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .adapter_store import publish_adapter
-from .train.data import LabeledImage, from_arrays, object_ids
+from .train.data import LabeledImage, as_class_heads, from_arrays, object_ids
 
 SLICE_MODES = ("labelled", "current", "range")
 
@@ -188,7 +188,8 @@ class Split:
     note: str
 
 
-def split_validation(items: list[LabeledImage], share: float, seed: int = 0) -> Split:
+def split_validation(items: list[LabeledImage], share: float, seed: int = 0,
+                     by_class: bool = False) -> Split:
     """Hold out about ``share`` of the data for validation.
 
     Whole images (slices) are held out when there are at least two, so no
@@ -209,6 +210,8 @@ def split_validation(items: list[LabeledImage], share: float, seed: int = 0) -> 
                      f"{n_val} of {len(items)} images held out")
     item = items[0]
     ids = object_ids(item.labels)
+    if by_class:  # label values are classes, not objects: holding one out would drop a class
+        return Split(list(items), [], "validation on the training image (one image of classes)")
     if len(ids) < 2:
         return Split(list(items), [], "validation on the training object (only one object)")
     n_val = min(len(ids) - 1, max(1, round(share * len(ids))))
@@ -232,6 +235,9 @@ class FinetuneJob:
     out_dir: Path
     stem: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Train classes (``model.classes.ClassInfo``: label value = class, one head each)
+    #: instead of one object per label id; None: objects.
+    classes: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -248,6 +254,9 @@ class FinetuneOutcome:
     stop_reason: str = ""
     model: Any = None
     error: str | None = None
+    #: Class mode: Dice per class name before and after.
+    before_by_class: dict[str, float] = field(default_factory=dict)
+    after_by_class: dict[str, float] = field(default_factory=dict)
 
     @property
     def worse(self) -> bool:
@@ -264,6 +273,10 @@ class FinetuneOutcome:
             return "n/a" if v is None else f"{v:.3f}"
         text = (f"validation Dice {fmt(self.before)} -> {fmt(self.after)} on {self.val_objects} "
                 f"objects ({self.split_note}); {self.steps} steps")
+        if self.after_by_class:
+            text += "; per class: " + ", ".join(
+                f"{name} {fmt(self.before_by_class.get(name))} -> {fmt(dice)}"
+                for name, dice in self.after_by_class.items())
         return text + (f", {self.stop_reason or 'stopped'}" if self.stopped else "")
 
 
@@ -289,6 +302,16 @@ def mean_dice(model: Any, items: list[LabeledImage], label_size: int, device: An
     return float(np.mean([r["dice"] for r in rows])) if rows else None
 
 
+def _class_dice(model: Any, items: list[LabeledImage], cfg: Any, device: Any) -> dict[str, float]:
+    from .train.evaluate import dice_per_class
+
+    return dice_per_class(model, items, cfg.val_label_size, device=device, seed=cfg.seed)
+
+
+def _mean(values: dict[str, float]) -> float | None:
+    return float(np.mean(list(values.values()))) if values else None
+
+
 def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
                  on_status: Callable[[str], None] | None = None) -> FinetuneOutcome:
@@ -308,15 +331,26 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
     cfg = job.config
     try:
         status("reading the training data...")
-        split = split_validation(job.collect(), job.val_share, cfg.seed)
+        items = job.collect()
+        if job.classes is not None:
+            items = as_class_heads(items, [c.value for c in job.classes])
+        split = split_validation(items, job.val_share, cfg.seed, by_class=job.classes is not None)
         outcome.split_note = split.note
         status("loading the model...")
         model = job.load_model()
+        if job.classes is not None:
+            from .model.classes import expand_classes
+
+            expand_classes(model, job.classes)
         device = resolve_device(cfg.device)
         measured = split.val or split.train
         outcome.val_objects = sum(len(object_ids(x.labels)) for x in measured)
         status("measuring the starting model...")
-        outcome.before = mean_dice(model, measured, cfg.val_label_size, device, cfg.seed)
+        if job.classes is not None:
+            outcome.before_by_class = _class_dice(model, measured, cfg, device)
+            outcome.before = _mean(outcome.before_by_class)
+        else:
+            outcome.before = mean_dice(model, measured, cfg.val_label_size, device, cfg.seed)
 
         def progress(event: Any) -> None:
             if event.kind == "step":
@@ -345,6 +379,9 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
         outcome.adapter = publish_adapter(result.adapter, job.out_dir, job.stem)
         load_adapter(model, outcome.adapter)  # the best epoch's weights, and their hash
         outcome.after, outcome.model = result.best_val_dice, model.eval()
+        if job.classes is not None:
+            outcome.after_by_class = _class_dice(model, measured, cfg, device)
+            outcome.after = _mean(outcome.after_by_class)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
         outcome.error = explain_error(exc, cfg.device)
     finally:

@@ -34,18 +34,20 @@ def _items(pairs: list, prefix: str) -> list:
 
 
 def _kvasir(folder: Path, count: int, offset: int, rim: int, size: int) -> list:
-    """Polyp (1) and its rim (2) on Kvasir-Sessile images, resized to ``size``."""
+    """Polyp (1) and its rim (2) on Kvasir-Sessile images, the longest side ``size``."""
     from scipy import ndimage
     from skimage.transform import resize
 
     from napari_imedsam.train.data import list_pairs, read_image, read_mask
 
-    pairs = sorted(list_pairs(folder / "images", folder / "masks"))[offset : offset + count]
+    pairs = sorted(list_pairs(folder))[offset : offset + count]
     out = []
     for _, image_path, mask_path in pairs:
         image, mask = read_image(image_path), read_mask(mask_path) > 0
-        image = (resize(image, (size, size), anti_aliasing=True) * 255).astype(np.uint8)
-        mask = resize(mask.astype(float), (size, size), order=0) > 0.5
+        scale = size / max(image.shape[:2])  # the longest side to ``size``, aspect kept
+        shape = (round(image.shape[0] * scale), round(image.shape[1] * scale))
+        image = (resize(image, shape, anti_aliasing=True) * 255).astype(np.uint8)
+        mask = resize(mask.astype(float), shape, order=0) > 0.5
         inner = ndimage.binary_erosion(mask, iterations=rim)
         labels = np.where(inner, 1, np.where(mask, 2, 0)).astype(np.int32)
         out.append((image, labels))

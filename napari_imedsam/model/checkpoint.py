@@ -179,9 +179,18 @@ def check_compatible(model: IMedSAM, config: dict[str, Any]) -> None:
         )
 
 
-def load_adapter(model: IMedSAM, path: str | Path) -> dict[str, Any]:
-    """Load an adapter file into ``model`` after checking it fits; returns its config."""
+def load_adapter(model: IMedSAM, path: str | Path, *, grow: bool = False) -> dict[str, Any]:
+    """Load an adapter file into ``model`` after checking it fits; returns its config.
+    ``grow``: a one-class model first gets the heads of an adapter with several classes."""
     tensors, config = read_adapter(path)
+    heads = adapter_model_config(config).num_classes
+    if grow and model.config.num_classes == 1 and heads > 1:
+        from .classes import expand_classes
+
+        try:
+            expand_classes(model, classes_from_json(config.get("classes"), heads))
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     check_compatible(model, config)
     try:
         classes = classes_from_json(config.get("classes"), model.config.num_classes)

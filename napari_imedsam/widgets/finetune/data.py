@@ -12,6 +12,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.layers import Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -19,11 +20,16 @@ from qtpy.QtWidgets import (
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
+from .. import layers as wl
 from ..common import browse
 from ... import finetune as ft
 from .pairs import PairsTable
 
 SLICES = {"slices with labels": "labelled", "the slice in view": "current", "a range": "range"}
+#: How label values are read: each id an object (one head learns them all), or each value
+#: a class with its own head (a wall and the cavity it surrounds, an organ and a tumour).
+READ_AS = {"objects (each id one object)": "objects",
+           "classes (label value = class)": "classes"}
 
 
 class DataBox(QGroupBox):
@@ -41,6 +47,16 @@ class DataBox(QGroupBox):
             spin.setRange(0, 100_000)
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("optional: DIR with images/ and masks/")
+        self.read_as_combo = QComboBox()
+        self.read_as_combo.addItems(list(READ_AS))
+        self.read_as_combo.setToolTip(
+            "objects: every label id is an object, one head learns them all (today's "
+            "model); classes: every label value is a class with its own decoder head, "
+            "chosen with each box in the Segment widget")
+        self.class_edit = QLineEdit()
+        self.class_edit.setPlaceholderText("NAME=VALUE, ... e.g. cavity=1, wall=2")
+        self.class_edit.setToolTip("the classes' names and label values (edit the names); "
+                                   "filled from the values in the chosen Labels layers")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         form = QFormLayout()
@@ -48,6 +64,8 @@ class DataBox(QGroupBox):
         span = QHBoxLayout()
         for w in (self.slice_from, QLabel("to"), self.slice_to):
             span.addWidget(w)
+        form.addRow("labels are", self.read_as_combo)
+        form.addRow("classes", self.class_edit)
         form.addRow("volumes", self.slice_combo)
         form.addRow("range", span)
         form.addRow("folder", with_button(self.folder_edit, "...", self._browse_folder))
@@ -64,12 +82,41 @@ class DataBox(QGroupBox):
         for spin in (self.slice_from, self.slice_to):
             spin.valueChanged.connect(lambda _v: self.recount())
         self.folder_edit.editingFinished.connect(self.recount)
+        self.read_as_combo.currentTextChanged.connect(self._on_read_as)
+        self._on_read_as()
         self.viewer.dims.events.current_step.connect(self._on_dims)
         for signal in (viewer.layers.events.inserted, viewer.layers.events.removed,
                        viewer.layers.events.reordered):
             signal.connect(self._on_layers_changed)
         self._on_slice_mode()
         self.refresh()
+
+    def _on_read_as(self, *_: Any) -> None:
+        by_class = READ_AS[self.read_as_combo.currentText()] == "classes"
+        self.class_edit.setEnabled(by_class)
+        if by_class and not self.class_edit.text().strip():
+            self.class_edit.setText(", ".join(f"class {v}={v}" for v in self._label_values()))
+
+    def _label_values(self) -> list[int]:
+        """Label values in the ticked layers (the slices chosen), for naming classes."""
+        values: set[int] = set()
+        for _, layer_name, _ in self.table.used_rows():
+            layer = self.viewer.layers[layer_name] if layer_name in self.viewer.layers else None
+            if isinstance(layer, Labels):
+                values |= set(np.unique(np.asarray(wl.level0(layer))).tolist()) - {0}
+        return sorted(int(v) for v in values)[:32]
+
+    def classes(self) -> tuple[Any, ...] | None:
+        """The classes to train (``ClassInfo``), or None for objects; ValueError saying
+        what is wrong with the names."""
+        if READ_AS[self.read_as_combo.currentText()] != "classes":
+            return None
+        from ...model.classes import parse_class_names
+
+        text = self.class_edit.text().strip()
+        if not text:
+            raise ValueError("name the classes: NAME=VALUE, ... (e.g. cavity=1, wall=2)")
+        return parse_class_names(text)
 
     def folder(self) -> str | None:
         """The optional folder data set, or None."""

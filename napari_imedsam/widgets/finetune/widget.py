@@ -219,6 +219,10 @@ class FinetuneWidget(QWidget):
                 raise ft.DataError(
                     "no labelled objects to train on: paint objects into a Labels layer (or "
                     "segment them with the Segment widget) and tick its row in the table")
+            try:
+                classes = self.data.classes()
+            except ValueError as exc:
+                raise ft.DataError(f"classes: {exc}") from None
         except ft.DataError as exc:
             show_error(f"I-MedSAM: {exc}")
             self.set_status(f"cannot train: {exc}")
@@ -229,7 +233,7 @@ class FinetuneWidget(QWidget):
         # faded back in, nor its loss re-weighted from coarse-only: that would undo it.
         trained = pinned is not None or adapter is not None or spec.name == MODEL_CHOICES[0] \
             or spec.name.endswith(".safetensors")
-        fields = self._train_fields(trained)
+        fields = self._train_fields(trained, classes is not None)
         job = dict(
             load_model=partial(link.load_start_model, spec.name, adapter, pinned),
             collect=partial(_collect_all, pairs, self.data.slice_choice(), window, folder),
@@ -238,7 +242,8 @@ class FinetuneWidget(QWidget):
             stem=store.adapter_stem(spec.name),
             extra={"finetune": {"model": spec.name, "started_from": adapter,
                                 "mode": fields["mode"], "folder": folder,
-                                "layers": [[p.image_name, p.labels_name] for p in pairs]}})
+                                "layers": [[p.image_name, p.labels_name] for p in pairs]}},
+            classes=classes)
         self._stop.clear()
         self.plot.clear()
         self.result_label.setText("")
@@ -258,7 +263,7 @@ class FinetuneWidget(QWidget):
         self._set_running(True)
         worker.start()
 
-    def _train_fields(self, trained_decoder: bool) -> dict[str, Any]:
+    def _train_fields(self, trained_decoder: bool, classes: bool = False) -> dict[str, Any]:
         """TrainConfig fields as chosen (the config is built in the worker, after torch)."""
         fields: dict[str, Any] = dict(
             mode=MODES[self.mode_combo.currentText()], epochs=self.epochs_spin.value(),
@@ -266,6 +271,8 @@ class FinetuneWidget(QWidget):
             time_budget_s=self.time_budget(), box_jitter_px=ft.FINETUNE_BOX_JITTER_PX)
         if trained_decoder:
             fields.update(coarse_to_fine_epochs=0.0, pe_warmup_epochs=0.0)
+        if classes:  # heads for classes learn with these (measured: ft.CLASS_LR_DECODER)
+            fields.update(lr_decoder=ft.CLASS_LR_DECODER, points_per_sample=ft.CLASS_POINTS)
         fields.update(self.train_overrides)
         return fields
 

@@ -161,7 +161,7 @@ class SegmentWidget(QWidget):
                 from ...model.checkpoint import load_adapter
 
                 model = copy.deepcopy(self.pinned_model)
-                load_adapter(model, path)
+                load_adapter(model, path, grow=True)  # an adapter may bring classes
             self.use_model(model)
         if model_name:
             self.settings.model_combo.setCurrentText(model_name)

@@ -339,3 +339,35 @@ def test_hand_over_without_a_segment_widget_and_to_a_pinned_model(make_napari_vi
     assert segment.pinned_model is not before
     assert segment.pinned_model.adapter_sha256 == sha256_file(outcome.adapter)
     assert outcome.model is None  # the widget keeps no second copy of the model
+
+
+def test_classes_mode_trains_a_head_per_class_and_hands_them_to_segment(
+        make_napari_viewer, qtbot, tmp_path, tiny_model):
+    """Labels read as classes (value = class, names edited): the run grows one head per
+    class, reports Dice per class before and after, and the Segment widget then offers
+    the classes by name."""
+    import json
+
+    from napari_imedsam.model.loading import load_model
+
+    viewer = _viewer_with_scenes(make_napari_viewer)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    segment.use_model(load_model(tiny_model))
+    assert segment.settings.class_row.isHidden()
+    widget = _open(viewer)
+    _ready(widget, epochs=2)
+    widget.data.read_as_combo.setCurrentText("classes (label value = class)")
+    assert widget.data.class_edit.text() == "class 1=1, class 2=2"  # from the layers' values
+    widget.data.class_edit.setText("left=1, right=2")
+    outcome = _train(qtbot, widget)
+    assert outcome.error is None and outcome.adapter is not None
+    assert set(outcome.before_by_class) == set(outcome.after_by_class) == {"left", "right"}
+    assert "per class: left" in widget.result_label.text()
+    record = json.loads(outcome.adapter.with_suffix(".json").read_text())
+    assert record["classes"] == [{"name": "left", "value": 1}, {"name": "right", "value": 2}]
+    widget.adapters.use_selected()  # (handed over at once when it scores higher)
+    assert not segment.settings.class_row.isHidden()
+    assert segment.settings.class_combo.itemText(1) == "right (2)"
+    widget.data.class_edit.setText("a=1, a=2")
+    widget.start_training()
+    assert not widget.busy and "names must differ" in widget.status.text()
