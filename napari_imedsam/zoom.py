@@ -18,6 +18,7 @@ it exactly over the image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,8 @@ class PreviewJob:
     object_ids: list[int]
     view: ViewGeometry
     boundary: bool = False
+    #: Each box's class (decoder head), for models with several; None: the spec's.
+    heads: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -172,17 +175,25 @@ class PreviewOutcome:
 
 def decode_preview(holder: SessionHolder, job: PreviewJob) -> PreviewOutcome:
     """Worker body: decode ``job``'s boxes on its view (never raises)."""
+    heads = job.heads or [None] * len(job.boxes)
+    prob = np.zeros((len(job.boxes), *job.view.out_shape), np.float32)
+    paths: list[tuple[int, np.ndarray]] = []
     try:
-        result, _ = holder.run(job.spec, job.image, job.boxes, window=job.window,
-                               region=job.view.region, out_shape=job.view.out_shape)
+        # One decode per class in view: each box is answered by its own class.
+        for head in sorted(set(heads), key=lambda h: -1 if h is None else h):
+            index = [i for i, h in enumerate(heads) if h == head]
+            spec = job.spec if head is None else dataclasses.replace(job.spec, head=head)
+            result, _ = holder.run(spec, job.image, [job.boxes[i] for i in index],
+                                   window=job.window, region=job.view.region,
+                                   out_shape=job.view.out_shape)
+            prob[index] = result.prob.max(axis=1)
+            if job.boundary:
+                from .inference.session import boundary_polygons
+
+                for i, polygons in zip(index, boundary_polygons(result)):
+                    # pixel edges -> napari data coordinates (pixel centres)
+                    paths += [(job.object_ids[i], poly - 0.5) for poly in polygons
+                              if len(poly) >= 2]
     except SessionError as exc:  # a failed preview only notifies
         return PreviewOutcome(job, error=str(exc))
-    labels = preview_labels(result.prob.max(axis=1), job.object_ids)
-    paths: list[tuple[int, np.ndarray]] = []
-    if job.boundary:
-        from .inference.session import boundary_polygons
-
-        for object_id, polygons in zip(job.object_ids, boundary_polygons(result)):
-            # pixel edges -> napari data coordinates (pixel centres)
-            paths += [(object_id, poly - 0.5) for poly in polygons if len(poly) >= 2]
-    return PreviewOutcome(job, labels=labels, paths=paths)
+    return PreviewOutcome(job, labels=preview_labels(prob, job.object_ids), paths=paths)

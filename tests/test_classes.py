@@ -183,3 +183,38 @@ def test_quick_finetune_teaches_the_wall_a_box_cannot_name(tmp_path):
     assert before["wall"] < 0.75  # what a box alone gives
     assert after["wall"] >= 0.8
     assert after["inner"] >= before["inner"] - 0.02
+
+
+def test_train_and_evaluate_commands_take_class_names(tmp_path, capsys):
+    """``imedsam train --class-names`` reads class label images (values 4 and 9 here),
+    names the heads in the adapter; ``evaluate --class`` reports that class alone."""
+    from PIL import Image
+
+    from napari_imedsam.cli import main
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):
+        image, labels = ring_sample(rng, 64, "mixed")
+        Image.fromarray(image).save(root / "images" / f"r{i}.png")
+        coded = np.select([labels == INNER, labels == WALL], [4, 9], 0).astype(np.uint8)
+        Image.fromarray(coded).save(root / "masks" / f"r{i}.png")
+    out = tmp_path / "two.safetensors"
+    assert main(["train", "--data", str(root), "--out", str(out), "--variant", "tiny",
+                 "--mode", "full", "--epochs", "1", "--points", "128", "--device", "cpu",
+                 "--val-label-size", "32", "--no-augment",
+                 "--class-names", "cavity=4,wall=9"]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["classes"] == [{"name": "cavity", "value": 4}, {"name": "wall", "value": 9}]
+    assert record["model"]["num_classes"] == 2
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(root), "--adapter", str(out), "--label-size", "32",
+                 "--class", "wall", "--json", str(report), "--device", "cpu"]) == 0
+    rows = report.with_suffix(".csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and all(",wall," in row for row in rows[1:])
+    assert main(["evaluate", "--data", str(root), "--adapter", str(out), "--label-size", "32",
+                 "--class", "bone", "--json", str(tmp_path / "e2.json"), "--device", "cpu"]) == 2
+    assert "no class 'bone'" in capsys.readouterr().err

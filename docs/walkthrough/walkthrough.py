@@ -22,7 +22,10 @@ would) with the default model on the CPU, leaves a screenshot of the whole windo
    (``7_back_to_first.png``);
 9. export at scale 2 -> TIFF + uncertainty + JSON, read back;
 10. a folder as a series: Next saves, Previous reloads (``8_series.png``);
-11. the Fine-tune dock beside the Segment dock (``9_finetune_dock.png``).
+11. the Fine-tune dock beside the Segment dock (``9_finetune_dock.png``);
+12. classes: six images of a wall around a cavity as Labels layers read as classes,
+    fine-tuned for two minutes (``10_finetune_classes.png``);
+13. a held-out one: the same box answered by each class in turn (``11_classes.png``).
 
 Settings go to a temporary folder, never the user's.
 """
@@ -56,6 +59,17 @@ def _rect(box_xyxy, plane: int | None = None) -> np.ndarray:
     x0, y0, x1, y1 = box_xyxy
     corners = np.array([[y0, x0], [y0, x1 - 1], [y1 - 1, x1 - 1], [y1 - 1, x0]], dtype=float)
     return corners if plane is None else np.column_stack([np.full(4, plane), corners])
+
+
+def _raise_dock(widget) -> None:  # noqa: ANN001
+    """Bring a dock widget's tab to the front (docks opened together share tabs)."""
+    from qtpy.QtWidgets import QDockWidget
+
+    parent = widget
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parent()
+    if parent is not None:
+        parent.raise_()
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -258,6 +272,50 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     print(f"11. Fine-tune dock: Train visible {finetune.train_button.isVisible()}, plot "
           f"{finetune.plot.visibleRegion().boundingRect().height()} px high")
     shot("9_finetune_dock.png")
+
+    # 12. classes: a wall around a cavity, one box; fine-tune two classes on 6 images
+    from napari_imedsam.train.synthetic_rings import ring_dataset
+
+    rings = ring_dataset(7, 11, 256)
+    for i, (image, labels) in enumerate(rings[:6]):
+        viewer.add_image(image, name=f"ring{i}", rgb=True)
+        viewer.add_labels(labels, name=f"ring{i} classes")
+    finetune.data.refresh()
+    for _, labels_name, _ in finetune.pairs_table.used_rows():
+        if not labels_name.endswith(" classes"):
+            finetune.pairs_table.set_row(labels_name, use=False)
+    finetune.data.read_as_combo.setCurrentText("classes (label value = class)")
+    finetune.data.class_edit.setText("cavity=1, wall=2")
+    finetune.device_combo.setCurrentText("cpu")
+    finetune.epochs_spin.setValue(200)
+    finetune.minutes_spin.setValue(2.0)
+    finetune.start_training()
+    took = _wait(app, lambda: not finetune.busy, 600)
+    outcome = finetune.last_outcome
+    if outcome.adapter is not None and widget.settings.adapter_edit.text() != str(outcome.adapter):
+        finetune.adapters.use_selected()  # handed over at once when it scored higher
+    print(f"12. classes fine-tune in {took:.0f} s: {outcome.summary()}; the Segment widget "
+          f"offers {[widget.settings.class_combo.itemText(i) for i in range(2)]}")
+    shot("10_finetune_classes.png")
+
+    # 13. a held-out ring: the same box answered by each class
+    image, labels = rings[6]
+    viewer.add_image(image, name="held-out ring", rgb=True)
+    _wait(app, lambda: widget.image is not None and widget.image.name == "held-out ring", 10)
+    _raise_dock(widget)
+    box = _rect(box_of(labels > 0))
+    widget.settings.class_combo.setCurrentIndex(0)
+    widget.settings.labelling_combo.setCurrentText("the class's label value")
+    box_and_wait(box)
+    widget.boxes.mode = "select"
+    widget.cycle_class()
+    widget.boxes.add_rectangles(box + np.array([0.0, 0.4]))  # the same box, drawn again
+    _wait(app, lambda: not widget.busy)
+    masks = widget.masks.data
+    print(f"13. one box, two classes: cavity Dice {_dice(masks == 1, labels == 1):.3f}, wall "
+          f"Dice {_dice(masks == 2, labels == 2):.3f}; status: {widget.status.text()}")
+    widget.masks.contour = 2
+    shot("11_classes.png")
     viewer.close()
 
 

@@ -13,6 +13,7 @@ the "Stop" button (checked before every slice). The logic lives in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -277,8 +278,12 @@ class VolumeTools(QGroupBox):
         self._writer, self._state = PlaneWriter(w.masks, object_id), w.state
         self.plane_boxes.setdefault(object_id, {})
         settings, job = w.settings, Job()
+        spec = settings.spec()
+        head = int(w.boxes.features["head"].iloc[row]) if "head" in w.boxes.features else -1
+        if spec.head is not None and head >= 0:  # the object's own class answers every slice
+            spec = dataclasses.replace(spec, head=head)
         worker = create_worker(
-            propagate_body, w.holder, settings.spec(), data, plane, start, direction,
+            propagate_body, w.holder, spec, data, plane, start, direction,
             settings.window(), job, _start_thread=False,
             _progress={"total": total, "desc": f"I-MedSAM: propagating object {object_id}"})
         worker.yielded.connect(self._on_step)
