@@ -314,7 +314,8 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     masks = widget.masks.data
     print(f"13. one box, two classes: cavity Dice {_dice(masks == 1, labels == 1):.3f}, wall "
           f"Dice {_dice(masks == 2, labels == 2):.3f}; status: {widget.status.text()}")
-    widget.masks.contour = 2
+    widget.settings.show_unc.setChecked(False)  # the two classes' colours, unhidden
+    _wait(app, lambda: True, 1)
     shot("11_classes.png")
     viewer.close()
 
