@@ -135,3 +135,25 @@ def test_vit_b_binary_adapter_is_under_8_mb(tmp_path):
     load_adapter(loaded, path)
     key = "implicit_decoder.coarse.heads.weight"
     assert torch.equal(loaded.state_dict()[key], model.state_dict()[key])
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int"])
+def test_adapters_with_non_numbers_or_integer_weights_are_refused(tmp_path, damage):
+    """Such files loaded before and answered every box with an empty mask and NaN
+    uncertainty; now they are refused, naming the file and the tensor."""
+    from safetensors import safe_open
+
+    path = save_adapter(_trained_like(), tmp_path / "a.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    key = next(k for k, v in tensors.items() if k.startswith("implicit_decoder.")
+               and v.is_floating_point() and v.ndim == 2)
+    if damage == "int":
+        tensors[key] = tensors[key].round().to(torch.int32)
+    else:
+        tensors[key][0, 0] = float(damage)
+    save_file(tensors, str(path), metadata=metadata)
+    words = "floating-point" if damage == "int" else "NaN or infinite"
+    with pytest.raises(CheckpointError, match=f"a.safetensors: {key.replace('.', '[.]')} .*{words}"):
+        load_adapter(build_model("tiny"), path)

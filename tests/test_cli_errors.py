@@ -97,3 +97,22 @@ def test_a_batch_with_a_bad_window_stops_before_the_model_loads(tmp_path, capsys
                  str(tmp_path / "out"), "--window", "nan,40", "--model", "tiny"]) == 2
     assert "finite positive width" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_with_no_objects_fails_instead_of_reporting_nothing(tmp_path, capsys):
+    """Empty masks gave exit 0 and a report of null numbers; now one line and no files."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(root / "images" / f"e{i}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "masks" / f"e{i}.png")
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(root), "--model", "medsam_lite", "--label-size", "32",
+                 "--json", str(report), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no labelled objects to evaluate in" in err and str(root) in err
+    assert not report.exists() and not report.with_suffix(".csv").exists()

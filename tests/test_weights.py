@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.server
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -372,3 +374,17 @@ def test_cli_list_and_fetch(cache, entry, server, capsys) -> None:
     assert _cli("fetch", NAME, "--base-url", "http://127.0.0.1:1") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and FILENAME in err
+
+
+def test_a_killed_downloads_temporary_file_is_removed_by_the_next(cache, entry, server) -> None:
+    """pooch removes its temporary file on errors, but a killed process cannot: the next
+    download removes such leftovers (not one another process is still writing)."""
+    cache.mkdir(parents=True)
+    stale, fresh = cache / "tmpk1ll3d", cache / "tmpw0rk1ng"
+    for path in (stale, fresh):
+        path.write_bytes(b"partial download")
+    old = time.time() - 2 * w.STALE_DOWNLOAD_S
+    os.utime(stale, (old, old))
+    path = w.fetch(NAME)
+    assert path.is_file() and not stale.exists() and fresh.exists()
+    assert _leftovers(cache) == sorted([FILENAME, fresh.name])

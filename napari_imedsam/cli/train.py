@@ -215,6 +215,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             row["label"], row["class_value"] = info.name, info.value
     if only is not None:
         rows = [r for r in rows if r["object"] == only]
+    if not rows:  # a report of nothing would read as a result
+        source = args.data or args.images or args.ct_slices or "the data"
+        what = "" if only is None else f" of class {args.class_name or only}"
+        raise ValueError(f"no labelled objects{what} to evaluate in {source} ({len(images)} "
+                         "image(s) read): check the masks folder, --subset and --split")
     report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
                      subset=args.subset, input_size=model.config.input_size,
                      decoder=args.decoder)

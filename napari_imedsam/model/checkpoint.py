@@ -210,6 +210,14 @@ def load_adapter(model: IMedSAM, path: str | Path, *, grow: bool = False) -> dic
             raise CheckpointError(
                 f"{path}: {key} has shape {tuple(value.shape)}, model expects {tuple(own[key].shape)}"
             )
+        # Weights that are not numbers (NaN, inf) or of another kind (integers where the
+        # model has floats) would load and answer every box with an empty mask.
+        if own[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: {key} holds {value.dtype} values where the model "
+                                  "has floating-point weights; the file is not a trained adapter")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: {key} holds NaN or infinite values (a diverged or "
+                                  "damaged training run); use an earlier adapter or retrain")
     model.load_state_dict(tensors, strict=False)
     model.adapter_sha256 = _file_sha256(Path(path))
     model.classes = classes

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -295,6 +296,25 @@ class _Progress:
             self._bar = None
 
 
+#: A download's temporary file untouched this long belongs to a killed process.
+STALE_DOWNLOAD_S = 600.0
+
+
+def _remove_stale(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete the temporary files (pooch's ``tmp*``) that killed downloads left in
+    ``folder``; one still being written (touched within STALE_DOWNLOAD_S) is kept."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in folder.glob("tmp*") if folder.is_dir() else ():
+        try:
+            if path.is_file() and now - path.stat().st_mtime > STALE_DOWNLOAD_S:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # another process removed it, or it is not ours to remove
+    return removed
+
+
 def fetch(name: str, *, on_progress: Callable[[int, int], None] | None = None,
           should_stop: Callable[[], bool] | None = None, allow_download: bool = True,
           base_url: str | None = None) -> Path:
@@ -303,8 +323,9 @@ def fetch(name: str, *, on_progress: Callable[[int, int], None] | None = None,
     ``on_progress(done_bytes, total_bytes)`` replaces the terminal tqdm bar;
     ``should_stop()`` returning True cancels (``DownloadCancelled``). ``base_url``
     (or ``$IMEDSAM_WEIGHTS_URL``) replaces the directory part of the URL.
-    Nothing partial is ever left in the cache: pooch writes to a temporary file
-    and moves it into place only once the sha256 matches.
+    Nothing partial is kept in the cache: pooch writes to a temporary file and moves
+    it into place only once the sha256 matches, and removes it on an error; what a
+    killed process left behind is removed by the next download (:func:`_remove_stale`).
     """
     entry = _entry(name)
     found = locate(name)
@@ -325,6 +346,7 @@ def fetch(name: str, *, on_progress: Callable[[int, int], None] | None = None,
     import pooch  # lazy: pulls in requests
     import requests
 
+    _remove_stale(dest)
     progress = _Progress(entry.size, on_progress, should_stop)
     try:
         path = pooch.retrieve(url, known_hash=f"sha256:{entry.sha256}", fname=entry.filename,
