@@ -135,10 +135,10 @@ def read_nifti_layers(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
 
 def read_dicom_layers(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
     """Read a DICOM series (slices sorted by position, rescaled to stored units, e.g. HU)."""
-    from .io import read_dicom
+    from .io import read_dicom_series
 
     target: Any = [str(p) for p in path] if isinstance(path, (list, tuple)) and len(path) > 1 \
         else (_one_path(path) or str(path))
-    loaded = read_dicom(target)
-    name = _name_of(str(Path(loaded.source)))
-    return [_layer(loaded, name, "image", "dicom")]
+    series = read_dicom_series(target)  # several series: one layer each, the user chooses
+    return [_layer(loaded, _name_of(str(Path(loaded.source))), "image", "dicom")
+            for loaded in series]

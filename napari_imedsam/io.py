@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -121,8 +123,11 @@ def read_nifti(path: str | Path) -> LoadedImage:
     return LoadedImage(np.ascontiguousarray(view), spacing, str(path), affine)
 
 
-def read_dicom(path: str | Path | list[str | Path]) -> LoadedImage:
-    """One DICOM file, a list of files or a folder holding one series (sorted by position)."""
+def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
+    """Every DICOM series in one file, a list of files or a folder: grouped by
+    SeriesInstanceUID (two series of the same shape are never merged), each sorted by
+    position and rescaled to stored units (e.g. HU). Warns about missing slices,
+    repeated positions and mixed pixel spacing, which the volume would hide."""
     pydicom = _optional("pydicom", "DICOM files")
     if isinstance(path, (list, tuple)):
         files = sorted(Path(p) for p in path)
@@ -139,22 +144,78 @@ def read_dicom(path: str | Path | list[str | Path]) -> LoadedImage:
     slices = [s for s in slices if "PixelData" in s]  # skips DICOMDIR, reports...
     if not slices:
         raise ValueError(f"no DICOM images found in {path}")
-    slices.sort(key=lambda s: float(getattr(s, "ImagePositionPatient", [0, 0, 0])[2]))
-    arrays = []
+    groups: dict[str, list[Any]] = {}
     for s in slices:
-        values = s.pixel_array.astype(np.float32)
-        arrays.append(values * float(getattr(s, "RescaleSlope", 1)) +
-                      float(getattr(s, "RescaleIntercept", 0)))
+        groups.setdefault(str(getattr(s, "SeriesInstanceUID", "")), []).append(s)
+    several = len(groups) > 1
+    out = []
+    for number, members in enumerate(groups.values(), 1):
+        name = f"{path} (series {number}: {_series_label(members[0])})" if several else str(path)
+        out.append(_dicom_volume(members, name))
+    return out
+
+
+def _series_label(ds: Any) -> str:
+    text = str(getattr(ds, "SeriesDescription", "") or "").strip()
+    return text or f"number {getattr(ds, 'SeriesNumber', '?')}"
+
+
+def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
+    """One series' slices -> a volume sorted by position, with its spacing."""
+    slices = sorted(slices, key=lambda s: float(getattr(s, "ImagePositionPatient", [0, 0, 0])[2]))
+    shapes = {tuple(s.pixel_array.shape) for s in slices}
+    if len(shapes) > 1:
+        raise ValueError(f"{source}: slices of different sizes {sorted(shapes)} in one series; "
+                         "open the slices of one size on their own")
+    arrays = [s.pixel_array.astype(np.float32) * float(getattr(s, "RescaleSlope", 1))
+              + float(getattr(s, "RescaleIntercept", 0)) for s in slices]
     data = np.stack(arrays) if len(arrays) > 1 else arrays[0]
-    row, col = (float(v) for v in getattr(slices[0], "PixelSpacing", [1.0, 1.0]))
+    spacings = {tuple(round(float(v), 4) for v in getattr(s, "PixelSpacing", [1.0, 1.0]))
+                for s in slices}
+    row, col = sorted(spacings)[0]
+    if len(spacings) > 1:
+        warnings.warn(f"{source}: pixel spacing differs between slices {sorted(spacings)}; "
+                      f"the volume uses {row} x {col} mm, so distances may be wrong",
+                      stacklevel=3)
     spacing: tuple[float, ...] = (row, col)
     if len(arrays) > 1:
         positions = [float(s.ImagePositionPatient[2]) for s in slices
                      if hasattr(s, "ImagePositionPatient")]
         dz = float(np.median(np.diff(positions))) if len(positions) > 1 else float(
             getattr(slices[0], "SliceThickness", 1.0))
+        for problem in _position_problems(positions, dz):
+            warnings.warn(f"{source}: {problem}", stacklevel=3)
         spacing = (abs(dz) or 1.0, row, col)
-    return LoadedImage(data, spacing, str(path))
+    return LoadedImage(data, spacing, source)
+
+
+def _position_problems(positions: list[float], step: float) -> list[str]:
+    """Repeated positions and gaps (a step over 1.5 times the usual one) in a series."""
+    gaps = np.diff(positions)
+    problems = []
+    repeated = int((np.abs(gaps) < 1e-3).sum())
+    if repeated:
+        problems.append(f"{repeated} slice(s) repeat a position already in the series "
+                        "(two series mixed, or duplicates): check the files")
+    if abs(step) > 1e-3:
+        for i in np.flatnonzero(np.abs(gaps) > 1.5 * abs(step)):
+            problems.append(f"slices missing between z = {positions[i]:g} and "
+                            f"{positions[i + 1]:g} mm (the usual step is {abs(step):g} mm): "
+                            "the volume shows them as neighbours; check the series is complete")
+    return problems
+
+
+def read_dicom(path: str | Path | list[str | Path]) -> LoadedImage:
+    """One DICOM file, a list of files or a folder holding one series (sorted by position).
+    A folder with several series is refused with their list (the napari reader opens
+    each as its own layer)."""
+    series = read_dicom_series(path)
+    if len(series) > 1:
+        listing = "; ".join(f"{s.source.rsplit('(', 1)[-1].rstrip(')')}, {s.data.shape[0]} "
+                            f"slice(s)" if s.data.ndim == 3 else s.source for s in series)
+        raise ValueError(f"{path} holds {len(series)} DICOM series ({listing}): put one "
+                         "series' files in a folder of their own and open that")
+    return series[0]
 
 
 def read_any(path: str | Path) -> LoadedImage:

@@ -69,7 +69,8 @@ def test_viewer_opens_nifti_and_integer_segmentations_as_labels(make_napari_view
     assert np.array_equal(labels.data, (vol > 0).transpose(2, 1, 0))
 
 
-def _dicom_slice(path, pixels: np.ndarray, z: float) -> None:
+def _dicom_slice(path, pixels: np.ndarray, z: float, series: str | None = None,
+                 spacing=(0.7, 0.8)) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -84,8 +85,10 @@ def _dicom_slice(path, pixels: np.ndarray, z: float) -> None:
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelSpacing = [0.7, 0.8]
+    ds.PixelSpacing = list(spacing)
     ds.ImagePositionPatient = [0.0, 0.0, z]
+    if series is not None:
+        ds.SeriesInstanceUID, ds.SeriesDescription = f"1.2.3.{len(series)}", series
     ds.SliceThickness = 2.5
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     ds.PixelData = pixels.astype(np.uint16).tobytes()
@@ -309,3 +312,37 @@ def test_lying_and_bomb_files_are_refused_before_decoding(tmp_path):
     for name in ("empty.nii.gz", "words.nii.gz"):
         with pytest.raises(ValueError, match=f"{name} is not a readable NIfTI"):
             read_any(tmp_path / name)
+
+
+def test_dicom_series_are_kept_apart_and_gaps_are_told(make_napari_viewer, tmp_path):
+    """Two series of the same shape in one folder were merged into one volume; now the
+    command line refuses with their list, napari opens one layer each, and missing
+    slices, repeated positions and mixed spacing are warned about."""
+    from napari_imedsam.io import read_any, read_dicom_series
+
+    rng = np.random.default_rng(2)
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for series in ("AX", "COR post"):
+        for z in (0.0, 2.5, 5.0):
+            _dicom_slice(folder / f"{series}{z}.dcm", rng.integers(0, 2000, (6, 7)), z, series)
+    with pytest.raises(ValueError, match="holds 2 DICOM series .*AX, 3 slice.*COR post"):
+        read_any(folder)
+    volumes = read_dicom_series(folder)
+    assert [v.data.shape for v in volumes] == [(3, 6, 7), (3, 6, 7)]
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(folder), plugin="napari-imedsam")
+    assert len(layers) == 2 and all(layer.data.shape == (3, 6, 7) for layer in layers)
+
+    gappy = tmp_path / "gappy"
+    gappy.mkdir()
+    for i, z in enumerate((0.0, 2.5, 5.0, 12.5, 12.5)):
+        _dicom_slice(gappy / f"s{i}.dcm", rng.integers(0, 2000, (6, 7)), z,
+                     spacing=(0.7, 0.8) if i else (0.9, 0.9))
+    with pytest.warns(UserWarning) as caught:
+        loaded = read_any(gappy)
+    text = " ".join(str(w.message) for w in caught)
+    assert "slices missing between z = 5 and 12.5 mm" in text
+    assert "repeat a position" in text and "pixel spacing differs" in text
+    assert loaded.data.shape == (5, 6, 7)
+
