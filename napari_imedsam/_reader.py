@@ -92,7 +92,9 @@ def get_dicom_reader(path: PathOrPaths) -> ReaderFunction | None:
 
 def _layer(loaded: LoadedImage, name: str, kind: str, fmt: str) -> tuple[Any, dict, str]:
     """One napari layer tuple with spacing as scale and the source geometry in metadata."""
-    data = loaded.data
+    from .io import check_image_array
+
+    data = check_image_array(loaded.data, Path(loaded.source).name)
     ndim = data.ndim
     meta: dict[str, Any] = {"path": loaded.source, "format": fmt,
                             "axes": "z, y, x: inferior to superior, anterior to posterior, "

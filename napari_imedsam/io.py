@@ -218,18 +218,35 @@ def read_dicom(path: str | Path | list[str | Path]) -> LoadedImage:
     return series[0]
 
 
+def check_image_array(data: np.ndarray, source: str) -> np.ndarray:
+    """``data`` if it is an image napari can show and a model can read: 2 or more
+    dimensions, not empty, real numbers; else ValueError naming ``source``."""
+    if data.ndim < 2 or data.size == 0:
+        raise ValueError(f"{source} holds {data.ndim}-D data of shape {data.shape}, not an "
+                         "image: it needs rows and columns")
+    if data.dtype.kind not in "biuf":
+        what = {"c": "complex numbers", "V": "structured records", "O": "Python objects"}.get(
+            data.dtype.kind, f"values of type {data.dtype}")
+        raise ValueError(f"{source} holds {what}, not image intensities: save the magnitude "
+                         "(or one field) as a real-valued image")
+    return data
+
+
 def read_any(path: str | Path) -> LoadedImage:
     """Read an image or volume by its suffix (a folder is a DICOM series)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom"):
-        return read_dicom(path)
-    if is_nifti(path):
-        return read_nifti(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return LoadedImage(read_tiff(path), None, str(path))
-    return LoadedImage(read_pillow(path), None, str(path))
+        loaded = read_dicom(path)
+    elif is_nifti(path):
+        loaded = read_nifti(path)
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        loaded = LoadedImage(read_tiff(path), None, str(path))
+    else:
+        loaded = LoadedImage(read_pillow(path), None, str(path))
+    check_image_array(loaded.data, path.name)
+    return loaded
 
 
 def read_tiff(path: str | Path) -> np.ndarray:

@@ -346,3 +346,25 @@ def test_dicom_series_are_kept_apart_and_gaps_are_told(make_napari_viewer, tmp_p
     assert "repeat a position" in text and "pixel spacing differs" in text
     assert loaded.data.shape == (5, 6, 7)
 
+
+
+@pytest.mark.parametrize("kind", ["complex", "1d"])
+def test_arrays_napari_cannot_show_are_refused_by_name(tmp_path, kind):
+    """Complex and 1-D data reached napari (or the model) before."""
+    from napari_imedsam import _reader
+    from napari_imedsam.io import check_image_array, read_any
+
+    if kind == "complex":
+        path = tmp_path / "k.nii.gz"
+        nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.complex64), np.eye(4)), str(path))
+        words = "k.nii.gz holds complex numbers"
+        with pytest.raises(ValueError, match=words):  # napari's reader path
+            _reader.get_nifti_reader(str(path))(str(path))
+    else:
+        path = tmp_path / "line.tif"
+        tifffile.imwrite(path, np.arange(10, dtype=np.uint16))
+        words = "line.tif holds 1-D data"
+    with pytest.raises(ValueError, match=words):
+        read_any(path)
+    with pytest.raises(ValueError, match="r.x holds structured records"):
+        check_image_array(np.zeros((4, 4), dtype=[("a", "u1"), ("b", "u1")]), "r.x")
