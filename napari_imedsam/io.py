@@ -112,7 +112,16 @@ def read_nifti(path: str | Path) -> LoadedImage:
         zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
         return LoadedImage(np.ascontiguousarray(data.T), tuple(reversed(zooms)), str(path),
                            affine)
-    transform = _view_transform(affine)
+    try:
+        if not np.isfinite(affine).all():
+            raise ValueError("it holds NaN or infinite values")
+        transform = _view_transform(affine)
+    except Exception as exc:  # noqa: BLE001 - nibabel's words are about its internals
+        text = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise ValueError(
+            f"{Path(path).name}: its affine (the header's voxel-to-world matrix) cannot be "
+            f"read as an orientation ({text}); fix the file's sform/qform, e.g. re-save it "
+            "with its scanner's converter") from exc
     view = apply_orientation(data, transform)  # extra (time) axes stay last
     view_affine = affine @ inv_ornt_aff(transform, data.shape[:3])
     # Rounded: the header stores float32, and 0.7 should not read as 0.69999999.
@@ -352,9 +361,13 @@ def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  #
             raise FileExistsError(f"{path} exists: choose another name or allow overwriting")
         if path.is_symlink() or not path.is_file():
             raise FileExistsError(f"{path} is not a regular file: it is never replaced")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:  # the error would name our hidden temporary file, not the target
+        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror or exc} in the folder "
+                        f"{path.parent}; choose a folder you can write to") from exc
     os.close(fd)
     try:
         write(Path(tmp))

@@ -368,3 +368,40 @@ def test_arrays_napari_cannot_show_are_refused_by_name(tmp_path, kind):
         read_any(path)
     with pytest.raises(ValueError, match="r.x holds structured records"):
         check_image_array(np.zeros((4, 4), dtype=[("a", "u1"), ("b", "u1")]), "r.x")
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), np.full((4, 4), np.nan),
+                                    np.diag([1.0, 0.0, 0.0, 1.0])])
+def test_a_broken_nifti_affine_is_a_sentence(tmp_path, affine):
+    """nibabel said "Unable to find out axis 2.0 in start_ornt" or "SVD did not converge"."""
+    from napari_imedsam.io import read_any
+
+    path = tmp_path / "bad.nii.gz"
+    header = nib.Nifti1Header()  # written as a broken converter leaves it
+    header.set_data_shape((4, 5, 6))
+    header.set_data_dtype(np.int16)
+    for row, name in enumerate(("srow_x", "srow_y", "srow_z")):
+        header[name] = affine[row]
+    header["sform_code"], header["qform_code"] = 1, 0
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6), np.int16), None, header=header), str(path))
+    with pytest.raises(ValueError, match="bad.nii.gz: its affine .* fix the file's sform"):
+        read_any(path)
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_path, monkeypatch):
+    """As root a read-only folder cannot be made here, so the refusal is simulated where
+    the operating system gives it: creating the temporary file beside the target."""
+    import tempfile as tempfile_module
+
+    from napari_imedsam import io
+
+    def refuse(prefix, suffix, dir):  # noqa: ANN001, ANN202, A002
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2z3{suffix}")
+
+    monkeypatch.setattr(tempfile_module, "mkstemp", refuse)
+    target = tmp_path / "locked" / "masks.tif"
+    with pytest.raises(PermissionError) as caught:
+        io.atomic_save(target, lambda tmp: tmp.write_bytes(b"x"))
+    text = str(caught.value)
+    assert f"cannot write {target}" in text and "choose a folder you can write to" in text
+    assert "x1y2z3" not in text and not target.exists()
