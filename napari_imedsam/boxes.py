@@ -59,6 +59,8 @@ def box_from_vertices(vertices: np.ndarray, plane_shape: tuple[int, int]) -> Box
     box outside the image or too small to mean anything.
     """
     rows, cols = vertices[:, 0], vertices[:, 1]
+    if not (np.isfinite(rows).all() and np.isfinite(cols).all()):
+        raise ValueError("the box has corners that are not numbers: draw it again")
     x0, y0 = float(cols.min()), float(rows.min())
     x1, y1 = float(cols.max()) + 1.0, float(rows.max()) + 1.0
     height, width = plane_shape

@@ -54,6 +54,9 @@ def check_decoded_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
     """Refuse, before decoding, a file whose header promises more data than it can hold
     (truncated or lying) or more than memory should take (a decompression bomb)."""
     path = Path(path)
+    if any(int(v) < 0 for v in shape) or int(itemsize) < 0:
+        raise ValueError(f"{path.name}: its header claims a negative size {tuple(shape)}: "
+                         "corrupt; not read")
     expected = int(np.prod([int(v) for v in shape], dtype=np.float64)) * int(itemsize)
     size = path.stat().st_size
     limit = int(os.environ.get("IMEDSAM_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
