@@ -218,3 +218,12 @@ def test_train_and_evaluate_commands_take_class_names(tmp_path, capsys):
     assert main(["evaluate", "--data", str(root), "--adapter", str(out), "--label-size", "32",
                  "--class", "bone", "--json", str(tmp_path / "e2.json"), "--device", "cpu"]) == 2
     assert "no class 'bone'" in capsys.readouterr().err
+    # Going on from that adapter: its classes must be named (the masks are class images).
+    more = ["train", "--data", str(root), "--variant", "tiny", "--mode", "full", "--epochs", "1",
+            "--points", "128", "--device", "cpu", "--val-label-size", "32", "--no-augment",
+            "--init", str(out)]
+    assert main([*more, "--out", str(tmp_path / "on.safetensors")]) == 2
+    assert "--class-names cavity=4,wall=9" in capsys.readouterr().err
+    assert main([*more, "--out", str(tmp_path / "on.safetensors"),
+                 "--class-names", "cavity=4,wall=9"]) == 0
+    assert json.loads((tmp_path / "on.json").read_text())["classes"] == record["classes"]

@@ -313,3 +313,32 @@ def test_widget_export_nifti_on_the_source_grid(segment, qtbot, tmp_path):
     assert np.allclose(centre, fine_centre)
     record = json.loads((tmp_path / "fine.json").read_text())
     assert record["objects"][0]["plane"] == 1 and record["image"]["spacing"] == [3.0, 0.7, 0.7]
+
+
+def test_each_object_is_decoded_and_reproduced_with_its_own_class():
+    """A model with several classes: export at another scale, and re-making the masks from
+    the record, answer every object with the class it was drawn with."""
+    from napari_imedsam.model.classes import ClassInfo
+
+    calls: list = []
+
+    def decode(plane, boxes, scale, head=None):  # noqa: ANN001, ANN202 - head 1 says "no"
+        calls.append((len(boxes), scale, head))
+        masks, unc = _disc_decoder()(plane, boxes, scale)
+        return (masks & False if head == 1 else masks), unc
+
+    objects = [ex.ObjectBox(1, BOXES[0].box, head=0), ex.ObjectBox(2, BOXES[1].box, head=1)]
+    labels = _grid_labels(_disc_decoder(), BOXES)
+    labels[labels == 2] = 0  # as the "no" class left it
+    exported = ex.labels_at_scale(labels, objects, 2.0, decode)
+    assert sorted(calls) == [(1, 1.0, 0), (1, 1.0, 1), (1, 2.0, 0), (1, 2.0, 1)]
+    classes = (ClassInfo("disc", 1), ClassInfo("ring", 2))
+    record = ex.build_record(image={"shape": [40, 60]}, model={"name": "fake"}, window=None,
+                             scale=2.0, objects=objects, exported=exported, classes=classes)
+    record = json.loads(json.dumps(record))
+    assert [o["class"] for o in record["objects"]] == [
+        {"head": 0, "name": "disc", "value": 1}, {"head": 1, "name": "ring", "value": 2}]
+    calls.clear()
+    again = ex.reproduce(record, decode)
+    assert sorted(calls) == [(1, 2.0, 0), (1, 2.0, 1)]
+    assert np.array_equal(again, exported.labels) and set(np.unique(again)) == {0, 1}

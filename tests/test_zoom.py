@@ -97,3 +97,34 @@ def test_preview_labels_and_box_overlap():
     assert labels.dtype == np.int32
     assert box_in_region((10, 10, 20, 20), (0, 0, 15, 15))
     assert not box_in_region((10, 10, 20, 20), (0, 0, 10, 30))  # touching edges only
+
+
+def test_the_preview_answers_each_box_with_its_own_class():
+    """Two boxes of two classes in view: one decode per class, each box's own."""
+    import torch
+
+    from napari_imedsam.model import build_model
+    from napari_imedsam.model.classes import ClassInfo, expand_classes
+    from napari_imedsam.session_holder import ModelSpec, SessionHolder
+    from napari_imedsam.zoom import PreviewJob, ViewGeometry, decode_preview
+
+    torch.manual_seed(0)
+    model = expand_classes(build_model("tiny").eval(), (ClassInfo("yes", 1), ClassInfo("no", 2)))
+    model.adapter_sha256 = "test"
+    with torch.no_grad():  # head 0 answers yes everywhere, head 1 no
+        model.implicit_decoder.coarse.heads.bias.view(2, -1)[:, 0] = torch.tensor([30.0, -30.0])
+        for head, sign in zip(model.implicit_decoder.fine.heads, (30.0, -30.0)):
+            head[-1].bias.fill_(sign)
+    holder = SessionHolder()
+    holder.pinned = model
+    image = np.zeros((64, 64, 3), np.uint8)
+    view = ViewGeometry((0.0, 0.0, 64.0, 64.0), (64, 64), (1.0, 1.0), (0.0, 0.0))
+    job = PreviewJob(1, ModelSpec("tiny", device="cpu", head=0), image, None, None,
+                     [(4.0, 4.0, 28.0, 28.0), (36.0, 36.0, 60.0, 60.0)], [5, 7], view,
+                     heads=[0, 1])
+    outcome = decode_preview(holder, job)
+    assert outcome.error is None
+    assert (outcome.labels[8:24, 8:24] == 5).all() and not (outcome.labels == 7).any()
+    job.heads = [1, 0]
+    labels = decode_preview(holder, job).labels
+    assert (labels[40:56, 40:56] == 7).all() and not (labels == 5).any()

@@ -70,7 +70,7 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     result = predict_merged(session, boxes, scale=args.scale, polygons=bool(args.polygons))
     labels = result.labels
     chosen = None
-    if getattr(session, "head", None) is not None and result.mode == "imedsam":
+    if session.head is not None and result.mode == "imedsam":
         from ..model.classes import classes_of
 
         chosen = classes_of(session.model)[session.head]

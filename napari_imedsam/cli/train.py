@@ -107,14 +107,11 @@ def _train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..model import get_config
-    from ..model.checkpoint import adapter_model_config, read_adapter
     from ..model.weights import REGISTRY
 
-    # A one-class adapter (e.g. the shipped default) grows a head per class after loading.
-    heads = args.classes
-    if args.init and args.classes > 1:
-        if adapter_model_config(read_adapter(args.init)[1]).num_classes == 1:
-            heads = 1
+    # With --init the model starts with one head: the adapter brings its own heads as it
+    # loads, and a one-class adapter (e.g. the shipped default) grows one per class below.
+    heads = 1 if args.init else args.classes
     config = get_config(args.variant, input_size=args.input_size, num_classes=heads,
                         frequency_mode=args.frequency)
     if args.sam_logit:
@@ -125,7 +122,13 @@ def _train(args: argparse.Namespace) -> int:
     base = args.base_weights or (args.variant if entry is not None and entry.package else None)
     model = build_model(config=config, checkpoint=base)
     if args.init:
-        load_adapter(model, args.init)
+        load_adapter(model, args.init, grow=True)
+        if model.config.num_classes > 1 and classes is None and args.classes == 1:
+            from ..model.classes import classes_of
+
+            names = ",".join(f"{c.name}={c.value}" for c in classes_of(model))
+            raise ValueError(f"{args.init} has {model.config.num_classes} classes: train them "
+                             f"with --class-names {names} (and class label images)")
     if classes is not None or args.classes > 1:
         expand_classes(model, classes or default_classes(args.classes))
     # Under torchrun every rank runs this; only rank 0 talks and writes the log.

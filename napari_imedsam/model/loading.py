@@ -61,10 +61,9 @@ def load_model(
             raise CheckpointError(
                 f"the default model's adapter is missing from the package ({DEFAULT_ADAPTER}): "
                 "reinstall napari-imedsam")
-        # An adapter with several classes (heads) is loaded into a model built with them.
-        heads = 1 if adapter is None else adapter_model_config(read_adapter(adapter)[1]).num_classes
-        model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL, num_classes=heads)
-        load_adapter(model, adapter or DEFAULT_ADAPTER)
+        model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL)
+        # An adapter with several classes grows the model's heads as it loads.
+        load_adapter(model, adapter or DEFAULT_ADAPTER, grow=True)
         return model.to(device).eval()
     if str(name).endswith(".safetensors"):
         # A self-contained (full-scope) model file, e.g. a small variant trained here.
