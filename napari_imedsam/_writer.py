@@ -2,7 +2,7 @@
 
 npe2 single-layer writer: ``write_labels(path, data, meta) -> [written paths]``.
 
-Never loses data: files are written through :func:`napari_imedsam.io.atomic_save`
+Never loses data: files are written through :func:`napari_imedsam.saving.atomic_save`
 (a temporary file moved into place only when complete), and an existing file
 is never replaced. napari's Save dialog asks before replacing the exact name
 typed, but napari appends the extension afterwards when none was typed, and
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import io
+from . import io, saving
 from ._reader import SOURCE_KEY
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -49,18 +49,18 @@ def write_labels_file(path: str | Path, array: np.ndarray, meta: dict[str, Any],
     name = path.name.lower()
     scale, unit = spacing_of(meta)
     if name.endswith(TIFF_SUFFIXES):
-        dtype = io.label_dtype(array)  # every id kept: 2**31 and more need 64 bits
+        dtype = saving.label_dtype(array)  # every id kept: 2**31 and more need 64 bits
         pixel = tuple(scale[-2:]) if len(scale) >= 2 else None
-        return io.write_tiff(path, array.astype(dtype, copy=False), pixel_size=pixel, unit=unit,
+        return saving.write_tiff(path, array.astype(dtype, copy=False), pixel_size=pixel, unit=unit,
                              spacing=scale or None, overwrite=overwrite)
     if name.endswith(".png"):
-        return io.write_png(path, array, overwrite=overwrite)
+        return saving.write_png(path, array, overwrite=overwrite)
     if name.endswith(io.NIFTI_SUFFIXES):
         if array.ndim not in (2, 3):
             raise ValueError(f"NIfTI export takes 2D or 3D labels, got shape {array.shape}")
         source = (meta.get("metadata") or {}).get(SOURCE_KEY) or {}
         affine = source.get("nifti_affine")
-        return io.write_nifti(path, array.astype(io.label_dtype(array), copy=False),
+        return io.write_nifti(path, array.astype(saving.label_dtype(array), copy=False),
                               spacing=scale or None,
                               source_affine=None if affine is None else np.asarray(affine),
                               overwrite=overwrite)
@@ -70,7 +70,7 @@ def write_labels_file(path: str | Path, array: np.ndarray, meta: dict[str, Any],
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """npe2 writer: one Labels layer to TIFF, PNG or NIfTI; never replaces a file."""
     array = _labels_array(data)
-    written = io.save_new(path, lambda target: write_labels_file(target, array, meta))
+    written = saving.save_new(path, lambda target: write_labels_file(target, array, meta))
     if written != Path(path):
         from napari.utils.notifications import show_warning
 

@@ -61,7 +61,7 @@ def publish_adapter(src: str | Path, folder: str | Path, stem: str) -> Path:
     supported, an atomic copy that also refuses to replace is used. ``src`` is
     removed afterwards, so the published file shares its data with nothing.
     """
-    from .io import atomic_save
+    from .saving import atomic_save
 
     src, folder = Path(src), Path(folder)
     text = src.with_suffix(".json").read_bytes()

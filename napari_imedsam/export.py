@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, io
+from . import __version__, io, saving
 
 FORMAT = "napari-imedsam export 1"
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
@@ -289,41 +289,37 @@ class Geometry:
 
 def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[str, Any],
                  geometry: Geometry, scale: float, *, overwrite: bool = False) -> list[Path]:
-    """Write the labels, the uncertainty (float32 TIFF) and the JSON record (last, so
-    a record always describes complete files). Each file is atomic; nothing is
-    replaced unless ``overwrite``."""
+    """Write the labels, the uncertainty (float32 TIFF) and the JSON record as one
+    set: all of them are put in place, or none (a failure part-way leaves no labels
+    without their record). Nothing is replaced unless ``overwrite``."""
     labels = exported.labels
     name = target.labels.name.lower()
     if name.endswith(".png") and labels.ndim != 2:
         raise ValueError("PNG holds 2D images: export this volume as TIFF or NIfTI")
-    if not overwrite:
-        taken = [p for p in target.paths() if p.exists()]
-        if taken:
-            raise FileExistsError(f"{', '.join(p.name for p in taken)} already exist(s)")
     spacing = tuple(geometry.spacing)
     fine = (*spacing[:-2], spacing[-2] / scale, spacing[-1] / scale)
-    written: list[Path] = []
-    if name.endswith((".tif", ".tiff")):
-        dtype = io.label_dtype(labels)
-        written.append(io.write_tiff(target.labels, labels.astype(dtype), pixel_size=fine[-2:],
-                                     unit=geometry.unit, spacing=fine, overwrite=overwrite))
-    elif name.endswith(".png"):
-        written.append(io.write_png(target.labels, labels, overwrite=overwrite))
-    else:
-        written.append(io.write_nifti(target.labels, labels, spacing=spacing,
-                                      source_affine=geometry.nifti_affine, scale=scale,
-                                      grid_shape=geometry.shape, overwrite=overwrite))
-    if target.uncertainty is not None and exported.uncertainty is not None:
-        written.append(io.write_tiff(target.uncertainty, exported.uncertainty.astype(np.float32),
-                                     pixel_size=fine[-2:], unit=geometry.unit, spacing=fine,
-                                     overwrite=overwrite))
+    with_uncertainty = target.uncertainty is not None and exported.uncertainty is not None
+    paths = [target.labels, *([target.uncertainty] if with_uncertainty else []), target.record]
     files = {"labels": target.labels.name,
-             "uncertainty": target.uncertainty.name if len(written) > 1 and target.uncertainty
-             else None}
+             "uncertainty": target.uncertainty.name if with_uncertainty else None}
     text = json.dumps({**record, "files": files}, indent=2) + "\n"
-    written.append(io.atomic_save(target.record, lambda tmp: tmp.write_text(text),
-                                  overwrite=overwrite))
-    return written
+    # The writers below each replace their staged temporary file in one step.
+    with saving.staged_files(paths, overwrite=overwrite) as staged:
+        if name.endswith((".tif", ".tiff")):
+            saving.write_tiff(staged[0], labels.astype(saving.label_dtype(labels), copy=False),
+                              pixel_size=fine[-2:], unit=geometry.unit, spacing=fine,
+                              overwrite=True)
+        elif name.endswith(".png"):
+            saving.write_png(staged[0], labels, overwrite=True)
+        else:
+            io.write_nifti(staged[0], labels, spacing=spacing, source_affine=geometry.nifti_affine,
+                           scale=scale, grid_shape=geometry.shape, overwrite=True)
+        if with_uncertainty:
+            saving.write_tiff(staged[1], exported.uncertainty.astype(np.float32, copy=False),
+                              pixel_size=fine[-2:], unit=geometry.unit, spacing=fine,
+                              overwrite=True)
+        staged[-1].write_text(text, encoding="utf-8")
+    return paths
 
 
 def model_info(name: str, adapter: str | None, device: str,

@@ -1,4 +1,4 @@
-"""Reading images with their voxel spacing, and writing results atomically.
+"""Reading images with their voxel spacing; writing NIfTI on the source's grid.
 
 PNG/JPEG (Pillow) and TIFF (tifffile) always; NIfTI with ``nibabel`` and DICOM
 with ``pydicom`` when those optional packages are installed. Values come back
@@ -16,14 +16,14 @@ way up whatever its storage order, and :func:`write_nifti` undoes it exactly.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .saving import atomic_save
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Anatomical direction in which each axis of a volume (Z, Y, X) increases:
@@ -302,147 +302,6 @@ def read_pillow(path: str | Path, modes: tuple[str, ...] = ("L", "I;16", "I", "F
     except Exception as exc:  # noqa: BLE001 - truncated or not an image
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
         raise ValueError(f"{Path(path).name} is not a readable image ({text})") from exc
-
-
-def label_dtype(array: np.ndarray) -> np.dtype:
-    """The smallest unsigned integer type that holds every label id of ``array``.
-
-    Ids of 2**31 and more would wrap to negative (or zero) values in int32:
-    objects silently erased. Negative ids are refused.
-    """
-    low, high = int(array.min(initial=0)), int(array.max(initial=0))
-    if low < 0:
-        raise ValueError(f"label ids must not be negative (found {low})")
-    for dtype in (np.uint8, np.uint16, np.uint32, np.uint64):
-        if high <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    raise ValueError(f"label id {high} does not fit in 64 bits")
-
-
-def save_new(path: str | Path, save: Callable[[Path], Path], attempts: int = 100) -> Path:
-    """``save(target)`` under ``path`` or, when taken, the next free ``NAME-2``...:
-    a writer that loses the race for a name takes the next one, never replacing."""
-    for _ in range(attempts):
-        target = free_path(path)
-        try:
-            return save(target)
-        except FileExistsError:
-            if not target.exists():
-                raise
-    raise FileExistsError(f"no free name near {path} after {attempts} tries")
-
-
-def free_path(path: str | Path) -> Path:
-    """``path`` if nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``...
-
-    Double suffixes such as ``.nii.gz`` stay whole.
-    """
-    path = Path(path)
-    if not path.exists():
-        return path
-    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
-    n = 2
-    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
-        n += 1
-    return candidate
-
-
-def atomic_save(path: str | Path, write, *, overwrite: bool = False) -> Path:  # noqa: ANN001
-    """Call ``write(tmp_path)`` then put the file in place in one step.
-
-    Without ``overwrite`` the final name is claimed atomically (a hard link that
-    fails if the name exists), so of several writers racing for one name exactly
-    one succeeds and the others get ``FileExistsError``: no result silently
-    replaces another. With ``overwrite`` only a regular file is ever replaced
-    (never a device, a folder or a link's target). On any error the temporary
-    file is removed and the destination is untouched.
-    """
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{path} exists: choose another name or allow overwriting")
-        if path.is_symlink() or not path.is_file():
-            raise FileExistsError(f"{path} is not a regular file: it is never replaced")
-    suffix = "".join(path.suffixes) or ".tmp"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    except OSError as exc:  # the error would name our hidden temporary file, not the target
-        raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror or exc} in the folder "
-                        f"{path.parent}; choose a folder you can write to") from exc
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        umask = os.umask(0)  # mkstemp makes owner-only files; restore the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            _claim(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _claim(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path`` only if nobody has it (atomically)."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise FileExistsError(f"{path} exists: choose another name or allow overwriting") from None
-    except OSError:
-        # No hard links on this file system: an exclusive create claims the name.
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        os.close(fd)
-        os.replace(tmp, path)
-        return
-    tmp.unlink()
-
-
-def write_tiff(path: str | Path, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
-               unit: str = "pixel", overwrite: bool = False,
-               spacing: tuple[float, ...] | None = None) -> Path:
-    """A TIFF with X/Y resolution metadata, written atomically.
-
-    In mm the resolution tags hold pixels per centimetre (the TIFF unit that
-    ImageJ/Fiji and other readers convert to mm); otherwise pixels per
-    ``unit`` with no TIFF unit. The JSON description (tifffile's shaped
-    metadata) also records ``unit``, ``spacing_yx`` and, for volumes, the
-    spacing of every axis.
-    """
-    import tifffile
-
-    def write(tmp: Path) -> None:
-        kwargs: dict = {}
-        if pixel_size is not None:
-            py, px = pixel_size
-            per = 10.0 if unit == "mm" else 1.0  # mm -> pixels per cm
-            kwargs["resolution"] = (per / px, per / py)
-            kwargs["resolutionunit"] = "CENTIMETER" if unit == "mm" else "NONE"
-            kwargs["metadata"] = {"unit": unit, "spacing_yx": [py, px]}
-            if spacing is not None:
-                kwargs["metadata"]["spacing"] = [float(v) for v in spacing]
-        tifffile.imwrite(tmp, data, **kwargs)
-
-    return atomic_save(path, write, overwrite=overwrite)
-
-
-def write_png(path: str | Path, data: np.ndarray, *, overwrite: bool = False) -> Path:
-    """A 2D label image as PNG (8-bit when ids fit, else 16-bit), written atomically."""
-    from PIL import Image
-
-    if data.ndim != 2:
-        raise ValueError(f"PNG holds 2D images; this one has shape {data.shape}: use TIFF or NIfTI")
-    if data.min(initial=0) < 0 or data.max(initial=0) > 65535:
-        raise ValueError("PNG holds ids 0..65535: use TIFF for larger ids")
-    dtype = np.uint8 if data.max(initial=0) < 256 else np.uint16
-    image = Image.fromarray(np.ascontiguousarray(data.astype(dtype)))
-    return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=overwrite)
 
 
 def write_nifti(path: str | Path, data: np.ndarray, *, spacing: tuple[float, ...] | None = None,

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import NIFTI_SUFFIXES, atomic_save
+from .io import NIFTI_SUFFIXES
+from .saving import atomic_save
 
 #: Files a series picks up from a folder (DICOM series are folders: open them one by one).
 SERIES_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", *NIFTI_SUFFIXES)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_imedsam.inference import session as session_module
-from napari_imedsam.inference.merge import predict_merged
+from napari_imedsam.inference.merge import BandMerge, predict_merged
 from napari_imedsam.inference.session import SegmentationSession, boundary_polygons, tiles
 from napari_imedsam.model import build_model
 
@@ -41,7 +41,7 @@ def test_merging_strip_by_strip_gives_the_labels_of_one_big_answer(session):
         whole = session.predict(BOXES, scale=1.5)
         # A budget of 3 rows of one box at a time: 45 strips, each box sent to its own.
         merged = predict_merged(session, BOXES, scale=1.5, budget=3 * 180 * 10)
-        assert merged.labels.dtype == np.int32 and merged.uncertainty is None
+        assert merged.labels.dtype == np.uint8 and merged.uncertainty is None  # 4 ids
         assert np.array_equal(merged.labels, whole.labels())
         assert np.allclose(merged.iou, whole.iou)
     finally:
@@ -77,6 +77,36 @@ def test_tiled_decoding_matches_one_window(session, monkeypatch):
     assert np.abs(whole.prob - tiled.prob).mean() < 0.02
 
 
-def test_a_result_too_large_for_memory_is_refused_with_what_to_do(session):
-    with pytest.raises(ValueError, match="fewer boxes at a time or a smaller scale"):
-        session.predict(np.repeat(BOXES[:1], 40000, axis=0), scale=8.0)
+def test_bands_stream_to_tiff_files_and_read_back_as_the_merged_labels(session, tmp_path):
+    """What `imedsam segment` does: bands go to disk as they are finished; the files
+    read back as the in-memory merge, and rows no box reaches are 0."""
+    import tifffile
+
+    from napari_imedsam.saving import TiffRows, staged_files
+
+    session.use_decoder("sam")  # deterministic
+    try:
+        boxes = BOXES[[0, 2]]  # rows 5..60 of 90 (with the margin): the last bands reach no box
+        whole = predict_merged(session, boxes, scale=1.0, budget=7 * 120 * 10)
+        merge = BandMerge(session, boxes, scale=1.0, first_id=300, budget=7 * 120 * 10)
+        assert merge.dtype == np.uint16  # ids 300 and 301
+        out = tmp_path / "labels.tif"
+        with staged_files([out]) as (staged,), TiffRows(staged, merge.shape, merge.dtype,
+                                                        resolution=(1.0, 1.0)) as rows:
+            seen = 0
+            for band in merge:
+                rows.write(band.row0, band.labels)
+                seen += len(band.labels)
+        assert seen < merge.shape[0]  # bands outside every box were skipped
+        back = tifffile.imread(out)
+        assert back.dtype == np.uint16 and back.shape == merge.shape
+        expected = np.where(whole.labels > 0, whole.labels.astype(np.uint16) + 299, 0)
+        assert np.array_equal(back, expected)
+        assert np.allclose(merge.iou, whole.iou)
+        semantic = predict_merged(session, boxes, scale=1.0)
+        valued = np.zeros(merge.shape, np.uint8)
+        for band in BandMerge(session, boxes, scale=1.0, class_value=7):
+            valued[band.row0:band.row0 + len(band.labels)] = band.labels
+        assert np.array_equal(valued, np.where(semantic.labels > 0, 7, 0))
+    finally:
+        session.use_decoder("imedsam")

@@ -197,7 +197,7 @@ def test_racing_writers_never_replace_each_other(tmp_path):
     each gets a name of its own and every result survives."""
     import threading
 
-    from napari_imedsam.io import atomic_save, save_new
+    from napari_imedsam.saving import atomic_save, save_new
 
     target = tmp_path / "labels.tif"
     outcomes: list[str] = []
@@ -238,7 +238,7 @@ def test_racing_writers_never_replace_each_other(tmp_path):
 
 
 def test_overwrite_replaces_regular_files_only(tmp_path):
-    from napari_imedsam.io import atomic_save
+    from napari_imedsam.saving import atomic_save
 
     folder = tmp_path / "a folder.tif"
     folder.mkdir()
@@ -259,7 +259,8 @@ def test_overwrite_replaces_regular_files_only(tmp_path):
 @pytest.mark.parametrize("name", ["big.tif", "big.nii.gz"])
 def test_label_ids_beyond_int32_survive(tmp_path, name):
     from napari_imedsam._writer import write_labels_file
-    from napari_imedsam.io import label_dtype, read_any
+    from napari_imedsam.io import read_any
+    from napari_imedsam.saving import label_dtype
 
     if name.endswith(".nii.gz"):
         pytest.importorskip("nibabel")
@@ -393,7 +394,7 @@ def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_pat
     the operating system gives it: creating the temporary file beside the target."""
     import tempfile as tempfile_module
 
-    from napari_imedsam import io
+    from napari_imedsam import saving
 
     def refuse(prefix, suffix, dir):  # noqa: ANN001, ANN202, A002
         raise PermissionError(13, "Permission denied", f"{dir}/{prefix}x1y2z3{suffix}")
@@ -401,7 +402,7 @@ def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_pat
     monkeypatch.setattr(tempfile_module, "mkstemp", refuse)
     target = tmp_path / "locked" / "masks.tif"
     with pytest.raises(PermissionError) as caught:
-        io.atomic_save(target, lambda tmp: tmp.write_bytes(b"x"))
+        saving.atomic_save(target, lambda tmp: tmp.write_bytes(b"x"))
     text = str(caught.value)
     assert f"cannot write {target}" in text and "choose a folder you can write to" in text
     assert "x1y2z3" not in text and not target.exists()

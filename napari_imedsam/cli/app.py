@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    from ..model.torch_guard import hide_triton
+
+    hide_triton()  # nothing here compiles kernels; it saves memory and the GUI's crash
     try:
         return int(func(args) or 0)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:

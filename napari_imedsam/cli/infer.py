@@ -54,84 +54,92 @@ def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwri
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists: choose another name or pass "
                                   "--overwrite")
+        if (path.exists() or path.is_symlink()) and (path.is_symlink() or not path.is_file()):
+            raise FileExistsError(f"{path} is not a regular file: it is never replaced; "
+                                  "choose another name")
 
 
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
                  args: argparse.Namespace, loaded: Any = None) -> dict[str, Any]:
     """``loaded``: the image already read (and checked) by the caller, if it was."""
-    from ..inference.merge import predict_merged
+    from ..inference.merge import BandMerge
     from ..io import read_any
 
     check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
     loaded = loaded if loaded is not None else read_any(image_path)
-    image = _slice_of(loaded.data, args.slice, str(image_path))
-    session.set_image(image, window=args.window)
-    # Box by box into one label image: memory does not grow with the number of boxes.
-    result = predict_merged(session, boxes, scale=args.scale, polygons=bool(args.polygons))
-    labels = result.labels
+    session.set_image(_slice_of(loaded.data, args.slice, str(image_path)), window=args.window)
+    spacing = loaded.spacing[-2:] if loaded.spacing else None
+    # The boxes need only the embedding: let the pixels go (the caller's reference
+    # too) before the decoding, which is where memory peaks on large images.
+    loaded.data = None
     chosen = None
-    if session.head is not None and result.mode == "imedsam":
+    if session.head is not None and session.mode == "imedsam":
         from ..model.classes import classes_of
 
         chosen = classes_of(session.model)[session.head]
-        if not args.instances:  # semantic: every box's mask gets the class's label value
-            labels[labels > 0] = chosen.value
-    spacing = loaded.spacing[-2:] if loaded.spacing else None
+    # Semantic labels (a class without --instances): every box's mask gets its value.
+    value = chosen.value if chosen is not None and not args.instances else None
+    merge = BandMerge(session, boxes, scale=args.scale, class_value=value)
     pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
              else (1.0 / args.scale, 1.0 / args.scale))
-    unit = "mm" if spacing else "pixel"
-    written: list[str] = []
-    try:
-        _write_set(out, labels, result, image_path, pixel, unit, args, written)
-    except BaseException:
-        # A set of outputs is complete or absent: remove what this call wrote.
-        for path in written:
-            Path(path).unlink(missing_ok=True)
-        raise
-    report = {"image": str(image_path), "mode": result.mode, "objects": len(boxes),
-              "shape": list(labels.shape), "written": written}
+    written = _write_set(merge, out, image_path, pixel, "mm" if spacing else "pixel", args)
+    report = {"image": str(image_path), "mode": merge.mode, "objects": len(boxes),
+              "shape": list(merge.shape), "written": written}
     if chosen is not None:
         report["class"] = chosen.to_dict()
     return report
 
 
-def _write_set(out: Path, labels: Any, result: Any, image_path: Path,
-               pixel: tuple[float, float], unit: str, args: argparse.Namespace,
-               written: list[str]) -> None:
-    from ..io import atomic_save, label_dtype, write_tiff
+def _write_set(merge: Any, out: Path, image_path: Path, pixel: tuple[float, float], unit: str,
+               args: argparse.Namespace) -> list[str]:
+    """The mask, the uncertainty map and the outlines of one image, as one set: all
+    are put in place, or none. The maps go to disk band by band as they are
+    decoded, so memory does not grow with the output's size."""
+    from ..saving import TiffRows, staged_files, tiff_options
 
-    write_tiff(out, labels.astype(label_dtype(labels)), pixel_size=pixel, unit=unit,
-               overwrite=args.overwrite)
-    written.append(str(out))
-    if args.uncertainty:
-        if result.uncertainty is None:
-            print("note: the base model's own decoder gives no uncertainty (use --decoder "
-                  "imedsam with medsam_lite or an adapter)")
-        else:
-            write_tiff(args.uncertainty, result.uncertainty, pixel_size=pixel, unit=unit,
-                       overwrite=args.overwrite)
-            written.append(str(args.uncertainty))
-    if args.polygons:
-        polys = result.polygons or []
-        payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
-                   "objects": [{"id": i + 1, "box": list(map(float, b)),
-                                "polygons": [p.round(3).tolist() for p in ps]}
-                               for i, (b, ps) in enumerate(zip(result.boxes, polys))]}
-        atomic_save(args.polygons, lambda tmp: tmp.write_text(json.dumps(payload)),
-                    overwrite=args.overwrite)
-        written.append(str(args.polygons))
+    uncertainty = args.uncertainty if merge.has_uncertainty else None
+    if args.uncertainty and uncertainty is None:
+        print("note: the base model's own decoder gives no uncertainty (use --decoder "
+              "imedsam with medsam_lite or an adapter)")
+    paths = [p for p in (out, uncertainty, args.polygons) if p is not None]
+    options = tiff_options(pixel, unit)
+    with staged_files(paths, overwrite=args.overwrite) as staged:
+        with TiffRows(staged[0], merge.shape, merge.dtype, **options) as labels:
+            maps = (TiffRows(staged[1], merge.shape, "float32", **options)
+                    if uncertainty is not None else None)
+            try:
+                for band in merge:
+                    labels.write(band.row0, band.labels)
+                    if maps is not None and band.uncertainty is not None:
+                        maps.write(band.row0, band.uncertainty)
+            finally:
+                if maps is not None:
+                    maps.close()
+        if args.polygons:
+            payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
+                       "objects": [{"id": i + 1, "box": list(map(float, b)),
+                                    "polygons": [p.round(3).tolist() for p in ps]}
+                                   for i, (b, ps) in enumerate(zip(merge.boxes,
+                                                                   merge.outlines()))]}
+            staged[-1].write_text(json.dumps(payload), encoding="utf-8")
+    return [str(p) for p in paths]
 
 
 def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
     """CSV with columns image,x0,y0,x1,y1 (one row per box)."""
     boxes: dict[str, list[list[float]]] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
-            except (KeyError, ValueError) as exc:
-                raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 ({exc})") from None
-            boxes.setdefault(row["image"], []).append(box)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                         "save it as UTF-8 CSV") from None
+    for row in rows:
+        try:
+            box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 ({exc})") from None
+        boxes.setdefault(row["image"], []).append(box)
     return boxes
 
 
@@ -157,8 +165,9 @@ def _from_export(args: argparse.Namespace) -> int:
     """Make an export's masks again from its JSON record (napari widget's Export)."""
     from ..export import FORMAT, reproduce, session_decoder
     from ..inference.session import SegmentationSession
-    from ..io import read_any, write_tiff
+    from ..io import read_any
     from ..model.loading import load_model
+    from ..saving import label_dtype, write_tiff
     from ..model.weights import sha256_file
 
     record = _export_record(Path(args.from_export), FORMAT)
@@ -181,7 +190,8 @@ def _from_export(args: argparse.Namespace) -> int:
     labels = reproduce(record, session_decoder(session, loaded.data, record.get("window")))
     spacing = record["image"].get("spacing") or [1.0, 1.0]
     scale = float(record["scale"])
-    write_tiff(args.out, labels.astype("uint16"), unit=record["image"].get("unit", "pixel"),
+    write_tiff(args.out, labels.astype(label_dtype(labels), copy=False),
+               unit=record["image"].get("unit", "pixel"),
                pixel_size=(spacing[-2] / scale, spacing[-1] / scale), overwrite=args.overwrite)
     print(json.dumps({"image": str(image_path), "objects": len(record["objects"]),
                       "shape": list(labels.shape), "written": [str(args.out)]}, indent=2))
@@ -218,7 +228,7 @@ def _segment_batch(make_session: Any, args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - reported, and the batch goes on
             failed.append({"image": str(image), "error": f"{type(exc).__name__}: {exc}"})
     report = {"boxes_file": str(args.boxes_file), "succeeded": done, "failed": failed}
-    from ..io import atomic_save
+    from ..saving import atomic_save
 
     atomic_save(report_path, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"),
                 overwrite=args.overwrite)

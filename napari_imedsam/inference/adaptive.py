@@ -37,6 +37,8 @@ from .fast_decoder import FastDecoder
 
 #: The coarsest lattice stride, in output pixels.
 DEFAULT_STRIDE = 8
+#: Dec_c hidden layers (512 floats each) kept for Dec_f: at most 64 MB.
+KEEP_HIDDEN = 32768
 
 
 @dataclass
@@ -108,6 +110,7 @@ def adaptive_decode(
     margin: float = 0.1,
     top_k_ratio: float = 0.125,
     batch: int = 16384,
+    keep_hidden: int = KEEP_HIDDEN,
 ) -> AdaptiveMaps:
     """Decode an ``R x C`` grid adaptively.
 
@@ -117,6 +120,8 @@ def adaptive_decode(
         shape: ``(R, C)``.
         stride: the coarsest lattice stride (a power of two).
         margin: cells with a corner probability within ``margin`` of 0.5 are refined.
+        keep_hidden: Dec_c hidden layers kept for Dec_f (points); past it a refined
+            point's hidden layer is computed again, to the same values.
     """
     rows, cols = shape
     full = lattice_shape(shape, stride)
@@ -126,7 +131,9 @@ def adaptive_decode(
     exact_unc = torch.zeros((k, *full))
     evaluated = torch.zeros(full, dtype=torch.bool)
 
-    # Dec_c's hidden layer of every evaluated point, kept for Dec_f (row index per point).
+    # Dec_c's hidden layer of the first ``keep_hidden`` evaluated points, kept for
+    # Dec_f (row index per point; -1: not kept). A long boundary can need hundreds
+    # of thousands of points (2 KB each), so the rest are recomputed if refined.
     hidden_rows: list[torch.Tensor] = []
     row_of = torch.full(full, -1, dtype=torch.long)
     stored = 0
@@ -139,9 +146,11 @@ def adaptive_decode(
             exact_logit[:, r, c] = logits.T.float()
             exact_unc[:, r, c] = unc.T.float()
             evaluated[r, c] = True
-            hidden_rows.append(hidden)
-            row_of[r, c] = torch.arange(stored, stored + r.numel())
-            stored += r.numel()
+            keep = min(r.numel(), max(0, keep_hidden - stored))
+            if keep:
+                hidden_rows.append(hidden[:keep])
+                row_of[r[:keep], c[:keep]] = torch.arange(stored, stored + keep)
+                stored += keep
 
     logit_map = torch.zeros((k, *full))
     unc_map = torch.zeros((k, *full))
@@ -187,9 +196,14 @@ def adaptive_decode(
         threshold = score.flatten().kthvalue(score.numel() - min(count, score.numel()) + 1).values
         refined = exact & (score >= threshold)
         ref_r, ref_c = refined.nonzero(as_tuple=True)
-        hidden_all = torch.cat(hidden_rows)
+        hidden_all = torch.cat(hidden_rows) if hidden_rows else None
         for start in range(0, ref_r.numel(), batch):
             r, c = ref_r[start : start + batch], ref_c[start : start + batch]
-            hidden = hidden_all[row_of[r, c]]
-            final[:, r, c] = fast.fine(points_of(r.numpy(), c.numpy()), hidden).T.float()
+            points = points_of(r.numpy(), c.numpy())
+            rows_kept = row_of[r, c]
+            if hidden_all is not None and bool((rows_kept >= 0).all()):
+                hidden = hidden_all[rows_kept]
+            else:
+                hidden = fast.hidden(points)
+            final[:, r, c] = fast.fine(points, hidden).T.float()
     return AdaptiveMaps(logit_map, final, unc_map, exact, refined)

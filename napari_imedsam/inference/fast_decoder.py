@@ -232,16 +232,25 @@ class FastDecoder:
         if lo[0] < ex0 - tol or lo[1] < ey0 - tol or hi[0] > ex1 + tol or hi[1] > ey1 + tol:
             raise ValueError("points outside the extent this decoder was built for")
 
+    def _hidden(self, points: torch.Tensor, taps: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        gamma = self.decoder.positional_encoding(points)
+        # In place: each (M, 1024) temporary costs as much as the sampling itself.
+        pre = self._projected_samples(self.table, taps).add_(self.b1).addmm_(gamma, self.w_gamma_t).relu_()
+        return torch.addmm(self.b2, pre, self.w2.T).relu_()
+
+    @torch.no_grad()
+    def hidden(self, points: torch.Tensor) -> torch.Tensor:
+        """Dec_c's hidden layer ``(M, 512)`` alone: what :meth:`coarse` returns first."""
+        self._check_extent(points)
+        return self._hidden(points, self._taps(points))
+
     @torch.no_grad()
     def coarse(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(M, 2)`` normalised points -> hidden ``(M, 512)``, logits ``(M, K)``,
         MC-dropout variance ``(M, K)``."""
         self._check_extent(points)
-        gamma = self.decoder.positional_encoding(points)
         taps = self._taps(points)
-        # In place: each (M, 1024) temporary costs as much as the sampling itself.
-        pre = self._projected_samples(self.table, taps).add_(self.b1).addmm_(gamma, self.w_gamma_t).relu_()
-        hidden = torch.addmm(self.b2, pre, self.w2.T).relu_()
+        hidden = self._hidden(points, taps)
         logits = torch.addmm(self.b_logit, hidden, self.w_logit.T)
         base = self._sam_logits(taps)
         if base is not None:

@@ -3,21 +3,24 @@
 :meth:`SegmentationSession.predict` returns one full-grid map per box, which is
 what an interactive box needs and what a batch cannot afford: 500 boxes on a
 1348 x 1070 image would hold 7 GB of maps, one box on a 6000 x 6000 image 360 MB
-before any merging. :func:`predict_merged` walks the output grid in strips of
-rows and, within a strip, takes as many of the boxes that reach it as fit a fixed
-budget, folding each answer into one label image and one uncertainty map. Peak
-memory is those two outputs plus the budget, whatever the image size or the
-number of boxes. Outlines, when asked for, are traced box by box on the box's own
-window.
+before any merging. :class:`BandMerge` walks the output grid in bands of rows
+and, within a band, takes as many of the boxes that reach it as fit a fixed
+budget, folding each answer into the band's labels and uncertainty. A band is
+final once its boxes are done, so a caller can write it out and let it go
+(``imedsam segment`` streams bands into TIFF files): peak memory is then one
+band plus the budget, whatever the image size or the number of boxes.
+:func:`predict_merged` gathers the bands into whole arrays, for callers that
+want them in memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..saving import dtype_for_ids
 from .session import BYTES_PER_OUTPUT_PIXEL, SegmentationSession, boundary_polygons, window_of
 
 #: Bytes of per-box maps held at once while merging.
@@ -25,10 +28,19 @@ MERGE_BUDGET = 32 << 20
 
 
 @dataclass
+class Band:
+    """Finished rows ``row0 .. row0 + len(labels)`` of the merged output."""
+
+    row0: int
+    labels: np.ndarray  # (rows, W') BandMerge.dtype
+    uncertainty: np.ndarray | None  # (rows, W') float32: max over boxes
+
+
+@dataclass
 class MergedResult:
     """Every box's answer folded onto one ``H' x W'`` grid over the whole image."""
 
-    labels: np.ndarray  # (H', W') int32: first_id + the box's index; 0 background
+    labels: np.ndarray  # (H', W'): first_id + the box's index (or the class value); 0 background
     uncertainty: np.ndarray | None  # (H', W') float32: max over boxes; None for SAM's decoder
     boxes: np.ndarray  # (N, 4) as used (clipped to the image)
     iou: np.ndarray  # (N,) the backbone's predicted IoU per box
@@ -36,60 +48,107 @@ class MergedResult:
     polygons: list[list[np.ndarray]] | None = None  # per box, (M, 2) y, x image pixels
 
 
-def predict_merged(session: SegmentationSession, boxes: np.ndarray | Sequence[Sequence[float]],
-                   *, scale: float = 1.0, first_id: int = 1, threshold: float = 0.5,
-                   polygons: bool = False, budget: int = MERGE_BUDGET) -> MergedResult:
-    """Labels (where boxes overlap, the most probable box wins, as in
-    ``SegmentationResult.labels``), the uncertainty's maximum and optionally the
-    outlines of ``boxes`` on the current image's grid times ``scale``."""
-    boxes = session.check_boxes(boxes)
-    if not 0.25 <= scale <= 8:
-        raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
-    height, width = session.image_shape
-    rows, cols = max(1, round(height * scale)), max(1, round(width * scale))
-    whole = (0.0, 0.0, float(height), float(width))
-    labels = np.zeros((rows, cols), np.int32)
-    uncertainty = np.zeros((rows, cols), np.float32) if session.mode == "imedsam" else None
-    ious = np.full(len(boxes), np.nan, np.float32)
-    # Each box's rows on the output grid (its decoded window), to send it only to
-    # the strips it reaches.
-    spans = [window_of(box, whole, (rows, cols)) for box in boxes]
-    strip = max(1, min(rows, budget // (cols * BYTES_PER_OUTPUT_PIXEL)))
-    for r0 in range(0, rows, strip):
-        r1 = min(rows, r0 + strip)
-        reach = [i for i, w in enumerate(spans) if w is not None and w[0] < r1 and w[2] > r0]
-        if not reach:
-            continue
-        region = (r0 * height / rows, 0.0, r1 * height / rows, float(width))
+class BandMerge:
+    """The merged labels of ``boxes`` on the current image's grid times ``scale``,
+    band by band (iterate over it; each band comes once, top to bottom).
+
+    Where boxes overlap the most probable box wins, as in
+    ``SegmentationResult.labels``. Box ``i`` gets the id ``first_id + i`` or,
+    with ``class_value``, every box's pixels get that one value (semantic
+    labels). Bands no box reaches are skipped: their rows are background.
+    """
+
+    def __init__(self, session: SegmentationSession,
+                 boxes: np.ndarray | Sequence[Sequence[float]], *, scale: float = 1.0,
+                 first_id: int = 1, class_value: int | None = None, threshold: float = 0.5,
+                 budget: int | None = None) -> None:
+        self.session = session
+        self.boxes = session.check_boxes(boxes)
+        if not 0.25 <= scale <= 8:
+            raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
+        height, width = session.image_shape
+        self.shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        self.mode = session.mode
+        self.first_id, self.class_value = first_id, class_value
+        largest = class_value if class_value is not None else first_id + len(self.boxes) - 1
+        self.dtype = dtype_for_ids(largest)
+        self.threshold = threshold
+        self.budget = MERGE_BUDGET if budget is None else budget
+        #: (N,) each box's predicted IoU, filled in as the bands are computed.
+        self.iou = np.full(len(self.boxes), np.nan, np.float32)
+        self._whole = (0.0, 0.0, float(height), float(width))
+        # Each box's rows on the output grid (its decoded window), to send it only
+        # to the bands it reaches.
+        self._spans = [window_of(box, self._whole, self.shape) for box in self.boxes]
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return self.mode == "imedsam"
+
+    def __iter__(self) -> Iterator[Band]:
+        rows, cols = self.shape
+        height, width = self.session.image_shape
+        band = max(1, min(rows, self.budget // (cols * BYTES_PER_OUTPUT_PIXEL)))
+        for r0 in range(0, rows, band):
+            r1 = min(rows, r0 + band)
+            reach = [i for i, w in enumerate(self._spans)
+                     if w is not None and w[0] < r1 and w[2] > r0]
+            if reach:
+                region = (r0 * height / rows, 0.0, r1 * height / rows, float(width))
+                yield self._band(r0, r1, region, reach)
+
+    def _band(self, r0: int, r1: int, region: tuple[float, ...], reach: list[int]) -> Band:
+        cols = self.shape[1]
+        labels = np.zeros((r1 - r0, cols), self.dtype)
+        uncertainty = np.zeros((r1 - r0, cols), np.float32) if self.has_uncertainty else None
         best = np.zeros((r1 - r0, cols), np.float32)
-        step = max(1, budget // ((r1 - r0) * cols * BYTES_PER_OUTPUT_PIXEL))
+        step = max(1, self.budget // ((r1 - r0) * cols * BYTES_PER_OUTPUT_PIXEL))
         for k in range(0, len(reach), step):
             chosen = reach[k:k + step]
-            part = session.predict(boxes[chosen], region=region, out_shape=(r1 - r0, cols))
+            part = self.session.predict(self.boxes[chosen], region=region,
+                                        out_shape=(r1 - r0, cols))
             for j, index in enumerate(chosen):
                 prob = part.prob[j].max(axis=0)
                 wins = prob > best
                 best[wins] = prob[wins]
-                labels[r0:r1][wins] = first_id + index
+                labels[wins] = (self.class_value if self.class_value is not None
+                                else self.first_id + index)
                 if part.iou is not None:
-                    ious[index] = part.iou[j]
+                    self.iou[index] = part.iou[j]
             if uncertainty is not None and part.uncertainty is not None:
-                np.maximum(uncertainty[r0:r1], part.uncertainty.max(axis=(0, 1)),
-                           out=uncertainty[r0:r1])
+                np.maximum(uncertainty, part.uncertainty.max(axis=(0, 1)), out=uncertainty)
             del part
-        labels[r0:r1][best <= threshold] = 0
-    outlines = [_outline(session, box, whole, (rows, cols)) for box in boxes] if polygons else None
-    return MergedResult(labels, uncertainty, boxes, ious, session.mode, outlines)
+        labels[best <= self.threshold] = 0
+        return Band(r0, labels, uncertainty)
+
+    def outlines(self) -> list[list[np.ndarray]]:
+        """Each box's sub-pixel outline, traced on its own window of the output grid."""
+        return [self._outline(box) for box in self.boxes]
+
+    def _outline(self, box: np.ndarray) -> list[np.ndarray]:
+        window = window_of(box, self._whole, self.shape)
+        if window is None:
+            return []
+        r0, c0, r1, c1 = window
+        sy, sx = self._whole[2] / self.shape[0], self._whole[3] / self.shape[1]
+        region = (r0 * sy, c0 * sx, r1 * sy, c1 * sx)
+        return boundary_polygons(self.session.predict(box[None], region=region,
+                                                      out_shape=(r1 - r0, c1 - c0)))[0]
 
 
-def _outline(session: SegmentationSession, box: np.ndarray, whole: tuple[float, ...],
-             shape: tuple[int, int]) -> list[np.ndarray]:
-    """One box's sub-pixel outline, traced on its own window of the output grid."""
-    window = window_of(box, whole, shape)
-    if window is None:
-        return []
-    r0, c0, r1, c1 = window
-    sy, sx = whole[2] / shape[0], whole[3] / shape[1]
-    region = (r0 * sy, c0 * sx, r1 * sy, c1 * sx)
-    return boundary_polygons(session.predict(box[None], region=region,
-                                             out_shape=(r1 - r0, c1 - c0)))[0]
+def predict_merged(session: SegmentationSession, boxes: np.ndarray | Sequence[Sequence[float]],
+                   *, scale: float = 1.0, first_id: int = 1, threshold: float = 0.5,
+                   polygons: bool = False, budget: int | None = None) -> MergedResult:
+    """:class:`BandMerge`'s bands gathered into whole arrays (and, optionally, the
+    outlines of ``boxes``)."""
+    merge = BandMerge(session, boxes, scale=scale, first_id=first_id, threshold=threshold,
+                      budget=budget)
+    labels = np.zeros(merge.shape, merge.dtype)
+    uncertainty = np.zeros(merge.shape, np.float32) if merge.has_uncertainty else None
+    for band in merge:
+        rows = slice(band.row0, band.row0 + len(band.labels))
+        labels[rows] = band.labels
+        if uncertainty is not None and band.uncertainty is not None:
+            uncertainty[rows] = band.uncertainty
+    outlines = merge.outlines() if polygons else None
+    return MergedResult(labels, uncertainty, merge.boxes, merge.iou, merge.mode, outlines)

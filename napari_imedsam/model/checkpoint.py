@@ -68,8 +68,8 @@ def json_path(path: str | Path) -> Path:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step (see :func:`napari_imedsam.io.atomic_save`)."""
-    from ..io import atomic_save
+    """Replace ``path`` with ``data`` in one step (see :func:`napari_imedsam.saving.atomic_save`)."""
+    from ..saving import atomic_save
 
     atomic_save(path, lambda tmp: tmp.write_bytes(data), overwrite=True)
 

@@ -178,7 +178,7 @@ def write_report(report: dict[str, Any], rows: list[dict[str, Any]], json_path: 
                  overwrite: bool = False) -> Path:
     """Write the JSON summary and a per-object CSV beside it (``NAME.csv``), each
     atomically; an existing file is replaced only with ``overwrite``."""
-    from ..io import atomic_save
+    from ..saving import atomic_save
 
     json_path, csv_path = report_paths(json_path)
     text = json.dumps(report, indent=2) + "\n"
