@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 _RESUME = {
     "train": "the last finished epoch is in NAME.last.safetensors: run the same command "
              "with --resume to continue",
-    "segment": "outputs written so far are complete; the rest were not started: run it "
-               "again for them",
+    "segment": "each image's outputs are complete or absent (the one in progress was "
+               "not written): run it again for the missing ones",
 }
 
 
