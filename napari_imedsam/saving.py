@@ -12,7 +12,9 @@ Large label images and maps can be written a band of rows at a time
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: Free bytes below which a failed write is taken for a full disk.
+DISK_FULL_BELOW = 1 << 20
 
 
 def label_dtype(array: np.ndarray) -> np.dtype:
@@ -91,6 +96,17 @@ def _temporary_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+def _disk_is_full(exc: OSError, folder: Path) -> bool:
+    """The error is a full disk (some writers, tifffile's among them, report it
+    without an errno: "N requested and M written")."""
+    if exc.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < DISK_FULL_BELOW
+    except OSError:
+        return False
+
+
 def _make_durable(tmp: Path) -> None:
     with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
         os.fsync(f.fileno())
@@ -135,7 +151,15 @@ def staged_files(paths: Sequence[str | Path], *, overwrite: bool = False) -> Ite
     try:
         for target in targets:
             temps.append(_temporary_beside(target))
-        yield list(temps)
+        try:
+            yield list(temps)
+        except OSError as exc:
+            if _disk_is_full(exc, targets[0].parent):
+                names = ", ".join(t.name for t in targets)
+                raise OSError(errno.ENOSPC, f"no space left in {targets[0].parent} for {names} "
+                              "(nothing was written): free some space or choose another "
+                              "folder") from exc
+            raise
         for tmp in temps:
             _make_durable(tmp)
         placed: list[Path] = []

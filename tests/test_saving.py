@@ -89,7 +89,7 @@ def test_a_failed_export_leaves_no_labels_without_their_record(tmp_path, monkeyp
         return real(path, data, **kwargs)
 
     monkeypatch.setattr(saving, "write_tiff", failing)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="no space left in .* for case.tif, case_uncertainty.tif"):
         ex.write_export(target, exported, record, geometry, 1.0)
     assert [p.exists() for p in target.paths()] == [False, False, False]
     assert _leftovers(tmp_path) == []
@@ -98,3 +98,19 @@ def test_a_failed_export_leaves_no_labels_without_their_record(tmp_path, monkeyp
     assert written == target.paths()
     assert np.array_equal(tifffile.imread(target.labels), exported.labels)
     assert json.loads(target.record.read_text())["files"]["uncertainty"] == "case_uncertainty.tif"
+
+
+def test_a_full_disk_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """tifffile reports a full disk as "N requested and M written", without an errno:
+    the set's error says what happened and what to do, and leaves nothing."""
+    monkeypatch.setattr(saving, "DISK_FULL_BELOW", 1 << 62)  # any disk counts as full
+    with pytest.raises(OSError, match=r"no space left in .* for m.tif, m.json \(nothing was "
+                                      r"written\): free some space or choose another folder"):
+        with staged_files([tmp_path / "m.tif", tmp_path / "m.json"]) as (labels, _):
+            labels.write_bytes(b"partial")
+            raise OSError("330282 requested and 74668 written")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(saving, "DISK_FULL_BELOW", 0)  # other errors pass unchanged
+    with pytest.raises(OSError, match="^boom$"):
+        with staged_files([tmp_path / "m.tif"]):
+            raise OSError("boom")
