@@ -93,6 +93,8 @@ def session_decoder(session: Any, data: Any, window: Any = None,
     ``lock`` (e.g. the widget's session lock) is held for each set_image +
     predict pair, since the session holds one current image.
     """
+    from .inference.merge import masks_box_by_box
+
     guard = lock if lock is not None else contextlib.nullcontext()
 
     def decode(plane: int | None, boxes: np.ndarray, scale: float,  # noqa: ANN202
@@ -102,9 +104,8 @@ def session_decoder(session: Any, data: Any, window: Any = None,
             session.set_image(image, window=window)
             if head is not None:
                 session.use_class(head)
-            result = session.predict(np.asarray(boxes, dtype=np.float64), scale=scale)
-        unc = None if result.uncertainty is None else result.uncertainty.max(axis=(0, 1))
-        return result.masks(), unc
+            # Box by box on their windows: many boxes at a large scale stay in memory.
+            return masks_box_by_box(session, np.asarray(boxes, dtype=np.float64), scale=scale)
 
     return decode
 

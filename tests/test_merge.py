@@ -110,3 +110,22 @@ def test_bands_stream_to_tiff_files_and_read_back_as_the_merged_labels(session, 
         assert np.array_equal(valued, np.where(semantic.labels > 0, 7, 0))
     finally:
         session.use_decoder("imedsam")
+
+
+def test_masks_box_by_box_equal_one_predict_call(session):
+    """The export's decode: each box alone on its window gives the masks (and the
+    uncertainty's maximum) of one call for all boxes on the whole grid."""
+    from napari_imedsam.inference.merge import masks_box_by_box
+
+    session.use_decoder("sam")  # deterministic
+    try:
+        whole = session.predict(BOXES, scale=2.0)
+        masks, unc = masks_box_by_box(session, BOXES, scale=2.0)
+        assert unc is None and masks.shape == (4, 180, 240)
+        assert np.array_equal(masks, whole.masks())
+    finally:
+        session.use_decoder("imedsam")
+    whole = session.predict(BOXES, scale=2.0)
+    masks, unc = masks_box_by_box(session, BOXES, scale=2.0)
+    assert (masks == whole.masks()).mean() > 0.98  # MC draws differ per call
+    assert np.abs(unc - whole.uncertainty.max(axis=(0, 1))).mean() < 0.01

@@ -2,8 +2,10 @@
 
 :class:`SegmentationSession` embeds an image once (cached by content, through the
 fastest encoder runtime that gives the same output) and answers boxes at any
-resolution; :func:`predict_merged` folds many boxes into one label image with
-bounded memory. Imports only ``model`` and ``io`` from the package.
+resolution; :class:`BandMerge` folds many boxes into one label image band by band
+(:func:`predict_merged` gathers the bands), and :func:`masks_box_by_box` gives each
+box's mask without holding every box's maps at once. Imports only ``model``, ``io``
+and ``saving`` from the package.
 
 Names are imported on first use, so ``napari_imedsam.inference.regions`` and the
 intensity helpers do not pay for importing torch.
@@ -15,7 +17,7 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
     "session": ["SegmentationSession", "SegmentationResult", "boundary_polygons"],
-    "merge": ["predict_merged", "MergedResult"],
+    "merge": ["BandMerge", "MergedResult", "masks_box_by_box", "predict_merged"],
     "cache": ["EmbeddingCache"],
     "intensity": ["CT_WINDOWS", "apply_window", "as_rgb_uint8", "parse_window", "to_encoder_rgb"],
     "regions": ["Box", "Region"],

@@ -136,6 +136,40 @@ class BandMerge:
                                                       out_shape=(r1 - r0, c1 - c0)))[0]
 
 
+def masks_box_by_box(session: SegmentationSession,
+                     boxes: np.ndarray | Sequence[Sequence[float]], *, scale: float = 1.0,
+                     threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each box's mask ``(N, H', W')`` bool on the image grid times ``scale``, and the
+    uncertainty's maximum over boxes ``(H', W')`` (None for SAM's decoder).
+
+    What one ``predict`` call gives, but each box is decoded alone on its own
+    window of the grid: the maps held at once are one box's window (10 bytes a
+    pixel), not every box's whole grid, so memory is the masks' one byte a pixel
+    per box and grows with neither the maps' size nor a 4 GB refusal.
+    """
+    boxes = session.check_boxes(boxes)
+    if not 0.25 <= scale <= 8:
+        raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
+    height, width = session.image_shape
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    whole = (0.0, 0.0, float(height), float(width))
+    sy, sx = height / shape[0], width / shape[1]
+    masks = np.zeros((len(boxes), *shape), bool)
+    uncertainty = np.zeros(shape, np.float32) if session.mode == "imedsam" else None
+    for i, box in enumerate(boxes):
+        window = window_of(box, whole, shape)
+        if window is None:
+            continue
+        r0, c0, r1, c1 = window
+        part = session.predict(box[None], region=(r0 * sy, c0 * sx, r1 * sy, c1 * sx),
+                               out_shape=(r1 - r0, c1 - c0))
+        masks[i, r0:r1, c0:c1] = part.masks(threshold)[0]
+        if uncertainty is not None and part.uncertainty is not None:
+            np.maximum(uncertainty[r0:r1, c0:c1], part.uncertainty[0].max(axis=0),
+                       out=uncertainty[r0:r1, c0:c1])
+    return masks, uncertainty
+
+
 def predict_merged(session: SegmentationSession, boxes: np.ndarray | Sequence[Sequence[float]],
                    *, scale: float = 1.0, first_id: int = 1, threshold: float = 0.5,
                    polygons: bool = False, budget: int | None = None) -> MergedResult:
