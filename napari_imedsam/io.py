@@ -61,17 +61,25 @@ def check_decoded_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
     size = path.stat().st_size
     limit = int(os.environ.get("IMEDSAM_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
     shown = " x ".join(str(int(v)) for v in shape)
-    if expected > limit:
-        raise ValueError(f"{path.name}: its header claims {shown} values ({expected / 2**30:.1f} "
-                         f"GiB), over the {limit / 2**30:.0f} GiB this reads; if the file is "
-                         "real, raise IMEDSAM_MAX_IMAGE_BYTES")
+    # What the file itself contradicts first: it says more than a size ceiling would.
+    if not compressed and expected > size:
+        raise ValueError(f"{path.name}: its header claims {shown} values ({expected} bytes) "
+                         f"but the file holds {size}: truncated or corrupt; not read")
     if compressed and expected > MAX_EXPANSION * max(size, 1):
         raise ValueError(f"{path.name}: a {size}-byte file that claims {shown} values "
                          f"({expected / 2**20:.0f} MiB): corrupt or a decompression bomb; "
                          "not read")
-    if not compressed and expected > size:
-        raise ValueError(f"{path.name}: its header claims {shown} values ({expected} bytes) "
-                         f"but the file holds {size}: truncated or corrupt")
+    if expected > limit:
+        raise ValueError(f"{path.name}: its header claims {shown} values ({_amount(expected)}), "
+                         f"over the {_amount(limit)} this reads; if the file is real, raise "
+                         "IMEDSAM_MAX_IMAGE_BYTES (bytes)")
+
+
+def _amount(size: int) -> str:
+    for unit, step in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= step:
+            return f"{size / step:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def is_nifti(path: str | Path) -> bool:

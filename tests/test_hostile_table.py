@@ -226,6 +226,12 @@ ROWS = [
             d / "bomb.nii.gz", gzip.compress(Path(_nifti_header_claiming(
                 d, "bomb.nii", 600)).read_bytes()))),
         says="decompression bomb", absent=("m.tif",)),
+    Row("security 2", "a real image over the size ceiling (lowered to 2 KiB here)",
+        lambda d: _segment(d, "--out", str(d / "m.tif"), image=_tif(d, "real.tif")),
+        patch=lambda mp: mp.setenv("IMEDSAM_MAX_IMAGE_BYTES", "2048"),
+        says="real.tif: its header claims 48 x 64 values (3.0 KiB), over the 2.0 KiB this "
+             "reads; if the file is real, raise IMEDSAM_MAX_IMAGE_BYTES",
+        absent=("m.tif",)),
     # -- no data lost ----------------------------------------------------------------
     Row("lost 3", "evaluate --json onto an existing report",
         lambda d: ["evaluate", "--data", _evaluation_data(d), "--model", MODEL["path"],
