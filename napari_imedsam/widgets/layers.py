@@ -211,39 +211,52 @@ def next_free_id(labels: Labels, boxes: Shapes | None) -> int:
     return used + 1
 
 
-def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id: int
-                 ) -> tuple[int, list[Any]]:
+def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id: int,
+                 own: np.ndarray | None = None) -> tuple[int, list[Any], np.ndarray]:
     """Write ``mask`` as ``object_id`` onto background pixels of ``plane``.
 
-    The object's previous pixels on that plane (an edited box) are cleared
-    first. Other objects' pixels are never overwritten. Returns the number of
-    pixels written and the changes, for the widget's journal (undo and redo
-    take the box and its pixels together; see ``widgets.segment.journal``).
+    The object's previous pixels are cleared first (an edited box): all pixels
+    of ``object_id`` on that plane, or, when several boxes share the id (a
+    class's label value in semantic labelling), only ``own``: the flat indices
+    this box wrote last time. Other objects' pixels are never overwritten.
+    Returns the number of pixels written, the changes for the widget's journal
+    (undo and redo take the box and its pixels together; see
+    ``widgets.segment.journal``) and the flat indices written.
     """
     from .segment.journal import write_pixels
 
     data = labels.data
     target = data if plane is None else data[plane]
     changes = []
-    old = np.nonzero(target == object_id)
+    if own is None:
+        old = _on_plane(np.nonzero(target == object_id), plane)
+    else:
+        old = np.unravel_index(own[data.reshape(-1)[own] == object_id], data.shape)
     if old[0].size:
-        changes.append(write_pixels(labels, _on_plane(old, plane), 0))
+        changes.append(write_pixels(labels, old, 0))
     rows, cols = np.nonzero(mask & (target == 0))
+    written = np.empty(0, np.int64)
     if rows.size:
-        changes.append(write_pixels(labels, _on_plane((rows, cols), plane), object_id))
+        change = write_pixels(labels, _on_plane((rows, cols), plane), object_id)
+        changes.append(change)
+        written = change.flat
     labels.refresh()
-    return int(rows.size), changes
+    return int(rows.size), changes, written
 
 
 def _on_plane(index: tuple[np.ndarray, ...], plane: int | None) -> tuple[np.ndarray, ...]:
     return index if plane is None else (np.full_like(index[0], plane), *index)
 
 
-def clear_object(labels: Labels, object_id: int) -> list[Any]:
-    """Remove an object's pixels; returns the changes for the journal."""
+def clear_object(labels: Labels, object_id: int, own: np.ndarray | None = None) -> list[Any]:
+    """Remove an object's pixels (all of ``object_id``, or of ``own`` only when boxes
+    share the id, as in :func:`write_object`); returns the changes for the journal."""
     from .segment.journal import write_pixels
 
-    old = np.nonzero(labels.data == object_id)
+    if own is None:
+        old = np.nonzero(labels.data == object_id)
+    else:
+        old = np.unravel_index(own[labels.data.reshape(-1)[own] == object_id], labels.data.shape)
     if not old[0].size:
         return []
     change = write_pixels(labels, old, 0)

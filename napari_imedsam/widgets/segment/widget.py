@@ -517,9 +517,16 @@ class SegmentWidget(QWidget):
         before = state.box_memory.get(key)
         object_id = (int(boxes.features["object_id"].iloc[row]) or request.class_value
                      or wl.next_free_id(state.masks, boxes))
-        written, changes = wl.write_object(state.masks, outcome.mask, request.plane, object_id)
+        # Semantic labels: boxes of one class share its value, so each box keeps the
+        # pixels it wrote (in its journal record) and replaces or clears only those.
+        shared = request.class_value is not None and object_id == request.class_value
+        own = _own_pixels(before, shared)
+        written, changes, pixels = wl.write_object(state.masks, outcome.mask, request.plane,
+                                                   object_id, own)
         wl.set_feature(boxes, row, "object_id", object_id)
         after = journal.box_record(boxes, row)
+        if shared:
+            after["pixels"] = pixels
         state.box_memory[key] = after
         state.journal.record(journal.Step(f"object {object_id}", changes,
                                           [journal.BoxChange(key, before, after)]))
@@ -561,9 +568,12 @@ class SegmentWidget(QWidget):
             return
         state, boxes = self.state, self.state.boxes
         key = int(boxes.features["box_key"].iloc[row])
+        previous = state.box_memory.get(key)
         before = journal.box_record(boxes, row)
         wl.set_feature(boxes, row, "accepted", True)
         after = state.box_memory[key] = journal.box_record(boxes, row)
+        if previous is not None and previous.get("pixels") is not None:
+            before["pixels"] = after["pixels"] = previous["pixels"]  # semantic labels
         state.journal.record(journal.Step("accept", [], [journal.BoxChange(key, before, after)]))
         wl.recolor(boxes)
         state.current = None
@@ -590,7 +600,8 @@ class SegmentWidget(QWidget):
             step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
             object_id = int(boxes.features["object_id"].iloc[row])
             if object_id and state.masks is not None:
-                step.masks += wl.clear_object(state.masks, object_id)
+                step.masks += wl.clear_object(state.masks, object_id, _own_pixels(
+                    state.box_memory.get(key), _shares_id(boxes, object_id)))
             self._forget_key(state, key)
         self._replaying = True  # the removal below is ours, already recorded
         try:
@@ -613,7 +624,8 @@ class SegmentWidget(QWidget):
             object_id = int(boxes.features["object_id"].iloc[row])
             if object_id and not bool(boxes.features["accepted"].iloc[row]) \
                     and state.masks is not None:
-                step.masks += wl.clear_object(state.masks, object_id)
+                step.masks += wl.clear_object(state.masks, object_id, _own_pixels(
+                    state.box_memory.get(key), _shares_id(boxes, object_id)))
             self._forget_key(state, key)
         state.journal.record(step)
         self.unc_view.redraw_all(state)
@@ -666,6 +678,21 @@ class SegmentWidget(QWidget):
             return item.plane, item.box
         except ValueError:
             return None
+
+
+def _own_pixels(record: journal.BoxRecord, shared: bool) -> np.ndarray | None:
+    """The flat indices a box that shares its label value wrote (semantic labels;
+    none known: none); None for a box with an id of its own, whose pixels are all
+    of that id."""
+    pixels = None if record is None else record.get("pixels")
+    if pixels is None and shared:
+        return np.empty(0, np.int64)
+    return pixels
+
+
+def _shares_id(boxes: Any, object_id: int) -> bool:
+    """Another box has the same label value (semantic labels of one class)."""
+    return bool((boxes.features["object_id"].to_numpy() == object_id).sum() > 1)
 
 
 def _first_window(image: Image) -> str | None:

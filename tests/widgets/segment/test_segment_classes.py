@@ -85,3 +85,48 @@ def test_class_selector_per_box_class_semantic_labels_and_export(make_napari_vie
     classes = {o["id"]: o.get("class") for o in record["objects"]}
     assert classes[3] == {"head": 0, "name": "inner", "value": 3}
     assert classes[8]["name"] == "inner"
+
+
+def test_boxes_of_one_class_keep_their_own_pixels_in_semantic_labels(make_napari_viewer,
+                                                                        qtbot):
+    """Two boxes of one class share its label value: a second box, moving one box,
+    clearing one and undo touch that box's pixels only (before: the second box
+    erased the first one's mask, and Clear erased every box of the class)."""
+    image, _ = ring_sample(np.random.default_rng(1), 96, "ring")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="rings", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.use_model(_two_class_tiny())
+    widget.settings.labelling_combo.setCurrentText("the class's label value")
+
+    def draw(rect: np.ndarray) -> None:
+        widget.boxes.add_rectangles(rect)
+        qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+
+    draw(_rect(10, 10, 30, 30))
+    first = widget.masks.data == 3
+    draw(_rect(60, 60, 85, 85))
+    second = (widget.masks.data == 3) & ~first
+    assert first.sum() > 300 and second.sum() > 300
+    assert ((widget.masks.data == 3) == (first | second)).all()  # the first one kept
+    # Moving the second box rewrites its pixels only.
+    widget.boxes.data = [widget.boxes.data[0], _rect(55, 55, 80, 80)]
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    moved = (widget.masks.data == 3) & ~first
+    assert ((widget.masks.data == 3) & first).sum() == first.sum()
+    rows_before, rows_after = np.nonzero(second)[0], np.nonzero(moved)[0]
+    assert rows_after.min() == rows_before.min() - 5 and rows_after.max() == rows_before.max() - 5
+    # Clear the first (selected) box: the second one's pixels stay.
+    widget.boxes.selected_data = {0}
+    widget.clear_current()
+    assert ((widget.masks.data == 3) == moved).all()
+    widget.undo()
+    assert ((widget.masks.data == 3) == (first | moved)).all()
+    # Accepted, then cleared: still its own pixels only. (Undo put the first box
+    # back as the last row.)
+    row = next(i for i, d in enumerate(widget.boxes.data) if np.asarray(d).min() == 55)
+    widget.boxes.selected_data = {row}
+    widget.accept_current()
+    widget.boxes.selected_data = {row}
+    widget.clear_current()
+    assert ((widget.masks.data == 3) == first).all()
