@@ -248,6 +248,11 @@ def _on_plane(index: tuple[np.ndarray, ...], plane: int | None) -> tuple[np.ndar
     return index if plane is None else (np.full_like(index[0], plane), *index)
 
 
+def shares_id(boxes: Shapes, object_id: int) -> bool:
+    """Another box has the same label value (semantic labels of one class)."""
+    return bool((boxes.features["object_id"].to_numpy() == object_id).sum() > 1)
+
+
 def clear_object(labels: Labels, object_id: int, own: np.ndarray | None = None) -> list[Any]:
     """Remove an object's pixels (all of ``object_id``, or of ``own`` only when boxes
     share the id, as in :func:`write_object`); returns the changes for the journal."""

@@ -253,6 +253,12 @@ class VolumeTools(QGroupBox):
             show_info("I-MedSAM: draw a box around the object (or select its box) and wait "
                       "for its mask, then propagate")
             return
+        if wl.shares_id(w.boxes, object_id):
+            # Its slices could not be told from those of the class's other boxes.
+            show_warning(f"I-MedSAM: label {object_id} belongs to several boxes (the class's "
+                         "value): propagation follows one object; draw this box with "
+                         "labelling 'new object id per box' to propagate it")
+            return
         if w.busy:
             show_info("I-MedSAM: the object is still being segmented; propagate when its "
                       "mask is there")

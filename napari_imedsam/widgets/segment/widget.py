@@ -601,7 +601,7 @@ class SegmentWidget(QWidget):
             object_id = int(boxes.features["object_id"].iloc[row])
             if object_id and state.masks is not None:
                 step.masks += wl.clear_object(state.masks, object_id, _own_pixels(
-                    state.box_memory.get(key), _shares_id(boxes, object_id)))
+                    state.box_memory.get(key), wl.shares_id(boxes, object_id)))
             self._forget_key(state, key)
         self._replaying = True  # the removal below is ours, already recorded
         try:
@@ -625,7 +625,7 @@ class SegmentWidget(QWidget):
             if object_id and not bool(boxes.features["accepted"].iloc[row]) \
                     and state.masks is not None:
                 step.masks += wl.clear_object(state.masks, object_id, _own_pixels(
-                    state.box_memory.get(key), _shares_id(boxes, object_id)))
+                    state.box_memory.get(key), wl.shares_id(boxes, object_id)))
             self._forget_key(state, key)
         state.journal.record(step)
         self.unc_view.redraw_all(state)
@@ -689,10 +689,6 @@ def _own_pixels(record: journal.BoxRecord, shared: bool) -> np.ndarray | None:
         return np.empty(0, np.int64)
     return pixels
 
-
-def _shares_id(boxes: Any, object_id: int) -> bool:
-    """Another box has the same label value (semantic labels of one class)."""
-    return bool((boxes.features["object_id"].to_numpy() == object_id).sum() > 1)
 
 
 def _first_window(image: Image) -> str | None:

@@ -130,3 +130,28 @@ def test_boxes_of_one_class_keep_their_own_pixels_in_semantic_labels(make_napari
     widget.boxes.selected_data = {row}
     widget.clear_current()
     assert ((widget.masks.data == 3) == first).all()
+
+
+def test_propagating_a_box_that_shares_its_class_value_is_refused(make_napari_viewer, qtbot,
+                                                                   notes):
+    """Its slices could not be told from the class's other boxes' (propagation clears
+    and rewrites its object's value slice by slice): one line, nothing changed."""
+    slices = [ring_sample(np.random.default_rng(s), 96, "ring")[0].mean(axis=-1) for s in range(6)]
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack(slices).astype(np.float32), name="vol")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.use_model(_two_class_tiny())
+    widget.settings.labelling_combo.setCurrentText("the class's label value")
+    widget.zoom.sharper.setChecked(False)
+    viewer.dims.set_current_step(0, 3)
+    for r0 in (10, 60):
+        widget.boxes.add_rectangles(np.array([[3, r0, 10], [3, r0, 30], [3, r0 + 20, 30],
+                                              [3, r0 + 20, 10]], float))
+        qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    before = widget.masks.data.copy()
+    assert (before[3] == 3).sum() > 600 and not before[[0, 1, 2, 4, 5]].any()
+    widget.boxes.selected_data = {0}
+    widget.volume.propagate_button.click()
+    assert not widget.volume.busy
+    assert np.array_equal(widget.masks.data, before)
+    assert any("belongs to several boxes" in text for _, text in notes), notes
