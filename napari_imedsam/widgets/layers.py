@@ -202,13 +202,18 @@ def box_items(boxes: Shapes, image: Image, *, with_objects: bool = True) -> list
     return items
 
 
-def next_free_id(labels: Labels, boxes: Shapes | None) -> int:
-    """max + 1 over the labels and every id a box holds: an id whose pixels were
-    undone must not be handed to another object while its box still claims it."""
+def next_free_id(labels: Labels, boxes: Shapes | None, reserved: Any = ()) -> int:
+    """max + 1 over the labels and every id a box holds (an id whose pixels were
+    undone must not be handed to another object while its box still claims it),
+    skipping ``reserved`` ids: the label values of a model's classes, which boxes
+    in semantic labelling write, so that an object never merges with a class."""
     used = int(np.max(labels.data, initial=0))
     if boxes is not None and len(boxes.data):
         used = max(used, int(boxes.features["object_id"].max()))
-    return used + 1
+    candidate = used + 1
+    while candidate in reserved:
+        candidate += 1
+    return candidate
 
 
 def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id: int,

@@ -515,8 +515,10 @@ class SegmentWidget(QWidget):
             state.masks = wl.find_or_add_masks(self.viewer, state.image,
                                               wl.image_spatial_shape(state.image))
         before = state.box_memory.get(key)
+        classes = self.settings.classes
         object_id = (int(boxes.features["object_id"].iloc[row]) or request.class_value
-                     or wl.next_free_id(state.masks, boxes))
+                     or wl.next_free_id(state.masks, boxes, {c.value for c in classes}
+                                        if len(classes) > 1 else ()))
         # Semantic labels: boxes of one class share its value, so each box keeps the
         # pixels it wrote (in its journal record) and replaces or clears only those.
         shared = request.class_value is not None and object_id == request.class_value

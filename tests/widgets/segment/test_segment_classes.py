@@ -155,3 +155,24 @@ def test_propagating_a_box_that_shares_its_class_value_is_refused(make_napari_vi
     assert not widget.volume.busy
     assert np.array_equal(widget.masks.data, before)
     assert any("belongs to several boxes" in text for _, text in notes), notes
+
+
+def test_new_object_ids_skip_the_classes_label_values(make_napari_viewer, qtbot):
+    """Instance ids never take a class's value: an object would merge with the class's
+    semantic masks (and their Clear) later."""
+    image, _ = ring_sample(np.random.default_rng(2), 96, "ring")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="rings", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.use_model(_two_class_tiny())  # classes with the values 3 and 7
+    widget.settings.labelling_combo.setCurrentText("new object id per box")
+    widget.masks.data[0:3, 0:3] = 2  # the user painted id 2: the next free is 3, reserved
+    ids = []
+    for r0 in (10, 40, 70):
+        widget.boxes.add_rectangles(_rect(r0, 10, r0 + 15, 25))
+        qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+        ids.append(int(widget.boxes.features["object_id"].iloc[-1]))
+    assert ids == [4, 5, 6]
+    widget.boxes.add_rectangles(_rect(10, 60, 25, 75))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert int(widget.boxes.features["object_id"].iloc[-1]) == 8  # 7 is the wall's value
