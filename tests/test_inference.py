@@ -185,6 +185,29 @@ def test_adaptive_matches_dense(trained_tiny):
                                    dense.uncertainty[0, 0][exact], atol=1e-5)
 
 
+def test_hidden_layers_past_the_budget_are_computed_again_to_the_same_values(trained_tiny,
+                                                                            monkeypatch):
+    """Adaptive decoding keeps Dec_c's hidden layers for at most KEEP_HIDDEN points (a
+    long boundary evaluates hundreds of thousands); past it Dec_f's input is computed
+    again. The same dropout draws (the session's seed), the same answer, whether
+    none, some or all are kept."""
+    from napari_imedsam.inference import adaptive
+
+    session = _session(trained_tiny)
+    image, mask = _scene(120, 200, seed=11)
+    session.set_image(image)
+    ys, xs = np.nonzero(mask)
+    box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    answers = [session.predict([box], scale=1.92, adaptive=True)]  # all kept
+    evaluated = int(answers[0].evaluated.sum())
+    assert answers[0].refined.sum() > 100 and evaluated > 1000
+    for keep in (evaluated // 2, 0):  # some kept and some computed again; none kept
+        monkeypatch.setattr(adaptive, "KEEP_HIDDEN", keep)
+        answers.append(session.predict([box], scale=1.92, adaptive=True))
+    for other in answers[1:]:
+        np.testing.assert_allclose(other.prob, answers[0].prob, atol=1e-5)
+
+
 def test_cache_and_precompute(trained_tiny):
     session = _session(trained_tiny, cache_bytes=1 << 20)
     volume = np.stack([_scene(64, 64, seed=s)[0][..., 0] for s in range(5)])

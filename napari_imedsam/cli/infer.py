@@ -95,6 +95,8 @@ def _write_set(merge: Any, out: Path, image_path: Path, pixel: tuple[float, floa
     """The mask, the uncertainty map and the outlines of one image, as one set: all
     are put in place, or none. The maps go to disk band by band as they are
     decoded, so memory does not grow with the output's size."""
+    from contextlib import nullcontext
+
     from ..saving import TiffRows, staged_files, tiff_options
 
     uncertainty = args.uncertainty if merge.has_uncertainty else None
@@ -104,17 +106,13 @@ def _write_set(merge: Any, out: Path, image_path: Path, pixel: tuple[float, floa
     paths = [p for p in (out, uncertainty, args.polygons) if p is not None]
     options = tiff_options(pixel, unit)
     with staged_files(paths, overwrite=args.overwrite) as staged:
-        with TiffRows(staged[0], merge.shape, merge.dtype, **options) as labels:
-            maps = (TiffRows(staged[1], merge.shape, "float32", **options)
-                    if uncertainty is not None else None)
-            try:
-                for band in merge:
-                    labels.write(band.row0, band.labels)
-                    if maps is not None and band.uncertainty is not None:
-                        maps.write(band.row0, band.uncertainty)
-            finally:
-                if maps is not None:
-                    maps.close()
+        with TiffRows(staged[0], merge.shape, merge.dtype, **options) as labels, \
+                (TiffRows(staged[1], merge.shape, "float32", **options)
+                 if uncertainty is not None else nullcontext()) as maps:
+            for band in merge:
+                labels.write(band.row0, band.labels)
+                if maps is not None and band.uncertainty is not None:
+                    maps.write(band.row0, band.uncertainty)
         if args.polygons:
             payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
                        "objects": [{"id": i + 1, "box": list(map(float, b)),

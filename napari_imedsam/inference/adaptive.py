@@ -110,7 +110,7 @@ def adaptive_decode(
     margin: float = 0.1,
     top_k_ratio: float = 0.125,
     batch: int = 16384,
-    keep_hidden: int = KEEP_HIDDEN,
+    keep_hidden: int | None = None,
 ) -> AdaptiveMaps:
     """Decode an ``R x C`` grid adaptively.
 
@@ -120,9 +120,11 @@ def adaptive_decode(
         shape: ``(R, C)``.
         stride: the coarsest lattice stride (a power of two).
         margin: cells with a corner probability within ``margin`` of 0.5 are refined.
-        keep_hidden: Dec_c hidden layers kept for Dec_f (points); past it a refined
-            point's hidden layer is computed again, to the same values.
+        keep_hidden: Dec_c hidden layers kept for Dec_f (points; default
+            ``KEEP_HIDDEN``); past it a refined point's hidden layer is computed
+            again, to the same values.
     """
+    keep_hidden = KEEP_HIDDEN if keep_hidden is None else keep_hidden
     rows, cols = shape
     full = lattice_shape(shape, stride)
     n_cells = ((full[0] - 1) // stride, (full[1] - 1) // stride)
@@ -148,7 +150,8 @@ def adaptive_decode(
             evaluated[r, c] = True
             keep = min(r.numel(), max(0, keep_hidden - stored))
             if keep:
-                hidden_rows.append(hidden[:keep])
+                # A clone of a part: a view would keep the whole batch alive.
+                hidden_rows.append(hidden if keep == r.numel() else hidden[:keep].clone())
                 row_of[r[:keep], c[:keep]] = torch.arange(stored, stored + keep)
                 stored += keep
 
