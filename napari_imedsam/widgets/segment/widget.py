@@ -28,12 +28,12 @@ from qtpy.QtWidgets import (
     QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
 )
 
-from . import journal
 from .. import layers as wl
 from ..common import tell
 from ...session_holder import Outcome, Request, SessionHolder, segment, spec_classes
 from ...boxes import check_image, spatial_shape, take_plane
 from .download import DownloadControls
+from .edits import ObjectEdits
 from .export import ExportControls
 from .series import SeriesControls
 from .settings import SettingsForm
@@ -54,11 +54,6 @@ HELP = (
     "Several images: the widget follows the image you select or open.<br>"
     "Volumes: the box applies to the slice in view."
 )
-NO_UNCERTAINTY = (
-    "Base-model mode: the backbone's own mask decoder gives no uncertainty. For an "
-    "uncertainty map choose the I-MedSAM decoder (the medsam_lite model has one), or "
-    "load an I-MedSAM adapter for a SAM model."
-)
 NO_IMAGE = "add an image layer (File > Open, or File > Open Sample > I-MedSAM)"
 
 
@@ -76,9 +71,8 @@ class SegmentWidget(QWidget):
         self.state: ImageState | None = None  # the image being annotated
         self._queue: dict[tuple[int, int], Request] = {}  # (image, box_key) -> newest waiting
         self._worker: Any = None
-        self._told_no_uncertainty = False
         self._binding = False
-        self._replaying = False  # undo/redo is moving boxes: not new requests
+        self.edits = ObjectEdits(self)
         self._refused: int | None = None  # the unusable layer last warned about
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -235,7 +229,7 @@ class SegmentWidget(QWidget):
 
     def _on_active_layer(self, event: Any = None) -> None:
         """Follow the user: selecting an image, or one of an image's layers, makes it current."""
-        if self._binding or self._replaying:
+        if self._binding or self.edits.replaying:
             return
         layer = self.viewer.layers.selection.active
         if layer is None or (self.state is not None and self.state.owns(layer)):
@@ -387,13 +381,13 @@ class SegmentWidget(QWidget):
 
     # -- boxes -> requests -----------------------------------------------------
     def _on_boxes_data(self, state: ImageState, event: Any) -> None:
-        if self._replaying:
+        if self.edits.replaying:
             return
         # Never let an exception escape into napari's event loop.
         try:
             action = str(event.action)
             if action == "removing":
-                self._forget_rows(state, event.data_indices)
+                self.edits.forget_rows(state, event.data_indices)
             elif action == "added":
                 self._request_rows(state, wl.assign_keys(state.boxes))
             elif action == "changed":
@@ -494,203 +488,39 @@ class SegmentWidget(QWidget):
     # -- results -> layers ---------------------------------------------------------
     def _on_outcome(self, outcome: Outcome) -> None:
         try:
-            self._apply(outcome)
+            self.edits.apply(outcome)
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not write the mask: {exc}")
 
-    def _apply(self, outcome: Outcome) -> None:
-        request = outcome.request
-        state, key = self._states.get(request.owner), request.box_key
-        if state is None or state.latest.get(key) != request.req_id:
-            return  # superseded, the box was deleted, or its image was closed
-        boxes = state.boxes
-        row = None if boxes is None else wl.row_of(boxes, key)
-        if outcome.error is not None:
-            state.last_box.pop(key, None)  # let the same box be tried again
-            tell("error", outcome.error, lambda text: self.set_status(f"failed: {text}"))
-            return
-        if row is None:
-            return
-        if state.masks is None:  # the user deleted it: start a new one
-            state.masks = wl.find_or_add_masks(self.viewer, state.image,
-                                              wl.image_spatial_shape(state.image))
-        before = state.box_memory.get(key)
-        classes = self.settings.classes
-        object_id = (int(boxes.features["object_id"].iloc[row]) or request.class_value
-                     or wl.next_free_id(state.masks, boxes, {c.value for c in classes}
-                                        if len(classes) > 1 else ()))
-        # Semantic labels: boxes of one class share its value, so each box keeps the
-        # pixels it wrote (in its journal record) and replaces or clears only those.
-        shared = request.class_value is not None and object_id == request.class_value
-        own = _own_pixels(before, shared)
-        written, changes, pixels = wl.write_object(state.masks, outcome.mask, request.plane,
-                                                   object_id, own)
-        wl.set_feature(boxes, row, "object_id", object_id)
-        after = journal.box_record(boxes, row)
-        if shared:
-            after["pixels"] = pixels
-        state.box_memory[key] = after
-        state.journal.record(journal.Step(f"object {object_id}", changes,
-                                          [journal.BoxChange(key, before, after)]))
-        state.masks.selected_label = object_id  # brush corrections continue this object
-        if outcome.advice is not None:
-            show_warning(f"I-MedSAM: {outcome.advice}")
-        elif written == 0 and outcome.mask.any():
-            show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
-        self.unc_view.show_object(state, key, request.plane,
-                                  outcome.uncertainty if outcome.mask.any() else None)
-        decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"
-        note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
-        if outcome.advice is not None:
-            note += f". Hint: {outcome.advice}"
-        if outcome.mode == "sam":
-            note += ". " + NO_UNCERTAINTY
-            if not self._told_no_uncertainty:
-                self._told_no_uncertainty = True
-                show_info(f"I-MedSAM: {NO_UNCERTAINTY}")
-        # The worker that produced this outcome is still finishing: only queued
-        # requests mean more work.
-        self.set_status(note + "; more boxes waiting..." if self._queue else note)
-
-    # -- hotkeys -------------------------------------------------------------------
+    # -- the current object (ObjectEdits does the work) ---------------------------------
     def current_row(self) -> int | None:
         """The selected box if exactly one is selected, else the last one worked on."""
-        state = self.state
-        if state is None or state.boxes is None:
-            return None
-        if len(state.boxes.selected_data) == 1:
-            return int(next(iter(state.boxes.selected_data)))
-        return None if state.current is None else wl.row_of(state.boxes, state.current)
+        return self.edits.current_row()
 
     def accept_current(self) -> None:
-        """Commit the current object: later edits of its box no longer change it."""
-        row = self.current_row()
-        if row is None:
-            show_info("I-MedSAM: no current object to accept; draw a box first")
-            return
-        state, boxes = self.state, self.state.boxes
-        key = int(boxes.features["box_key"].iloc[row])
-        previous = state.box_memory.get(key)
-        before = journal.box_record(boxes, row)
-        wl.set_feature(boxes, row, "accepted", True)
-        after = state.box_memory[key] = journal.box_record(boxes, row)
-        if previous is not None and previous.get("pixels") is not None:
-            before["pixels"] = after["pixels"] = previous["pixels"]  # semantic labels
-        state.journal.record(journal.Step("accept", [], [journal.BoxChange(key, before, after)]))
-        wl.recolor(boxes)
-        state.current = None
-        boxes.selected_data = set()
-        boxes.mode = "add_rectangle"
-        self.set_status("object accepted: draw the next box")
+        self.edits.accept()
 
     def clear_current(self) -> None:
-        """Remove the current object's pixels and its box: one undo step for both."""
-        row = self.current_row()
-        if row is None:
-            show_info("I-MedSAM: no current object to clear")
-            return
-        self._remove_rows(self.state, [row], "clear")
-        self.state.boxes.mode = "add_rectangle"
-        self.set_status("object cleared (Ctrl+Z brings it back)")
+        self.edits.clear()
 
-    def _remove_rows(self, state: ImageState, rows: list[int], what: str) -> None:
-        """Clear the objects of ``rows`` (accepted ones too: the user asked) and remove
-        their boxes, as one journal step."""
-        boxes, step = state.boxes, journal.Step(what)
-        for row in rows:
-            key = int(boxes.features["box_key"].iloc[row])
-            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
-            object_id = int(boxes.features["object_id"].iloc[row])
-            if object_id and state.masks is not None:
-                step.masks += wl.clear_object(state.masks, object_id, _own_pixels(
-                    state.box_memory.get(key), wl.shares_id(boxes, object_id)))
-            self._forget_key(state, key)
-        self._replaying = True  # the removal below is ours, already recorded
-        try:
-            boxes.selected_data = set(rows)
-            boxes.remove_selected()
-        finally:
-            self._replaying = False
-        state.journal.record(step)
-        self.unc_view.redraw_all(state)
-
-    def _forget_rows(self, state: ImageState, rows: tuple[int, ...]) -> None:
-        """The user deleted boxes (napari's delete): their objects go too, undoably;
-        accepted objects keep their pixels."""
-        boxes, step = state.boxes, journal.Step("delete")
-        for row in rows:
-            if not 0 <= row < len(boxes.features):
-                continue
-            key = int(boxes.features["box_key"].iloc[row])
-            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
-            object_id = int(boxes.features["object_id"].iloc[row])
-            if object_id and not bool(boxes.features["accepted"].iloc[row]) \
-                    and state.masks is not None:
-                step.masks += wl.clear_object(state.masks, object_id, _own_pixels(
-                    state.box_memory.get(key), wl.shares_id(boxes, object_id)))
-            self._forget_key(state, key)
-        state.journal.record(step)
-        self.unc_view.redraw_all(state)
-
-    def _forget_key(self, state: ImageState, key: int) -> None:
-        self._queue.pop((state.key, key), None)
-        state.forget_object(key)
-        state.box_memory.pop(key, None)
-
-    # -- undo / redo -------------------------------------------------------------------
     def undo(self) -> None:
-        self._replay(undo=True)
+        self.edits.undo()
 
     def redo(self) -> None:
-        self._replay(undo=False)
+        self.edits.redo()
 
-    def _replay(self, undo: bool) -> None:
-        state = self.state
-        if state is None or state.boxes is None:
-            return
-        step = state.journal.undo() if undo else state.journal.redo()
-        if step is None:
-            self.set_status("nothing to undo" if undo else "nothing to redo")
-            return
-        self._replaying = True
-        try:
-            if state.masks is not None:
-                journal.apply_masks(state.masks, step.masks, undo)
-            journal.apply_boxes(state.boxes, step.boxes, undo)
-        finally:
-            self._replaying = False
-        for change in step.boxes:
-            target = change.before if undo else change.after
-            self._forget_key(state, change.key)
-            if target is not None:
-                state.box_memory[change.key] = target
-                plane_box = self._plane_box(state, change.key)
-                if plane_box is not None:
-                    state.last_box[change.key] = plane_box
-        self.unc_view.redraw_all(state)
-        self.set_status(f"{'undone' if undo else 'redone'}: {step.what}")
+    def state_of(self, owner: int) -> ImageState | None:
+        """The state of the image ``owner`` (a state's ``key``), if it is still open."""
+        return self._states.get(owner)
 
-    def _plane_box(self, state: ImageState, key: int) -> tuple | None:
-        """(plane, box) of a restored box, so that it is not segmented again as is."""
-        row = wl.row_of(state.boxes, key)
-        if row is None:
-            return None
-        try:
-            item = wl.box_item(state.boxes, state.image, row)
-            return item.plane, item.box
-        except ValueError:
-            return None
+    @property
+    def waiting(self) -> bool:
+        """Boxes are queued for the model."""
+        return bool(self._queue)
 
-
-def _own_pixels(record: journal.BoxRecord, shared: bool) -> np.ndarray | None:
-    """The flat indices a box that shares its label value wrote (semantic labels;
-    none known: none); None for a box with an id of its own, whose pixels are all
-    of that id."""
-    pixels = None if record is None else record.get("pixels")
-    if pixels is None and shared:
-        return np.empty(0, np.int64)
-    return pixels
-
+    def forget_request(self, owner: int, key: int) -> None:
+        """Drop a queued request for box ``key`` of image ``owner``."""
+        self._queue.pop((owner, key), None)
 
 
 def _first_window(image: Image) -> str | None:

@@ -11,7 +11,8 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from napari_imedsam.widgets.segment.widget import NO_UNCERTAINTY, SegmentWidget  # noqa: E402
+from napari_imedsam.widgets.segment.edits import NO_UNCERTAINTY  # noqa: E402
+from napari_imedsam.widgets.segment.widget import SegmentWidget  # noqa: E402
 from napari_imedsam.widgets.segment.uncertainty import STD_FULL_SCALE  # noqa: E402
 from napari_imedsam.model import build_model  # noqa: E402
 from napari_imedsam.train.data import LabeledImage  # noqa: E402

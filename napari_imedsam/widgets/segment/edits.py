@@ -1,0 +1,235 @@
+"""What the Segment widget does to objects: write a decoded mask, accept, clear,
+delete, undo and redo (a box and its pixels always together, through ``journal``).
+
+No Qt widgets here: :class:`ObjectEdits` works on the widget's current image
+state and layers, and the widget's buttons and hotkeys call it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_info, show_warning
+
+from . import journal
+from .. import layers as wl
+from ..common import tell
+from ...session_holder import Outcome
+from .state import ImageState
+
+NO_UNCERTAINTY = (
+    "Base-model mode: the backbone's own mask decoder gives no uncertainty. For an "
+    "uncertainty map choose the I-MedSAM decoder (the medsam_lite model has one), or "
+    "load an I-MedSAM adapter for a SAM model."
+)
+
+
+class ObjectEdits:
+    """Objects of the Segment widget's images: results in, user's edits, undo/redo."""
+
+    def __init__(self, widget: Any) -> None:
+        self.widget = widget
+        #: True while undo/redo moves boxes: those changes are no new requests.
+        self.replaying = False
+        self._told_no_uncertainty = False
+
+    def apply(self, outcome: Outcome) -> None:
+        """Write a decoded mask (the newest answer for its box) into the masks layer,
+        as one undo step with the box."""
+        request = outcome.request
+        state, key = self.widget.state_of(request.owner), request.box_key
+        if state is None or state.latest.get(key) != request.req_id:
+            return  # superseded, the box was deleted, or its image was closed
+        boxes = state.boxes
+        row = None if boxes is None else wl.row_of(boxes, key)
+        if outcome.error is not None:
+            state.last_box.pop(key, None)  # let the same box be tried again
+            tell("error", outcome.error, lambda text: self.widget.set_status(f"failed: {text}"))
+            return
+        if row is None:
+            return
+        if state.masks is None:  # the user deleted it: start a new one
+            state.masks = wl.find_or_add_masks(self.widget.viewer, state.image,
+                                               wl.image_spatial_shape(state.image))
+        before = state.box_memory.get(key)
+        classes = self.widget.settings.classes
+        object_id = (int(boxes.features["object_id"].iloc[row]) or request.class_value
+                     or wl.next_free_id(state.masks, boxes, {c.value for c in classes}
+                                        if len(classes) > 1 else ()))
+        # Semantic labels: boxes of one class share its value, so each box keeps the
+        # pixels it wrote (in its journal record) and replaces or clears only those.
+        shared = request.class_value is not None and object_id == request.class_value
+        own = _own_pixels(before, shared)
+        written, changes, pixels = wl.write_object(state.masks, outcome.mask, request.plane,
+                                                   object_id, own)
+        wl.set_feature(boxes, row, "object_id", object_id)
+        after = journal.box_record(boxes, row)
+        if shared:
+            after["pixels"] = pixels
+        state.box_memory[key] = after
+        state.journal.record(journal.Step(f"object {object_id}", changes,
+                                          [journal.BoxChange(key, before, after)]))
+        state.masks.selected_label = object_id  # brush corrections continue this object
+        if outcome.advice is not None:
+            show_warning(f"I-MedSAM: {outcome.advice}")
+        elif written == 0 and outcome.mask.any():
+            show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
+        self.widget.unc_view.show_object(state, key, request.plane,
+                                  outcome.uncertainty if outcome.mask.any() else None)
+        decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"
+        note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
+        if outcome.advice is not None:
+            note += f". Hint: {outcome.advice}"
+        if outcome.mode == "sam":
+            note += ". " + NO_UNCERTAINTY
+            if not self._told_no_uncertainty:
+                self._told_no_uncertainty = True
+                show_info(f"I-MedSAM: {NO_UNCERTAINTY}")
+        # The worker that produced this outcome is still finishing: only queued
+        # requests mean more work.
+        self.widget.set_status(note + "; more boxes waiting..." if self.widget.waiting else note)
+
+    # -- the current object ----------------------------------------------------------
+    def current_row(self) -> int | None:
+        """The selected box if exactly one is selected, else the last one worked on."""
+        state = self.widget.state
+        if state is None or state.boxes is None:
+            return None
+        if len(state.boxes.selected_data) == 1:
+            return int(next(iter(state.boxes.selected_data)))
+        return None if state.current is None else wl.row_of(state.boxes, state.current)
+
+    def accept(self) -> None:
+        """Commit the current object: later edits of its box no longer change it."""
+        row = self.current_row()
+        if row is None:
+            show_info("I-MedSAM: no current object to accept; draw a box first")
+            return
+        state, boxes = self.widget.state, self.widget.state.boxes
+        key = int(boxes.features["box_key"].iloc[row])
+        previous = state.box_memory.get(key)
+        before = journal.box_record(boxes, row)
+        wl.set_feature(boxes, row, "accepted", True)
+        after = state.box_memory[key] = journal.box_record(boxes, row)
+        if previous is not None and previous.get("pixels") is not None:
+            before["pixels"] = after["pixels"] = previous["pixels"]  # semantic labels
+        state.journal.record(journal.Step("accept", [], [journal.BoxChange(key, before, after)]))
+        wl.recolor(boxes)
+        state.current = None
+        boxes.selected_data = set()
+        boxes.mode = "add_rectangle"
+        self.widget.set_status("object accepted: draw the next box")
+
+    def clear(self) -> None:
+        """Remove the current object's pixels and its box: one undo step for both."""
+        row = self.current_row()
+        if row is None:
+            show_info("I-MedSAM: no current object to clear")
+            return
+        self.remove_rows(self.widget.state, [row], "clear")
+        self.widget.state.boxes.mode = "add_rectangle"
+        self.widget.set_status("object cleared (Ctrl+Z brings it back)")
+
+    def remove_rows(self, state: ImageState, rows: list[int], what: str) -> None:
+        """Clear the objects of ``rows`` (accepted ones too: the user asked) and remove
+        their boxes, as one journal step."""
+        boxes, step = state.boxes, journal.Step(what)
+        for row in rows:
+            key = int(boxes.features["box_key"].iloc[row])
+            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
+            step.masks += _take_pixels(state, row, key)
+            self.forget_key(state, key)
+        self.replaying = True  # the removal below is ours, already recorded
+        try:
+            boxes.selected_data = set(rows)
+            boxes.remove_selected()
+        finally:
+            self.replaying = False
+        state.journal.record(step)
+        self.widget.unc_view.redraw_all(state)
+
+    def forget_rows(self, state: ImageState, rows: tuple[int, ...]) -> None:
+        """The user deleted boxes (napari's delete): their objects go too, undoably;
+        accepted objects keep their pixels."""
+        boxes, step = state.boxes, journal.Step("delete")
+        for row in rows:
+            if not 0 <= row < len(boxes.features):
+                continue
+            key = int(boxes.features["box_key"].iloc[row])
+            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
+            if not bool(boxes.features["accepted"].iloc[row]):
+                step.masks += _take_pixels(state, row, key)
+            self.forget_key(state, key)
+        state.journal.record(step)
+        self.widget.unc_view.redraw_all(state)
+
+    def forget_key(self, state: ImageState, key: int) -> None:
+        self.widget.forget_request(state.key, key)
+        state.forget_object(key)
+        state.box_memory.pop(key, None)
+
+    # -- undo / redo -------------------------------------------------------------------
+    def undo(self) -> None:
+        self._replay(undo=True)
+
+    def redo(self) -> None:
+        self._replay(undo=False)
+
+    def _replay(self, undo: bool) -> None:
+        state = self.widget.state
+        if state is None or state.boxes is None:
+            return
+        step = state.journal.undo() if undo else state.journal.redo()
+        if step is None:
+            self.widget.set_status("nothing to undo" if undo else "nothing to redo")
+            return
+        self.replaying = True
+        try:
+            if state.masks is not None:
+                journal.apply_masks(state.masks, step.masks, undo)
+            journal.apply_boxes(state.boxes, step.boxes, undo)
+        finally:
+            self.replaying = False
+        for change in step.boxes:
+            target = change.before if undo else change.after
+            self.forget_key(state, change.key)
+            if target is not None:
+                state.box_memory[change.key] = target
+                plane_box = self._plane_box(state, change.key)
+                if plane_box is not None:
+                    state.last_box[change.key] = plane_box
+        self.widget.unc_view.redraw_all(state)
+        self.widget.set_status(f"{'undone' if undo else 'redone'}: {step.what}")
+
+    def _plane_box(self, state: ImageState, key: int) -> tuple | None:
+        """(plane, box) of a restored box, so that it is not segmented again as is."""
+        row = wl.row_of(state.boxes, key)
+        if row is None:
+            return None
+        try:
+            item = wl.box_item(state.boxes, state.image, row)
+            return item.plane, item.box
+        except ValueError:
+            return None
+
+
+def _own_pixels(record: journal.BoxRecord, shared: bool) -> np.ndarray | None:
+    """The flat indices a box that shares its label value wrote (semantic labels;
+    none known: none); None for a box with an id of its own, whose pixels are all
+    of that id."""
+    pixels = None if record is None else record.get("pixels")
+    if pixels is None and shared:
+        return np.empty(0, np.int64)
+    return pixels
+
+
+def _take_pixels(state: ImageState, row: int, key: int) -> list[journal.MaskChange]:
+    """Clear the pixels of the object in ``row``: all of its id, or those its box
+    wrote when the id is a class's value shared by several boxes."""
+    boxes = state.boxes
+    object_id = int(boxes.features["object_id"].iloc[row])
+    if not object_id or state.masks is None:
+        return []
+    own = _own_pixels(state.box_memory.get(key), wl.shares_id(boxes, object_id))
+    return wl.clear_object(state.masks, object_id, own)
