@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
@@ -28,6 +29,10 @@ class SeriesControls(QGroupBox):
         self.widget = segment_widget
         self.viewer = segment_widget.viewer
         self.series: Series | None = None
+        #: The layer of the series' current image: Next and Previous save and close
+        #: this one, whichever image is in view.
+        self.layer: Any = None
+        self._text = ""
         self.label = QLabel("open a folder of images to work through it")
         self.label.setWordWrap(True)
         self.open_button = QPushButton("Open folder...")
@@ -76,7 +81,10 @@ class SeriesControls(QGroupBox):
         if not 0 <= series.index + step < len(series.files):
             show_info(f"I-MedSAM: this is the {'last' if step > 0 else 'first'} image of the series")
             return False
-        if not self._save_current():
+        if self.layer in self.viewer.layers and self.widget.image is not self.layer:
+            # Another image is in view: it is not the series' to save or close.
+            self.widget.show_image(self.layer)
+        if self.layer in self.viewer.layers and not self._save_current():
             return False
         self._close_current()
         series.move(step)
@@ -96,17 +104,20 @@ class SeriesControls(QGroupBox):
         return True
 
     def _close_current(self) -> None:
-        state = self.widget.state
-        if state is None:
+        """Close the series' image and the widget's layers for it (never another image)."""
+        image = self.layer
+        if image is None or image not in self.viewer.layers:
             return
-        name = state.image.name
+        name = image.name
         for layer in list(self.viewer.layers):
-            if layer is state.image or wl.owner_name(layer) == name:
+            if layer is image or wl.owner_name(layer) == name:
                 self.viewer.layers.remove(layer)
+        self.layer = None
 
     def _open_current(self) -> None:
         series = self.series
-        self.viewer.open(str(series.current))
+        opened = self.viewer.open(str(series.current))
+        self.layer = next((layer for layer in opened if isinstance(layer, Image)), None)
         saved = series.latest_labels()
         w = self.widget
         if saved is not None and w.masks is not None:
@@ -119,7 +130,18 @@ class SeriesControls(QGroupBox):
                 show_warning(f"I-MedSAM: {saved.name} has shape {labels.shape}, the image "
                              f"{w.masks.data.shape}: not loaded")
         note = f" (labels from {saved.name})" if saved is not None else ""
-        self.label.setText(series.describe() + note)
+        self._text = series.describe() + note
+        self.label.setText(self._text)
         self.prev_button.setEnabled(series.index > 0)
         self.next_button.setEnabled(series.index < len(series.files) - 1)
         w.set_status(f"{series.describe()}{note}; labels are saved to {series.out_dir}")
+
+    def follow(self, image: Any) -> None:
+        """The widget now shows ``image``: say whether it is the series' image."""
+        if self.series is None:
+            return
+        if image is self.layer or self.layer is None:
+            self.label.setText(self._text)
+        else:
+            self.label.setText(f"{self._text}; in view: '{image.name}', not part of the series "
+                               "(Next / Previous save and leave the series' image)")

@@ -105,3 +105,32 @@ def test_next_saves_versions_and_a_reopened_series_resumes(make_napari_viewer, q
     assert widget2.series.open_folder(folder, out)
     assert widget2.image.name == "case1"
     assert widget2.series.move(-1) and (widget2.masks.data == 7).any()
+
+
+def test_next_saves_and_closes_the_series_image_not_the_one_in_view(make_napari_viewer, qtbot,
+                                                                    model_path, tmp_path):
+    """With another image in view, Next still saves the series' image's labels and
+    closes it: the other image and its labels stay (before, they were saved under the
+    series' name and closed). The Series box says when the image in view is not the
+    series' one."""
+    folder, truths = _folder(tmp_path)
+    out = tmp_path / "labels"
+    viewer, widget = _widget(make_napari_viewer, model_path)
+    assert widget.series.open_folder(folder, out)
+    widget.boxes.add_rectangles(_rect(truths[0]))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    series_labels = widget.masks.data.copy()
+    other_image, other_truth = disc_slice(np.random.default_rng(9), (50, 60), 12)
+    other = viewer.add_image(other_image, name="other")
+    widget.show_image(other)
+    assert "in view: 'other', not part of the series" in widget.series.label.text()
+    widget.boxes.add_rectangles(_rect(other_truth))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    other_masks = widget.masks
+
+    assert widget.series.move(1)
+    saved = tifffile.imread(out / "case0_labels.tif")
+    assert np.array_equal(saved, series_labels)
+    assert "other" in viewer.layers and other_masks in viewer.layers
+    assert other_masks.data.any() and "case0" not in viewer.layers
+    assert widget.image.name == "case1" and "not part of" not in widget.series.label.text()
