@@ -143,5 +143,5 @@ class SeriesControls(QGroupBox):
         if image is self.layer or self.layer is None:
             self.label.setText(self._text)
         else:
-            self.label.setText(f"{self._text}; in view: '{image.name}', not part of the series "
-                               "(Next / Previous save and leave the series' image)")
+            self.label.setText(f"{self._text}; in view: '{image.name}', not in the series "
+                               "(Next / Previous act on the series' image)")

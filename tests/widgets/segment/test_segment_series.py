@@ -123,7 +123,7 @@ def test_next_saves_and_closes_the_series_image_not_the_one_in_view(make_napari_
     other_image, other_truth = disc_slice(np.random.default_rng(9), (50, 60), 12)
     other = viewer.add_image(other_image, name="other")
     widget.show_image(other)
-    assert "in view: 'other', not part of the series" in widget.series.label.text()
+    assert "in view: 'other', not in the series" in widget.series.label.text()
     widget.boxes.add_rectangles(_rect(other_truth))
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
     other_masks = widget.masks
@@ -133,4 +133,4 @@ def test_next_saves_and_closes_the_series_image_not_the_one_in_view(make_napari_
     assert np.array_equal(saved, series_labels)
     assert "other" in viewer.layers and other_masks in viewer.layers
     assert other_masks.data.any() and "case0" not in viewer.layers
-    assert widget.image.name == "case1" and "not part of" not in widget.series.label.text()
+    assert widget.image.name == "case1" and "not in the series" not in widget.series.label.text()
