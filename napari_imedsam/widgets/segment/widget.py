@@ -23,9 +23,10 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget,
+    QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout,
+    QWidget,
 )
 
 from .. import layers as wl
@@ -104,7 +105,10 @@ class SegmentWidget(QWidget):
             button = QPushButton(text)
             button.clicked.connect(slot)
             buttons.addWidget(button)
-        layout = QVBoxLayout(self)
+        # The sections scroll inside the dock: squeezed into a short window, Qt cut
+        # the word-wrapped texts (the series' line, the status, the help).
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(image_row)
         self.series = SeriesControls(self)
         layout.addWidget(self.series)
@@ -124,6 +128,17 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(help_label)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        # Vertical scrolling only: the dock is as wide as the sections need, bar included.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setMinimumWidth(content.minimumSizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width())
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.image_combo.currentTextChanged.connect(lambda _: self._bind_layers())
         # Choosing the same image again re-creates layers the user deleted.

@@ -505,3 +505,21 @@ def test_a_2d_image_opened_after_a_volume_is_framed(make_napari_viewer, qtbot):
     viewer.layers.selection.active = viewer.layers["volume"]
     viewer.layers.selection.active = viewer.layers["flat"]
     assert widget.image.name == "flat" and viewer.layers["flat"].visible
+
+
+def test_the_dock_scrolls_instead_of_cutting_its_texts(make_napari_viewer, qtbot):
+    """In a short window the sections keep their height and the dock scrolls (Qt cut
+    the word-wrapped lines before: the series' line, the status, the help)."""
+    from qtpy.QtWidgets import QScrollArea
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1100, 520)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.set_status("image 1 of 3: a_rather_long_file_name_of_an_endoscopy_frame.jpg "
+                      "(labels from a_rather_long_file_name_labels.tif); labels are saved to "
+                      "/somewhere/far/away/imedsam-labels")
+    qtbot.wait(100)
+    for label in (widget.status, widget.series.label):
+        assert label.height() >= label.heightForWidth(label.width())
+    scroll = widget.findChild(QScrollArea)
+    assert scroll is not None and scroll.verticalScrollBar().maximum() > 0
