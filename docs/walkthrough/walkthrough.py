@@ -107,6 +107,7 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     camera = getattr(viewer, "scene", viewer).camera
 
     def shot(name: str) -> None:
+        app.processEvents()  # pending layouts first (a label whose text just changed)
         viewer.screenshot(str(args.out / name), canvas_only=False)
 
     def box_and_wait(rect: np.ndarray) -> float:

@@ -25,8 +25,8 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QVBoxLayout,
-    QWidget,
+    QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy,
+    QVBoxLayout, QWidget,
 )
 
 from .. import layers as wl
@@ -105,8 +105,8 @@ class SegmentWidget(QWidget):
             button = QPushButton(text)
             button.clicked.connect(slot)
             buttons.addWidget(button)
-        # The sections scroll inside the dock: squeezed into a short window, Qt cut
-        # the word-wrapped texts (the series' line, the status, the help).
+        # The sections scroll inside the dock: in a short window (600 px) Qt squeezed
+        # them instead, the form's rows overlapping and the lower texts cut off.
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.addLayout(image_row)
@@ -128,6 +128,9 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(help_label)
         layout.addStretch(1)
+        for label in content.findChildren(QLabel):
+            if label.wordWrap():  # never squeezed below the lines their text needs
+                label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
