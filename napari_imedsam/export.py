@@ -304,21 +304,18 @@ def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[st
     files = {"labels": target.labels.name,
              "uncertainty": target.uncertainty.name if with_uncertainty else None}
     text = json.dumps({**record, "files": files}, indent=2) + "\n"
-    # The writers below each replace their staged temporary file in one step.
     with saving.staged_files(paths, overwrite=overwrite) as staged:
         if name.endswith((".tif", ".tiff")):
-            saving.write_tiff(staged[0], labels.astype(saving.label_dtype(labels), copy=False),
-                              pixel_size=fine[-2:], unit=geometry.unit, spacing=fine,
-                              overwrite=True)
+            saving.save_tiff(staged[0], labels.astype(saving.label_dtype(labels), copy=False),
+                             pixel_size=fine[-2:], unit=geometry.unit, spacing=fine)
         elif name.endswith(".png"):
-            saving.write_png(staged[0], labels, overwrite=True)
+            saving.save_png(staged[0], labels)
         else:
-            io.write_nifti(staged[0], labels, spacing=spacing, source_affine=geometry.nifti_affine,
-                           scale=scale, grid_shape=geometry.shape, overwrite=True)
+            io.save_nifti(staged[0], labels, spacing=spacing, source_affine=geometry.nifti_affine,
+                          scale=scale, grid_shape=geometry.shape)
         if with_uncertainty:
-            saving.write_tiff(staged[1], exported.uncertainty.astype(np.float32, copy=False),
-                              pixel_size=fine[-2:], unit=geometry.unit, spacing=fine,
-                              overwrite=True)
+            saving.save_tiff(staged[1], exported.uncertainty.astype(np.float32, copy=False),
+                             pixel_size=fine[-2:], unit=geometry.unit, spacing=fine)
         staged[-1].write_text(text, encoding="utf-8")
     return paths
 

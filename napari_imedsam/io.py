@@ -312,10 +312,25 @@ def read_pillow(path: str | Path, modes: tuple[str, ...] = ("L", "I;16", "I", "F
         raise ValueError(f"{Path(path).name} is not a readable image ({text})") from exc
 
 
-def write_nifti(path: str | Path, data: np.ndarray, *, spacing: tuple[float, ...] | None = None,
+def write_nifti(path: str | Path, data: np.ndarray, *, overwrite: bool = False,
+                **geometry: Any) -> Path:
+    """:func:`nifti_image` (``geometry``: its keywords) written atomically."""
+    nib = _optional("nibabel", "NIfTI files")
+    image = nifti_image(data, **geometry)
+    return atomic_save(path, lambda tmp: nib.save(image, str(tmp)), overwrite=overwrite)
+
+
+def save_nifti(target: Path, data: np.ndarray, **geometry: Any) -> None:
+    """:func:`nifti_image` written straight to ``target``: a temporary file of
+    :func:`~napari_imedsam.saving.staged_files` (else use :func:`write_nifti`)."""
+    nib = _optional("nibabel", "NIfTI files")
+    nib.save(nifti_image(data, **geometry), str(target))
+
+
+def nifti_image(data: np.ndarray, *, spacing: tuple[float, ...] | None = None,
                 source_affine: np.ndarray | None = None, scale: float = 1.0,
-                grid_shape: tuple[int, ...] | None = None, overwrite: bool = False) -> Path:
-    """A 2D image or ``(Z, Y, X)`` volume in the view orientation as NIfTI, atomically.
+                grid_shape: tuple[int, ...] | None = None) -> Any:
+    """A 2D image or ``(Z, Y, X)`` volume in the view orientation as a NIfTI image.
 
     With ``source_affine`` (the affine of the NIfTI the image came from) the
     file lands on the source's voxel grid and axis order. ``scale`` says how
@@ -362,4 +377,4 @@ def write_nifti(path: str | Path, data: np.ndarray, *, spacing: tuple[float, ...
     # An explicit dtype: nibabel refuses to guess one for 64-bit integers.
     image = nib.Nifti1Image(np.ascontiguousarray(out), affine, dtype=out.dtype)
     image.header.set_xyzt_units("mm")
-    return atomic_save(path, lambda tmp: nib.save(image, str(tmp)), overwrite=overwrite)
+    return image

@@ -216,15 +216,21 @@ def tiff_options(pixel_size: tuple[float, float] | None = None, unit: str = "pix
             "resolutionunit": "CENTIMETER" if unit == "mm" else "NONE", "metadata": metadata}
 
 
+def save_tiff(target: Path, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
+              unit: str = "pixel", spacing: tuple[float, ...] | None = None) -> None:
+    """A TIFF with the pixel size recorded (:func:`tiff_options`), written straight to
+    ``target``: a temporary file of :func:`staged_files` (else use :func:`write_tiff`)."""
+    import tifffile
+
+    tifffile.imwrite(target, data, **tiff_options(pixel_size, unit, spacing))
+
+
 def write_tiff(path: str | Path, data: np.ndarray, *, pixel_size: tuple[float, float] | None = None,
                unit: str = "pixel", overwrite: bool = False,
                spacing: tuple[float, ...] | None = None) -> Path:
-    """A TIFF with the pixel size recorded (:func:`tiff_options`), written atomically."""
-    import tifffile
-
-    options = tiff_options(pixel_size, unit, spacing)
-    return atomic_save(path, lambda tmp: tifffile.imwrite(tmp, data, **options),
-                       overwrite=overwrite)
+    """:func:`save_tiff`, written atomically."""
+    return atomic_save(path, lambda tmp: save_tiff(tmp, data, pixel_size=pixel_size, unit=unit,
+                                                   spacing=spacing), overwrite=overwrite)
 
 
 class TiffRows:
@@ -271,8 +277,8 @@ class TiffRows:
         self.close()
 
 
-def write_png(path: str | Path, data: np.ndarray, *, overwrite: bool = False) -> Path:
-    """A 2D label image as PNG (8-bit when ids fit, else 16-bit), written atomically."""
+def _png_image(data: np.ndarray) -> Any:
+    """A 2D label image as a PIL image for PNG (8-bit when ids fit, else 16-bit)."""
     from PIL import Image
 
     if data.ndim != 2:
@@ -280,5 +286,16 @@ def write_png(path: str | Path, data: np.ndarray, *, overwrite: bool = False) ->
     if data.min(initial=0) < 0 or data.max(initial=0) > 65535:
         raise ValueError("PNG holds ids 0..65535: use TIFF for larger ids")
     dtype = np.uint8 if data.max(initial=0) < 256 else np.uint16
-    image = Image.fromarray(np.ascontiguousarray(data.astype(dtype)))
+    return Image.fromarray(np.ascontiguousarray(data.astype(dtype)))
+
+
+def save_png(target: Path, data: np.ndarray) -> None:
+    """A 2D label image as PNG, written straight to ``target``: a temporary file of
+    :func:`staged_files` (else use :func:`write_png`)."""
+    _png_image(data).save(target, format="PNG")
+
+
+def write_png(path: str | Path, data: np.ndarray, *, overwrite: bool = False) -> Path:
+    """A 2D label image as PNG (8-bit when ids fit, else 16-bit), written atomically."""
+    image = _png_image(data)  # checked before any file is made
     return atomic_save(path, lambda tmp: image.save(tmp, format="PNG"), overwrite=overwrite)

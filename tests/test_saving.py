@@ -81,14 +81,14 @@ def test_a_failed_export_leaves_no_labels_without_their_record(tmp_path, monkeyp
     leaves none of its files; the same export then succeeds in full."""
     exported, record, geometry = _export_parts(tmp_path)
     target = ex.targets_for(tmp_path / "case.tif", with_uncertainty=True)
-    real = saving.write_tiff
+    real = saving.save_tiff
 
     def failing(path, data, **kwargs):  # noqa: ANN001, ANN003, ANN202
         if data.dtype == np.float32:
             raise OSError(28, "No space left on device")
         return real(path, data, **kwargs)
 
-    monkeypatch.setattr(saving, "write_tiff", failing)
+    monkeypatch.setattr(saving, "save_tiff", failing)
     with pytest.raises(OSError, match="no space left in .* for case.tif, case_uncertainty.tif"):
         ex.write_export(target, exported, record, geometry, 1.0)
     assert [p.exists() for p in target.paths()] == [False, False, False]

@@ -321,8 +321,7 @@ class SegmentWidget(QWidget):
             self._activate_boxes()
         self.unc_view.refresh_visibility()
         self.unc_view.apply_outline(state)
-        if hasattr(self, "series"):  # built with the UI
-            self.series.follow(image)
+        self.series.follow(image)
         self.set_status(f"ready: draw a box on '{name}'")
 
     def _activate_boxes(self) -> None:
