@@ -44,11 +44,13 @@ from . import __version__, io, saving
 FORMAT = "napari-imedsam export 1"
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
 BOX_CONVENTION = ("x0, y0, x1, y1 in pixel-edge coordinates of the image grid (pixel i spans "
-                  "[i, i + 1]); plane: index along the volume's first axis (null for 2D)")
+                  "[i, i + 1]); plane: index along the volume's first axis (null for 2D); "
+                  "clicks: x, y in the same coordinates, in the order made")
 
-#: decode(plane, boxes (N, 4), scale[, head]) -> (masks (N, h, w) bool, uncertainty (h, w)
-#: or None); ``head``: the class that answers (models with several classes).
-Decode = Callable[[int | None, np.ndarray, float], tuple[np.ndarray, np.ndarray | None]]
+#: decode(plane, boxes (N, 4), scale[, head[, clicks]]) -> (masks (N, h, w) bool,
+#: uncertainty (h, w) or None); ``head``: the class that answers (models with several
+#: classes); ``clicks``: one ``Clicks`` or None per box (a NaN box: clicks alone).
+Decode = Callable[..., tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,17 @@ class ObjectBox:
     plane: int | None = None
     accepted: bool = False
     head: int | None = None  # the class (decoder head) that answered it, if chosen
+    #: Corrective clicks, in order: ((x, y), ...) in pixel-edge coordinates and their
+    #: labels (1 positive, 0 negative); an object of clicks alone has a NaN box.
+    clicks: tuple[tuple[tuple[float, float], ...], tuple[int, ...]] | None = None
+
+    def prompt_clicks(self) -> Any:
+        """The clicks as ``inference.session.Clicks`` (None without clicks)."""
+        if not self.clicks or not self.clicks[1]:
+            return None
+        from .inference.session import Clicks
+
+        return Clicks.of(self.clicks[0], self.clicks[1])
 
 
 @dataclass
@@ -87,27 +100,46 @@ def resample_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def session_decoder(session: Any, data: Any, window: Any = None,
-                    lock: Any = None) -> Decode:
+                    lock: Any = None, decoder: str | None = None) -> Decode:
     """A :data:`Decode` over an inference session and the image (2D, RGB or a volume).
 
     ``lock`` (e.g. the widget's session lock) is held for each set_image +
-    predict pair, since the session holds one current image.
+    predict pair, since the session holds one current image. ``decoder``: the
+    decoder that answers (None: the session's own choice).
     """
     from .inference.merge import masks_box_by_box
 
     guard = lock if lock is not None else contextlib.nullcontext()
 
     def decode(plane: int | None, boxes: np.ndarray, scale: float,  # noqa: ANN202
-               head: int | None = None):
+               head: int | None = None, clicks: Any = None):
         image = np.asarray(data if plane is None else data[plane])
         with guard:
             session.set_image(image, window=window)
-            if head is not None:
-                session.use_class(head)
             # Box by box on their windows: many boxes at a large scale stay in memory.
-            return masks_box_by_box(session, np.asarray(boxes, dtype=np.float64), scale=scale)
+            return masks_box_by_box(session, np.asarray(boxes, dtype=np.float64), scale=scale,
+                                    decoder=decoder, clicks=clicks, head=head)
 
     return decode
+
+
+def _record_box(entry: dict[str, Any]) -> tuple[float, ...]:
+    box = entry.get("box")
+    return (float("nan"),) * 4 if box is None else tuple(float(v) for v in box)
+
+
+def _record_clicks(entry: dict[str, Any]) -> Any:
+    """An export record's clicks as :attr:`ObjectBox.clicks` (None without clicks)."""
+    clicks = entry.get("clicks")
+    if not clicks:
+        return None
+    try:
+        xy = tuple((float(c["x"]), float(c["y"])) for c in clicks)
+        labels = tuple(1 if c["positive"] else 0 for c in clicks)
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"object {entry.get('id')}: its clicks are not a list of "
+                         "{x, y, positive}: the record is damaged; export again") from None
+    return xy, labels
 
 
 def _planes(labels: np.ndarray) -> list[int | None]:
@@ -208,9 +240,12 @@ def _decode_by_class(decode: Decode, plane: int | None, objects: list[ObjectBox]
     for head in sorted({o.head for o in objects}, key=lambda h: -1 if h is None else h):
         index = [i for i, o in enumerate(objects) if o.head == head]
         boxes = np.array([objects[i].box for i in index], dtype=np.float64)
-        extra = () if head is None else (head,)
-        masks1 = decode(plane, boxes, 1.0, *extra)[0] if at_one else [None] * len(index)
-        masks, part = decode(plane, boxes, scale, *extra)
+        clicks = [objects[i].prompt_clicks() for i in index]
+        extra: dict[str, Any] = {} if head is None else {"head": head}
+        if any(c is not None for c in clicks):
+            extra["clicks"] = clicks
+        masks1 = decode(plane, boxes, 1.0, **extra)[0] if at_one else [None] * len(index)
+        masks, part = decode(plane, boxes, scale, **extra)
         for j, i in enumerate(index):
             coarse[i], sharp[i] = masks1[j], masks[j]
         if part is not None:
@@ -226,12 +261,13 @@ def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
     out = np.zeros((*shape[:-2], *fine), np.int32)
     by_plane: dict[int | None, list[dict[str, Any]]] = {}
     for obj in record["objects"]:
-        if obj.get("box") is not None:
+        if obj.get("box") is not None or obj.get("clicks"):
             by_plane.setdefault(obj.get("plane"), []).append(obj)
     for plane, objs in by_plane.items():
         # Each object answered by the class recorded with it (models with several classes).
-        boxes = [ObjectBox(int(o["id"]), tuple(o["box"]), plane,
-                           head=(o.get("class") or {}).get("head")) for o in objs]
+        boxes = [ObjectBox(int(o["id"]), _record_box(o), plane,
+                           head=(o.get("class") or {}).get("head"), clicks=_record_clicks(o))
+                 for o in objs]
         _, masks, _ = _decode_by_class(decode, plane, boxes, scale, at_one=False)
         target = out if plane is None else out[plane]
         target[...] = _compose(fine, [(int(o["id"]), m) for o, m in zip(objs, masks)], None)
@@ -352,8 +388,13 @@ def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | 
     how = {(d["id"], d["plane"]): d for d in exported.objects}
     listed = []
     for o in sorted(objects, key=lambda o: (o.object_id, -1 if o.plane is None else o.plane)):
-        entry = {"id": o.object_id, "plane": o.plane, "box": [float(v) for v in o.box],
+        has_box = bool(np.isfinite(np.asarray(o.box, dtype=np.float64)).all())
+        entry = {"id": o.object_id, "plane": o.plane,
+                 "box": [float(v) for v in o.box] if has_box else None,
                  "accepted": o.accepted}
+        if o.clicks:
+            entry["clicks"] = [{"x": float(x), "y": float(y), "positive": bool(lab)}
+                               for (x, y), lab in zip(*o.clicks)]
         if o.head is not None and o.head < len(classes):
             entry["class"] = {"head": o.head, **classes[o.head].to_dict()}
         extra = how.get((o.object_id, o.plane), {})

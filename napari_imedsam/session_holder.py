@@ -56,8 +56,10 @@ class Request:
     spec: ModelSpec
     image: np.ndarray  # the 2D plane (H, W) or (H, W, 3|4)
     plane: int | None  # slice index for volumes, None for 2D images
-    box: Box
+    box: Box | None  # None: an object of clicks alone
     window: str | None = None
+    #: Corrective clicks on the object (``inference.session.Clicks``), in order.
+    clicks: Any = None
     owner: int = 0  # which image's state the outcome goes to (the widget's key)
     #: Semantic labelling: the class's label value the mask is written with (else None:
     #: a new object id).
@@ -164,9 +166,10 @@ class SessionHolder:
         return ModelSpec(f"<model {id(self.pinned):x}>", None, spec.device)
 
     def session_for(self, spec: ModelSpec) -> Any:
-        """The session for ``spec``: the one in memory, or a freshly loaded one,
-        answering with the decoder ``spec`` asks for (switching decoders keeps the
-        model and its cached embeddings)."""
+        """The session for ``spec``'s model: the one in memory, or a freshly loaded
+        one. The decoder and class are not the session's: each request passes
+        ``spec.decoder`` and ``spec.head`` to ``predict`` (:meth:`run`), so threads
+        asking with different ones never answer each other's boxes. Hold ``lock``."""
         wanted = self._effective(spec)
         if self._session is None or self._spec != wanted:
             from .model.torch_guard import import_torch
@@ -180,8 +183,6 @@ class SessionHolder:
                 spec.name, adapter=spec.adapter or None)
             self._session = SegmentationSession(model, device=spec.device)
             self._spec = wanted
-        self._session.use_decoder(spec.decoder)
-        self._session.use_class(spec.head)
         return self._session
 
     def load(self, spec: ModelSpec) -> Any:
@@ -193,18 +194,20 @@ class SessionHolder:
         except Exception as exc:  # noqa: BLE001 - worded for the user, with the cause chained
             raise SessionError(explain(exc, spec, loading=True)) from exc
 
-    def run(self, spec: ModelSpec, image: np.ndarray, boxes: Sequence[Box], *,
+    def run(self, spec: ModelSpec, image: np.ndarray, boxes: Sequence[Box] | np.ndarray, *,
             window: str | None = None, **predict: Any) -> tuple[Any, Any]:
-        """``(prediction, session)`` of ``boxes`` on ``image``: loads ``spec`` if needed,
-        then sets the image and predicts under the lock (``predict``: e.g. ``region``,
-        ``out_shape``). A failure raises :class:`SessionError`, worded."""
-        session = self.load(spec)
-        try:
-            with self.lock:
+        """``(prediction, session)`` of ``boxes`` on ``image``, answered by ``spec``'s
+        model, decoder and class, all under one hold of the lock (``predict``: e.g.
+        ``clicks``, ``region``, ``out_shape``). A failure raises :class:`SessionError`,
+        worded."""
+        with self.lock:
+            session = self.load(spec)
+            try:
                 session.set_image(image, window=window)
-                return session.predict(np.asarray(boxes, dtype=np.float64), **predict), session
-        except Exception as exc:  # noqa: BLE001
-            raise SessionError(explain(exc, spec, loading=False)) from exc
+                return session.predict(np.asarray(boxes, dtype=np.float64),
+                                       decoder=spec.decoder, head=spec.head, **predict), session
+            except Exception as exc:  # noqa: BLE001
+                raise SessionError(explain(exc, spec, loading=False)) from exc
 
 
 def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Outcome]:
@@ -219,8 +222,11 @@ def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Out
             note = " (downloads the weights on first use)" if spec.name in MODEL_CHOICES[1:] else ""
             yield f"loading model {spec.describe()}{note}..."
             holder.load(spec)
-        yield f"segmenting box {request.box_key}..."
-        result, session = holder.run(spec, request.image, [request.box], window=request.window)
+        yield f"segmenting object {request.box_key}..."
+        box = request.box if request.box is not None else [np.nan] * 4
+        clicks = None if request.clicks is None else [request.clicks]
+        result, session = holder.run(spec, request.image, [box], window=request.window,
+                                     clicks=clicks)
         mask = result.masks()[0]
         unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
         iou = float("nan") if result.iou is None else float(result.iou[0])

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..saving import dtype_for_ids
-from .session import BYTES_PER_OUTPUT_PIXEL, SegmentationSession, boundary_polygons, window_of
+from .session import (BYTES_PER_OUTPUT_PIXEL, SESSION_HEAD, Clicks, SegmentationSession,
+                      boundary_polygons, output_grid, window_of)
 
 #: Bytes of per-box maps held at once while merging.
 MERGE_BUDGET = 32 << 20
@@ -61,14 +62,18 @@ class BandMerge:
     def __init__(self, session: SegmentationSession,
                  boxes: np.ndarray | Sequence[Sequence[float]], *, scale: float = 1.0,
                  first_id: int = 1, class_value: int | None = None, threshold: float = 0.5,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None, clicks: Sequence[Clicks | None] | None = None,
+                 decoder: str | None = None, head: int | None = SESSION_HEAD,  # type: ignore[assignment]
+                 ) -> None:
         self.session = session
-        self.boxes = session.check_boxes(boxes)
+        self.boxes = session.check_boxes(boxes, clicks)
+        self.clicks = clicks
         if not 0.25 <= scale <= 8:
             raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
         height, width = session.image_shape
-        self.shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-        self.mode = session.mode
+        self.shape = output_grid((height, width), scale)
+        self.mode = session.resolve_decoder(decoder) if decoder is not None else session.mode
+        self._ask = {"decoder": self.mode, "head": head}
         self.first_id, self.class_value = first_id, class_value
         largest = class_value if class_value is not None else first_id + len(self.boxes) - 1
         self.dtype = dtype_for_ids(largest)
@@ -79,7 +84,9 @@ class BandMerge:
         self._whole = (0.0, 0.0, float(height), float(width))
         # Each box's rows on the output grid (its decoded window), to send it only
         # to the bands it reaches.
-        self._spans = [window_of(box, self._whole, self.shape) for box in self.boxes]
+        self._extents = (self.boxes if clicks is None
+                         else session.extents(self.boxes, clicks, decoder=self.mode))
+        self._spans = [window_of(box, self._whole, self.shape) for box in self._extents]
 
     @property
     def has_uncertainty(self) -> bool:
@@ -106,7 +113,8 @@ class BandMerge:
         for k in range(0, len(reach), step):
             chosen = reach[k:k + step]
             part = self.session.predict(self.boxes[chosen], region=region,
-                                        out_shape=(r1 - r0, cols))
+                                        out_shape=(r1 - r0, cols), **self._ask,
+                                        clicks=self._clicks_of(chosen))
             for j, index in enumerate(chosen):
                 prob = part.prob[j].max(axis=0)
                 wins = prob > best
@@ -123,46 +131,55 @@ class BandMerge:
 
     def outlines(self) -> list[list[np.ndarray]]:
         """Each box's sub-pixel outline, traced on its own window of the output grid."""
-        return [self._outline(box) for box in self.boxes]
+        return [self._outline(i) for i in range(len(self.boxes))]
 
-    def _outline(self, box: np.ndarray) -> list[np.ndarray]:
-        window = window_of(box, self._whole, self.shape)
+    def _clicks_of(self, index: list[int]) -> list[Clicks | None] | None:
+        return None if self.clicks is None else [self.clicks[i] for i in index]
+
+    def _outline(self, i: int) -> list[np.ndarray]:
+        window = window_of(self._extents[i], self._whole, self.shape)
         if window is None:
             return []
         r0, c0, r1, c1 = window
         sy, sx = self._whole[2] / self.shape[0], self._whole[3] / self.shape[1]
         region = (r0 * sy, c0 * sx, r1 * sy, c1 * sx)
-        return boundary_polygons(self.session.predict(box[None], region=region,
-                                                      out_shape=(r1 - r0, c1 - c0)))[0]
+        return boundary_polygons(self.session.predict(
+            self.boxes[i:i + 1], region=region, out_shape=(r1 - r0, c1 - c0), **self._ask,
+            clicks=self._clicks_of([i])))[0]
 
 
 def masks_box_by_box(session: SegmentationSession,
                      boxes: np.ndarray | Sequence[Sequence[float]], *, scale: float = 1.0,
-                     threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray | None]:
-    """Each box's mask ``(N, H', W')`` bool on the image grid times ``scale``, and the
-    uncertainty's maximum over boxes ``(H', W')`` (None for SAM's decoder).
+                     threshold: float = 0.5, clicks: Sequence[Clicks | None] | None = None,
+                     decoder: str | None = None, head: int | None = SESSION_HEAD,  # type: ignore[assignment]
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each object's mask ``(N, H', W')`` bool on the image grid times ``scale``, and
+    the uncertainty's maximum over objects ``(H', W')`` (None for SAM's decoder).
 
-    What one ``predict`` call gives, but each box is decoded alone on its own
-    window of the grid: the maps held at once are one box's window (10 bytes a
-    pixel), not every box's whole grid, so memory is the masks' one byte a pixel
-    per box and grows with neither the maps' size nor a 4 GB refusal.
+    What one ``predict`` call gives, but each object is decoded alone on its own
+    window of the grid: the maps held at once are one object's window (10 bytes a
+    pixel), not every object's whole grid, so memory is the masks' one byte a pixel
+    per object and grows with neither the maps' size nor a 4 GB refusal.
     """
-    boxes = session.check_boxes(boxes)
+    boxes = session.check_boxes(boxes, clicks)
     if not 0.25 <= scale <= 8:
         raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
+    mode = session.resolve_decoder(decoder) if decoder is not None else session.mode
     height, width = session.image_shape
-    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    shape = output_grid((height, width), scale)
     whole = (0.0, 0.0, float(height), float(width))
     sy, sx = height / shape[0], width / shape[1]
     masks = np.zeros((len(boxes), *shape), bool)
-    uncertainty = np.zeros(shape, np.float32) if session.mode == "imedsam" else None
+    uncertainty = np.zeros(shape, np.float32) if mode == "imedsam" else None
+    extents = boxes if clicks is None else session.extents(boxes, clicks, decoder=mode)
     for i, box in enumerate(boxes):
-        window = window_of(box, whole, shape)
+        window = window_of(extents[i], whole, shape)
         if window is None:
             continue
         r0, c0, r1, c1 = window
         part = session.predict(box[None], region=(r0 * sy, c0 * sx, r1 * sy, c1 * sx),
-                               out_shape=(r1 - r0, c1 - c0))
+                               out_shape=(r1 - r0, c1 - c0), decoder=mode, head=head,
+                               clicks=None if clicks is None else [clicks[i]])
         masks[i, r0:r1, c0:c1] = part.masks(threshold)[0]
         if uncertainty is not None and part.uncertainty is not None:
             np.maximum(uncertainty[r0:r1, c0:c1], part.uncertainty[0].max(axis=0),

@@ -9,6 +9,8 @@ on a region at a given shape (what a zoomed-in viewer shows), or at points.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,53 @@ TILE = 512
 BYTES_PER_OUTPUT_PIXEL = 10
 #: The largest result one predict call builds; callers merge boxes one by one beyond.
 MAX_RESULT_BYTES = 4 << 30
+#: Prompt answers kept per session (each holds one object's fused features, 8 MB
+#: for LiteMedSAM): a click re-answers its object from the answer before it.
+MEMO_ENTRIES = 8
+#: ``predict``'s default for ``head``: the class the session was set to (``use_class``).
+SESSION_HEAD = ...
+
+
+@dataclass(frozen=True)
+class Clicks:
+    """Corrective clicks on one object, in the order they were made.
+
+    ``xy``: ``(P, 2)`` float64, x and y in image pixels with 0 at the top-left
+    edge (a click on pixel column c, row r is ``(c + 0.5, r + 0.5)``);
+    ``labels``: ``(P,)`` int, 1 where the object is (positive), 0 where it is not.
+    """
+
+    xy: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def of(cls, xy: object, labels: object) -> "Clicks":
+        pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        lab = np.asarray(labels).reshape(-1)
+        if len(lab) != len(pts):
+            raise ValueError(f"{len(pts)} click(s) with {len(lab)} label(s): give one label "
+                             "per click")
+        if not np.isfinite(pts).all():
+            raise ValueError("clicks contain NaN or infinite coordinates")
+        if not np.isin(lab, (0, 1)).all():
+            raise ValueError("click labels are 1 (positive) or 0 (negative)")
+        return cls(pts, lab.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def key(self) -> bytes:
+        return self.xy.tobytes() + self.labels.tobytes()
+
+
+@dataclass
+class _Answer:
+    """The prompt path's answer for one object (box and/or clicks)."""
+
+    features: object  # PromptFeatures for the implicit decoder, or None
+    low_res: torch.Tensor  # (1, 1, 4g, 4g) the backbone's own logits
+    iou: float
+    extent: np.ndarray  # (4,) x0, y0, x1, y1: where the object may lie, in image pixels
 
 
 def tiles(window: tuple[int, int, int, int], size: int = TILE
@@ -105,28 +154,48 @@ class SegmentationSession:
         self.adaptive = adaptive
         self._embedding: torch.Tensor | None = None
         self._letterbox: Letterbox | None = None
+        self._image_key: Hashable | None = None
+        #: Recent prompt answers by (image, decoder, box, clicks so far): a click's
+        #: answer starts from the previous one's logits (SAM's mask prompt), and the
+        #: tiles and extents of one object share one prompt pass. Values never
+        #: change once stored, so sharing it between threads is safe.
+        self._memo: OrderedDict[Hashable, _Answer] = OrderedDict()
+        self._memo_lock = threading.Lock()
+        #: Whether each click also gives the object's previous logits as SAM's mask
+        #: prompt (replayed from the box on, so an answer depends on its prompts only).
+        self.click_mask_prompt = bool(getattr(model.config.prompt, "click_mask_prompt", True))
         #: The implicit decoder's head that answers (None: every class, maps ``(N, K, ...)``).
         self.head: int | None = None
         # Embeddings depend on the weights: key them by model and adapter too.
         self._model_key = (model.config.variant, model.config.input_size,
                            model.base_weights.get("sha256"), model.adapter_sha256)
 
-    def use_decoder(self, mode: str) -> None:
-        """``imedsam`` (the implicit decoder), ``sam`` (the backbone's own mask
-        decoder) or ``auto`` (implicit when the model carries a trained one)."""
+    def resolve_decoder(self, mode: str) -> str:
+        """``imedsam`` or ``sam`` for a choice of ``imedsam``, ``sam`` or ``auto``
+        (implicit when the model carries a trained one)."""
         if mode == "auto":
             mode = "imedsam" if self.model.adapter_sha256 is not None else "sam"
         if mode not in ("imedsam", "sam"):
             raise ValueError(f"mode must be auto, imedsam or sam, got {mode!r}")
-        self.mode = mode
+        return mode
 
-    def use_class(self, head: int | None) -> None:
-        """Answer boxes with class ``head`` only (maps then have one class), or with every
-        class (None). The backbone's own decoder has one mask and ignores it."""
+    def check_head(self, head: int | None) -> int | None:
         classes = self.model.config.num_classes
         if head is not None and not 0 <= head < classes:
             raise ValueError(f"class index {head} is outside the model's {classes} class(es)")
-        self.head = head
+        return head
+
+    def use_decoder(self, mode: str) -> None:
+        """The session's default decoder (``predict(decoder=...)`` chooses per call):
+        ``imedsam``, ``sam`` or ``auto``. For a session one thread owns (scripts, the
+        command line); shared sessions pass the decoder to each call instead."""
+        self.mode = self.resolve_decoder(mode)
+
+    def use_class(self, head: int | None) -> None:
+        """The session's default class (``predict(head=...)`` chooses per call): class
+        ``head`` only (maps then have one class), or every class (None). The
+        backbone's own decoder has one mask and ignores it."""
+        self.head = self.check_head(head)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -138,6 +207,11 @@ class SegmentationSession:
     def embed(self, image: np.ndarray, *, window: Window = None,
               key: Hashable | None = None) -> tuple[torch.Tensor, Letterbox]:
         """Embedding of ``image`` (from the cache when possible)."""
+        embedding, box, _ = self._embed(image, window, key)
+        return embedding, box
+
+    def _embed(self, image: np.ndarray, window: Window,
+               key: Hashable | None) -> tuple[torch.Tensor, Letterbox, Hashable]:
         rgb = to_encoder_rgb(image, window)
         cache_key = (self._model_key, key if key is not None else content_key(rgb), str(window))
         cfg = self.model.config
@@ -148,7 +222,7 @@ class SegmentationSession:
             with torch.no_grad(), autocast(self.device, self.precision):
                 embedding = runtime.run(tensor.to(self.device)).float().to(self.device)
             self.cache.put(cache_key, embedding)
-        return embedding, box
+        return embedding, box, cache_key
 
     def encoder_runtime(self) -> EncoderRuntime:
         """How images are embedded (OpenVINO on the CPU where it gives the same
@@ -168,7 +242,7 @@ class SegmentationSession:
     def set_image(self, image: np.ndarray, *, window: Window = None,
                   key: Hashable | None = None) -> None:
         """Make ``image`` (a 2D image or one slice) the one boxes refer to."""
-        self._embedding, self._letterbox = self.embed(image, window=window, key=key)
+        self._embedding, self._letterbox, self._image_key = self._embed(image, window, key)
 
     def precompute(
         self,
@@ -192,18 +266,34 @@ class SegmentationSession:
                 on_progress(done, len(keys))
         return done
 
-    # -- boxes ---------------------------------------------------------------
-    def check_boxes(self, boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-        """``(N, 4)`` boxes clipped to the image; clear errors for unusable ones."""
+    # -- prompts -------------------------------------------------------------
+    def check_boxes(self, boxes: np.ndarray | Sequence[Sequence[float]],
+                    clicks: Sequence[Clicks | None] | None = None) -> np.ndarray:
+        """``(N, 4)`` boxes clipped to the image; clear errors for unusable ones.
+
+        With ``clicks`` (one entry per box), a box row of NaN means "no box":
+        that object is prompted by its clicks alone, which must then exist.
+        """
         height, width = self.image_shape
         arr = np.asarray(boxes, dtype=np.float64)
         if arr.ndim == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != 4 or len(arr) == 0:
             raise ValueError(f"boxes must be (N, 4) as x0, y0, x1, y1; got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError("boxes contain NaN or infinite coordinates")
-        for x0, y0, x1, y1 in arr:
+        if clicks is not None and len(clicks) != len(arr):
+            raise ValueError(f"{len(clicks)} click sets for {len(arr)} boxes: give one entry "
+                             "(or None) per box")
+        for i, (x0, y0, x1, y1) in enumerate(arr):
+            mine = clicks[i] if clicks is not None else None
+            if mine is not None and len(mine):
+                for x, y in mine.xy:
+                    if not (0 <= x <= width and 0 <= y <= height):
+                        raise ValueError(f"click ({x:g}, {y:g}) lies outside the {width} x "
+                                         f"{height} image")
+                if np.isnan(arr[i]).all():
+                    continue  # an object of clicks alone
+            if not np.isfinite(arr[i]).all():
+                raise ValueError("boxes contain NaN or infinite coordinates")
             if x1 <= x0 or y1 <= y0:
                 raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is empty or inverted: "
                                  "x1 must exceed x0 and y1 exceed y0")
@@ -212,10 +302,22 @@ class SegmentationSession:
                                  f"{width} x {height} image")
         return np.clip(arr, 0, [width, height, width, height])
 
+    def extents(self, boxes: np.ndarray, clicks: Sequence[Clicks | None] | None = None, *,
+                decoder: str | None = None) -> np.ndarray:
+        """``(N, 4)`` where each object may lie, in image pixels: its box, or with
+        clicks the box, the clicks and the backbone's own mask together."""
+        mode = self.resolve_decoder(decoder) if decoder is not None else self.mode
+        boxes = self.check_boxes(boxes, clicks)
+        return np.stack([self._answer(box, None if clicks is None else clicks[i], mode).extent
+                         for i, box in enumerate(boxes)])
+
     def predict(
         self,
         boxes: np.ndarray | Sequence[Sequence[float]],
         *,
+        clicks: Sequence[Clicks | None] | None = None,
+        decoder: str | None = None,
+        head: int | None = SESSION_HEAD,  # type: ignore[assignment]
         scale: float = 1.0,
         region: Region | None = None,
         out_shape: tuple[int, int] | None = None,
@@ -223,14 +325,23 @@ class SegmentationSession:
         margin: float = 0.25,
     ) -> SegmentationResult:
         """Masks for ``boxes`` on the image grid times ``scale`` (0.25 to 8), or on
-        ``region`` (y0, x0, y1, x1) sampled at ``out_shape``."""
-        boxes = self.check_boxes(boxes)
+        ``region`` (y0, x0, y1, x1) sampled at ``out_shape``.
+
+        ``clicks``: one :class:`Clicks` (or None) per box; a NaN box row with
+        clicks is an object of clicks alone. ``decoder`` (``auto``, ``imedsam``,
+        ``sam``) and ``head`` (a class index, or None for every class) choose for
+        this call; left out, the session's defaults (:meth:`use_decoder`,
+        :meth:`use_class`) answer. A shared session must be given both.
+        """
+        mode = self.resolve_decoder(decoder) if decoder is not None else self.mode
+        chosen_head = self.head if head is SESSION_HEAD else self.check_head(head)
+        boxes = self.check_boxes(boxes, clicks)
         height, width = self.image_shape
         if region is None:
             if not 0.25 <= scale <= 8:
                 raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
             region = (0.0, 0.0, float(height), float(width))
-            out_shape = out_shape or (max(1, round(height * scale)), max(1, round(width * scale)))
+            out_shape = out_shape or output_grid((height, width), scale)
         elif out_shape is None:
             raise ValueError("a region needs an out_shape")
         rows, cols = out_shape
@@ -242,46 +353,52 @@ class SegmentationSession:
                 f"{len(boxes)} box(es) on a {cols} x {rows} output grid need "
                 f"{need / 2**30:.1f} GiB of maps; ask for fewer boxes at a time or a smaller "
                 "scale (`imedsam segment` and export merge boxes one by one)")
-        classes = self.model.config.num_classes if self.mode == "imedsam" else 1
+        classes = self.model.config.num_classes if mode == "imedsam" else 1
         heads = slice(None)
-        if self.mode == "imedsam" and self.head is not None:
-            classes, heads = 1, slice(self.head, self.head + 1)
+        if mode == "imedsam" and chosen_head is not None:
+            classes, heads = 1, slice(chosen_head, chosen_head + 1)
         prob = np.zeros((len(boxes), classes, rows, cols), np.float32)
-        unc = np.zeros_like(prob) if self.mode == "imedsam" else None
-        refined = np.zeros((len(boxes), rows, cols), bool) if self.mode == "imedsam" else None
+        unc = np.zeros_like(prob) if mode == "imedsam" else None
+        refined = np.zeros((len(boxes), rows, cols), bool) if mode == "imedsam" else None
         evaluated = np.zeros((len(boxes), rows, cols), bool)
         ious = np.full(len(boxes), np.nan, np.float32)
+        used = boxes.copy()
         use_adaptive = self.adaptive if adaptive is None else adaptive
         for i, box in enumerate(boxes):
-            window = window_of(box, region, out_shape, margin)
+            answer = self._answer(box, None if clicks is None else clicks[i], mode)
+            ious[i], used[i] = answer.iou, answer.extent
+            window = window_of(answer.extent, region, out_shape, margin)
             if window is None:
                 continue
             # Tiles bound the decoder's working memory whatever the window's size.
             for r0, c0, r1, c1 in tiles(window):
                 points_of = self._points_of(region, out_shape, r0, c0)
-                if self.mode == "sam":
-                    prob[i, :, r0:r1, c0:c1], ious[i] = self._sam_prob(box, points_of,
-                                                                       (r1 - r0, c1 - c0))
+                if mode == "sam":
+                    prob[i, :, r0:r1, c0:c1] = self._sam_prob(answer.low_res, points_of,
+                                                              (r1 - r0, c1 - c0))
                     evaluated[i, r0:r1, c0:c1] = True
                     continue
-                maps, ious[i] = self._implicit(box, points_of, (r1 - r0, c1 - c0),
-                                               use_adaptive)
+                maps = self._implicit(answer.features, points_of, (r1 - r0, c1 - c0),
+                                      use_adaptive)
                 prob[i, :, r0:r1, c0:c1] = maps[0][heads]
                 unc[i, :, r0:r1, c0:c1] = maps[1][heads]  # type: ignore[index]
                 refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
                 evaluated[i, r0:r1, c0:c1] = maps[3]
-        return SegmentationResult(prob, unc, refined, evaluated, self.mode, region, boxes, ious)
+        return SegmentationResult(prob, unc, refined, evaluated, mode, region, used, ious)
 
-    def predict_points(self, box: Sequence[float], points_xy: np.ndarray) -> dict[str, np.ndarray]:
-        """Probability (and uncertainty) of one box at ``(P, 2)`` image points (x, y)."""
-        box_arr = self.check_boxes(box)[0]
+    def predict_points(self, box: Sequence[float], points_xy: np.ndarray, *,
+                       clicks: Clicks | None = None, decoder: str | None = None
+                       ) -> dict[str, np.ndarray]:
+        """Probability (and uncertainty) of one object at ``(P, 2)`` image points (x, y)."""
+        mode = self.resolve_decoder(decoder) if decoder is not None else self.mode
+        box_arr = self.check_boxes(box, None if clicks is None else [clicks])[0]
+        answer = self._answer(box_arr, clicks, mode)
         pts = torch.as_tensor(self._letterbox.normalize(np.asarray(points_xy, np.float64)),
                               dtype=torch.float32, device=self.device)
-        if self.mode == "sam":
-            return {"prob": self._sam_prob(box_arr, lambda r, c: pts, None)[0]}
+        if mode == "sam":
+            return {"prob": self._sam_prob(answer.low_res, lambda r, c: pts, None)}
         with torch.no_grad():
-            prompt = self._prompt(box_arr)
-            pred = self.model.decode_points(prompt, pts, generator=self._generator(),
+            pred = self.model.decode_points(answer.features, pts, generator=self._generator(),
                                             chunk_size=65536)
         return {"prob": pred.prob[0].cpu().numpy(), "uncertainty": pred.uncertainty[0].cpu().numpy(),
                 "refined": pred.refined[0].cpu().numpy()}
@@ -295,9 +412,87 @@ class SegmentationSession:
         prompt = self._letterbox.boxes_to_prompt(box, self.model.config.preprocess)
         return torch.as_tensor(prompt, dtype=torch.float32, device=self.device)
 
-    def _prompt(self, box: np.ndarray):  # noqa: ANN202
-        assert self._embedding is not None
-        return self.model.encode_prompt(self._embedding, self._box_prompt(box))
+    def _click_prompt(self, clicks: Clicks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clicks in SAM's point convention: input pixels, where SAM adds 0.5 itself."""
+        assert self._letterbox is not None
+        xy = self._letterbox.to_input(clicks.xy) - 0.5
+        return (torch.as_tensor(xy[None], dtype=torch.float32, device=self.device),
+                torch.as_tensor(clicks.labels[None], dtype=torch.int64, device=self.device))
+
+    @torch.no_grad()
+    def _answer(self, box: np.ndarray, clicks: Clicks | None, mode: str) -> _Answer:
+        """The prompt path's answer for one object, from the memo when it is there.
+
+        With clicks, each click is answered in turn from the box (or the first
+        click) on, each step given the step before's logits as SAM's mask prompt
+        (when ``click_mask_prompt``): the answer is a function of the prompts
+        alone, as an interactive session that answered each click would have it.
+        """
+        assert self._embedding is not None and self._letterbox is not None
+        has_box = bool(np.isfinite(box).all())
+        clicks = clicks if clicks is not None and len(clicks) else None
+        steps = 0 if clicks is None else len(clicks)
+        first = 0 if has_box else 1  # an object without a box starts at its first click
+        answer = None
+        for k in range(first, steps + 1):
+            # Without the mask prompt only the last step is needed.
+            if not self.click_mask_prompt and k < steps:
+                continue
+            part = None if k == 0 else Clicks(clicks.xy[:k], clicks.labels[:k])  # type: ignore[union-attr]
+            key = (self._image_key, mode, self.click_mask_prompt, box.tobytes(),
+                   None if part is None else part.key())
+            with self._memo_lock:
+                found = self._memo.get(key)
+                if found is not None:
+                    self._memo.move_to_end(key)
+            if found is None:
+                mask = (answer.low_res if answer is not None and self.click_mask_prompt
+                        else None)
+                found = self._compute_answer(box if has_box else None, part, mask, mode)
+                with self._memo_lock:
+                    self._memo[key] = found
+                    while len(self._memo) > MEMO_ENTRIES:
+                        self._memo.popitem(last=False)
+            answer = found
+        assert answer is not None
+        return answer
+
+    def _compute_answer(self, box: np.ndarray | None, clicks: Clicks | None,
+                        mask: torch.Tensor | None, mode: str) -> _Answer:
+        boxes = None if box is None else self._box_prompt(box)
+        points = None if clicks is None else self._click_prompt(clicks)
+        features = None
+        extra = () if points is None and mask is None else (points, mask)
+        if mode == "sam":
+            low_res, iou = self.model.predict_discrete(self._embedding, boxes, *extra)
+            iou_value = float(iou[0, 0])
+        else:
+            features = self.model.encode_prompt(self._embedding, boxes, *extra)
+            low_res = features.sam_logits() if features.mask_weights is not None else mask
+            iou_value = float("nan") if features.iou is None else float(features.iou[0])
+        extent = box if clicks is None else self._extent(box, clicks, low_res)
+        return _Answer(features, low_res, iou_value, extent)
+
+    def _extent(self, box: np.ndarray | None, clicks: Clicks,
+                low_res: torch.Tensor | None) -> np.ndarray:
+        """The box, the clicks and the backbone's own mask (where it is positive),
+        together, in image pixels and inside the image."""
+        assert self._letterbox is not None
+        height, width = self.image_shape
+        parts = [np.concatenate([clicks.xy.min(0) - 1, clicks.xy.max(0) + 1])]
+        if box is not None:
+            parts.append(box)
+        if low_res is not None:
+            fg = (low_res[0, 0] > 0).cpu().numpy()
+            if fg.any():
+                rows, cols = np.nonzero(fg.any(1))[0], np.nonzero(fg.any(0))[0]
+                cell = self._letterbox.size / fg.shape[0]
+                sx, sy = self._letterbox.scale_xy
+                parts.append(np.array([cols[0] * cell / sx, rows[0] * cell / sy,
+                                       (cols[-1] + 1) * cell / sx, (rows[-1] + 1) * cell / sy]))
+        stacked = np.stack(parts)
+        out = np.concatenate([stacked[:, :2].min(0), stacked[:, 2:].max(0)])
+        return np.clip(out, 0, [width, height, width, height])
 
     def _points_of(self, region: Region, out_shape: tuple[int, int], r0: int, c0: int):  # noqa: ANN202
         y0, x0, y1, x1 = region
@@ -312,11 +507,9 @@ class SegmentationSession:
         return points_of
 
     @torch.no_grad()
-    def _implicit(self, box: np.ndarray, points_of, shape: tuple[int, int],  # noqa: ANN001
-                  adaptive: bool) -> tuple[tuple[np.ndarray, ...], float]:
-        """((prob, uncertainty, refined, evaluated) maps, the backbone's predicted IoU)."""
-        prompt = self._prompt(box)
-        iou = float("nan") if prompt.iou is None else float(prompt.iou[0])
+    def _implicit(self, prompt, points_of, shape: tuple[int, int],  # noqa: ANN001
+                  adaptive: bool) -> tuple[np.ndarray, ...]:
+        """(prob, uncertainty, refined, evaluated) maps of one object's prompt features."""
         cfg = self.model.config.decoder
         if adaptive:
             networks = self.model.implicit_decoder.coarse.sample_networks(
@@ -330,7 +523,7 @@ class SegmentationSession:
             maps = adaptive_decode(fast, points_of, shape, stride=stride,
                                    top_k_ratio=cfg.top_k_ratio)
             return (maps.prob.cpu().numpy(), maps.uncertainty.cpu().numpy(),
-                    maps.refined.cpu().numpy(), maps.evaluated.cpu().numpy()), iou
+                    maps.refined.cpu().numpy(), maps.evaluated.cpu().numpy())
         rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
         points = points_of(rows.ravel(), cols.ravel())
         pred = self.model.decode_points(prompt, points, generator=self._generator(),
@@ -338,16 +531,15 @@ class SegmentationSession:
         k = pred.logits.shape[1]
         return (pred.prob[0].reshape(k, *shape).cpu().numpy(),
                 pred.uncertainty[0].reshape(k, *shape).cpu().numpy(),
-                pred.refined[0].reshape(shape).cpu().numpy(), np.ones(shape, bool)), iou
+                pred.refined[0].reshape(shape).cpu().numpy(), np.ones(shape, bool))
 
     @torch.no_grad()
-    def _sam_prob(self, box: np.ndarray, points_of,  # noqa: ANN001
-                  shape: tuple[int, int] | None) -> tuple[np.ndarray, float]:
+    def _sam_prob(self, low_res: torch.Tensor, points_of,  # noqa: ANN001
+                  shape: tuple[int, int] | None) -> np.ndarray:
         """SAM's own decoder: its low-resolution logits, cropped to the image's part
         of the input and sampled bilinearly at the points (as SAM and LiteMedSAM
-        crop, then resize to the image); and its predicted IoU."""
-        assert self._embedding is not None and self._letterbox is not None
-        low_res, iou = self.model.predict_discrete(self._embedding, self._box_prompt(box))
+        crop, then resize to the image)."""
+        assert self._letterbox is not None
         if shape is None:
             points = points_of(None, None)
         else:
@@ -357,7 +549,12 @@ class SegmentationSession:
         logits = F.grid_sample(low_res, grid, mode="bilinear", align_corners=False,
                                padding_mode="border")[0, 0, :, 0]
         prob = torch.sigmoid(logits).cpu().numpy()
-        return (prob[None] if shape is None else prob.reshape(1, *shape)), float(iou[0, 0])
+        return prob[None] if shape is None else prob.reshape(1, *shape)
+
+
+def output_grid(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The output grid of an ``(H, W)`` image at ``scale``: each side rounded, at least 1."""
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
 def _clamp_to_image(points: torch.Tensor, letterbox: Letterbox, map_size: int) -> torch.Tensor:

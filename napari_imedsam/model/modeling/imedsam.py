@@ -100,33 +100,55 @@ class IMedSAM(nn.Module):
         return self.image_encoder(images)
 
     def _prompt(
-        self, embeddings: torch.Tensor, boxes: torch.Tensor
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if boxes.dim() != 2 or boxes.shape[1] != 4:
+        if boxes is None and points is None:
+            raise ValueError("a prompt needs boxes, points or both")
+        if boxes is not None and (boxes.dim() != 2 or boxes.shape[1] != 4):
             raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
-        if embeddings.shape[0] not in (1, boxes.shape[0]):
+        if points is not None:
+            coords, labels = points
+            if coords.dim() != 3 or coords.shape[2] != 2 or labels.shape != coords.shape[:2]:
+                raise ValueError("points must be (N, P, 2) coordinates with (N, P) labels, got "
+                                 f"{tuple(coords.shape)} and {tuple(labels.shape)}")
+        n = boxes.shape[0] if boxes is not None else points[0].shape[0]  # type: ignore[index]
+        if embeddings.shape[0] not in (1, n):
             raise ValueError(
-                f"{embeddings.shape[0]} embeddings for {boxes.shape[0]} boxes: "
-                "give one embedding per box, or one for all"
+                f"{embeddings.shape[0]} embeddings for {n} prompts: "
+                "give one embedding per prompt, or one for all"
             )
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return sparse, dense, self.prompt_encoder.get_dense_pe()
 
-    def encode_prompt(self, embeddings: torch.Tensor, boxes: torch.Tensor) -> PromptFeatures:
-        """Fuse box prompts with image embeddings through SAM's two-way transformer.
+    def encode_prompt(
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask_input: torch.Tensor | None = None,
+    ) -> PromptFeatures:
+        """Fuse prompts with image embeddings through SAM's two-way transformer.
 
         Args:
             embeddings: ``(1 or N, D, g, g)`` from :meth:`embed`.
-            boxes: ``(N, 4)`` as x0, y0, x1, y1 in encoder-input pixels.
+            boxes: ``(N, 4)`` as x0, y0, x1, y1 in encoder-input pixels, or None.
+            points: ``(coords (N, P, 2), labels (N, P))``: clicks in encoder-input
+                pixels (x, y), labels 1 positive, 0 negative, -1 padding; or None.
+            mask_input: ``(N, 1, 4g, 4g)`` low-resolution logits (e.g. the
+                previous answer's :meth:`PromptFeatures.sam_logits`), or None.
         """
-        sparse, dense, dense_pe = self._prompt(embeddings, boxes)
+        sparse, dense, dense_pe = self._prompt(embeddings, boxes, points, mask_input)
         decoder = self.mask_decoder
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat(
             [output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1), sparse], dim=1
         )
-        src = embeddings.expand(boxes.shape[0], -1, -1, -1) + dense
-        pos = dense_pe.expand(boxes.shape[0], -1, -1, -1)
+        src = embeddings.expand(sparse.shape[0], -1, -1, -1) + dense
+        pos = dense_pe.expand(sparse.shape[0], -1, -1, -1)
         n, c, h, w = src.shape
         hs, src = decoder.transformer(src, pos, tokens)
         fused = src.transpose(1, 2).reshape(n, c, h, w)
@@ -279,16 +301,20 @@ class IMedSAM(nn.Module):
         )
 
     def predict_discrete(
-        self, embeddings: torch.Tensor, boxes: torch.Tensor
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask_input: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's own mask decoder: the paper's "w/o INR" path and base-SAM mode.
 
-        Returns low-resolution logits ``(N, 1, 4g, 4g)`` over the encoder input
-        and SAM's predicted IoU ``(N, 1)``.
+        Prompts as in :meth:`encode_prompt`. Returns low-resolution logits
+        ``(N, 1, 4g, 4g)`` over the encoder input and SAM's predicted IoU ``(N, 1)``.
         """
-        sparse, dense, dense_pe = self._prompt(embeddings, boxes)
+        sparse, dense, dense_pe = self._prompt(embeddings, boxes, points, mask_input)
         masks, ious = [], []
-        for i in range(boxes.shape[0]):
+        for i in range(sparse.shape[0]):
             # SAM's decoder repeats its image embedding per prompt: give it one image.
             emb = embeddings[min(i, embeddings.shape[0] - 1)].unsqueeze(0)
             mask, iou = self.mask_decoder(

@@ -75,7 +75,12 @@ class SuggestBox(QGroupBox):
         self._stop.clear()
 
         def session_for() -> Any:
-            return self._holder.load(spec)
+            # This holder is the ranking's own (one worker at a time), so its session's
+            # default decoder and class are not shared with any other thread.
+            session = self._holder.load(spec)
+            session.use_decoder(spec.decoder)
+            session.use_class(spec.head)
+            return session
 
         worker = create_worker(_rank, session_for, pairs, window, self._stop.is_set,
                                _start_thread=False)

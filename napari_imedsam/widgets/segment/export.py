@@ -72,7 +72,7 @@ def _export_body(holder: SessionHolder, spec: Any, data: Any, window: str | None
     except SessionError as exc:
         return str(exc)
     try:
-        decode = ex.session_decoder(session, data, window, holder.lock)
+        decode = ex.session_decoder(session, data, window, holder.lock, decoder=spec.decoder)
         return (yield from ex.iter_labels_at_scale(labels, objects, scale, decode))
     except Exception as exc:  # noqa: BLE001
         return f"Export failed: {exc}"
