@@ -163,7 +163,7 @@ class SegmentationSession:
         self._memo_lock = threading.Lock()
         #: Whether each click also gives the object's previous logits as SAM's mask
         #: prompt (replayed from the box on, so an answer depends on its prompts only).
-        self.click_mask_prompt = bool(getattr(model.config.prompt, "click_mask_prompt", True))
+        self.click_mask_prompt = model.config.prompt.click_mask_prompt
         #: The implicit decoder's head that answers (None: every class, maps ``(N, K, ...)``).
         self.head: int | None = None
         # Embeddings depend on the weights: key them by model and adapter too.

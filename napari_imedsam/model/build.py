@@ -24,7 +24,7 @@ from .modeling.frequency_adapter import FrequencyAdapter, StageFrequencyAdapter
 from .modeling.image_encoder import AdaptedImageEncoder
 from .modeling.imedsam import IMedSAM
 from .modeling.implicit_decoder import ImplicitDecoder
-from .modeling.lora import LoRAQKV, inject_lora, inject_lora_tinyvit
+from .modeling.lora import LoRAQKV, inject_lora, inject_lora_linear, inject_lora_tinyvit
 from .modeling.tinyvit_encoder import AdaptedTinyViT, stage_grids
 from .weights import (
     LITE_REQUIREMENT,
@@ -228,6 +228,9 @@ def build_model(
             source,
         )
     encoder = _adapted_encoder(cfg, vit)
+    # After the base weights: LoRA renames each wrapped Linear's weights (.base.).
+    inject_lora_linear(mask_decoder.transformer, cfg.prompt.click_lora_rank,
+                       cfg.prompt.click_lora_alpha)
     dec = cfg.decoder
     implicit = ImplicitDecoder(
         feature_channels=cfg.prompt.embed_dim // 8,

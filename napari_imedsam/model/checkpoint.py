@@ -115,6 +115,22 @@ def save_adapter(
 
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an adapter file; every failure is a :class:`CheckpointError` saying what to do."""
+    config = read_adapter_config(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(_unreadable(Path(path), exc)) from exc
+    return tensors, config
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    return (f"{path} is not a readable safetensors adapter ({exc}). It may be truncated or of "
+            "another type; adapters are the .safetensors files written by napari-imedsam.")
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """An adapter's JSON config from its safetensors header (else the JSON beside it),
+    checked; no tensor is read. Failures are :class:`CheckpointError` s."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"adapter file {path} does not exist")
@@ -123,12 +139,8 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors adapter ({exc}). It may be truncated or of "
-            "another type; adapters are the .safetensors files written by napari-imedsam."
-        ) from exc
+        raise CheckpointError(_unreadable(path, exc)) from exc
     text = metadata.get("imedsam_config")
     if text is None and json_path(path).is_file():
         text = json_path(path).read_text()
@@ -143,7 +155,7 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"{path} was written by a newer napari-imedsam ({config.get('package_version')}); "
             "upgrade the package to load it"
         )
-    return tensors, config
+    return config
 
 
 def adapter_model_config(config: dict[str, Any]) -> ModelConfig:

@@ -73,6 +73,12 @@ class PromptConfig:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
+    #: LoRA rank on every Linear of the two-way transformer (0: none), trained so
+    #: that corrective clicks help (``train.click_tuning``).
+    click_lora_rank: int = 0
+    click_lora_alpha: float = 8.0
+    #: Each click also gives the object's previous logits as SAM's mask prompt.
+    click_mask_prompt: bool = True
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@ I-MedSAM adapter), a SAM base, or an adapter."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from .build import build_model
-from .checkpoint import adapter_model_config, load_adapter, read_adapter
-from .config import VARIANTS
+from .checkpoint import adapter_model_config, load_adapter, read_adapter, read_adapter_config
+from .config import VARIANTS, get_config
 from .modeling.imedsam import IMedSAM
 from .weights import REGISTRY, CheckpointError
 
@@ -61,8 +62,11 @@ def load_model(
             raise CheckpointError(
                 f"the default model's adapter is missing from the package ({DEFAULT_ADAPTER}): "
                 "reinstall napari-imedsam")
-        model = build_model(DEFAULT_MODEL, checkpoint=DEFAULT_MODEL)
-        # An adapter with several classes grows the model's heads as it loads.
+        # The prompt path as the adapter was trained (e.g. LoRA for clicks); the
+        # classes come from the base, and an adapter with several grows the heads.
+        prompt = adapter_model_config(read_adapter_config(adapter or DEFAULT_ADAPTER)).prompt
+        model = build_model(config=replace(get_config(DEFAULT_MODEL), prompt=prompt),
+                            checkpoint=DEFAULT_MODEL)
         load_adapter(model, adapter or DEFAULT_ADAPTER, grow=True)
         return model.to(device).eval()
     if str(name).endswith(".safetensors"):

@@ -45,6 +45,7 @@ def evaluate_model(
     should_stop: Callable[[], bool] | None = None,
     embeddings: EmbeddingCache | None = None,
     accelerate: bool = True,
+    clicks: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
@@ -56,11 +57,18 @@ def evaluate_model(
     frozen-encoder run: the images are embedded once, not once an epoch).
     ``accelerate``: the OpenVINO encoder where it applies; off for an encoder that is
     being trained (each validation would export a new graph).
+    ``clicks``: after the box, up to this many corrective clicks placed by the
+    challenge's protocol from the ground truth on the label grid
+    (:func:`napari_imedsam.train.clicks.protocol_click`); each row then has
+    ``dice_c0`` (the box) .. ``dice_cN`` and ``clicks_made`` (binary models only).
     """
     was_training = model.training
     model.eval()
     device = device or model.device
     classes = model.config.num_classes
+    if clicks and classes > 1:
+        raise ValueError("clicks are evaluated on one-class models; choose --class for one "
+                         "class's report without clicks")
     refs = sample_refs(images, classes)
     rows: list[dict[str, Any]] = []
     # Dense decoding: evaluation measures the model, not the adaptive approximation.
@@ -91,6 +99,10 @@ def evaluate_model(
                                 0, [width, height, width, height])
         result = session.predict(image_box[None], region=(0.0, 0.0, height, width),
                                  out_shape=shape)
+        curve: list[float] = []
+        if clicks:
+            result, curve = _click_curve(session, result, image_box, targets[0], clicks,
+                                         (height, width), shape)
         ellipse = metrics.ellipse_in_box(tuple(grid_box), shape)
         for k in range(targets.shape[0]):
             if classes > 1 and not targets[k].any():
@@ -101,6 +113,10 @@ def evaluate_model(
                                    "dice": metrics.dice(pred, targets[k]),
                                    "ellipse_dice": metrics.dice(ellipse, targets[k]),
                                    "label": item.label_names.get(object_id, "")}
+            for c, value in enumerate(curve):
+                row[f"dice_c{c}"] = value
+            if curve:
+                row["clicks_made"] = _made(curve)
             if result.iou is not None:
                 row["pred_iou"] = float(result.iou[0])  # the backbone's own confidence
             if result.uncertainty is not None:
@@ -115,6 +131,38 @@ def evaluate_model(
             on_progress(done + 1, len(refs))
     model.train(was_training)
     return rows
+
+
+def _made(curve: list[float]) -> int:
+    """Clicks made: until the mask was exact (Dice 1), every click."""
+    exact = [i for i, d in enumerate(curve) if d >= 1.0]
+    return (exact[0] if exact else len(curve) - 1)
+
+
+def _click_curve(session: SegmentationSession, result: Any, box: np.ndarray,
+                 target: np.ndarray, clicks: int, image_shape: tuple[int, int],
+                 shape: tuple[int, int]) -> tuple[Any, list[float]]:
+    """Dice after the box, then after each protocol click (the last result too)."""
+    from ..inference.session import Clicks
+    from .clicks import protocol_click
+
+    height, width = image_shape
+    xy: list[tuple[float, float]] = []
+    labels: list[int] = []
+    pred = result.prob[0].max(axis=0) > 0.5
+    curve = [metrics.dice(pred, target)]
+    for _ in range(clicks):
+        click = protocol_click(pred, target)
+        if click is None:  # exact: nothing to correct, the Dice carries over
+            curve.append(curve[-1])
+            continue
+        xy.append(click.xy(shape, image_shape))
+        labels.append(int(click.positive))
+        result = session.predict(box[None], clicks=[Clicks.of(xy, labels)],
+                                 region=(0.0, 0.0, height, width), out_shape=shape)
+        pred = result.prob[0].max(axis=0) > 0.5
+        curve.append(metrics.dice(pred, target))
+    return result, curve
 
 
 def dice_per_class(model: IMedSAM, images: list[LabeledImage], label_size: int = 128,
@@ -139,8 +187,19 @@ def summary(rows: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
     per_label = {name: {"dice": float(np.mean([r["dice"] for r in rows if r.get("label") == name])),
                         "n_objects": sum(r.get("label") == name for r in rows)}
                  for name in names}
+    curves = [[r[f"dice_c{c}"] for c in range(1 + max(int(k[6:]) for k in r
+                                                      if k.startswith("dice_c")))]
+              for r in rows if "dice_c0" in r]
+    clicked: dict[str, Any] = {}
+    if curves and len({len(c) for c in curves}) == 1:
+        from .clicks import click_curve_summary
+
+        made = np.array([[i < r["clicks_made"] for i in range(len(curves[0]) - 1)]
+                         for r in rows if "dice_c0" in r])
+        clicked = click_curve_summary(np.array(curves), made)
     return {
         "dice": mean("dice"),
+        **clicked,
         "hd": mean("hd"),
         "hd95": mean("hd95"),
         "ellipse_dice": mean("ellipse_dice"),

@@ -129,3 +129,36 @@ def inject_lora_tinyvit(
             rows = per_head_rows(attn.num_heads, attn.key_dim, attn.d)
             layers.append(_wrap(attn, rank, alpha, targets, rows))
     return layers
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a low-rank update of all its outputs:
+    ``base(x) + (alpha / rank) * x A^T B^T``, with ``B = 0`` at the start."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scaling = alpha / rank
+        a = torch.empty(rank, base.in_features)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + ((x @ self.lora_A.T) @ self.lora_B.T) * self.scaling
+
+
+def inject_lora_linear(module: nn.Module, rank: int, alpha: float) -> list[LoRALinear]:
+    """Wrap every ``nn.Linear`` inside ``module`` (e.g. SAM's two-way transformer: its
+    attention projections and MLPs). ``rank == 0`` injects nothing."""
+    if rank <= 0:
+        return []
+    found = [(parent, name, child) for parent in module.modules()
+             for name, child in parent.named_children() if isinstance(child, nn.Linear)
+             and not isinstance(parent, LoRALinear)]
+    layers = []
+    for parent, name, child in found:
+        layer = LoRALinear(child, rank, alpha)
+        setattr(parent, name, layer)
+        layers.append(layer)
+    return layers
