@@ -45,8 +45,8 @@ def _attach_negative_boxes(argv: list[str]) -> list[str]:
     with '-' for an option, and boxes may start left of or above the image."""
     out: list[str] = []
     for token in argv:
-        if out and out[-1] == "--box" and token.startswith("-") and "," in token:
-            out[-1] = f"--box={token}"
+        if out and out[-1] in ("--box", "--point") and token.startswith("-") and "," in token:
+            out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)
     return out

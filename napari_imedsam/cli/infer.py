@@ -23,6 +23,52 @@ def _box(text: str) -> list[float]:
     return values
 
 
+def _point(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    sign = parts.pop() if len(parts) == 3 else "+"
+    try:
+        x, y = (float(v) for v in parts)
+    except ValueError:
+        x = y = float("nan")
+    if len(parts) != 2 or sign not in ("+", "-") or x != x or y != y:
+        raise argparse.ArgumentTypeError(f"a point is X,Y or X,Y,+ or X,Y,- (positive by "
+                                         f"default), got {text!r}")
+    return x, y, int(sign == "+")
+
+
+class _Prompt(argparse.Action):
+    """Keeps --box and --point in the order given: a point belongs to the box before it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        kind = "box" if self.dest == "box" else "point"
+        getattr(namespace, self.dest).append(values)
+        prompts = getattr(namespace, "prompts", None) or []
+        prompts.append((kind, values))
+        namespace.prompts = prompts
+
+
+def objects_from_prompts(prompts: list[tuple[str, Any]]) -> tuple[list[list[float]], list[Any]]:
+    """Boxes (N, 4) and one ``Clicks`` or None each, from --box and --point in order:
+    points after a box are its clicks; points before any box make one object of
+    clicks alone (its box row is NaN)."""
+    from ..inference.session import Clicks
+
+    boxes: list[list[float]] = []
+    points: list[list[tuple[float, float, int]]] = []
+    for kind, value in prompts:
+        if kind == "box":
+            boxes.append(list(value))
+            points.append([])
+        else:
+            if not boxes:
+                boxes.append([float("nan")] * 4)
+                points.append([])
+            points[-1].append(value)
+    clicks = [Clicks.of([(x, y) for x, y, _ in p], [s for _, _, s in p]) if p else None
+              for p in points]
+    return boxes, clicks
+
+
 def _slice_of(data: Any, index: int | None, source: str) -> Any:
     """A 2D image from what was read: RGB(A) and 2D pass; volumes need --slice."""
     if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
@@ -60,7 +106,8 @@ def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwri
 
 
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
-                 args: argparse.Namespace, loaded: Any = None) -> dict[str, Any]:
+                 args: argparse.Namespace, loaded: Any = None,
+                 clicks: list[Any] | None = None) -> dict[str, Any]:
     """``loaded``: the image already read (and checked) by the caller, if it was."""
     from ..inference.merge import BandMerge
     from ..io import read_any
@@ -79,7 +126,8 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
         chosen = classes_of(session.model)[session.head]
     # Semantic labels (a class without --instances): every box's mask gets its value.
     value = chosen.value if chosen is not None and not args.instances else None
-    merge = BandMerge(session, boxes, scale=args.scale, class_value=value)
+    merge = BandMerge(session, boxes, scale=args.scale, class_value=value,
+                      clicks=clicks if clicks and any(c is not None for c in clicks) else None)
     pixel = ((spacing[0] / args.scale, spacing[1] / args.scale) if spacing
              else (1.0 / args.scale, 1.0 / args.scale))
     written = _write_set(merge, out, image_path, pixel, "mm" if spacing else "pixel", args)
@@ -115,12 +163,27 @@ def _write_set(merge: Any, out: Path, image_path: Path, pixel: tuple[float, floa
                     maps.write(band.row0, band.uncertainty)
         if args.polygons:
             payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
-                       "objects": [{"id": i + 1, "box": list(map(float, b)),
+                       "objects": [{"id": i + 1, "box": _box_or_none(b),
+                                    **_clicks_entry(merge.clicks, i),
                                     "polygons": [p.round(3).tolist() for p in ps]}
                                    for i, (b, ps) in enumerate(zip(merge.boxes,
                                                                    merge.outlines()))]}
             staged[-1].write_text(json.dumps(payload), encoding="utf-8")
     return [str(p) for p in paths]
+
+
+def _box_or_none(box: Any) -> list[float] | None:
+    values = [float(v) for v in box]
+    return None if any(v != v for v in values) else values
+
+
+def _clicks_entry(clicks: list[Any] | None, i: int) -> dict[str, Any]:
+    """An object's clicks as the export record writes them (x, y, positive)."""
+    mine = None if clicks is None else clicks[i]
+    if mine is None:
+        return {}
+    return {"clicks": [{"x": float(x), "y": float(y), "positive": bool(s)}
+                       for (x, y), s in zip(mine.xy, mine.labels)]}
 
 
 def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
@@ -255,9 +318,10 @@ def _segment(args: argparse.Namespace) -> int:
 
     if args.batch:
         return _segment_batch(session, args)
-    if not (args.image and args.box and args.out):
-        raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 and --out MASK.tif "
-                         "(or --batch DIR --boxes-file CSV --out-dir DIR)")
+    if not (args.image and (args.box or args.point) and args.out):
+        raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 (or --point X,Y) and "
+                         "--out MASK.tif (or --batch DIR --boxes-file CSV --out-dir DIR)")
+    boxes, clicks = objects_from_prompts(getattr(args, "prompts", None) or [])
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"{args.image} does not exist")
     check_outputs([args.out, args.uncertainty, args.polygons], [args.image], args.overwrite)
@@ -271,15 +335,20 @@ def _segment(args: argparse.Namespace) -> int:
     parse_window(args.window)
     loaded = read_any(args.image)
     _slice_of(loaded.data, args.slice, str(args.image))
-    print(json.dumps(_segment_one(session(), args.image, args.box, args.out, args, loaded),
-                     indent=2))
+    print(json.dumps(_segment_one(session(), args.image, boxes, args.out, args, loaded,
+                                  clicks), indent=2))
     return 0
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("segment", help="box -> mask (+ uncertainty, polygons)")
     s.add_argument("image", nargs="?", type=Path, help="PNG/JPEG/TIFF, NIfTI or DICOM")
-    s.add_argument("--box", type=_box, action="append", help="X0,Y0,X1,Y1 in pixels; repeat")
+    s.add_argument("--box", type=_box, action=_Prompt, default=[],
+                   help="X0,Y0,X1,Y1 in pixels; repeat")
+    s.add_argument("--point", type=_point, action=_Prompt, default=[], metavar="X,Y[,+|-]",
+                   help="a corrective click (x, y in the boxes' pixel coordinates; + where the "
+                        "object is, - where it is not; + by default) on the box before it; "
+                        "points before any box make one object of their own; repeat")
     s.add_argument("--out", type=Path, help="label TIFF: one id per box")
     s.add_argument("--scale", type=float, default=1.0, help="output scale, 0.25 to 8")
     s.add_argument("--uncertainty", type=Path, help="uncertainty TIFF (float32)")
