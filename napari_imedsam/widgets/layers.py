@@ -20,15 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels, Points, Shapes
 
 from ..boxes import Box, box_from_vertices, plane_index
 
-BOXES, MASKS, UNCERTAINTY = "boxes", "masks", "uncertainty"
+BOXES, MASKS, UNCERTAINTY, POINTS = "boxes", "masks", "uncertainty", "points"
 #: Metadata key naming the image a widget layer belongs to.
 IMAGE_KEY = "napari_imedsam_image"
 FEATURES = {"box_key": 0, "object_id": 0, "accepted": False, "head": -1}
 EDGE_ACTIVE, EDGE_ACCEPTED = "yellow", "#9a9a9a"
+#: A click's bookkeeping: the object (``box_key``) it corrects, its sign, its order.
+POINT_FEATURES = {"box_key": 0, "positive": True, "order": 0}
+#: Positive clicks green, negative ones red (as SAM tools show them); neither is the
+#: boxes' yellow.
+POSITIVE_COLOR, NEGATIVE_COLOR = "#39e639", "#ff3b3b"
 
 
 def level0(layer: Any) -> Any:
@@ -287,3 +292,77 @@ def find_or_add_uncertainty(viewer: Any, image: Image, shape: tuple[int, ...]) -
     if active is not None and active in viewer.layers:
         viewer.layers.selection.active = active
     return layer
+
+
+# -- clicks ------------------------------------------------------------------------------
+def find_or_add_points(viewer: Any, image: Image, ndim: int) -> Points:
+    """``image``'s clicks Points layer ("<image> points"): reused when its ndim fits."""
+    layer = _find(viewer, image, POINTS, Points, lambda lay: lay.ndim == ndim)
+    if layer is not None:
+        missing = {k: v for k, v in POINT_FEATURES.items() if k not in layer.features}
+        if missing:
+            layer.features = layer.features.assign(**missing)
+        return layer
+    side = min(level0(image).shape[ndim - 2:ndim])
+    return viewer.add_points(
+        np.zeros((0, ndim)), ndim=ndim, name=layer_name(image, POINTS),
+        size=max(4.0, side / 60), face_color=POSITIVE_COLOR, border_color="white",
+        border_width=0.15, features={k: np.zeros(0, type(v)) for k, v in POINT_FEATURES.items()},
+        feature_defaults=POINT_FEATURES, metadata=_marks(image, POINTS), **_geometry(image))
+
+
+def recolor_points(points: Points) -> None:
+    """Positive clicks green, negative red."""
+    if len(points.data):
+        positive = points.features["positive"].to_numpy(bool)
+        points.face_color = [POSITIVE_COLOR if p else NEGATIVE_COLOR for p in positive]
+
+
+def click_records(points: Points | None, key: int) -> list[dict[str, Any]]:
+    """The clicks of object ``key`` in order: data coordinates, sign and order (what the
+    undo journal stores and puts back)."""
+    if points is None or not len(points.data):
+        return []
+    features = points.features
+    rows = np.flatnonzero(features["box_key"].to_numpy() == key)
+    records = [{"coords": tuple(float(v) for v in points.data[r]),
+                "positive": bool(features["positive"].iloc[r]),
+                "order": int(features["order"].iloc[r])} for r in rows]
+    return sorted(records, key=lambda rec: rec["order"])
+
+
+def set_clicks(points: Points, key: int, records: list[dict[str, Any]]) -> None:
+    """Make object ``key``'s clicks exactly ``records`` (removing and adding points).
+    The caller mutes its own point-event handlers meanwhile."""
+    rows = set(np.flatnonzero(points.features["box_key"].to_numpy() == key).tolist())
+    if rows:
+        points.selected_data = rows
+        points.remove_selected()
+    for record in records:
+        points.add(np.asarray(record["coords"], dtype=np.float64)[None])
+        row = len(points.data) - 1
+        for name in ("positive", "order"):
+            points.features.iloc[row, points.features.columns.get_loc(name)] = record[name]
+        points.features.iloc[row, points.features.columns.get_loc("box_key")] = key
+    points.selected_data = set()
+    recolor_points(points)
+
+
+def clicks_of(points: Points | None, image: Image, key: int, plane: int | None) -> Any:
+    """Object ``key``'s clicks on ``plane`` as ``inference.session.Clicks`` (x, y in the
+    image's pixel-edge coordinates: a click on pixel (r, c) is (c + 0.5, r + 0.5)), or
+    None without clicks."""
+    from ..inference.session import Clicks
+
+    records = click_records(points, key)
+    if not records:
+        return None
+    xy, labels = [], []
+    for record in records:
+        data = np.asarray(image.world_to_data(points.data_to_world(
+            np.asarray(record["coords"], dtype=np.float64))), dtype=np.float64)
+        if plane is not None and int(round(data[-3])) != plane:
+            continue  # a click on another slice belongs to that slice's answer
+        xy.append((data[-1] + 0.5, data[-2] + 0.5))
+        labels.append(int(record["positive"]))
+    return Clicks.of(xy, labels) if xy else None

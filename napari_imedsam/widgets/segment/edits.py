@@ -64,7 +64,7 @@ class ObjectEdits:
         written, changes, pixels = wl.write_object(state.masks, outcome.mask, request.plane,
                                                    object_id, own)
         wl.set_feature(boxes, row, "object_id", object_id)
-        after = journal.box_record(boxes, row)
+        after = journal.box_record(boxes, row, state.points)
         if shared:
             after["pixels"] = pixels
         state.box_memory[key] = after
@@ -77,6 +77,8 @@ class ObjectEdits:
             show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
         self.widget.unc_view.show_object(state, key, request.plane,
                                   outcome.uncertainty if outcome.mask.any() else None)
+        # The object's map travels with its undo steps (undo, redo, accept keep it).
+        after["uncertainty"] = state.unc_parts.get(key)
         decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"
         note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
         if outcome.advice is not None:
@@ -109,11 +111,12 @@ class ObjectEdits:
         state, boxes = self.widget.state, self.widget.state.boxes
         key = int(boxes.features["box_key"].iloc[row])
         previous = state.box_memory.get(key)
-        before = journal.box_record(boxes, row)
+        before = journal.box_record(boxes, row, state.points)
         wl.set_feature(boxes, row, "accepted", True)
-        after = state.box_memory[key] = journal.box_record(boxes, row)
-        if previous is not None and previous.get("pixels") is not None:
-            before["pixels"] = after["pixels"] = previous["pixels"]  # semantic labels
+        after = state.box_memory[key] = journal.box_record(boxes, row, state.points)
+        for kept in ("pixels", "uncertainty"):  # semantic labels' pixels; the object's map
+            if previous is not None and previous.get(kept) is not None:
+                before[kept] = after[kept] = previous[kept]
         state.journal.record(journal.Step("accept", [], [journal.BoxChange(key, before, after)]))
         wl.recolor(boxes)
         state.current = None
@@ -137,11 +140,14 @@ class ObjectEdits:
         boxes, step = state.boxes, journal.Step(what)
         for row in rows:
             key = int(boxes.features["box_key"].iloc[row])
-            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
+            step.boxes.append(journal.BoxChange(key, self._record(state, row, key), None))
             step.masks += _take_pixels(state, row, key)
             self.forget_key(state, key)
         self.replaying = True  # the removal below is ours, already recorded
         try:
+            for change in step.boxes:  # the object's clicks go with it
+                if state.points is not None:
+                    wl.set_clicks(state.points, change.key, [])
             boxes.selected_data = set(rows)
             boxes.remove_selected()
         finally:
@@ -157,12 +163,29 @@ class ObjectEdits:
             if not 0 <= row < len(boxes.features):
                 continue
             key = int(boxes.features["box_key"].iloc[row])
-            step.boxes.append(journal.BoxChange(key, journal.box_record(boxes, row), None))
+            step.boxes.append(journal.BoxChange(key, self._record(state, row, key), None))
             if not bool(boxes.features["accepted"].iloc[row]):
                 step.masks += _take_pixels(state, row, key)
             self.forget_key(state, key)
+        if state.points is not None:
+            self.replaying = True  # their clicks go with the boxes (napari removes the boxes)
+            try:
+                for change in step.boxes:
+                    wl.set_clicks(state.points, change.key, [])
+            finally:
+                self.replaying = False
         state.journal.record(step)
         self.widget.unc_view.redraw_all(state)
+
+    @staticmethod
+    def _record(state: ImageState, row: int, key: int) -> journal.BoxRecord:
+        """The box as it is, with its clicks and the map its last answer drew."""
+        record = journal.box_record(state.boxes, row, state.points)
+        memory = state.box_memory.get(key) or {}
+        for kept in ("pixels", "uncertainty"):
+            if memory.get(kept) is not None:
+                record[kept] = memory[kept]
+        return record
 
     def forget_key(self, state: ImageState, key: int) -> None:
         self.widget.forget_request(state.key, key)
@@ -188,7 +211,7 @@ class ObjectEdits:
         try:
             if state.masks is not None:
                 journal.apply_masks(state.masks, step.masks, undo)
-            journal.apply_boxes(state.boxes, step.boxes, undo)
+            journal.apply_boxes(state.boxes, step.boxes, undo, state.points)
         finally:
             self.replaying = False
         for change in step.boxes:
@@ -196,6 +219,8 @@ class ObjectEdits:
             self.forget_key(state, change.key)
             if target is not None:
                 state.box_memory[change.key] = target
+                if target.get("uncertainty") is not None:
+                    state.unc_parts[change.key] = target["uncertainty"]
                 plane_box = self._plane_box(state, change.key)
                 if plane_box is not None:
                     state.last_box[change.key] = plane_box
@@ -209,9 +234,15 @@ class ObjectEdits:
             return None
         try:
             item = wl.box_item(state.boxes, state.image, row)
-            return item.plane, item.box
+            return item.plane, item.box, _click_key(wl.clicks_of(state.points, state.image,
+                                                                  key, item.plane))
         except ValueError:
             return None
+
+
+def _click_key(clicks: Any) -> bytes | None:
+    """What a request's clicks were, to tell a new click set from the one answered."""
+    return None if clicks is None else clicks.key()
 
 
 def _own_pixels(record: journal.BoxRecord, shared: bool) -> np.ndarray | None:

@@ -115,26 +115,35 @@ def apply_masks(labels: Any, changes: list[MaskChange], undo: bool) -> None:
     labels.refresh()
 
 
-def box_record(boxes: Any, row: int) -> BoxRecord:
-    """The vertices and bookkeeping of the box in ``row``."""
+def box_record(boxes: Any, row: int, points: Any = None) -> BoxRecord:
+    """The vertices and bookkeeping of the box in ``row`` (and its clicks, from
+    ``points`` when given)."""
+    from .. import layers as wl
+
     features = boxes.features.iloc[row]
-    return {"vertices": np.array(boxes.data[row], dtype=np.float64),
-            "shape_type": boxes.shape_type[row],
-            "features": {k: features[k].item() if hasattr(features[k], "item") else features[k]
-                         for k in boxes.features.columns}}
+    record = {"vertices": np.array(boxes.data[row], dtype=np.float64),
+              "shape_type": boxes.shape_type[row],
+              "features": {k: features[k].item() if hasattr(features[k], "item") else features[k]
+                           for k in boxes.features.columns}}
+    if points is not None:
+        record["clicks"] = wl.click_records(points, int(record["features"]["box_key"]))
+    return record
 
 
-def apply_boxes(boxes: Any, changes: list[BoxChange], undo: bool) -> None:
-    """Put the boxes of ``changes`` back as they were before (``undo``) or after.
+def apply_boxes(boxes: Any, changes: list[BoxChange], undo: bool, points: Any = None) -> None:
+    """Put the boxes of ``changes`` back as they were before (``undo``) or after, with
+    their clicks (in ``points``, when the records hold them).
 
     A box is removed and added again rather than edited in place: its
     ``box_key`` feature, not its row, is its identity. The caller mutes its own
-    box-event handlers meanwhile (these are not new boxes to segment).
+    box- and point-event handlers meanwhile (these are not new prompts to answer).
     """
     from .. import layers as wl
 
     for change in (reversed(changes) if undo else changes):
         target = change.before if undo else change.after
+        if points is not None and (target is None or "clicks" in target):
+            wl.set_clicks(points, change.key, [] if target is None else list(target["clicks"]))
         row = wl.row_of(boxes, change.key)
         if row is not None:
             boxes.selected_data = {row}

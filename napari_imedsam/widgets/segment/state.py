@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels, Points, Shapes
 
 from .. import layers as wl
 from ...boxes import Box
@@ -26,6 +26,7 @@ class ImageState:
     boxes: Shapes | None = None
     masks: Labels | None = None
     uncertainty: Image | None = None
+    points: Points | None = None  # corrective clicks, each on one object (``box_key``)
     #: box_key -> (plane, (row0, col0), crop) of that object's uncertainty.
     unc_parts: dict[int, tuple[int | None, tuple[int, int], np.ndarray]] = field(
         default_factory=dict)
@@ -53,8 +54,8 @@ class ImageState:
 
     def layers(self) -> list[Any]:
         """The image and the widget's layers for it that exist."""
-        return [layer for layer in (self.image, self.boxes, self.masks, self.uncertainty)
-                if layer is not None]
+        return [layer for layer in (self.image, self.boxes, self.masks, self.uncertainty,
+                                    self.points) if layer is not None]
 
     def owns(self, layer: Any) -> bool:
         return any(layer is own for own in self.layers())
@@ -70,11 +71,11 @@ class ImageState:
 
     def drop_missing(self, viewer: Any) -> None:
         """Forget layers the user deleted (they are made again when needed)."""
-        for attr in ("boxes", "masks", "uncertainty"):
+        for attr in ("boxes", "masks", "uncertainty", "points"):
             layer = getattr(self, attr)
             if layer is not None and layer not in viewer.layers:
                 setattr(self, attr, None)
-                if attr == "boxes":
+                if attr in ("boxes", "points"):
                     self.connected = False
 
 

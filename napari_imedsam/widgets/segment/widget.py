@@ -33,6 +33,7 @@ from .. import layers as wl
 from ..common import tell
 from ...session_holder import Outcome, Request, SessionHolder, segment, spec_classes
 from ...boxes import check_image, spatial_shape, take_plane
+from .clicks import ClickTools
 from .download import DownloadControls
 from .edits import ObjectEdits
 from .export import ExportControls
@@ -50,6 +51,10 @@ HELP = (
     "then draw the next one. <b>Shift+C</b> clear the current (or selected) object and its "
     "box. <b>Ctrl+Z</b> / <b>Ctrl+Shift+Z</b> (boxes layer active) undo / redo a box and its "
     "mask together; brush strokes have the masks layer's own undo.<br>"
+    "<b>Clicks</b> correct the selected (or last) object in its <b>points</b> layer: "
+    "click where the object is, <b>right-click</b> or <b>Shift+click</b> where it is not; "
+    "move or delete a click to answer again. <b>N</b> shows where a click would help most "
+    "(hollow marker); <b>P</b> / <b>M</b> take it as positive / negative.<br>"
     "A model with several classes: the class chosen answers the next box; "
     "<b>Shift+K</b> cycles through them.<br>"
     "Several images: the widget follows the image you select or open.<br>"
@@ -74,6 +79,7 @@ class SegmentWidget(QWidget):
         self._worker: Any = None
         self._binding = False
         self.edits = ObjectEdits(self)
+        self.clicks = ClickTools(self)
         self._refused: int | None = None  # the unusable layer last warned about
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
@@ -306,6 +312,8 @@ class SegmentWidget(QWidget):
                 state.masks = wl.find_or_add_masks(self.viewer, image, spatial)
             if state.boxes is None:
                 state.boxes = wl.find_or_add_boxes(self.viewer, image, len(spatial))
+            if state.points is None:
+                state.points = wl.find_or_add_points(self.viewer, image, len(spatial))
             previous, self.state = self.state, state
             self._show_only(state)
             if previous is not state:
@@ -332,6 +340,9 @@ class SegmentWidget(QWidget):
         self._binding = True
         try:
             layers = self.viewer.layers
+            if state.points is not None and state.points in layers \
+                    and layers.index(state.points) != len(layers) - 1:
+                layers.move(layers.index(state.points), len(layers))  # clicks just below
             if layers.index(state.boxes) != len(layers) - 1:
                 layers.move(layers.index(state.boxes), len(layers))
             layers.selection.active = state.boxes
@@ -379,7 +390,7 @@ class SegmentWidget(QWidget):
             owner = wl.owner_name(layer)
             if owner is not None and owner != state.image.name and layer.visible:
                 layer.visible = False
-        for layer in (state.image, state.boxes, state.masks):
+        for layer in (state.image, state.boxes, state.masks, state.points):
             if layer is not None and not layer.visible:
                 layer.visible = True
 
@@ -387,11 +398,15 @@ class SegmentWidget(QWidget):
         if state.connected or state.boxes is None:
             return
         state.boxes.events.data.connect(lambda event, st=state: self._on_boxes_data(st, event))
-        for key, action in (("Shift-A", self.accept_current), ("Shift-C", self.clear_current),
-                            ("Shift-K", self.cycle_class),
-                            ("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
-                            ("Control-Y", self.redo)):
-            state.boxes.bind_key(key, lambda _layer, f=action: f(), overwrite=True)
+        self.clicks.connect(state)
+        for layer in (state.boxes, state.points):
+            if layer is None:
+                continue
+            for key, action in (("Shift-A", self.accept_current), ("Shift-C", self.clear_current),
+                                ("Shift-K", self.cycle_class),
+                                ("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
+                                ("Control-Y", self.redo)):
+                layer.bind_key(key, lambda _layer, f=action: f(), overwrite=True)
         state.connected = True
 
     def _on_window_chosen(self, text: str) -> None:
@@ -408,14 +423,16 @@ class SegmentWidget(QWidget):
             if action == "removing":
                 self.edits.forget_rows(state, event.data_indices)
             elif action == "added":
-                self._request_rows(state, wl.assign_keys(state.boxes))
+                self.request_rows(state, wl.assign_keys(state.boxes))
             elif action == "changed":
-                self._request_rows(state, [i for i in event.data_indices
+                self.request_rows(state, [i for i in event.data_indices
                                            if 0 <= i < len(state.boxes.data)])
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not handle the box: {exc}")
 
-    def _request_rows(self, state: ImageState, rows: list[int]) -> None:
+    def request_rows(self, state: ImageState, rows: list[int]) -> None:
+        """Ask for the objects of ``rows`` (their box and clicks) unless they are
+        answered as they are; the newest request per object wins."""
         image, boxes = state.image, state.boxes
         if image not in self.viewer.layers or boxes is None:
             show_warning("I-MedSAM: choose an image layer in the Segment widget first")
@@ -433,12 +450,15 @@ class SegmentWidget(QWidget):
             except ValueError as exc:
                 show_warning(f"I-MedSAM: {exc}")
                 continue
-            if state.last_box.get(key) == (plane, box):
+            clicks = wl.clicks_of(state.points, image, key, plane)
+            asked = (plane, box, None if clicks is None else clicks.key())
+            if state.last_box.get(key) == asked:
                 continue  # a move that ended where it started: nothing new to compute
-            state.last_box[key] = (plane, box)
+            state.last_box[key] = asked
             data = wl.level0(image)
             request = Request(key, spec, take_plane(data, plane), plane, box,
-                              state.window, owner=state.key, class_value=class_value)
+                              state.window, owner=state.key, class_value=class_value,
+                              clicks=clicks)
             state.latest[key] = request.req_id
             self._queue.pop((state.key, key), None)  # re-insert: the newest goes last
             self._queue[(state.key, key)] = request

@@ -127,10 +127,11 @@ def test_widget_opens_from_manifest_with_layers_ready(make_napari_viewer, qtbot)
     assert widget.window_combo.currentText() == "lung"
     again = SegmentWidget(viewer)
     assert again.device_combo.currentText() == "cpu" and again.window_combo.currentText() == "none"
-    # ... and it reuses each image's boxes and masks layers rather than adding more.
+    # ... and it reuses each image's boxes, masks and points layers rather than adding more.
     assert again.boxes is boxes and again.masks is masks
     assert [layer.name for layer in viewer.layers] == [
-        "photo", "photo masks", "other", "other masks", "other boxes", "photo boxes"]
+        "photo", "photo masks", "other", "other masks", "other points", "other boxes",
+        "photo points", "photo boxes"]
 
 
 def test_boxes_give_masks_ids_uncertainty_and_undo(make_napari_viewer, qtbot, trained_tiny,
