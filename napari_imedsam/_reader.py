@@ -67,6 +67,8 @@ def get_nifti_reader(path: PathOrPaths) -> ReaderFunction | None:
 
 def _looks_like_dicom(path: Path) -> bool:
     """The DICOM preamble: 128 bytes, then ``DICM`` (files of a folder may lack suffixes)."""
+    if not path.is_file():  # a FIFO would block the read forever; devices never end
+        return False
     try:
         with path.open("rb") as f:
             return f.read(132)[128:] == b"DICM"

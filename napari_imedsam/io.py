@@ -75,6 +75,27 @@ def check_decoded_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
                          "IMEDSAM_MAX_IMAGE_BYTES (bytes)")
 
 
+def check_regular_file(path: str | Path, what: str = "image file",
+                       folder_ok: bool = False) -> Path:
+    """``path`` if it is a regular file (or, with ``folder_ok``, a folder: a DICOM
+    series), checked before anything opens it: a FIFO would block the read forever
+    and a device such as /dev/zero never ends. A missing path says so."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode  # follows links: a link to a FIFO is a FIFO
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    if stat.S_ISREG(mode) or (folder_ok and stat.S_ISDIR(mode)):
+        return path
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device")
+    advice = "a file or a DICOM folder" if folder_ok else "a file"
+    raise ValueError(f"{path} is not a regular {what} but {kind}: it is not read; "
+                     f"give {advice} saved on disk")
+
+
 def _amount(size: int) -> str:
     for unit, step in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= step:
@@ -106,6 +127,7 @@ def read_nifti(path: str | Path) -> LoadedImage:
     nib = _optional("nibabel", "NIfTI files")
     from nibabel.orientations import apply_orientation, inv_ornt_aff
 
+    check_regular_file(path)
     try:
         img = nib.load(str(path))
         header = img.header
@@ -150,10 +172,11 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
     repeated positions and mixed pixel spacing, which the volume would hide."""
     pydicom = _optional("pydicom", "DICOM files")
     if isinstance(path, (list, tuple)):
-        files = sorted(Path(p) for p in path)
+        files = sorted(check_regular_file(p) for p in path)
         path = files[0].parent if files else Path(".")
     else:
-        path = Path(path)
+        path = check_regular_file(path, folder_ok=True)
+        # In a folder, FIFOs and devices are skipped like any file that is not DICOM.
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     slices = []
     for file in files:
@@ -254,9 +277,7 @@ def check_image_array(data: np.ndarray, source: str) -> np.ndarray:
 
 def read_any(path: str | Path) -> LoadedImage:
     """Read an image or volume by its suffix (a folder is a DICOM series)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+    path = check_regular_file(path, folder_ok=True)
     if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom"):
         loaded = read_dicom(path)
     elif is_nifti(path):
@@ -273,6 +294,7 @@ def read_tiff(path: str | Path) -> np.ndarray:
     """A TIFF's pixels, after checking what its header promises."""
     import tifffile
 
+    check_regular_file(path)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -294,6 +316,7 @@ def read_pillow(path: str | Path, modes: tuple[str, ...] = ("L", "I;16", "I", "F
 
     from PIL import Image
 
+    check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

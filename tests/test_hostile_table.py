@@ -27,6 +27,8 @@ from PIL import Image
 
 from napari_imedsam.cli.app import _attach_negative_boxes, main
 
+from hostile_files import dicom_folder, fifo_opened_by_a_writer_if_read
+
 BOX = "5,5,40,30"
 #: A small full-scope model file (untrained tiny variant), made once per module.
 MODEL: dict[str, str] = {}
@@ -333,6 +335,25 @@ ROWS = [
     Row("errors 12", "an unknown model name",
         lambda d: ["segment", _png(d), "--box", BOX, "--model", "nosuch", "--out",
                    str(d / "m.tif")], says="valid names: "),
+    # -- issue 23 (hostile input, second round): item "23/N" --------------------------
+    Row("errors 23/1", "segment a DICOM folder (refused as 'does not exist' before)",
+        lambda d: _segment(d, "--slice", "1", "--out", str(d / "m.tif"),
+                           image=dicom_folder(d)),
+        code=0, says='"objects": 1'),
+    Row("errors 23/1", "segment a FIFO given as the image",
+        lambda d: _segment(d, "--out", str(d / "m.tif"),
+                           image=fifo_opened_by_a_writer_if_read(d / "pipe.png")),
+        says="pipe.png is not a regular image file but a FIFO", absent=("m.tif",)),
+    Row("errors 23/1", "segment /dev/zero",
+        lambda d: _segment(d, "--out", str(d / "m.tif"), image="/dev/zero"),
+        says="/dev/zero is not a regular image file but a device", absent=("m.tif",)),
+    Row("errors 23/1", "segment a path that does not exist",
+        lambda d: _segment(d, "--out", str(d / "m.tif"), image=str(d / "gone.png")),
+        says="gone.png does not exist", absent=("m.tif",)),
+    Row("errors 23/3", "a FIFO as --boxes-file (blocked forever before)",
+        lambda d: ["segment", "--batch", str(d), "--boxes-file",
+                   fifo_opened_by_a_writer_if_read(d / "b.csv"), "--out-dir", str(d / "o")],
+        says="b.csv is not a regular CSV file but a FIFO", absent=("o",)),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",

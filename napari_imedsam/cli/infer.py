@@ -188,6 +188,9 @@ def _clicks_entry(clicks: list[Any] | None, i: int) -> dict[str, Any]:
 
 def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
     """CSV with columns image,x0,y0,x1,y1 (one row per box)."""
+    from ..io import check_regular_file
+
+    check_regular_file(path, "CSV file")  # a FIFO would block the read forever
     boxes: dict[str, list[list[float]]] = {}
     try:
         with path.open(newline="", encoding="utf-8") as f:
@@ -322,8 +325,10 @@ def _segment(args: argparse.Namespace) -> int:
         raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 (or --point X,Y) and "
                          "--out MASK.tif (or --batch DIR --boxes-file CSV --out-dir DIR)")
     boxes, clicks = objects_from_prompts(getattr(args, "prompts", None) or [])
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"{args.image} does not exist")
+    from ..io import check_regular_file
+
+    # A folder is a DICOM series; a FIFO or a device is refused before it is opened.
+    check_regular_file(args.image, folder_ok=True)
     check_outputs([args.out, args.uncertainty, args.polygons], [args.image], args.overwrite)
     for flag, path in (("--out", args.out), ("--uncertainty", args.uncertainty)):
         if path is not None and Path(path).suffix.lower() not in (".tif", ".tiff"):
