@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,30 +46,43 @@ class LoadedImage:
 
 #: Largest decoded image this reads without being asked (bytes); ``$IMEDSAM_MAX_IMAGE_BYTES``.
 MAX_IMAGE_BYTES = 8 << 30
-#: Decoded size over file size beyond which a compressed file is taken for a
-#: decompression bomb (real images compress tens of times, not thousands).
+#: Stored (uncompressed) data size over file size beyond which a compressed file is
+#: taken for a lie (truncated) or a decompression bomb. It is a bound the compression
+#: itself sets, not a taste: deflate (PNG, gzip, TIFF's zip) cannot expand more than
+#: 1032 times, TIFF's LZW about 1200 times and JPEG less, so a legitimate flat image
+#: stays under it (a 4000 x 4000 single-colour PNG: 757 times), whatever its size.
 MAX_EXPANSION = 2000
 
 
 def check_decoded_size(path: str | Path, shape: tuple[int, ...], itemsize: int,
-                       compressed: bool) -> None:
+                       compressed: bool, *, stored_bytes: float | None = None,
+                       max_expansion: float | None = MAX_EXPANSION) -> None:
     """Refuse, before decoding, a file whose header promises more data than it can hold
-    (truncated or lying) or more than memory should take (a decompression bomb)."""
+    (truncated or lying) or more than memory should take (a decompression bomb).
+
+    ``itemsize``: bytes per value once decoded (what memory takes: the ceiling).
+    ``stored_bytes``: the size of the data as the file stores it before compression,
+    when it differs from the decoded size (1-bit pixels are an eighth of a byte);
+    the file must hold that much when uncompressed, and a compressed file can expand
+    at most ``max_expansion`` times into it (None: the compression has no useful
+    bound, e.g. zstd or LZMA in a TIFF, and only the ceiling guards memory)."""
     path = Path(path)
     if any(int(v) < 0 for v in shape) or int(itemsize) < 0:
         raise ValueError(f"{path.name}: its header claims a negative size {tuple(shape)}: "
                          "corrupt; not read")
-    expected = int(np.prod([int(v) for v in shape], dtype=np.float64)) * int(itemsize)
+    count = np.prod([int(v) for v in shape], dtype=np.float64)
+    expected = int(count) * int(itemsize)
+    stored = expected if stored_bytes is None else int(np.ceil(stored_bytes))
     size = path.stat().st_size
     limit = int(os.environ.get("IMEDSAM_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
     shown = " x ".join(str(int(v)) for v in shape)
     # What the file itself contradicts first: it says more than a size ceiling would.
-    if not compressed and expected > size:
-        raise ValueError(f"{path.name}: its header claims {shown} values ({expected} bytes) "
+    if not compressed and stored > size:
+        raise ValueError(f"{path.name}: its header claims {shown} values ({stored} bytes) "
                          f"but the file holds {size}: truncated or corrupt; not read")
-    if compressed and expected > MAX_EXPANSION * max(size, 1):
+    if compressed and max_expansion is not None and stored > max_expansion * max(size, 1):
         raise ValueError(f"{path.name}: a {size}-byte file that claims {shown} values "
-                         f"({expected / 2**20:.0f} MiB): corrupt or a decompression bomb; "
+                         f"({stored / 2**20:.0f} MiB): corrupt or a decompression bomb; "
                          "not read")
     if expected > limit:
         raise ValueError(f"{path.name}: its header claims {shown} values ({_amount(expected)}), "
@@ -290,6 +305,12 @@ def read_any(path: str | Path) -> LoadedImage:
     return loaded
 
 
+#: TIFF compressions whose expansion MAX_EXPANSION bounds: LZW (5), old and new JPEG
+#: (6, 7), deflate (8, 32946), PackBits (32773). Others (zstd, LZMA, ...) can expand a
+#: flat image far more: only the size ceiling applies to them.
+TIFF_BOUNDED_COMPRESSION = frozenset({5, 6, 7, 8, 32946, 32773})
+
+
 def read_tiff(path: str | Path) -> np.ndarray:
     """A TIFF's pixels, after checking what its header promises."""
     import tifffile
@@ -298,8 +319,15 @@ def read_tiff(path: str | Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            page = series.keyframe
+            # Stored bits per value: a 1-bit TIFF holds 8 pixels in a byte.
+            bits = int(getattr(page, "bitspersample", 8 * series.dtype.itemsize) or 1)
             check_decoded_size(path, series.shape, series.dtype.itemsize,
-                               compressed=series.pages[0].compression != 1)
+                               compressed=page.compression != 1,
+                               stored_bytes=float(np.prod(series.shape, dtype=np.float64))
+                               * bits / 8,
+                               max_expansion=MAX_EXPANSION if int(page.compression)
+                               in TIFF_BOUNDED_COMPRESSION else None)
             return np.asarray(series.asarray())
     except ValueError:
         raise
@@ -308,31 +336,74 @@ def read_tiff(path: str | Path) -> np.ndarray:
         raise ValueError(f"{Path(path).name} is not a readable TIFF ({text})") from exc
 
 
-def read_pillow(path: str | Path, modes: tuple[str, ...] = ("L", "I;16", "I", "F", "RGB", "RGBA"),
-                ) -> np.ndarray:
-    """PNG, JPEG, BMP... through Pillow, after checking the size its header claims;
-    other modes are converted to RGB."""
+def _pillow_itemsize(mode: str) -> int:
+    """Bytes per value of a Pillow mode once decoded."""
+    return 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+
+
+def _pillow_stored_bits(path: Path, img: Any) -> int:
+    """Bits per pixel as the file stores them before compression: a PNG's header
+    says it (bit depth x channels: a 1-bit PNG packs 8 pixels in a byte)."""
+    if img.format == "PNG":
+        with open(path, "rb") as f:
+            head = f.read(26)  # signature, IHDR length and type, width, height, depth, colour
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(head[25] if len(head) == 26 else -1)
+        if channels is not None and head[24] in (1, 2, 4, 8, 16):
+            return head[24] * channels
+    if img.mode == "1":
+        return 1
+    return 8 * len(img.getbands()) * _pillow_itemsize(img.mode)
+
+
+def check_pillow_size(path: str | Path, img: Any) -> None:
+    """:func:`check_decoded_size` for an image Pillow has opened (header read, pixels
+    not yet decoded)."""
+    bands = len(img.getbands())
+    if img.mode in ("1", "P"):  # converted to colour by the readers: up to 3 bytes
+        bands = max(bands, 3)
+    pixels = float(img.width) * float(img.height)
+    check_decoded_size(path, (img.height, img.width, bands), _pillow_itemsize(img.mode),
+                       compressed=True, stored_bytes=pixels * _pillow_stored_bits(Path(path),
+                                                                                  img) / 8)
+
+
+@contextmanager
+def pillow_image(path: str | Path) -> Iterator[Any]:
+    """A Pillow image, opened after :func:`check_regular_file` and with its size
+    checked (:func:`check_pillow_size`); what fails while the block decodes it
+    (truncated data, not an image, Pillow's own bomb guard) becomes one line
+    naming the file and what to do. ValueErrors of the block pass unchanged."""
     import warnings
 
     from PIL import Image
 
-    check_regular_file(path)
+    path = check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                bands = len(img.getbands())
-                check_decoded_size(path, (img.height, img.width, bands), 4, compressed=True)
-                if img.mode not in modes:
-                    img = img.convert("RGB")
-                return np.asarray(img)
-    except ValueError:
+                check_pillow_size(path, img)
+                yield img
+    except (ValueError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"{Path(path).name}: {exc}; not read") from exc
+        raise ValueError(f"{path.name}: {exc} (Pillow's guard against decompression bombs); "
+                         "not read: if the image is real, save it as TIFF (read up to "
+                         "IMEDSAM_MAX_IMAGE_BYTES) or crop it") from exc
     except Exception as exc:  # noqa: BLE001 - truncated or not an image
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise ValueError(f"{Path(path).name} is not a readable image ({text})") from exc
+        raise ValueError(f"{path.name} is not a readable image ({text}): it is truncated or "
+                         "not an image; copy or export it again") from exc
+
+
+def read_pillow(path: str | Path, modes: tuple[str, ...] = ("L", "I;16", "I", "F", "RGB", "RGBA"),
+                ) -> np.ndarray:
+    """PNG, JPEG, BMP... through Pillow, after checking the size its header claims;
+    other modes are converted to RGB."""
+    with pillow_image(path) as img:
+        if img.mode not in modes:
+            img = img.convert("RGB")
+        return np.asarray(img)
 
 
 def write_nifti(path: str | Path, data: np.ndarray, *, overwrite: bool = False,

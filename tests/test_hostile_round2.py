@@ -42,3 +42,45 @@ def test_the_dicom_reader_does_not_open_a_fifo_to_look_for_its_preamble(tmp_path
     assert _reader._looks_like_dicom(fifo) is False
     time.sleep(0.3)  # the writer gets in only while a reader has the FIFO open
     assert not opened, "the FIFO was opened (and would block without a writer)"
+
+
+# -- item 2: the size checks count bits, and a flat image is not a bomb -------------------
+def test_a_one_bit_tiff_is_read_not_refused_as_truncated(tmp_path):
+    import tifffile
+
+    bits = np.random.default_rng(0).integers(0, 2, (64, 80)).astype(bool)
+    tifffile.imwrite(tmp_path / "bits.tif", bits)  # 8 pixels a byte: 640 bytes of data
+    assert np.array_equal(io.read_any(tmp_path / "bits.tif").data, bits)
+    # A truly truncated uncompressed TIFF is still refused.
+    tifffile.imwrite(tmp_path / "grey.tif", np.full((64, 80), 9, np.uint8))
+    raw = (tmp_path / "grey.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(raw[:2000])
+    with pytest.raises(ValueError, match="cut.tif"):
+        io.read_any(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("shape, mode", [((4000, 4000), None), ((4000, 4000, 3), None),
+                                          ((4000, 4000), "1")])
+def test_a_flat_image_under_the_ceiling_is_read_not_taken_for_a_bomb(tmp_path, shape, mode):
+    from PIL import Image
+
+    image = Image.fromarray(np.ones(shape, bool) if mode == "1" else np.full(shape, 120, np.uint8))
+    image.save(tmp_path / "flat.png", optimize=True)
+    assert (tmp_path / "flat.png").stat().st_size < 60_000  # hundreds of times smaller
+    assert io.read_any(tmp_path / "flat.png").data.shape[:2] == (4000, 4000)
+
+
+def test_a_png_that_claims_more_than_deflate_can_hold_is_still_refused(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "small.png")
+    raw = bytearray((tmp_path / "small.png").read_bytes())
+    raw[16:24] = struct.pack(">II", 9000, 9000)  # 81 Mpx claimed by a ~70-byte file
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))  # the IHDR's CRC
+    (tmp_path / "lie.png").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="lie.png: a .*-byte file that claims 9000 x 9000 x 1 "
+                                         "values .*decompression bomb"):
+        io.read_any(tmp_path / "lie.png")
