@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -160,6 +161,8 @@ class PreviewJob:
     boundary: bool = False
     #: Each box's class (decoder head), for models with several; None: the spec's.
     heads: list[int | None] = field(default_factory=list)
+    #: Each box's clicks (``inference.session.Clicks``) or None.
+    clicks: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -183,9 +186,11 @@ def decode_preview(holder: SessionHolder, job: PreviewJob) -> PreviewOutcome:
         for head in sorted(set(heads), key=lambda h: -1 if h is None else h):
             index = [i for i, h in enumerate(heads) if h == head]
             spec = job.spec if head is None else dataclasses.replace(job.spec, head=head)
+            clicks = [job.clicks[i] for i in index] if job.clicks else []
             result, _ = holder.run(spec, job.image, [job.boxes[i] for i in index],
                                    window=job.window, region=job.view.region,
-                                   out_shape=job.view.out_shape)
+                                   out_shape=job.view.out_shape,
+                                   clicks=clicks if any(c is not None for c in clicks) else None)
             prob[index] = result.prob.max(axis=1)
             if job.boundary:
                 from .inference.session import boundary_polygons

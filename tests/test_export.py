@@ -342,3 +342,53 @@ def test_each_object_is_decoded_and_reproduced_with_its_own_class():
     again = ex.reproduce(record, decode)
     assert sorted(calls) == [(1, 2.0, 0), (1, 2.0, 1)]
     assert np.array_equal(again, exported.labels) and set(np.unique(again)) == {0, 1}
+
+
+def test_an_export_with_clicks_records_them_and_is_made_again_identically():
+    """Clicks travel with their object: the record lists them in order, and re-making the
+    masks from the record (``imedsam segment --from-export``) uses them, an object of
+    clicks alone (no box) included."""
+    import torch
+
+    from napari_imedsam.inference.session import SegmentationSession
+    from napari_imedsam.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    for module in model.implicit_decoder.modules():  # residual heads start at zero: wake them
+        if isinstance(module, torch.nn.Linear) and not module.weight.any():
+            module.weight.data.uniform_(-0.3, 0.3)
+    session = SegmentationSession(model, device="cpu", mode="imedsam", adaptive=False)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (40, 60), dtype=np.uint8)
+    clicked = ex.ObjectBox(1, (4.0, 6.0, 20.0, 22.0),
+                           clicks=(((10.5, 12.5), (18.5, 20.5)), (1, 0)))
+    alone = ex.ObjectBox(2, (float("nan"),) * 4, clicks=(((40.5, 20.5),), (1,)))
+    plain = ex.ObjectBox(3, (30.0, 10.0, 50.0, 30.0))
+    objects = [clicked, alone, plain]
+    decode = ex.session_decoder(session, image)
+    masks, _ = decode(None, np.array([o.box for o in objects]), 1.0,
+                      clicks=[o.prompt_clicks() for o in objects])
+    session.set_image(image)
+    plain_prob = session.predict([clicked.box]).prob
+    clicked_prob = session.predict([clicked.box], clicks=[clicked.prompt_clicks()]).prob
+    assert np.abs(plain_prob - clicked_prob).max() > 0.1  # the clicks change the answer
+    labels = np.zeros((40, 60), np.int32)
+    for o, m in zip(objects, masks):
+        labels[m & (labels == 0)] = o.object_id
+    exported = ex.labels_at_scale(labels, objects, 2.0, decode)
+    record = ex.build_record(image={"shape": [40, 60]}, model={"name": "tiny"}, window=None,
+                             scale=2.0, objects=objects, exported=exported)
+    record = json.loads(json.dumps(record))
+    first, second = record["objects"][0], record["objects"][1]
+    assert first["clicks"] == [{"x": 10.5, "y": 12.5, "positive": True},
+                               {"x": 18.5, "y": 20.5, "positive": False}]
+    assert second["box"] is None and second["clicks"] == [{"x": 40.5, "y": 20.5,
+                                                          "positive": True}]
+    assert "clicks" not in record["objects"][2]
+    again = ex.reproduce(record, ex.session_decoder(session, image))
+    assert np.array_equal(again, exported.labels)
+    broken = json.loads(json.dumps(record))
+    broken["objects"][0]["clicks"] = [{"x": "left"}]
+    with pytest.raises(ValueError, match="clicks are not a list"):
+        ex.reproduce(broken, decode)

@@ -46,10 +46,12 @@ def error_regions(pred: np.ndarray, target: np.ndarray) -> list[tuple[np.ndarray
 
 
 def _centre(region: np.ndarray) -> tuple[int, int]:
-    """The region's pixel farthest from its boundary (the image edge counts as one)."""
+    """The region's pixel farthest from its boundary (the image edge counts as one);
+    of several, the one nearest their middle (a long region's ridge is a line)."""
     distance = ndi.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    row, col = np.unravel_index(int(np.argmax(distance)), region.shape)
-    return int(row), int(col)
+    rows, cols = np.nonzero(distance >= distance.max() - 1e-6)
+    nearest = np.argmin((rows - rows.mean()) ** 2 + (cols - cols.mean()) ** 2)
+    return int(rows[nearest]), int(cols[nearest])
 
 
 def protocol_click(pred: np.ndarray, target: np.ndarray) -> Click | None:

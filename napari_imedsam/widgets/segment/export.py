@@ -37,10 +37,16 @@ ENCODER_INPUT = ("the CT window when one is set; else 8-bit data as it is and ot
 def gather_objects(widget: Any) -> list[ex.ObjectBox]:
     """Every object with a box: the boxes layer, plus boxes propagation made per slice."""
     boxes, image = widget.boxes, widget.image
+    points = None if widget.state is None else widget.state.points
     objects: dict[tuple[int, int | None], ex.ObjectBox] = {}
     for item in [] if boxes is None else wl.box_items(boxes, image):
+        clicks = wl.clicks_of(points, image, item.key, item.plane)
+        recorded = None if clicks is None else (
+            tuple((float(x), float(y)) for x, y in clicks.xy),
+            tuple(int(v) for v in clicks.labels))
         objects[(item.object_id, item.plane)] = ex.ObjectBox(item.object_id, item.box,
-                                                             item.plane, item.accepted, item.head)
+                                                             item.plane, item.accepted, item.head,
+                                                             recorded)
     volume = getattr(widget, "volume", None)
     for object_id, per_plane in (getattr(volume, "plane_boxes", None) or {}).items():
         for plane, box in per_plane.items():

@@ -183,31 +183,35 @@ class ZoomPreview(QWidget):
             plane = int(round(float(image.world_to_data(viewer.dims.point)[0])))
             if not 0 <= plane < spatial[0]:
                 return None
-        ids, object_boxes, heads = self._objects(plane, view, spatial)
+        ids, object_boxes, heads, clicks = self._objects(plane, view, spatial)
         if not ids:
             return None
         data = wl.level0(image)
         return PreviewJob(self._gen, w.settings.spec(), take_plane(data, plane), plane,
                           w.settings.window(), object_boxes, ids, view,
-                          self.boundary.isChecked(), heads)
+                          self.boundary.isChecked(), heads, clicks)
 
     def _objects(self, plane: int | None, view: ViewGeometry, spatial: tuple[int, ...]
-                 ) -> tuple[list[int], list[Box], list[int | None]]:
+                 ) -> tuple[list[int], list[Box], list[int | None], list[Any]]:
         """Objects with a box on ``plane`` that overlaps the view and pixels in the masks
-        (an object whose pixels were undone or cleared is not previewed): ids, boxes and
-        classes (several boxes may share an id when masks carry their class's value)."""
+        (an object whose pixels were undone or cleared is not previewed): ids, boxes,
+        classes (several boxes may share an id when masks carry their class's value) and
+        clicks."""
         w = self.widget
         boxes, image = w.boxes, w.image
-        found = [(item.object_id, item.box, item.head) for item in wl.box_items(boxes, image)
-                 if plane is None or item.plane == plane]
+        points = None if w.state is None else w.state.points
+        found = [(item.object_id, item.box, item.head,
+                  wl.clicks_of(points, image, item.key, item.plane))
+                 for item in wl.box_items(boxes, image) if plane is None or item.plane == plane]
         if self.more_boxes is not None:  # slices a propagation labelled
-            drawn = {object_id for object_id, _, _ in found}
-            found += [(object_id, box, None) for object_id, box in self.more_boxes(plane)
+            drawn = {f[0] for f in found}
+            found += [(object_id, box, None, None) for object_id, box in self.more_boxes(plane)
                       if object_id not in drawn]
         labels = w.masks.data if plane is None else w.masks.data[plane]
         present = set(np.unique(labels).tolist())
         keep = [f for f in found if f[0] in present and box_in_region(f[1], view.region)]
-        return [f[0] for f in keep], [f[1] for f in keep], [f[2] for f in keep]
+        return ([f[0] for f in keep], [f[1] for f in keep], [f[2] for f in keep],
+                [f[3] for f in keep])
 
     def _watch(self, masks: Labels) -> None:
         """Re-decode when the masks change (a new object, a clear, a brush stroke)."""
