@@ -318,7 +318,14 @@ def read_tiff(path: str | Path) -> np.ndarray:
     check_regular_file(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            if not tif.series:
+                raise ValueError(f"{Path(path).name} holds no image: export it again as TIFF")
+            # A TIFF may hold several images: a thumbnail or preview written before the
+            # image (some scanners and slide viewers do), a label or macro image after
+            # it. The user means the image, so the largest series (most values; the
+            # first of equals) is read, not the first. Pyramid levels are one series
+            # in tifffile, whose full-resolution level is the one read.
+            series = max(tif.series, key=lambda s: float(np.prod(s.shape, dtype=np.float64)))
             page = series.keyframe
             # Stored bits per value: a 1-bit TIFF holds 8 pixels in a byte.
             bits = int(getattr(page, "bitspersample", 8 * series.dtype.itemsize) or 1)

@@ -84,3 +84,17 @@ def test_a_png_that_claims_more_than_deflate_can_hold_is_still_refused(tmp_path)
     with pytest.raises(ValueError, match="lie.png: a .*-byte file that claims 9000 x 9000 x 1 "
                                          "values .*decompression bomb"):
         io.read_any(tmp_path / "lie.png")
+
+
+# -- item 4: a TIFF whose first series is a thumbnail ---------------------------------------
+def test_the_largest_tiff_series_is_read_not_a_thumbnail_before_it(tmp_path):
+    import tifffile
+
+    image = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64)
+    with tifffile.TiffWriter(tmp_path / "scan.tif") as tif:
+        tif.write(image[::8, ::8].copy())  # the thumbnail first, as some scanners write
+        tif.write(image)
+        tif.write(np.zeros((4, 4), np.uint16))  # a label image after it
+    with tifffile.TiffFile(tmp_path / "scan.tif") as tif:
+        assert [s.shape for s in tif.series] == [(6, 8), (48, 64), (4, 4)]
+    assert np.array_equal(io.read_any(tmp_path / "scan.tif").data, image)
