@@ -144,6 +144,11 @@ def read_nifti(path: str | Path) -> LoadedImage:
 
     check_regular_file(path)
     try:
+        # The file's own scale factors: nibabel's loaded header has them reset, and
+        # nibabel ignores some and refuses others in its own words.
+        raw = _raw_nifti_header(nib, Path(path))
+        if raw is not None:
+            _check_nifti_scaling(Path(path), raw)
         img = nib.load(str(path))
         header = img.header
         check_decoded_size(path, header.get_data_shape(), header.get_data_dtype().itemsize,
@@ -178,6 +183,39 @@ def read_nifti(path: str | Path) -> LoadedImage:
         view = np.moveaxis(view, tuple(range(3, view.ndim)), tuple(range(view.ndim - 3)))
         spacing = (1.0,) * (view.ndim - 3) + spacing
     return LoadedImage(np.ascontiguousarray(view), spacing, str(path), affine)
+
+
+def _raw_nifti_header(nib: Any, path: Path) -> Any:
+    """The NIfTI-1 or -2 header of ``path`` read without nibabel's checks, or None."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:
+            first = f.read(4)
+            f.seek(0)
+            two = 540 in (int.from_bytes(first, "little"), int.from_bytes(first, "big"))
+            return (nib.Nifti2Header if two else nib.Nifti1Header).from_fileobj(f, check=False)
+    except Exception:  # noqa: BLE001 - not a NIfTI header at all: the caller says so
+        return None
+
+
+def _check_nifti_scaling(path: Path, header: Any) -> None:
+    """Refuse scale factors that are not numbers, which nibabel ignores silently.
+
+    nibabel writes NaN in scl_slope and scl_inter for "no scaling", and the standard
+    reads a slope of 0 the same way: those pairs stay (NaN or 0 slope, NaN or 0
+    intercept; a 0 slope with any finite intercept). An infinite slope or intercept,
+    a real slope with a NaN intercept, or a NaN slope with a real intercept leave the
+    intensities unknown: refused."""
+    try:
+        slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    except (KeyError, TypeError, ValueError):
+        return  # not a NIfTI-1/2 header: nothing to check
+    unset = np.isnan(slope) or slope == 0
+    if (np.isinf(slope) or np.isinf(inter) or (not unset and np.isnan(inter))
+            or (np.isnan(slope) and not np.isnan(inter) and inter != 0)):
+        raise ValueError(f"{path.name}: its scale factors (scl_slope {slope:g}, scl_inter "
+                         f"{inter:g}) are not numbers, so its intensities are unknown; not read: "
+                         "fix the header (scl_slope 1, scl_inter 0 if the values are stored as "
+                         "they are) or export the file again")
 
 
 def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
@@ -287,7 +325,16 @@ def check_image_array(data: np.ndarray, source: str) -> np.ndarray:
             data.dtype.kind, f"values of type {data.dtype}")
         raise ValueError(f"{source} holds {what}, not image intensities: save the magnitude "
                          "(or one field) as a real-valued image")
+    if data.dtype.kind == "f" and not _any_finite(data):
+        raise ValueError(f"{source} has no finite pixel (every value is NaN or infinite): "
+                         "there is nothing to segment; export the image again from its source")
     return data
+
+
+def _any_finite(data: np.ndarray) -> bool:
+    """Whether any value is finite, a row (or slice) at a time: it stops at the first
+    finite one and never makes a mask the size of the whole image."""
+    return any(bool(np.isfinite(part).any()) for part in data)
 
 
 def read_any(path: str | Path) -> LoadedImage:

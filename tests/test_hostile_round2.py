@@ -98,3 +98,51 @@ def test_the_largest_tiff_series_is_read_not_a_thumbnail_before_it(tmp_path):
     with tifffile.TiffFile(tmp_path / "scan.tif") as tif:
         assert [s.shape for s in tif.series] == [(6, 8), (48, 64), (4, 4)]
     assert np.array_equal(io.read_any(tmp_path / "scan.tif").data, image)
+
+
+# -- item 5: no finite pixel; NIfTI scale factors that are not numbers ----------------------
+@pytest.mark.parametrize("name", ["nan.tif", "nan.nii.gz"])
+def test_an_image_with_no_finite_pixel_is_refused_by_name(tmp_path, name):
+    import tifffile
+
+    data = np.full((4, 16, 16), np.nan, np.float32)
+    data[1, 3] = np.inf
+    if name.endswith(".tif"):
+        tifffile.imwrite(tmp_path / name, data[0])
+    else:
+        nib = pytest.importorskip("nibabel")
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / name))
+    with pytest.raises(ValueError, match=rf"{name} has no finite pixel"):
+        io.read_any(tmp_path / name)
+    data[2, 5, 7] = 1.0  # one finite value is an image
+    if name.endswith(".tif"):
+        tifffile.imwrite(tmp_path / name, data[2])
+        assert io.read_any(tmp_path / name).data[5, 7] == 1.0
+
+
+def _nifti_scaled(path: Path, slope: float, inter: float) -> Path:
+    """An uncompressed NIfTI-1 with scl_slope and scl_inter written into its header's
+    bytes (nibabel resets them when it saves)."""
+    import struct
+
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti1Image(np.full((4, 4, 4), 3, np.int16), np.eye(4)), str(path))
+    raw = bytearray(path.read_bytes())
+    raw[112:120] = struct.pack("<ff", slope, inter)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("slope, inter", [(np.inf, 0.0), (-np.inf, 0.0), (2.0, np.nan),
+                                          (2.0, np.inf), (np.nan, 7.0), (0.0, np.inf)])
+def test_nifti_scale_factors_that_are_not_numbers_are_refused(tmp_path, slope, inter):
+    path = _nifti_scaled(tmp_path / "scaled.nii", slope, inter)
+    with pytest.raises(ValueError, match="scaled.nii: its scale factors .* are not numbers"):
+        io.read_any(path)
+
+
+@pytest.mark.parametrize("slope, inter, value", [(np.nan, np.nan, 3), (np.nan, 0.0, 3),
+                                                 (0.0, 5.0, 3), (2.0, -1.0, 5)])
+def test_nifti_scale_factors_meaning_none_or_real_ones_are_read(tmp_path, slope, inter, value):
+    path = _nifti_scaled(tmp_path / "scaled.nii", slope, inter)
+    assert float(io.read_any(path).data[0, 0, 0]) == value

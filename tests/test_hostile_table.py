@@ -354,6 +354,9 @@ ROWS = [
         lambda d: ["segment", "--batch", str(d), "--boxes-file",
                    fifo_opened_by_a_writer_if_read(d / "b.csv"), "--out-dir", str(d / "o")],
         says="b.csv is not a regular CSV file but a FIFO", absent=("o",)),
+    Row("errors 23/5", "an image with no finite pixel (a mask and exit 0 before)",
+        lambda d: _segment(d, "--out", str(d / "m.tif"), image=_float_tif(d, "nan.tif", np.nan)),
+        says="nan.tif has no finite pixel", absent=("m.tif",)),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",
@@ -363,6 +366,11 @@ ROWS = [
 
 def _tif(folder: Path, name: str) -> str:
     tifffile.imwrite(folder / name, np.full((48, 64), 100, np.uint8))
+    return str(folder / name)
+
+
+def _float_tif(folder: Path, name: str, value: float) -> str:
+    tifffile.imwrite(folder / name, np.full((48, 64), value, np.float32))
     return str(folder / name)
 
 
