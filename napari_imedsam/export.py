@@ -337,8 +337,11 @@ def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[st
     fine = (*spacing[:-2], spacing[-2] / scale, spacing[-1] / scale)
     with_uncertainty = target.uncertainty is not None and exported.uncertainty is not None
     paths = [target.labels, *([target.uncertainty] if with_uncertainty else []), target.record]
+    from .inference.merge import UNCERTAINTY_QUANTITY
+
     files = {"labels": target.labels.name,
-             "uncertainty": target.uncertainty.name if with_uncertainty else None}
+             "uncertainty": target.uncertainty.name if with_uncertainty else None,
+             "uncertainty_quantity": UNCERTAINTY_QUANTITY if with_uncertainty else None}
     text = json.dumps({**record, "files": files}, indent=2) + "\n"
     with saving.staged_files(paths, overwrite=overwrite) as staged:
         if name.endswith((".tif", ".tiff")):

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from napari_imedsam import export as ex
+from napari_imedsam.inference.merge import UNCERTAINTY_QUANTITY
 
 
 # -- pure: a fake decoder that draws the disc inscribed in each box at any scale ----------
@@ -130,7 +131,9 @@ def test_files_read_back_equal_with_resolution_and_no_overwrite(tmp_path):
     unc = tifffile.imread(target.uncertainty)
     assert unc.dtype == np.float32 and np.array_equal(unc, exported.uncertainty)
     saved = json.loads(target.record.read_text())
-    assert saved["files"] == {"labels": "case.tif", "uncertainty": "case_uncertainty.tif"}
+    assert saved["files"] == {"labels": "case.tif", "uncertainty": "case_uncertainty.tif",
+                              "uncertainty_quantity": UNCERTAINTY_QUANTITY}
+    assert "standard deviation" in UNCERTAINTY_QUANTITY
     assert saved["window_width_level"] == [400.0, 40.0] and saved["scale"] == 2.0
     for key in ("created", "napari_imedsam_version", "model", "box_convention", "objects"):
         assert key in saved

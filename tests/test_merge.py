@@ -50,7 +50,7 @@ def test_merging_strip_by_strip_gives_the_labels_of_one_big_answer(session):
     merged = predict_merged(session, BOXES, scale=1.5, polygons=True, budget=20 * 180 * 10)
     assert set(np.unique(merged.labels)) == set(np.unique(whole.labels()))
     assert (merged.labels == whole.labels()).mean() > 0.98  # MC draws differ per call
-    assert np.abs(merged.uncertainty - whole.uncertainty.max(axis=(0, 1))).mean() < 0.01
+    assert np.abs(merged.uncertainty - np.sqrt(whole.uncertainty.max(axis=(0, 1)))).mean() < 0.01
     # Outlines are traced on each box's own window: the same points, the same outline.
     expected = boundary_polygons(whole)
     assert [len(p) for p in merged.polygons] == [len(p) for p in expected]
@@ -128,4 +128,4 @@ def test_masks_box_by_box_equal_one_predict_call(session):
     whole = session.predict(BOXES, scale=2.0)
     masks, unc = masks_box_by_box(session, BOXES, scale=2.0)
     assert (masks == whole.masks()).mean() > 0.98  # MC draws differ per call
-    assert np.abs(unc - whole.uncertainty.max(axis=(0, 1))).mean() < 0.01
+    assert np.abs(unc - np.sqrt(whole.uncertainty.max(axis=(0, 1)))).mean() < 0.01

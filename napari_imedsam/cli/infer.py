@@ -356,7 +356,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                         "points before any box make one object of their own; repeat")
     s.add_argument("--out", type=Path, help="label TIFF: one id per box")
     s.add_argument("--scale", type=float, default=1.0, help="output scale, 0.25 to 8")
-    s.add_argument("--uncertainty", type=Path, help="uncertainty TIFF (float32)")
+    s.add_argument("--uncertainty", type=Path,
+                   help="uncertainty TIFF (float32): the MC-dropout standard deviation of the "
+                        "mask probability, 0 to 0.5, as the widget shows and the export writes")
     s.add_argument("--polygons", type=Path, help="sub-pixel boundaries as JSON")
     s.add_argument("--model", default="medsam_lite",
                    help="medsam_lite (the default: LiteMedSAM + our adapter), vit_b, vit_l, "

@@ -24,6 +24,17 @@ from ..saving import dtype_for_ids
 from .session import (BYTES_PER_OUTPUT_PIXEL, SESSION_HEAD, Clicks, SegmentationSession,
                       boundary_polygons, output_grid, window_of)
 
+#: What every merged uncertainty map holds (the command line's and the export's files,
+#: the widget's layer): one name, one quantity.
+UNCERTAINTY_QUANTITY = ("MC-dropout standard deviation of the mask probability (0 to 0.5; "
+                        "the square root of the paper's Eq. 7 variance), maximum over objects")
+
+
+def spread(variance: np.ndarray) -> np.ndarray:
+    """The MC-dropout standard deviation from the session's variance (Eq. 7)."""
+    return np.sqrt(np.maximum(variance, 0.0)).astype(np.float32, copy=False)
+
+
 #: Bytes of per-box maps held at once while merging.
 MERGE_BUDGET = 32 << 20
 
@@ -34,7 +45,7 @@ class Band:
 
     row0: int
     labels: np.ndarray  # (rows, W') BandMerge.dtype
-    uncertainty: np.ndarray | None  # (rows, W') float32: max over boxes
+    uncertainty: np.ndarray | None  # (rows, W') float32: UNCERTAINTY_QUANTITY
 
 
 @dataclass
@@ -42,7 +53,7 @@ class MergedResult:
     """Every box's answer folded onto one ``H' x W'`` grid over the whole image."""
 
     labels: np.ndarray  # (H', W'): first_id + the box's index (or the class value); 0 background
-    uncertainty: np.ndarray | None  # (H', W') float32: max over boxes; None for SAM's decoder
+    uncertainty: np.ndarray | None  # (H', W') float32: UNCERTAINTY_QUANTITY; None for SAM's
     boxes: np.ndarray  # (N, 4) as used (clipped to the image)
     iou: np.ndarray  # (N,) the backbone's predicted IoU per box
     mode: str
@@ -124,7 +135,8 @@ class BandMerge:
                 if part.iou is not None:
                     self.iou[index] = part.iou[j]
             if uncertainty is not None and part.uncertainty is not None:
-                np.maximum(uncertainty, part.uncertainty.max(axis=(0, 1)), out=uncertainty)
+                np.maximum(uncertainty, spread(part.uncertainty.max(axis=(0, 1))),
+                           out=uncertainty)
             del part
         labels[best <= self.threshold] = 0
         return Band(r0, labels, uncertainty)
@@ -154,7 +166,7 @@ def masks_box_by_box(session: SegmentationSession,
                      decoder: str | None = None, head: int | None = SESSION_HEAD,  # type: ignore[assignment]
                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """Each object's mask ``(N, H', W')`` bool on the image grid times ``scale``, and
-    the uncertainty's maximum over objects ``(H', W')`` (None for SAM's decoder).
+    the uncertainty (:data:`UNCERTAINTY_QUANTITY`) ``(H', W')`` (None for SAM's decoder).
 
     What one ``predict`` call gives, but each object is decoded alone on its own
     window of the grid: the maps held at once are one object's window (10 bytes a
@@ -182,7 +194,7 @@ def masks_box_by_box(session: SegmentationSession,
                                clicks=None if clicks is None else [clicks[i]])
         masks[i, r0:r1, c0:c1] = part.masks(threshold)[0]
         if uncertainty is not None and part.uncertainty is not None:
-            np.maximum(uncertainty[r0:r1, c0:c1], part.uncertainty[0].max(axis=0),
+            np.maximum(uncertainty[r0:r1, c0:c1], spread(part.uncertainty[0].max(axis=0)),
                        out=uncertainty[r0:r1, c0:c1])
     return masks, uncertainty
 
