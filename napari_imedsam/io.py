@@ -387,7 +387,8 @@ def read_tiff(path: str | Path) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise ValueError(f"{Path(path).name} is not a readable TIFF ({text})") from exc
+        raise ValueError(f"{Path(path).name} is not a readable TIFF ({text}): it is truncated "
+                         "or damaged; copy or export it again") from exc
 
 
 def _pillow_itemsize(mode: str) -> int:

@@ -146,3 +146,26 @@ def test_nifti_scale_factors_that_are_not_numbers_are_refused(tmp_path, slope, i
 def test_nifti_scale_factors_meaning_none_or_real_ones_are_read(tmp_path, slope, inter, value):
     path = _nifti_scaled(tmp_path / "scaled.nii", slope, inter)
     assert float(io.read_any(path).data[0, 0, 0]) == value
+
+
+# -- items 6 and 8: train/evaluate read images through io's checks --------------------------
+def test_training_data_is_read_with_the_size_checks_of_the_segment_command(tmp_path):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    from napari_imedsam.train import data
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "m.png")
+    raw = bytearray((tmp_path / "m.png").read_bytes())
+    raw[16:24] = struct.pack(">II", 9000, 9000)  # under Pillow's own limit, not ours
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    (tmp_path / "m.png").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="m.png: a .*-byte file that claims 9000 x 9000"):
+        data.read_mask(tmp_path / "m.png")
+    # Palette masks still come back as their indices.
+    palette = Image.fromarray(np.array([[0, 2], [1, 2]], np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    palette.save(tmp_path / "p.png")
+    assert data.read_mask(tmp_path / "p.png", binary=False).tolist() == [[0, 2], [1, 2]]

@@ -166,7 +166,11 @@ def _metadata_of(path: Path) -> dict[str, str] | None:
         return f.metadata()
 
 
-def _evaluation_data(folder: Path, empty: bool = False) -> str:
+def _evaluation_data(folder: Path, empty: bool = False, damaged: str = "",
+                     huge: str = "") -> str:
+    """Two images with their masks; ``damaged``: an image, cut to half its bytes, that
+    replaces the image of the same stem (a PNG, or a zlib TIFF of noise); ``huge``: a
+    PNG whose header claims 14000 x 14000 pixels (196 Mpx)."""
     root = folder / "data"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -175,7 +179,28 @@ def _evaluation_data(folder: Path, empty: bool = False) -> str:
         mask = np.zeros((32, 32), np.uint8)
         mask[8:20, 8:24] = 0 if empty else 255
         Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    if damaged:
+        target = root / "images" / damaged
+        (root / "images" / f"{target.stem}.png").unlink()
+        noise = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        if target.suffix == ".tif":
+            tifffile.imwrite(target, noise, compression="zlib")
+        else:
+            Image.fromarray(noise).save(target)
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    if huge:
+        _claim_size(root / "images" / huge, 14000, 14000)
     return str(root)
+
+
+def _claim_size(png: Path, width: int, height: int) -> None:
+    """Make a PNG's header claim ``width`` x ``height`` (its IHDR and CRC rewritten)."""
+    import zlib
+
+    raw = bytearray(png.read_bytes())
+    raw[16:24] = struct.pack(">II", width, height)
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    png.write_bytes(bytes(raw))
 
 
 def _write(path: Path, text: str | bytes) -> str:
@@ -357,6 +382,28 @@ ROWS = [
     Row("errors 23/5", "an image with no finite pixel (a mask and exit 0 before)",
         lambda d: _segment(d, "--out", str(d / "m.tif"), image=_float_tif(d, "nan.tif", np.nan)),
         says="nan.tif has no finite pixel", absent=("m.tif",)),
+    Row("errors 23/6", "a boxes CSV with a word where a number goes",
+        lambda d: ["segment", "--batch", str(d), "--boxes-file",
+                   _write(d / "b.csv", "image,x0,y0,x1,y1\na.png,1,2,3,4\n\na.png,a,1,5,5\n"),
+                   "--out-dir", str(d / "o")],
+        says="b.csv, line 4: x0 is 'a', not a number: write each box's corners as numbers",
+        absent=("o",)),
+    Row("errors 23/6", "a truncated PNG in evaluate's folder (PIL's words, no file, before)",
+        lambda d: ["evaluate", "--data", _evaluation_data(d, damaged="c1.png"), "--model",
+                   MODEL["path"], "--device", "cpu", "--label-size", "32",
+                   "--json", str(d / "e.json")],
+        says="c1.png is not a readable image (image file is truncated): it is truncated or "
+             "not an image; copy or export it again", absent=("e.json",)),
+    Row("errors 23/6", "a truncated TIFF in evaluate's folder (tifffile's words, no file, before)",
+        lambda d: ["evaluate", "--data", _evaluation_data(d, damaged="c1.tif"), "--model",
+                   MODEL["path"], "--device", "cpu", "--label-size", "32",
+                   "--json", str(d / "e.json")],
+        says="c1.tif is not a readable TIFF", absent=("e.json",)),
+    Row("errors 23/8", "evaluate on a folder with a PNG over 179 Mpx (PIL's traceback before)",
+        lambda d: ["evaluate", "--data", _evaluation_data(d, huge="c1.png"), "--model",
+                   MODEL["path"], "--device", "cpu", "--label-size", "32",
+                   "--json", str(d / "e.json")],
+        says="c1.png: Image size (196000000 pixels) exceeds limit", absent=("e.json",)),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",

@@ -192,17 +192,26 @@ def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
 
     check_regular_file(path, "CSV file")  # a FIFO would block the read forever
     boxes: dict[str, list[list[float]]] = {}
+    keys = ("x0", "y0", "x1", "y1")
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]  # line_num: blank lines count
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
                          "save it as UTF-8 CSV") from None
-    for row in rows:
-        try:
-            box = [float(row[k]) for k in ("x0", "y0", "x1", "y1")]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 ({exc})") from None
+    for line, row in rows:
+        if row.get("image") is None or any(row.get(k) is None for k in keys):
+            lacking = ", ".join(k for k in ("image", *keys) if row.get(k) is None)
+            raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 (line {line} has no "
+                             f"{lacking}): add the missing columns")
+        box = []
+        for key in keys:
+            try:
+                box.append(float(row[key]))
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: {key} is {row[key]!r}, not a number: "
+                                 "write each box's corners as numbers of pixels") from None
         boxes.setdefault(row["image"], []).append(box)
     return boxes
 

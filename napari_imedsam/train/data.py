@@ -37,22 +37,21 @@ class LabeledImage:
 
 
 def _read_raw(path: Path) -> np.ndarray:
-    """Pixels as stored; palette PNGs stay indices (label masks rely on that)."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
+    """Pixels as stored; palette PNGs stay indices (label masks rely on that).
 
-        arr = np.asarray(tifffile.imread(path))
+    Through the checks of :mod:`napari_imedsam.io` (the segment command's and the
+    napari readers'): a regular file, the size its header claims against the file
+    and the memory ceiling before decoding, and one line naming the file for a
+    truncated or foreign file or Pillow's decompression-bomb guard."""
+    from ..io import pillow_image, read_tiff
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        arr = read_tiff(path)
         # Channel-first TIFFs (C, H, W) are common in microscopy; move C last.
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] > 4:
             arr = np.moveaxis(arr, 0, -1)
         return arr
-    try:
-        from PIL import Image
-    except ImportError:  # Pillow normally ships with scikit-image's imageio
-        from skimage import io
-
-        return np.asarray(io.imread(path))
-    with Image.open(path) as img:
+    with pillow_image(path) as img:
         if img.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
             img = img.convert("RGB")
         elif img.mode in ("LA", "PA"):
