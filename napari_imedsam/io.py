@@ -234,10 +234,18 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
     slices = []
     for file in files:
         try:
-            slices.append(pydicom.dcmread(str(file)))
-        except Exception:  # noqa: BLE001  (not every file in a folder is DICOM)
+            ds = pydicom.dcmread(str(file))
+        except Exception as exc:  # noqa: BLE001  (not every file in a folder is DICOM)
+            if _has_dicom_preamble(file):  # DICOM, but cut short or damaged
+                raise ValueError(f"{file.name}: a DICOM file that cannot be read "
+                                 f"({_short(exc)}): {_DAMAGED_SLICE}") from exc
             continue
-    slices = [s for s in slices if "PixelData" in s]  # skips DICOMDIR, reports...
+        if "PixelData" in ds:
+            slices.append(ds)
+        elif "Rows" in ds or _is_image_storage(ds):  # an image cut before its pixels
+            raise ValueError(f"{file.name}: a DICOM image without its pixel data: "
+                             f"{_DAMAGED_SLICE}")
+        # else: DICOMDIR, reports, ...: skipped
     if not slices:
         raise ValueError(f"no DICOM images found in {path}")
     groups: dict[str, list[Any]] = {}
@@ -251,6 +259,43 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
     return out
 
 
+#: What to do about one damaged file of a series (skipping it would leave a volume
+#: with a slice missing, silently wrong).
+_DAMAGED_SLICE = ("truncated or damaged; copy the series again, or move this file out of "
+                  "the folder if the series is complete without it")
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _is_image_storage(ds: Any) -> bool:
+    """Whether the file's SOP class stores an image (CT Image Storage, ...), which
+    holds pixel data, unlike a DICOMDIR, a report or a structure set."""
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(ds, "SOPClassUID", None) or getattr(meta, "MediaStorageSOPClassUID", None)
+    return "Image Storage" in str(getattr(uid, "name", ""))
+
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
+def _pixels(ds: Any) -> np.ndarray:
+    """One slice's pixels; a file whose pixel data cannot be decoded (truncated: pydicom's
+    "bytes of pixel data is less than expected") is named."""
+    try:
+        return ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom's words name no file
+        name = Path(str(getattr(ds, "filename", "") or "a slice")).name
+        raise ValueError(f"{name}: its pixel data cannot be read ({_short(exc)}): "
+                         f"{_DAMAGED_SLICE}") from exc
+
+
 def _series_label(ds: Any) -> str:
     text = str(getattr(ds, "SeriesDescription", "") or "").strip()
     return text or f"number {getattr(ds, 'SeriesNumber', '?')}"
@@ -259,12 +304,14 @@ def _series_label(ds: Any) -> str:
 def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
     """One series' slices -> a volume sorted by position, with its spacing."""
     slices = sorted(slices, key=lambda s: float(getattr(s, "ImagePositionPatient", [0, 0, 0])[2]))
-    shapes = {tuple(s.pixel_array.shape) for s in slices}
+    pixels = [_pixels(s) for s in slices]
+    shapes = {tuple(p.shape) for p in pixels}
     if len(shapes) > 1:
         raise ValueError(f"{source}: slices of different sizes {sorted(shapes)} in one series; "
                          "open the slices of one size on their own")
-    arrays = [s.pixel_array.astype(np.float32) * float(getattr(s, "RescaleSlope", 1))
-              + float(getattr(s, "RescaleIntercept", 0)) for s in slices]
+    arrays = [p.astype(np.float32) * float(getattr(s, "RescaleSlope", 1))
+              + float(getattr(s, "RescaleIntercept", 0)) for p, s in zip(pixels, slices)]
+    del pixels
     data = np.stack(arrays) if len(arrays) > 1 else arrays[0]
     spacings = {tuple(round(float(v), 4) for v in getattr(s, "PixelSpacing", [1.0, 1.0]))
                 for s in slices}

@@ -169,3 +169,18 @@ def test_training_data_is_read_with_the_size_checks_of_the_segment_command(tmp_p
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
     palette.save(tmp_path / "p.png")
     assert data.read_mask(tmp_path / "p.png", binary=False).tolist() == [[0, 2], [1, 2]]
+
+
+# -- item 7: one truncated slice in a DICOM series -------------------------------------------
+@pytest.mark.parametrize("keep", [-1000, 400], ids=["pixel data cut", "header cut"])
+def test_a_truncated_dicom_slice_is_refused_by_its_name(tmp_path, keep):
+    pytest.importorskip("pydicom")
+    from hostile_files import dicom_folder
+
+    folder = Path(dicom_folder(tmp_path, slices=5))
+    (folder / "notes.txt").write_text("not DICOM: skipped")
+    assert io.read_any(folder).data.shape == (5, 48, 64)
+    damaged = folder / "s2.dcm"
+    damaged.write_bytes(damaged.read_bytes()[:keep])
+    with pytest.raises(ValueError, match="s2.dcm: .*truncated or damaged; copy the series again"):
+        io.read_any(folder)

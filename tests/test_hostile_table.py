@@ -404,6 +404,10 @@ ROWS = [
                    MODEL["path"], "--device", "cpu", "--label-size", "32",
                    "--json", str(d / "e.json")],
         says="c1.png: Image size (196000000 pixels) exceeds limit", absent=("e.json",)),
+    Row("errors 23/7", "a DICOM folder with one slice cut short (pydicom's words before)",
+        lambda d: _segment(d, "--slice", "1", "--out", str(d / "m.tif"),
+                           image=_dicom_folder_with_a_cut_slice(d)),
+        says="s2.dcm: its pixel data cannot be read", absent=("m.tif",)),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",
@@ -419,6 +423,13 @@ def _tif(folder: Path, name: str) -> str:
 def _float_tif(folder: Path, name: str, value: float) -> str:
     tifffile.imwrite(folder / name, np.full((48, 64), value, np.float32))
     return str(folder / name)
+
+
+def _dicom_folder_with_a_cut_slice(folder: Path) -> str:
+    series = Path(dicom_folder(folder, slices=5))
+    cut = series / "s2.dcm"
+    cut.write_bytes(cut.read_bytes()[:-1000])
+    return str(series)
 
 
 def _digest(path: Path) -> str:
