@@ -388,3 +388,49 @@ def test_a_killed_downloads_temporary_file_is_removed_by_the_next(cache, entry, 
     path = w.fetch(NAME)
     assert path.is_file() and not stale.exists() and fresh.exists()
     assert _leftovers(cache) == sorted([FILENAME, fresh.name])
+
+
+def _forge_memo(cache: Path, target: Path, entry: w.WeightsEntry) -> None:
+    """A memo entry in the cache's memo file that vouches for ``target`` by its size and
+    mtime (and, for the memo format of this code, by the rest of its stat too)."""
+    import json
+
+    stat = target.stat()
+    cache.mkdir(exist_ok=True)
+    stamp = list(w._stamp(stat)) if hasattr(w, "_stamp") else [stat.st_size, stat.st_mtime_ns]
+    (cache / w.MEMO_NAME).write_text(json.dumps({str(target.resolve()): [*stamp, entry.sha256]}))
+
+
+def test_the_cache_memo_vouches_for_no_file_outside_the_cache(cache, entry, checkpoint,
+                                                              tmp_path, monkeypatch, capsys):
+    """Issue 23, item 9: a memo entry for a file of random weights in the weights folder
+    made `weights list` say yes without hashing it."""
+    folder = tmp_path / "offline"
+    folder.mkdir()
+    forged = bytes(b ^ 0x5A for b in checkpoint)  # the right size, other content
+    (folder / FILENAME).write_bytes(forged)
+    monkeypatch.setenv(w.ENV_WEIGHTS_DIR, str(folder))
+    w._VERIFIED.clear()
+    _forge_memo(cache, folder / FILENAME, entry)
+    with pytest.raises(w.WeightsIncompleteError, match="not its content"):
+        w.locate(NAME)
+    assert _cli_weights.run(argparse.Namespace(weights_command="list")) == 0
+    assert "CORRUPT" in capsys.readouterr().out
+
+
+def test_a_cache_file_replaced_under_its_old_mtime_is_hashed_again(cache, entry, checkpoint):
+    """The memo keys a cache file on more than size and mtime: a file rewritten with the
+    same size and its mtime set back (utime) is no longer the file that was hashed."""
+    cache.mkdir()
+    target = cache / FILENAME
+    target.write_bytes(checkpoint)
+    w._VERIFIED.clear()
+    assert w.locate(NAME) == target  # hashed, remembered in the memo
+    before = target.stat()
+    target.write_bytes(bytes(b ^ 0x5A for b in checkpoint))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (before.st_size,
+                                                                  before.st_mtime_ns)
+    w._VERIFIED.clear()  # a new process
+    with pytest.raises(w.WeightsIncompleteError, match="not its content"):
+        w.locate(NAME)

@@ -10,7 +10,9 @@ Two kinds of registry entries:
   download with pooch.
 
 Every file is checked by size and SHA-256 before its first use; a verified
-file is remembered by path, size and modification time, so it is hashed once.
+file is remembered by path, size, modification and change times, inode and
+device (:func:`_stamp`), so it is hashed once: across processes only in the
+cache folder (its memo file), elsewhere once per process.
 torch is imported lazily so importing this module stays cheap.
 """
 
@@ -128,31 +130,51 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 #: Where the cache remembers its verified downloads (files elsewhere are
 #: remembered for the life of the process only: the cache is not theirs).
 MEMO_NAME = ".verified.json"
-#: Files whose SHA-256 matched, by path: (size, mtime_ns) when they were hashed.
-_VERIFIED: dict[str, tuple[int, int]] = {}
+#: Files whose SHA-256 matched, by path: their :func:`_stamp` when they were hashed.
+_VERIFIED: dict[str, tuple[int, ...]] = {}
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, ...]:
+    """What must stay the same for a hashed file to be the file that was hashed:
+    size and mtime (which anyone who can write the file can set back with utime),
+    and the change time, inode and device, which a rewrite, a copy or a replacement
+    changes and no one can set back."""
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+
+
+def _in_cache(path: Path) -> bool:
+    """Whether ``path`` is a file of the cache folder, the only files its memo vouches for."""
+    try:
+        return path.resolve().parent == cache_dir().resolve()
+    except OSError:
+        return False
 
 
 def _memo_path() -> Path:
     return cache_dir() / MEMO_NAME
 
 
-def _remembered(path: Path, stamp: tuple[int, int], sha256: str) -> bool:
+def _remembered(path: Path, stamp: tuple[int, ...], sha256: str) -> bool:
     key = str(path.resolve())
     if _VERIFIED.get(key) == stamp:
         return True
+    if not _in_cache(path):
+        # The memo is the cache's: an entry for a file elsewhere (the weights folder,
+        # anywhere) could have been written for another file of that size and mtime.
+        return False
     try:
         import json
 
         saved = json.loads(_memo_path().read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return False
-    return saved == [stamp[0], stamp[1], sha256]
+    return saved == [*stamp, sha256]
 
 
-def _remember(path: Path, stamp: tuple[int, int], sha256: str) -> None:
+def _remember(path: Path, stamp: tuple[int, ...], sha256: str) -> None:
     key = str(path.resolve())
     _VERIFIED[key] = stamp
-    if path.resolve().parent != cache_dir().resolve():
+    if not _in_cache(path):
         return
     try:  # best effort: a read-only cache only means hashing again next start
         import json
@@ -163,7 +185,7 @@ def _remember(path: Path, stamp: tuple[int, int], sha256: str) -> None:
         except (OSError, ValueError):
             data = {}
         data = data if isinstance(data, dict) else {}
-        data[key] = [stamp[0], stamp[1], sha256]
+        data[key] = [*stamp, sha256]
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -179,7 +201,7 @@ def verify_file(path: Path, entry: WeightsEntry, advice: str) -> Path:
         raise WeightsIncompleteError(
             f"{path} is {stat.st_size} bytes but {entry.filename} should be {entry.size} bytes: "
             f"the file is incomplete or corrupt. {advice}")
-    stamp = (stat.st_size, stat.st_mtime_ns)
+    stamp = _stamp(stat)
     if not _remembered(path, stamp, entry.sha256):
         digest = sha256_file(path)
         if digest != entry.sha256:
@@ -362,8 +384,7 @@ def fetch(name: str, *, on_progress: Callable[[int, int], None] | None = None,
         raise WeightsHashError(entry.filename, entry.sha256, m.group(1)) from exc
     finally:
         progress.close()
-    stat = Path(path).stat()
-    _remember(Path(path), (stat.st_size, stat.st_mtime_ns), entry.sha256)  # pooch checked it
+    _remember(Path(path), _stamp(Path(path).stat()), entry.sha256)  # pooch checked it
     return Path(path)
 
 
