@@ -184,3 +184,21 @@ def test_a_truncated_dicom_slice_is_refused_by_its_name(tmp_path, keep):
     damaged.write_bytes(damaged.read_bytes()[:keep])
     with pytest.raises(ValueError, match="s2.dcm: .*truncated or damaged; copy the series again"):
         io.read_any(folder)
+
+
+# -- item 10: bench --json ----------------------------------------------------------------
+def test_bench_json_is_written_whole_and_replaced_only_with_overwrite(tmp_path, monkeypatch):
+    import json
+
+    from napari_imedsam import bench
+    from napari_imedsam.cli.app import main
+
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: {"encoder_ms": 1.5})
+    report = tmp_path / "b.json"
+    assert main(["bench", "--json", str(report)]) == 0
+    assert json.loads(report.read_text()) == {"encoder_ms": 1.5}
+    report.write_text("{}")
+    assert main(["bench", "--json", str(report)]) == 2 and report.read_text() == "{}"
+    assert main(["bench", "--json", str(report), "--overwrite"]) == 0
+    assert json.loads(report.read_text()) == {"encoder_ms": 1.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]  # no temporary file

@@ -237,6 +237,26 @@ def _export_record(folder: Path, content: str) -> list[str]:
             str(folder / "o.tif")]
 
 
+def _bench_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_imedsam import bench
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("the benchmark ran before its output was checked")
+
+    monkeypatch.setattr(bench, "run_benchmark", fail)
+
+
+def _bench_returns_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_imedsam import bench
+
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: {"encoder_ms": 1.5})
+
+
+def _link(path: Path, target: str) -> str:
+    path.symlink_to(target)
+    return str(path)
+
+
 ROWS = [
     # -- security ------------------------------------------------------------------
     Row("security 1", "weights of the official size with other content (zeros)",
@@ -408,6 +428,19 @@ ROWS = [
         lambda d: _segment(d, "--slice", "1", "--out", str(d / "m.tif"),
                            image=_dicom_folder_with_a_cut_slice(d)),
         says="s2.dcm: its pixel data cannot be read", absent=("m.tif",)),
+    Row("lost 23/10", "bench --json onto an existing report: refused before the work",
+        lambda d: ["bench", "--json", _write(d / "X.json", "{\"mine\": 1}")],
+        patch=_bench_must_not_run, says="X.json already exists", kept=("X.json",)),
+    Row("lost 23/10", "bench --json --overwrite onto a link: the link's target is kept",
+        lambda d: ["bench", "--json", _link(d / "l.json", _write(d / "t.json", "mine")),
+                   "--overwrite"],
+        patch=_bench_must_not_run, says="l.json is not a regular file", kept=("t.json",)),
+    Row("lost 23/10", "bench --json --overwrite onto a report: replaced whole",
+        lambda d: ["bench", "--json", _write(d / "X.json", "{\"mine\": 1}"), "--overwrite"],
+        patch=_bench_returns_numbers, code=0, says='"encoder_ms": 1.5'),
+    Row("errors 23/10", "bench --repeats 0 ('no median for empty data' before)",
+        lambda d: ["bench", "--repeats", "0"], patch=_bench_must_not_run,
+        says="--repeats: must be at least 1"),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",
