@@ -1,4 +1,4 @@
-"""Issue 15 as a table: hostile files and heavy work through the command line.
+"""Issues 15 and 23 as a table: hostile files and heavy work through the command line.
 
 Each row is one thing a careful user or an attacker tried: the files it starts
 from, the command, and what must hold afterwards: the exit code, one line naming
