@@ -1,9 +1,12 @@
 """Suggest what to correct next: rank images or slices by the model's uncertainty.
 
-Each labelled object's tight box is given to the model; the object's score is
-the mean MC-dropout standard deviation inside the mask the model predicts, and an
-image's (slice's) score is the mean over its objects. The most uncertain comes
-first: that is where a correction teaches the model most. No Qt here.
+Each labelled object's tight box is given to the model; the object's score is,
+with a model that has an error map (``model.error_map``, what the Segment
+widget shows and where it suggests clicking), the expected share of wrong
+pixels in the box: the mean probability that a pixel's label is wrong; without
+one, the mean MC-dropout standard deviation inside the mask the model predicts.
+An image's (slice's) score is the mean over its objects. The most uncertain
+comes first: that is where a correction teaches the model most. No Qt here.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ def object_uncertainty(prob: np.ndarray, unc: np.ndarray, box: Sequence[float],
     return float(spread[inside].mean())
 
 
+def box_error(error: np.ndarray, box: Sequence[float]) -> float:
+    """Mean probability that a pixel's label is wrong, over the box (edge coordinates)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    window = error[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
+    return float(window.mean()) if window.size else 0.0
+
+
 def score_item(session: Any, item: LabeledImage, key: Any = None) -> float:
     """Mean uncertainty over the objects of one image; NaN when it has none."""
     ids = object_ids(item.labels)
@@ -56,8 +66,12 @@ def score_item(session: Any, item: LabeledImage, key: Any = None) -> float:
             "the model gives no uncertainty (its own decoder, not I-MedSAM's): choose the "
             "I-MedSAM decoder and the medsam_lite model, or load an I-MedSAM adapter, in the "
             "Segment widget")
-    scores = [object_uncertainty(result.prob[i].max(axis=0), result.uncertainty[i].max(axis=0),
-                                 boxes[i]) for i in range(len(ids))]
+    if result.error is not None:
+        scores = [box_error(result.error[i], boxes[i]) for i in range(len(ids))]
+    else:
+        scores = [object_uncertainty(result.prob[i].max(axis=0),
+                                     result.uncertainty[i].max(axis=0), boxes[i])
+                  for i in range(len(ids))]
     return float(np.mean(scores))
 
 

@@ -12,8 +12,10 @@ would) with the default model on the CPU, leaves a screenshot of the whole windo
 3. the base model's own decoder for one box, then I-MedSAM's again;
 4. zoom on an edge: the sharper preview (``3_zoomed.png``);
 5. a second image, a real polyp (Kvasir-Sessile, ``shared/data``): the widget follows it,
-   the first image hides (``4_polyp.png``); a box on background gets the model's doubt as
-   a hint (``4b_hint.png``), then Undo;
+   the first image hides (``4_polyp.png``); a corrective click where the challenge's
+   protocol puts it, Undo and Redo (click, mask and map together), and the suggested next
+   click from the error map (``4c_click.png``); a box on background gets the model's doubt
+   as a hint (``4b_hint.png``), then Undo;
 6. a CT slice saved as RGB (AMOS, CC BY 4.0) with the abdomen window: the liver
    (``5_ct_liver.png``);
 7. a synthetic CT volume: a box on the middle slice, Propagate; slices labelled vs the
@@ -184,6 +186,33 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
           f"{not viewer.layers['synthetic endoscopy (RGB)'].visible}): polyp Dice "
           f"{_dice(got, polyp_truth):.3f} in {took:.1f} s")
     shot("4_polyp.png")  # framed by the widget, as it follows the new image
+    # A corrective click where the protocol puts it (the centre of the largest error),
+    # through the polyp's points layer as a user's click lands there.
+    from napari_imedsam.train.clicks import protocol_click
+
+    click = protocol_click(got, polyp_truth)
+    if click is not None:
+        before_map = widget.uncertainty.data.copy()
+        widget.clicks.negative = not click.positive
+        widget.state.points.add(np.array([[click.row, click.col]], dtype=float))
+        took = _wait(app, lambda: not widget.busy)
+        clicked = widget.masks.data == 1
+        after_map = widget.uncertainty.data.copy()
+        print(f"   a {'positive' if click.positive else 'negative'} click at row {click.row}, "
+              f"col {click.col}: polyp Dice {_dice(got, polyp_truth):.3f} -> "
+              f"{_dice(clicked, polyp_truth):.3f} in {took:.1f} s; {widget.status.text()}")
+        widget.undo()
+        print(f"   Undo -> Dice {_dice(widget.masks.data == 1, polyp_truth):.3f}, clicks "
+              f"{len(widget.state.points.data)}, map as before: "
+              f"{bool(np.array_equal(widget.uncertainty.data, before_map))}")
+        widget.redo()
+        print(f"   Redo -> Dice {_dice(widget.masks.data == 1, polyp_truth):.3f}, clicks "
+              f"{len(widget.state.points.data)}, map as after the click: "
+              f"{bool(np.array_equal(widget.uncertainty.data, after_map))}")
+        where = widget.clicks.suggest()
+        print(f"   Shift+N -> next click suggested at {where}: {widget.status.text()}")
+        shot("4c_click.png")
+        widget.clicks.clear_suggestion()
     # A box on background (no polyp in it): the model still outlines something, and
     # says it doubts it (a hint measured for this model, napari_imedsam/advice.py).
     h, w = polyp_truth.shape

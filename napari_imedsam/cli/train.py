@@ -210,8 +210,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(1)
 
+        error_pixels: list = []
         rows = evaluate_model(model, images, label_size=args.label_size, device=device,
-                              on_progress=progress, decoder=args.decoder, clicks=args.clicks)
+                              on_progress=progress, decoder=args.decoder, clicks=args.clicks,
+                              error_pixels=error_pixels)
     if len(classes) > 1:
         for row in rows:  # head index -> the class's name and label value
             info = classes[row["object"] - 1]
@@ -226,6 +228,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = summary(rows, label_size=args.label_size, model=str(args.adapter or args.model),
                      subset=args.subset, input_size=model.config.input_size,
                      decoder=args.decoder, clicks=args.clicks)
+    if error_pixels:
+        import numpy as np
+
+        from ..model.error_map import calibration
+
+        measured = calibration(np.concatenate([p for p, _ in error_pixels]),
+                               np.concatenate([w for _, w in error_pixels]))
+        report.update(error_map_ece=measured["ece"], error_map_auroc=measured["auroc"],
+                      error_map_pixels=measured["pixels"], error_map_table=measured["table"])
     csv_path = write_report(report, rows, args.json, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.json} and {csv_path}")

@@ -31,8 +31,9 @@ from .regions import Region
 
 #: Output pixels decoded at once for one box (a tile's side is at most 512).
 TILE = 512
-#: Bytes per output pixel and box of a result (probability, uncertainty, two flags).
-BYTES_PER_OUTPUT_PIXEL = 10
+#: Bytes per output pixel and box of a result (probability, uncertainty, error map, two
+#: flags).
+BYTES_PER_OUTPUT_PIXEL = 14
 #: The largest result one predict call builds; callers merge boxes one by one beyond.
 MAX_RESULT_BYTES = 4 << 30
 #: Prompt answers kept per session (each holds one object's fused features, 8 MB
@@ -108,6 +109,9 @@ class SegmentationResult:
     #: (N,) the backbone's own predicted IoU of its mask for each box (SAM's IoU
     #: head): its confidence that the box holds one clear object. NaN: not computed.
     iou: np.ndarray | None = None
+    #: (N, H', W') the probability that each pixel's label is wrong
+    #: (``model.error_map``); None without the implicit decoder or a fitted model.
+    error: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -362,6 +366,9 @@ class SegmentationSession:
         refined = np.zeros((len(boxes), rows, cols), bool) if mode == "imedsam" else None
         evaluated = np.zeros((len(boxes), rows, cols), bool)
         ious = np.full(len(boxes), np.nan, np.float32)
+        error_model = getattr(self.model, "error_model", None) if mode == "imedsam" else None
+        error = None if error_model is None else np.zeros((len(boxes), rows, cols), np.float32)
+        pixel = 0.5 * ((region[2] - region[0]) / rows + (region[3] - region[1]) / cols)
         used = boxes.copy()
         use_adaptive = self.adaptive if adaptive is None else adaptive
         for i, box in enumerate(boxes):
@@ -384,7 +391,11 @@ class SegmentationSession:
                 unc[i, :, r0:r1, c0:c1] = maps[1][heads]  # type: ignore[index]
                 refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
                 evaluated[i, r0:r1, c0:c1] = maps[3]
-        return SegmentationResult(prob, unc, refined, evaluated, mode, region, used, ious)
+            if error is not None:  # on the whole window: distances cross the tiles
+                r0, c0, r1, c1 = window
+                error[i, r0:r1, c0:c1] = error_model(prob[i, :, r0:r1, c0:c1].max(axis=0),
+                                                     unc[i, :, r0:r1, c0:c1].max(axis=0), pixel)
+        return SegmentationResult(prob, unc, refined, evaluated, mode, region, used, ious, error)
 
     def predict_points(self, box: Sequence[float], points_xy: np.ndarray, *,
                        clicks: Clicks | None = None, decoder: str | None = None

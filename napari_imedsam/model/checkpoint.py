@@ -230,9 +230,19 @@ def load_adapter(model: IMedSAM, path: str | Path, *, grow: bool = False) -> dic
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{path}: {key} holds NaN or infinite values (a diverged or "
                                   "damaged training run); use an earlier adapter or retrain")
+    error_model = None
+    if (config.get("extra") or {}).get("error_map") is not None:
+        from .error_map import ErrorModel
+
+        try:
+            error_model = ErrorModel.from_dict(config["extra"]["error_map"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: its error map is damaged ({exc})") from exc
     model.load_state_dict(tensors, strict=False)
     model.adapter_sha256 = _file_sha256(Path(path))
     model.classes = classes
+    #: The calibrated error map's weights (``model.error_map``), when fitted.
+    model.error_model = error_model
     if scope == "full":
         model.base_weights = dict(config.get("base_model") or {})
     return config

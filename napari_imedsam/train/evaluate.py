@@ -46,6 +46,7 @@ def evaluate_model(
     embeddings: EmbeddingCache | None = None,
     accelerate: bool = True,
     clicks: int = 0,
+    error_pixels: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
@@ -61,6 +62,9 @@ def evaluate_model(
     challenge's protocol from the ground truth on the label grid
     (:func:`napari_imedsam.train.clicks.protocol_click`); each row then has
     ``dice_c0`` (the box) .. ``dice_cN`` and ``clicks_made`` (binary models only).
+    ``error_pixels``: when given and the model has an error map, each object's
+    ``(P(wrong), wrong)`` for the pixels inside its box (after the last click) are
+    appended, for :func:`napari_imedsam.model.error_map.calibration`.
     """
     was_training = model.training
     model.eval()
@@ -103,6 +107,13 @@ def evaluate_model(
         if clicks:
             result, curve = _click_curve(session, result, image_box, targets[0], clicks,
                                          (height, width), shape)
+        if error_pixels is not None and result.error is not None and classes == 1:
+            from .calibrate import box_window
+
+            rows_, cols_ = box_window(image_box, (height, width), shape)
+            pred = result.prob[0].max(axis=0) > 0.5
+            error_pixels.append((result.error[0][rows_, cols_].ravel(),
+                                 (pred != targets[0])[rows_, cols_].ravel()))
         ellipse = metrics.ellipse_in_box(tuple(grid_box), shape)
         for k in range(targets.shape[0]):
             if classes > 1 and not targets[k].any():

@@ -85,6 +85,8 @@ class IMedSAM(nn.Module):
         #: SHA-256 of the adapter file loaded last (None: the implicit decoder is
         #: untrained, and only SAM's own decoder gives meaningful masks).
         self.adapter_sha256: str | None = None
+        #: The calibrated error map (``model.error_map.ErrorModel``), read with an adapter.
+        self.error_model = None
 
     @property
     def device(self) -> torch.device:

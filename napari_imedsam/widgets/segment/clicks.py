@@ -6,6 +6,10 @@ drawn), with its sign (a click: positive; a right-click or Shift+click:
 negative) and its order, and asks the widget to answer that object again from
 the cached embedding. Moving or deleting a click answers again. The click goes
 into the object's undo step with its mask and map (``journal.box_record``).
+
+Where to click next (Shift+N): from the object's error map and its mask
+(``model.error_map.next_click``), a ring in "<image> next click"; Shift+Y and
+Shift+X take it as a positive or a negative click.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 
 from .. import layers as wl
+from ...model.error_map import next_click
 from .state import ImageState
+
+SUGGESTION = "next click"
 
 NO_OBJECT = ("a click corrects an object: draw a box around it first (or select its box), "
              "then click where the mask is wrong")
@@ -111,3 +118,82 @@ class ClickTools:
             state.points.remove_selected()
         finally:
             edits.replaying = False
+
+    # -- where to click next -------------------------------------------------------------
+    def suggest(self) -> tuple[float, ...] | None:
+        """Shift+N: mark where a click would correct the current object most; returns the
+        marker's data coordinates (None, with a note, when there is nothing to show)."""
+        state = self.widget.state
+        row = self.widget.edits.current_row()
+        self.clear_suggestion()
+        if state is None or row is None or state.masks is None:
+            show_info(f"I-MedSAM: {NO_OBJECT}")
+            return None
+        key = int(state.boxes.features["box_key"].iloc[row])
+        object_id = int(state.boxes.features["object_id"].iloc[row])
+        part = state.unc_parts.get(key)
+        if part is None or part[2].ndim != 3 or not part[2][1].any():
+            show_info("I-MedSAM: no error map for this object: the I-MedSAM decoder with a "
+                      "model that has one (the default model) draws it")
+            return None
+        plane, (r0, c0), crop = part
+        error = crop[1]
+        labels = state.masks.data if plane is None else state.masks.data[plane]
+        mask = labels[r0:r0 + error.shape[0], c0:c0 + error.shape[1]] == object_id
+        found = next_click(error, mask)
+        if found is None:
+            self.widget.set_status("no pixel of this object is likely wrong (error map "
+                                   "below 50 % everywhere): nothing to suggest")
+            return None
+        r, c, positive = found
+        coords = (r0 + r, c0 + c) if plane is None else (plane, r0 + r, c0 + c)
+        layer = self._suggestion_layer(state)
+        layer.data = np.asarray([coords], dtype=np.float64)
+        layer.features = {"positive": [positive]}
+        layer.visible = True
+        self._pending = (coords, positive)
+        self.widget.set_status(f"suggested a {'positive' if positive else 'negative'} click "
+                               "(the ring): Shift+Y takes it as positive, Shift+X as negative")
+        return tuple(float(v) for v in coords)
+
+    def take(self, positive: bool) -> None:
+        """Shift+Y / Shift+X: make the suggested point a positive / negative click."""
+        state = self.widget.state
+        pending = getattr(self, "_pending", None)
+        if state is None or pending is None or state.points is None:
+            show_info("I-MedSAM: press Shift+N first to see where to click")
+            return
+        coords, _suggested = pending
+        self.clear_suggestion()
+        self.negative = not positive
+        world = state.image.data_to_world(np.asarray(coords, dtype=np.float64))
+        state.points.add(np.asarray(state.points.world_to_data(world))[None])
+
+    def clear_suggestion(self) -> None:
+        self._pending = None
+        state = self.widget.state
+        if state is None:
+            return
+        layer = self._suggestion_layer(state, create=False)
+        if layer is not None and len(layer.data):
+            layer.data = np.zeros((0, layer.ndim))
+
+    def _suggestion_layer(self, state: ImageState, create: bool = True) -> Any:
+        viewer = self.widget.viewer
+        name = f"{state.image.name} {SUGGESTION}"
+        for layer in viewer.layers:
+            if wl.is_ours(layer, SUGGESTION) and wl.owner_name(layer) == state.image.name:
+                return layer
+        if not create:
+            return None
+        ndim = len(wl.image_spatial_shape(state.image))
+        side = min(wl.level0(state.image).shape[ndim - 2:ndim])
+        layer = viewer.add_points(
+            np.zeros((0, ndim)), ndim=ndim, name=name, size=max(8.0, side / 30),
+            face_color="transparent", border_color="white", border_width=0.25, symbol="ring",
+            metadata={"napari_imedsam": SUGGESTION, wl.IMAGE_KEY: state.image.name},
+            scale=tuple(state.image.scale), translate=tuple(state.image.translate))
+        # The marker shows; the clicks layer stays the one that takes the user's clicks.
+        if state.points is not None and state.points in viewer.layers:
+            viewer.layers.selection.active = state.points
+        return layer

@@ -53,8 +53,9 @@ HELP = (
     "mask together; brush strokes have the masks layer's own undo.<br>"
     "<b>Clicks</b> correct the selected (or last) object in its <b>points</b> layer: "
     "click where the object is, <b>right-click</b> or <b>Shift+click</b> where it is not; "
-    "move or delete a click to answer again. <b>N</b> shows where a click would help most "
-    "(hollow marker); <b>P</b> / <b>M</b> take it as positive / negative.<br>"
+    "move or delete a click to answer again. <b>Shift+N</b> marks where a click would help "
+    "most (a ring, from the error map); <b>Shift+Y</b> / <b>Shift+X</b> take it as positive "
+    "/ negative.<br>"
     "A model with several classes: the class chosen answers the next box; "
     "<b>Shift+K</b> cycles through them.<br>"
     "Several images: the widget follows the image you select or open.<br>"
@@ -403,7 +404,9 @@ class SegmentWidget(QWidget):
             if layer is None:
                 continue
             for key, action in (("Shift-A", self.accept_current), ("Shift-C", self.clear_current),
-                                ("Shift-K", self.cycle_class),
+                                ("Shift-K", self.cycle_class), ("Shift-N", self.clicks.suggest),
+                                ("Shift-Y", lambda: self.clicks.take(True)),
+                                ("Shift-X", lambda: self.clicks.take(False)),
                                 ("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
                                 ("Control-Y", self.redo)):
                 layer.bind_key(key, lambda _layer, f=action: f(), overwrite=True)

@@ -524,3 +524,66 @@ def test_the_dock_scrolls_instead_of_cutting_its_texts(make_napari_viewer, qtbot
         assert label.height() >= label.heightForWidth(label.width())
     scroll = widget.findChild(QScrollArea)
     assert scroll is not None and scroll.verticalScrollBar().maximum() > 0
+
+
+def test_clicks_correct_the_current_object_and_undo_with_their_mask_and_map(
+        make_napari_viewer, qtbot, trained_tiny, notes):
+    """A click goes to the object being worked on, answers it again from the cached
+    embedding, and is one undo step with its mask and map; a right-click is negative;
+    moving a click answers again; without an object a click is refused; deleting the box
+    takes its clicks; an accept followed by undo keeps the object's map."""
+    from types import SimpleNamespace
+
+    viewer = make_napari_viewer()
+    image, left, right = _two_discs()
+    viewer.add_image(image, name="discs", rgb=True)
+    widget = _open(viewer, trained_tiny)
+    boxes, masks, points = widget.boxes, widget.masks, widget.state.points
+    assert points.name == "discs points" and points.mode == "add"
+
+    points.add(np.array([[30.0, 30.0]]))  # no object yet
+    assert len(points.data) == 0 and any("draw a box" in n[1] for n in notes)
+
+    boxes.add_rectangles(_box_of(left))
+    _wait(qtbot, widget)
+    box_only, box_map = masks.data.copy(), widget.uncertainty.data.copy()
+    embedded = widget.holder._session.cache.misses
+    rows, cols = np.nonzero(left)
+    inside = (float(rows.mean()), float(cols.mean()))
+    # A right-click inside the disc: a negative click, which carves the object.
+    widget.clicks._on_press(points, SimpleNamespace(button=2, modifiers=()))
+    points.add(np.array([inside]))
+    _wait(qtbot, widget)
+    assert list(points.features["positive"]) == [False]
+    assert list(points.features["box_key"]) == [int(boxes.features["box_key"].iloc[0])]
+    carved, carved_map = masks.data.copy(), widget.uncertainty.data.copy()
+    assert (carved == 1).sum() != (box_only == 1).sum()
+    assert not np.array_equal(carved_map, box_map)
+    assert widget.holder._session.cache.misses == embedded  # the embedding was reused
+    # Undo takes the click, its mask and its map back together; redo brings all three.
+    widget.undo()
+    assert len(points.data) == 0 and np.array_equal(masks.data, box_only)
+    assert np.array_equal(widget.uncertainty.data, box_map)
+    widget.redo()
+    assert len(points.data) == 1 and np.array_equal(masks.data, carved)
+    assert np.array_equal(widget.uncertainty.data, carved_map)
+    assert not widget.busy  # restored clicks are not answered again
+    # Moving the click answers again.
+    points.data = np.array([[inside[0], inside[1] + 6.0]])
+    _wait(qtbot, widget)
+    assert not np.array_equal(masks.data, carved)
+    # Accept, then undo the accept: the object's map stays.
+    widget.undo()  # the move
+    accepted_map = widget.uncertainty.data.copy()
+    boxes.selected_data = {0}
+    widget.accept_current()
+    assert bool(boxes.features["accepted"].iloc[0])
+    widget.undo()
+    assert np.array_equal(widget.uncertainty.data, accepted_map) and accepted_map.max() > 0
+    # Deleting the box takes its clicks with it (and undo brings both back).
+    boxes.selected_data = {0}
+    boxes.remove_selected()
+    assert len(points.data) == 0 and (masks.data == 1).sum() == 0
+    widget.undo()
+    assert len(points.data) == 1 and (masks.data == 1).sum() > 0
+    assert not [n for n in notes if n[0] == "error"], notes
