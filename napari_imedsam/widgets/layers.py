@@ -11,7 +11,9 @@ keeps it in step when shapes are added, deleted or reordered:
 - ``object_id``: the label id its mask was written with (0 = not yet written);
 - ``accepted``: the user committed the object; edits no longer re-segment it;
 - ``head``: the class (decoder head) that answered the box, -1 for none chosen, so a
-  moved box is answered by its own class whatever is chosen now.
+  moved box is answered by its own class whatever is chosen now;
+- ``frame``: the rectangle only frames an object made by clicks alone (it is not a
+  prompt); moving or resizing it makes it the object's box.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ..boxes import Box, box_from_vertices, plane_index
 BOXES, MASKS, UNCERTAINTY, POINTS = "boxes", "masks", "uncertainty", "points"
 #: Metadata key naming the image a widget layer belongs to.
 IMAGE_KEY = "napari_imedsam_image"
-FEATURES = {"box_key": 0, "object_id": 0, "accepted": False, "head": -1}
+FEATURES = {"box_key": 0, "object_id": 0, "accepted": False, "head": -1, "frame": False}
 EDGE_ACTIVE, EDGE_ACCEPTED = "yellow", "#9a9a9a"
 #: A click's bookkeeping: the object (``box_key``) it corrects, its sign, its order.
 POINT_FEATURES = {"box_key": 0, "positive": True, "order": 0}
@@ -135,7 +137,8 @@ def assign_keys(boxes: Shapes) -> list[int]:
     next_key = int(keys.max(initial=0)) + 1
     for row, key in enumerate(keys):
         if key <= 0 or key in seen:
-            for name, value in (("box_key", next_key), ("object_id", 0), ("accepted", False)):
+            for name, value in (("box_key", next_key), ("object_id", 0), ("accepted", False),
+                                ("frame", False)):
                 set_feature(boxes, row, name, value)
             seen.add(next_key)
             next_key += 1
@@ -177,6 +180,12 @@ class BoxItem:
     key: int  # the rectangle's stable identity (``box_key``)
     accepted: bool
     head: int | None = None  # the class that answered it (models with several classes)
+    frame: bool = False  # it frames an object of clicks alone: no prompt
+
+    @property
+    def prompt_box(self) -> Box:
+        """The box the model is given: the rectangle, or NaN for a frame (clicks alone)."""
+        return (float("nan"),) * 4 if self.frame else self.box
 
 
 def box_item(boxes: Shapes, image: Image, row: int) -> BoxItem:
@@ -187,10 +196,34 @@ def box_item(boxes: Shapes, image: Image, row: int) -> BoxItem:
     plane = plane_index(verts[:, 0], spatial[0]) if len(spatial) == 3 else None
     features = boxes.features
     head = int(features["head"].iloc[row]) if "head" in features else -1
+    frame = bool(features["frame"].iloc[row]) if "frame" in features else False
     return BoxItem(row, int(features["object_id"].iloc[row]), plane,
                    box_from_vertices(verts[:, -2:], spatial[-2:]),
                    int(features["box_key"].iloc[row]), bool(features["accepted"].iloc[row]),
-                   None if head < 0 else head)
+                   None if head < 0 else head, frame)
+
+
+def next_key(boxes: Shapes, points: Points | None) -> int:
+    """A ``box_key`` no rectangle and no click holds yet."""
+    keys = [int(boxes.features["box_key"].max()) if len(boxes.features) else 0]
+    if points is not None and len(points.features):
+        keys.append(int(points.features["box_key"].max()))
+    return max(keys) + 1
+
+
+def add_frame(boxes: Shapes, image: Image, key: int, box: Box, plane: int | None) -> int:
+    """A rectangle framing an object of clicks alone (edge box ``box``); returns its row."""
+    x0, y0, x1, y1 = box
+    corners = np.array([[y0, x0], [y0, x1 - 1], [y1 - 1, x1 - 1], [y1 - 1, x0]], dtype=float)
+    if plane is not None:
+        corners = np.column_stack([np.full(4, float(plane)), corners])
+    world = [image.data_to_world(c) for c in corners]
+    boxes.add_rectangles(np.array([boxes.world_to_data(w) for w in world]))
+    row = len(boxes.data) - 1
+    for name, value in (("box_key", key), ("object_id", 0), ("accepted", False),
+                        ("frame", True)):
+        set_feature(boxes, row, name, value)
+    return row
 
 
 def box_items(boxes: Shapes, image: Image, *, with_objects: bool = True) -> list[BoxItem]:
@@ -345,6 +378,7 @@ def set_clicks(points: Points, key: int, records: list[dict[str, Any]]) -> None:
             points.features.iloc[row, points.features.columns.get_loc(name)] = record[name]
         points.features.iloc[row, points.features.columns.get_loc("box_key")] = key
     points.selected_data = set()
+    points.feature_defaults = POINT_FEATURES  # napari copies a selected click's otherwise
     recolor_points(points)
 
 

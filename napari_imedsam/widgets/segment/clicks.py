@@ -25,8 +25,8 @@ from .state import ImageState
 
 SUGGESTION = "next click"
 
-NO_OBJECT = ("a click corrects an object: draw a box around it first (or select its box), "
-             "then click where the mask is wrong")
+NO_OBJECT = ("click on an object to start it, or draw a box around it; then click where "
+             "its mask is wrong")
 
 
 class ClickTools:
@@ -56,26 +56,27 @@ class ClickTools:
         try:
             action = str(event.action)
             if action == "added":
-                self._added(state)
+                self._added(state, [int(i) for i in getattr(event, "data_indices", ()) or ()])
             elif action in ("changed", "removed"):
                 self.answer_again(state)
         except Exception as exc:  # noqa: BLE001 - never into napari's event loop
             show_error(f"I-MedSAM: could not handle the click: {exc}")
 
-    def _added(self, state: ImageState) -> None:
+    def _added(self, state: ImageState, added: list[int]) -> None:
         points = state.points
-        keys = points.features["box_key"].to_numpy()
-        fresh = np.flatnonzero(keys <= 0).tolist()
+        # The rows napari says it added (a selected click's features would otherwise be
+        # copied into a new one: napari makes them the defaults).
+        fresh = [i % len(points.data) for i in added] or np.flatnonzero(
+            points.features["box_key"].to_numpy() <= 0).tolist()
+        points.feature_defaults = wl.POINT_FEATURES
         if not fresh:
             return
         row = self.widget.edits.current_row()
         boxes = state.boxes
         problem = None
-        if row is None:
-            problem = NO_OBJECT
-        elif bool(boxes.features["accepted"].iloc[row]):
-            problem = ("that object is accepted and stays as it is; select another box, "
-                       "or clear it (Shift+C) to redo it")
+        if row is None or bool(boxes.features["accepted"].iloc[row]):
+            self._new_object(state, fresh)  # a click with no object starts one
+            return
         else:
             plane = wl.box_item(boxes, state.image, row).plane
             if plane is not None and any(self._plane(state, r) != plane for r in fresh):
@@ -96,6 +97,38 @@ class ClickTools:
         self.widget.set_status(f"{'negative' if self.negative else 'positive'} click on "
                                f"object {int(boxes.features['object_id'].iloc[row]) or key}...")
         self.widget.request_rows(state, [row])
+
+    def _new_object(self, state: ImageState, fresh: list[int]) -> None:
+        """Clicks with no object being worked on: a new object, of clicks alone (its
+        rectangle, a frame around the answer, comes with the answer)."""
+        from ...boxes import take_plane
+        from ...session_holder import Request
+
+        points, image = state.points, state.image
+        planes = {self._plane(state, r) for r in fresh} if len(
+            wl.image_spatial_shape(image)) == 3 else {None}
+        if len(planes) != 1:
+            self._remove(state, fresh)
+            show_info("I-MedSAM: click on one slice at a time")
+            return
+        plane = planes.pop()
+        key = wl.next_key(state.boxes, points)
+        for order, r in enumerate(fresh, 1):
+            for name, value in (("box_key", key), ("positive", not self.negative),
+                                ("order", order)):
+                points.features.iloc[r, points.features.columns.get_loc(name)] = value
+        wl.recolor_points(points)
+        clicks = wl.clicks_of(points, image, key, plane)
+        if clicks is None or not clicks.labels.any():
+            self._remove(state, fresh)
+            show_info(f"I-MedSAM: {NO_OBJECT} (a negative click alone names no object)")
+            return
+        spec = self.widget.settings.spec()
+        request = Request(key, spec, take_plane(wl.level0(image), plane), plane, None,
+                          state.window, owner=state.key, clicks=clicks)
+        self.widget.set_status("a new object from a click...")
+        self.widget.queue(state, request)
+        self.widget.start_next()
 
     def answer_again(self, state: ImageState) -> None:
         """A click moved or deleted: answer the objects whose clicks changed (the

@@ -47,6 +47,9 @@ class ObjectEdits:
             state.last_box.pop(key, None)  # let the same box be tried again
             tell("error", outcome.error, lambda text: self.widget.set_status(f"failed: {text}"))
             return
+        if row is None and request.box is None and outcome.mask is not None \
+                and wl.click_records(state.points, key):
+            row = self._frame(state, key, request, outcome)  # an object of clicks alone
         if row is None:
             return
         if state.masks is None:  # the user deleted it: start a new one
@@ -92,6 +95,26 @@ class ObjectEdits:
         # The worker that produced this outcome is still finishing: only queued
         # requests mean more work.
         self.widget.set_status(note + "; more boxes waiting..." if self.widget.waiting else note)
+
+    def _frame(self, state: ImageState, key: int, request: Any, outcome: Outcome) -> int | None:
+        """The rectangle of an object made by clicks alone, around its mask (or its clicks,
+        when the mask is empty), so that it can be selected, accepted and exported."""
+        mask = outcome.mask
+        if mask.any():
+            rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+            box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+        else:
+            xy = request.clicks.xy
+            box = (float(xy[:, 0].min() - 2), float(xy[:, 1].min() - 2),
+                   float(xy[:, 0].max() + 2), float(xy[:, 1].max() + 2))
+        self.replaying = True  # ours, recorded with the object's step
+        try:
+            row = wl.add_frame(state.boxes, state.image, key, box, request.plane)
+            wl.recolor(state.boxes)
+        finally:
+            self.replaying = False
+        state.current = key
+        return row
 
     # -- the current object ----------------------------------------------------------
     def current_row(self) -> int | None:
@@ -235,8 +258,8 @@ class ObjectEdits:
             return None
         try:
             item = wl.box_item(state.boxes, state.image, row)
-            return item.plane, item.box, _click_key(wl.clicks_of(state.points, state.image,
-                                                                  key, item.plane))
+            return item.plane, item.box, item.frame, _click_key(
+                wl.clicks_of(state.points, state.image, key, item.plane))
         except ValueError:
             return None
 

@@ -428,8 +428,11 @@ class SegmentWidget(QWidget):
             elif action == "added":
                 self.request_rows(state, wl.assign_keys(state.boxes))
             elif action == "changed":
-                self.request_rows(state, [i for i in event.data_indices
-                                           if 0 <= i < len(state.boxes.data)])
+                rows = [i for i in event.data_indices if 0 <= i < len(state.boxes.data)]
+                for row in rows:  # the user moved a frame: it is the object's box now
+                    if bool(state.boxes.features["frame"].iloc[row]):
+                        wl.set_feature(state.boxes, row, "frame", False)
+                self.request_rows(state, rows)
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not handle the box: {exc}")
 
@@ -454,19 +457,24 @@ class SegmentWidget(QWidget):
                 show_warning(f"I-MedSAM: {exc}")
                 continue
             clicks = wl.clicks_of(state.points, image, key, plane)
-            asked = (plane, box, None if clicks is None else clicks.key())
+            asked = (plane, box, item.frame, None if clicks is None else clicks.key())
             if state.last_box.get(key) == asked:
                 continue  # a move that ended where it started: nothing new to compute
             state.last_box[key] = asked
             data = wl.level0(image)
-            request = Request(key, spec, take_plane(data, plane), plane, box,
-                              state.window, owner=state.key, class_value=class_value,
-                              clicks=clicks)
-            state.latest[key] = request.req_id
-            self._queue.pop((state.key, key), None)  # re-insert: the newest goes last
-            self._queue[(state.key, key)] = request
-            state.current = key
-        self._start_next()
+            request = Request(key, spec, take_plane(data, plane), plane,
+                              None if item.frame else box, state.window, owner=state.key,
+                              class_value=class_value, clicks=clicks)
+            self.queue(state, request)
+        self.start_next()
+
+    def queue(self, state: ImageState, request: Request) -> None:
+        """Queue ``request`` as its object's newest (a queued older one is replaced)."""
+        key = request.box_key
+        state.latest[key] = request.req_id
+        self._queue.pop((state.key, key), None)  # re-insert: the newest goes last
+        self._queue[(state.key, key)] = request
+        state.current = key
 
     def _class_spec(self, boxes: Any, item: wl.BoxItem) -> tuple[Any, int | None]:
         """The spec that answers ``item``: with several classes, the box's own class (the
@@ -491,13 +499,13 @@ class SegmentWidget(QWidget):
         """Offer the classes of the model the settings name (or of the model in use)."""
         self.settings.set_classes(spec_classes(self.settings.spec(), self._holder.pinned))
 
-    def _start_next(self) -> None:
+    def start_next(self) -> None:
         """Run the oldest waiting request unless one is running (the session is not
         thread-safe, and one at a time keeps the CPU free for the viewer)."""
         if self._worker is not None or not self._queue:
             return
         first = next(iter(self._queue))
-        if not self.downloads.ensure(self._queue[first].spec, self._start_next, self._drop_waiting):
+        if not self.downloads.ensure(self._queue[first].spec, self.start_next, self._drop_waiting):
             return  # the model's weights download first, then this runs again
         request = self._queue.pop(first)
         worker = create_worker(segment, self._holder, request, _start_thread=False)
@@ -510,7 +518,7 @@ class SegmentWidget(QWidget):
     def _on_worker_finished(self) -> None:
         self._worker = None
         if self._queue:
-            self._start_next()
+            self.start_next()
 
     def _drop_waiting(self, message: str) -> None:
         """The model cannot be had (download cancelled or failed): forget the waiting

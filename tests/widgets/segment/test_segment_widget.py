@@ -530,8 +530,9 @@ def test_clicks_correct_the_current_object_and_undo_with_their_mask_and_map(
         make_napari_viewer, qtbot, trained_tiny, notes):
     """A click goes to the object being worked on, answers it again from the cached
     embedding, and is one undo step with its mask and map; a right-click is negative;
-    moving a click answers again; without an object a click is refused; deleting the box
-    takes its clicks; an accept followed by undo keeps the object's map."""
+    moving a click answers again; a click with no object starts one (framed by a
+    rectangle that is no prompt); deleting the box takes its clicks; an accept followed
+    by undo keeps the object's map."""
     from types import SimpleNamespace
 
     viewer = make_napari_viewer()
@@ -541,8 +542,14 @@ def test_clicks_correct_the_current_object_and_undo_with_their_mask_and_map(
     boxes, masks, points = widget.boxes, widget.masks, widget.state.points
     assert points.name == "discs points" and points.mode == "add"
 
-    points.add(np.array([[30.0, 30.0]]))  # no object yet
-    assert len(points.data) == 0 and any("draw a box" in n[1] for n in notes)
+    rows, cols = np.nonzero(right)
+    points.add(np.array([[rows.mean(), cols.mean()]]))  # no object yet: a new one
+    _wait(qtbot, widget)
+    assert len(boxes.data) == 1 and bool(boxes.features["frame"].iloc[0])
+    assert (masks.data == 1).any() and list(points.features["box_key"]) == [
+        int(boxes.features["box_key"].iloc[0])]
+    widget.undo()  # the click, its frame and its mask go together
+    assert len(points.data) == 0 and len(boxes.data) == 0 and not masks.data.any()
 
     boxes.add_rectangles(_box_of(left))
     _wait(qtbot, widget)
