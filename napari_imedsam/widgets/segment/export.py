@@ -44,7 +44,8 @@ def gather_objects(widget: Any) -> list[ex.ObjectBox]:
         recorded = None if clicks is None else (
             tuple((float(x), float(y)) for x, y in clicks.xy),
             tuple(int(v) for v in clicks.labels))
-        objects[(item.object_id, item.plane)] = ex.ObjectBox(item.object_id, item.box,
+        # A frame around an object of clicks alone is no prompt: its box is NaN.
+        objects[(item.object_id, item.plane)] = ex.ObjectBox(item.object_id, item.prompt_box,
                                                              item.plane, item.accepted, item.head,
                                                              recorded)
     volume = getattr(widget, "volume", None)

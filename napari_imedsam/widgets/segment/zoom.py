@@ -200,16 +200,17 @@ class ZoomPreview(QWidget):
         w = self.widget
         boxes, image = w.boxes, w.image
         points = None if w.state is None else w.state.points
-        found = [(item.object_id, item.box, item.head,
-                  wl.clicks_of(points, image, item.key, item.plane))
+        # (id, prompt box, class, clicks, rectangle): a frame (clicks alone) is no prompt.
+        found = [(item.object_id, item.prompt_box, item.head,
+                  wl.clicks_of(points, image, item.key, item.plane), item.box)
                  for item in wl.box_items(boxes, image) if plane is None or item.plane == plane]
         if self.more_boxes is not None:  # slices a propagation labelled
             drawn = {f[0] for f in found}
-            found += [(object_id, box, None, None) for object_id, box in self.more_boxes(plane)
-                      if object_id not in drawn]
+            found += [(object_id, box, None, None, box)
+                      for object_id, box in self.more_boxes(plane) if object_id not in drawn]
         labels = w.masks.data if plane is None else w.masks.data[plane]
         present = set(np.unique(labels).tolist())
-        keep = [f for f in found if f[0] in present and box_in_region(f[1], view.region)]
+        keep = [f for f in found if f[0] in present and box_in_region(f[4], view.region)]
         return ([f[0] for f in keep], [f[1] for f in keep], [f[2] for f in keep],
                 [f[3] for f in keep])
 
