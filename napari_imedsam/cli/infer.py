@@ -112,7 +112,8 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     from ..inference.merge import BandMerge
     from ..io import read_any
 
-    check_outputs([out, args.uncertainty, args.polygons], [image_path], args.overwrite)
+    check_outputs([out, args.uncertainty, getattr(args, "error_map", None), args.polygons],
+                  [image_path], args.overwrite)
     loaded = loaded if loaded is not None else read_any(image_path)
     session.set_image(_slice_of(loaded.data, args.slice, str(image_path)), window=args.window)
     spacing = loaded.spacing[-2:] if loaded.spacing else None
@@ -151,16 +152,26 @@ def _write_set(merge: Any, out: Path, image_path: Path, pixel: tuple[float, floa
     if args.uncertainty and uncertainty is None:
         print("note: the base model's own decoder gives no uncertainty (use --decoder "
               "imedsam with medsam_lite or an adapter)")
-    paths = [p for p in (out, uncertainty, args.polygons) if p is not None]
+    error_map = getattr(args, "error_map", None)
+    error_map = error_map if merge.has_error_map else None
+    if getattr(args, "error_map", None) and error_map is None:
+        print("note: no error map: it needs the I-MedSAM decoder and a model that has one "
+              "(the default medsam_lite)")
+    paths = [p for p in (out, uncertainty, error_map, args.polygons) if p is not None]
     options = tiff_options(pixel, unit)
     with staged_files(paths, overwrite=args.overwrite) as staged:
+        at = {p: staged[i] for i, p in enumerate(paths)}
         with TiffRows(staged[0], merge.shape, merge.dtype, **options) as labels, \
-                (TiffRows(staged[1], merge.shape, "float32", **options)
-                 if uncertainty is not None else nullcontext()) as maps:
+                (TiffRows(at[uncertainty], merge.shape, "float32", **options)
+                 if uncertainty is not None else nullcontext()) as maps, \
+                (TiffRows(at[error_map], merge.shape, "float32", **options)
+                 if error_map is not None else nullcontext()) as errors:
             for band in merge:
                 labels.write(band.row0, band.labels)
                 if maps is not None and band.uncertainty is not None:
                     maps.write(band.row0, band.uncertainty)
+                if errors is not None and band.error is not None:
+                    errors.write(band.row0, band.error)
         if args.polygons:
             payload = {"image": str(image_path), "coordinates": "y, x in image pixels",
                        "objects": [{"id": i + 1, "box": _box_or_none(b),
@@ -217,7 +228,12 @@ def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
 
 
 def _export_record(path: Path, fmt: str) -> dict[str, Any]:
-    """The JSON record of a napari export, checked for what re-making its masks reads."""
+    """The JSON record of a napari export, checked for what re-making its masks reads:
+    its keys, and object ids that are positive whole numbers (they become label values)."""
+    from ..export import record_id
+    from ..io import check_regular_file
+
+    check_regular_file(path, "JSON file")  # a FIFO would block the read forever
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -228,37 +244,105 @@ def _export_record(path: Path, fmt: str) -> dict[str, Any]:
     for part, key in (("image", "shape"), ("model", "name")):
         if not missing and not (isinstance(record[part], dict) and key in record[part]):
             missing = [f"{part}.{key}"]
+    if not missing and not isinstance(record["objects"], list):
+        missing = ["objects (a list)"]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or from another "
                          "tool; export again from napari")
+    for entry in record["objects"]:
+        try:
+            record_id(entry)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     return record
 
 
+def _beside_record(record_path: Path, value: Any) -> Path | None:
+    """A path written in an export record: a relative one is relative to the record's
+    folder (where the export wrote it), not to the current folder."""
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else record_path.parent / path
+
+
+def _check_image_hash(record_path: Path, record: dict[str, Any], image_path: Path) -> None:
+    """The image must be the one exported (SHA-256), not another of the same shape.
+    A record without the hash (an export before it was recorded) is checked by shape
+    only, and a note says so."""
+    from ..export import source_sha256
+
+    expected = record["image"].get("sha256")
+    if not expected:
+        print(f"note: {record_path} records no SHA-256 of its image (an older export): "
+              f"{image_path} is checked by its shape only", file=sys.stderr)
+        return
+    if source_sha256(image_path) != expected:
+        raise ValueError(f"{image_path} is not the image {record_path} was exported from "
+                         "(its SHA-256 differs): give the exported image as IMAGE")
+
+
+def _check_model_hashes(record_path: Path, spec: dict[str, Any], name: str,
+                        adapter: Path | None) -> None:
+    """The weights named by the record must be the ones it recorded (SHA-256): a
+    registry name's hash is known, files are hashed (the same as the export did)."""
+    from ..export import model_info
+
+    now = model_info(name, None if adapter is None else str(adapter), "cpu")
+    for key, what in (("model_sha256", f"the model {name}"),
+                      ("adapter_sha256", f"the adapter {adapter or '(the default)'}")):
+        if spec.get(key) and now.get(key) and spec[key] != now[key]:
+            raise ValueError(f"{what} is not the one {record_path} was exported with (its "
+                             "SHA-256 differs): use the export's weights to make its masks "
+                             "again")
+
+
 def _from_export(args: argparse.Namespace) -> int:
-    """Make an export's masks again from its JSON record (napari widget's Export)."""
+    """Make an export's masks again from its JSON record (napari widget's Export).
+
+    Everything is checked before the model loads: the record, the outputs (not an
+    input, not there unless --overwrite, a TIFF name), the image (its SHA-256 and
+    shape) and the weights (their SHA-256)."""
     from ..export import FORMAT, reproduce, session_decoder
     from ..inference.session import SegmentationSession
-    from ..io import read_any
+    from ..io import check_regular_file, read_any
     from ..model.loading import load_model
+    from ..model.weights import REGISTRY
     from ..saving import label_dtype, write_tiff
-    from ..model.weights import sha256_file
 
-    record = _export_record(Path(args.from_export), FORMAT)
-    image_path = args.image or record["image"].get("path")
-    if not image_path:
-        raise ValueError("the record names no image file (the layer had none): give IMAGE")
+    record_path = Path(args.from_export)
+    record = _export_record(record_path, FORMAT)
+    if args.uncertainty or args.polygons:
+        raise ValueError("--from-export makes the labels only: leave out --uncertainty and "
+                         "--polygons (the export wrote its uncertainty map beside "
+                         f"{record_path.name})")
+    image_path = (Path(args.image) if args.image
+                  else _beside_record(record_path, record["image"].get("path")))
+    if image_path is None:
+        raise ValueError(f"{record_path} names no image file (the layer had none): give IMAGE")
     if not args.out:
         raise ValueError("give --out MASK.tif")
     spec = record["model"]
-    adapter = spec.get("adapter")
-    if adapter and spec.get("adapter_sha256") and sha256_file(adapter) != spec["adapter_sha256"]:
-        raise ValueError(f"{adapter} is not the adapter the export used (its SHA-256 differs)")
+    name = str(spec["name"])
+    if name not in REGISTRY:  # a model file, named as the export's process saw it
+        name = str(_beside_record(record_path, name))
+    adapter = _beside_record(record_path, spec.get("adapter"))
+    model_file = None if name in REGISTRY else Path(name)
+    check_outputs([args.out], [record_path, image_path, adapter, model_file], args.overwrite)
+    if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"--out {args.out}: masks are written as TIFF; name the file .tif "
+                         "or .tiff")
+    check_regular_file(image_path, folder_ok=True)
+    _check_image_hash(record_path, record, image_path)
+    if adapter is not None:
+        check_regular_file(adapter, "adapter file")
+    _check_model_hashes(record_path, spec, name, adapter)
     loaded = read_any(image_path)
     spatial = list(loaded.data.shape[:-1] if record["image"].get("rgb") else loaded.data.shape)
     if spatial != list(record["image"]["shape"]):
         raise ValueError(f"{image_path} has shape {spatial}, the export's image "
                          f"{record['image']['shape']}")
-    session = SegmentationSession(load_model(spec["name"], adapter=adapter or None),
+    session = SegmentationSession(load_model(name, adapter=adapter),
                                   device=args.device, mode=spec.get("decoder", "auto"))
     labels = reproduce(record, session_decoder(session, loaded.data, record.get("window")))
     spacing = record["image"].get("spacing") or [1.0, 1.0]
@@ -338,8 +422,10 @@ def _segment(args: argparse.Namespace) -> int:
 
     # A folder is a DICOM series; a FIFO or a device is refused before it is opened.
     check_regular_file(args.image, folder_ok=True)
-    check_outputs([args.out, args.uncertainty, args.polygons], [args.image], args.overwrite)
-    for flag, path in (("--out", args.out), ("--uncertainty", args.uncertainty)):
+    check_outputs([args.out, args.uncertainty, args.error_map, args.polygons], [args.image],
+                  args.overwrite)
+    for flag, path in (("--out", args.out), ("--uncertainty", args.uncertainty),
+                       ("--error-map", args.error_map)):
         if path is not None and Path(path).suffix.lower() not in (".tif", ".tiff"):
             raise ValueError(f"{flag} {path}: masks and maps are written as TIFF; name the "
                              "file .tif or .tiff")
@@ -368,6 +454,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--uncertainty", type=Path,
                    help="uncertainty TIFF (float32): the MC-dropout standard deviation of the "
                         "mask probability, 0 to 0.5, as the widget shows and the export writes")
+    s.add_argument("--error-map", type=Path,
+                   help="error map TIFF (float32): the probability that each pixel's label is "
+                        "wrong (calibrated; the widget's 'error map'), 0 to 1")
     s.add_argument("--polygons", type=Path, help="sub-pixel boundaries as JSON")
     s.add_argument("--model", default="medsam_lite",
                    help="medsam_lite (the default: LiteMedSAM + our adapter), vit_b, vit_l, "

@@ -46,6 +46,8 @@ class Band:
     row0: int
     labels: np.ndarray  # (rows, W') BandMerge.dtype
     uncertainty: np.ndarray | None  # (rows, W') float32: UNCERTAINTY_QUANTITY
+    #: (rows, W') float32: ``model.error_map.ERROR_QUANTITY``, maximum over objects.
+    error: np.ndarray | None = None
 
 
 @dataclass
@@ -103,6 +105,10 @@ class BandMerge:
     def has_uncertainty(self) -> bool:
         return self.mode == "imedsam"
 
+    @property
+    def has_error_map(self) -> bool:
+        return self.has_uncertainty and getattr(self.session.model, "error_model", None) is not None
+
     def __iter__(self) -> Iterator[Band]:
         rows, cols = self.shape
         height, width = self.session.image_shape
@@ -119,6 +125,7 @@ class BandMerge:
         cols = self.shape[1]
         labels = np.zeros((r1 - r0, cols), self.dtype)
         uncertainty = np.zeros((r1 - r0, cols), np.float32) if self.has_uncertainty else None
+        error = np.zeros((r1 - r0, cols), np.float32) if self.has_error_map else None
         best = np.zeros((r1 - r0, cols), np.float32)
         step = max(1, self.budget // ((r1 - r0) * cols * BYTES_PER_OUTPUT_PIXEL))
         for k in range(0, len(reach), step):
@@ -137,9 +144,11 @@ class BandMerge:
             if uncertainty is not None and part.uncertainty is not None:
                 np.maximum(uncertainty, spread(part.uncertainty.max(axis=(0, 1))),
                            out=uncertainty)
+            if error is not None and part.error is not None:
+                np.maximum(error, part.error.max(axis=0), out=error)
             del part
         labels[best <= self.threshold] = 0
-        return Band(r0, labels, uncertainty)
+        return Band(r0, labels, uncertainty, error)
 
     def outlines(self) -> list[list[np.ndarray]]:
         """Each box's sub-pixel outline, traced on its own window of the output grid."""
