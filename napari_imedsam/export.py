@@ -149,8 +149,9 @@ def _planes(labels: np.ndarray) -> list[int | None]:
 def _compose(shape: tuple[int, int], masks: list[tuple[int, np.ndarray]],
              owner: np.ndarray | None) -> np.ndarray:
     """Write masks in order onto background; where several claim a pixel, ``owner``
-    (the labels resampled to this grid) decides when it is one of them."""
-    out = np.zeros(shape, np.int32)
+    (the labels resampled to this grid) decides when it is one of them. The labels'
+    type holds the largest id (ids of 2**31 and more would wrap in int32)."""
+    out = np.zeros(shape, saving.dtype_for_ids(max((int(i) for i, _ in masks), default=0)))
     for object_id, mask in masks:
         out[mask & (out == 0)] = object_id
     if owner is not None:
@@ -253,24 +254,39 @@ def _decode_by_class(decode: Decode, plane: int | None, objects: list[ObjectBox]
     return coarse, sharp, unc
 
 
+def record_id(entry: Any) -> int:
+    """An export record's object id: a positive whole number (JSON ``3``, not ``3.5``,
+    ``"3"``, ``true`` or ``-1``), which some unsigned 64-bit label type holds."""
+    value = entry.get("id") if isinstance(entry, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"object id {value!r} is not a positive whole number: the record is "
+                         "damaged; export again from napari")
+    if value > np.iinfo(np.uint64).max:
+        raise ValueError(f"object id {value} does not fit in 64 bits: the record is damaged; "
+                         "export again from napari")
+    return value
+
+
 def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
-    """Decode the recorded boxes again: labels on the record's grid and scale."""
+    """Decode the recorded boxes again: labels on the record's grid and scale, in the
+    smallest unsigned type that holds the record's largest id."""
     shape = tuple(record["image"]["shape"])
     scale = float(record["scale"])
     fine = fine_shape(shape[-2:], scale)
-    out = np.zeros((*shape[:-2], *fine), np.int32)
+    ids = [record_id(obj) for obj in record["objects"]]
+    out = np.zeros((*shape[:-2], *fine), saving.dtype_for_ids(max(ids, default=0)))
     by_plane: dict[int | None, list[dict[str, Any]]] = {}
     for obj in record["objects"]:
         if obj.get("box") is not None or obj.get("clicks"):
             by_plane.setdefault(obj.get("plane"), []).append(obj)
     for plane, objs in by_plane.items():
         # Each object answered by the class recorded with it (models with several classes).
-        boxes = [ObjectBox(int(o["id"]), _record_box(o), plane,
+        boxes = [ObjectBox(record_id(o), _record_box(o), plane,
                            head=(o.get("class") or {}).get("head"), clicks=_record_clicks(o))
                  for o in objs]
         _, masks, _ = _decode_by_class(decode, plane, boxes, scale, at_one=False)
         target = out if plane is None else out[plane]
-        target[...] = _compose(fine, [(int(o["id"]), m) for o, m in zip(objs, masks)], None)
+        target[...] = _compose(fine, [(record_id(o), m) for o, m in zip(objs, masks)], None)
     return out
 
 
@@ -381,6 +397,17 @@ def model_info(name: str, adapter: str | None, device: str,
     return info
 
 
+def source_sha256(path: str | Path | None) -> str | None:
+    """The SHA-256 of the file an image layer was read from, so that a record can tell
+    its image from another of the same shape; None when there is no such file (a
+    layer made in napari, a DICOM folder, a file since moved)."""
+    from .model.weights import sha256_file
+
+    if not path or not Path(path).is_file():
+        return None
+    return sha256_file(path)
+
+
 def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | None,
                  scale: float, objects: Sequence[ObjectBox], exported: ExportedLabels,
                  intensity: dict[str, Any] | None = None,
@@ -406,6 +433,8 @@ def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | 
     # Ids painted by hand (no box): the export holds them, the boxes cannot remake them.
     unboxed = set(np.unique(exported.labels).tolist()) - {0} - {o.object_id for o in objects}
     parsed = parse_window(window)
+    if image.get("path") and "sha256" not in image:
+        image = {**image, "sha256": source_sha256(image["path"])}
     return {
         "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -237,6 +237,53 @@ def _export_record(folder: Path, content: str) -> list[str]:
             str(folder / "o.tif")]
 
 
+def _export_of(folder: Path, *extra: str, ids: tuple = (1,), image_path: str = "",
+               hashed: bool = True, model: dict | None = None,
+               image: str | None = None) -> list[str]:
+    """An export record of ``a.tif`` (48 x 64) made with the tiny model, one box per id,
+    its image named as ``image_path`` (default: its full path; relative: beside the
+    record), with its SHA-256 if ``hashed`` -> the command that makes its masks again
+    into ``o.tif``, with ``extra``."""
+    from napari_imedsam import export as ex
+
+    _tif(folder, "a.tif")
+    digest = hashlib.sha256((folder / "a.tif").read_bytes()).hexdigest()
+    boxes = [ex.ObjectBox(1, (5.0, 5.0, 40.0, 30.0))]
+    exported = ex.ExportedLabels(np.zeros((48, 64), np.int32), None, [])
+    info = {"path": str(folder / "a.tif"), "shape": [48, 64], "rgb": False,
+            "spacing": [1.0, 1.0], "unit": "pixel"}
+    record = ex.build_record(image=info, model=model or ex.model_info(MODEL["path"], None, "cpu"),
+                             window=None, scale=1.0, objects=boxes, exported=exported)
+    record["image"]["path"] = image_path or str(folder / "a.tif")
+    record["image"].pop("sha256", None)
+    if hashed:
+        record["image"]["sha256"] = digest
+    record["objects"] = [{**record["objects"][0], "id": i} for i in ids]
+    (folder / "r.json").write_text(json.dumps(record))
+    return ["segment", "--from-export", str(folder / "r.json"), "--device", "cpu",
+            *(["--out", str(folder / "o.tif")] if "--out" not in extra else []), *extra,
+            *([image] if image else [])]
+
+
+def _must_not_load_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari_imedsam.model import loading
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("the model loaded before the outputs were checked")
+
+    monkeypatch.setattr(loading, "load_model", fail)
+
+
+def _other_image_as(folder: Path, name: str, link: bool) -> str:
+    """``name`` becomes another image of the same shape (or a link to one)."""
+    other = folder / ("other.tif" if link else name)
+    (folder / name).unlink()
+    tifffile.imwrite(other, np.full((48, 64), 7, np.uint8))
+    if link:
+        (folder / name).symlink_to(other)
+    return str(folder / name)
+
+
 def _bench_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from napari_imedsam import bench
 
@@ -441,6 +488,56 @@ ROWS = [
     Row("errors 23/10", "bench --repeats 0 ('no median for empty data' before)",
         lambda d: ["bench", "--repeats", "0"], patch=_bench_must_not_run,
         says="--repeats: must be at least 1"),
+    Row("lost 23/D1", "--from-export --out naming the record's own image, with --overwrite",
+        lambda d: _export_of(d, "--out", str(d / "a.tif"), "--overwrite"),
+        patch=_must_not_load_a_model, says="a.tif is an input", kept=("a.tif", "r.json")),
+    Row("lost 23/D1", "--from-export --out naming the record itself, with --overwrite",
+        lambda d: _export_of(d, "--out", str(d / "r.json"), "--overwrite"),
+        patch=_must_not_load_a_model, says="r.json is an input", kept=("a.tif", "r.json")),
+    Row("lost 23/D1", "--from-export --out x.png (TIFF bytes under a PNG name before)",
+        lambda d: _export_of(d, "--out", str(d / "x.png")), patch=_must_not_load_a_model,
+        says="name the file .tif", absent=("x.png",)),
+    Row("lost 23/D1", "--from-export onto an existing --out: refused before the model loads",
+        lambda d: _export_of(d, "--out", _write(d / "o.tif", "mine")),
+        patch=_must_not_load_a_model, says="o.tif already exists", kept=("o.tif",)),
+    Row("errors 23/D1", "--from-export --uncertainty (ignored without a word before)",
+        lambda d: _export_of(d, "--uncertainty", str(d / "u.tif")),
+        patch=_must_not_load_a_model, says="--from-export makes the labels only",
+        absent=("o.tif", "u.tif")),
+    Row("errors 23/D1", "--from-export --polygons (ignored without a word before)",
+        lambda d: _export_of(d, "--polygons", str(d / "p.json")),
+        patch=_must_not_load_a_model, says="leave out --uncertainty and --polygons",
+        absent=("o.tif", "p.json")),
+    Row("errors 23/D2", "--from-export whose image was replaced by another of its shape",
+        lambda d: [*_export_of(d), *([] if _other_image_as(d, "a.tif", link=False) else [])],
+        patch=_must_not_load_a_model,
+        says="a.tif is not the image", absent=("o.tif",)),
+    Row("errors 23/D2", "--from-export whose image is now a link to another of its shape",
+        lambda d: [*_export_of(d), *([] if _other_image_as(d, "a.tif", link=True) else [])],
+        patch=_must_not_load_a_model,
+        says="r.json was exported from (its SHA-256 differs)", absent=("o.tif",)),
+    Row("errors 23/D2", "--from-export given another image of the same shape as IMAGE",
+        lambda d: _export_of(d, image=_tif(d, "b.tif", value=7)),
+        patch=_must_not_load_a_model, says="b.tif is not the image", absent=("o.tif",)),
+    Row("errors 23/D2", "--from-export with the record's model file changed since",
+        lambda d: _export_of(d, model={"name": MODEL["path"], "model_sha256": "0" * 64}),
+        patch=_must_not_load_a_model,
+        says="tiny.safetensors is not the one", absent=("o.tif",)),
+    Row("errors 23/D2", "--from-export: a relative image path is beside the record",
+        lambda d: _export_of(d, image_path="a.tif"), code=0, says='"objects": 1'),
+    Row("errors 23/D2", "--from-export of a record without the image's hash: a note",
+        lambda d: _export_of(d, hashed=False), code=0, says="records no SHA-256 of its image"),
+    Row("errors 23/D3", "--from-export with an object id of 2**31 (OverflowError before)",
+        lambda d: _export_of(d, ids=(2**31,)), code=0, says='"objects": 1'),
+    Row("errors 23/D3", "--from-export with an object id of -1",
+        lambda d: _export_of(d, ids=(-1,)), patch=_must_not_load_a_model,
+        says="r.json: object id -1 is not a positive whole number", absent=("o.tif",)),
+    Row("errors 23/D3", "--from-export with an object id of 1.5",
+        lambda d: _export_of(d, ids=(1.5,)), patch=_must_not_load_a_model,
+        says="object id 1.5 is not a positive whole number", absent=("o.tif",)),
+    Row("errors 23/D3", "--from-export with an object id written as text",
+        lambda d: _export_of(d, ids=("3",)), patch=_must_not_load_a_model,
+        says="object id '3' is not a positive whole number", absent=("o.tif",)),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",
@@ -448,8 +545,8 @@ ROWS = [
 ]
 
 
-def _tif(folder: Path, name: str) -> str:
-    tifffile.imwrite(folder / name, np.full((48, 64), 100, np.uint8))
+def _tif(folder: Path, name: str, value: int = 100) -> str:
+    tifffile.imwrite(folder / name, np.full((48, 64), value, np.uint8))
     return str(folder / name)
 
 
@@ -516,6 +613,52 @@ def test_the_batch_row_reports_what_succeeded_and_what_failed(tmp_path, capsys):
     assert [Path(r["image"]).name for r in report["succeeded"]] == ["good.png"]
     assert [Path(r["image"]).name for r in report["failed"]] == ["bad.png"]
     assert tifffile.imread(tmp_path / "out" / "good_mask.tif").shape == (48, 64)
+
+
+def test_an_export_with_ids_beyond_int32_is_made_again_with_those_ids():
+    """Issue 23, item D3: ``export._compose`` built int32 labels, so an id of 2**31
+    raised OverflowError (and 2**32 + 1 would have wrapped); the table's rows run the
+    command, this checks the labels it writes."""
+    from napari_imedsam import export as ex
+
+    def square(plane, boxes, scale):  # noqa: ANN001, ANN202 - each box's pixels, exactly
+        masks = np.zeros((len(boxes), 48, 64), bool)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes):
+            mask[int(y0):int(y1), int(x0):int(x1)] = True
+        return masks, None
+
+    for big in (2**31, 2**32 + 1, 2**64 - 1):
+        record = {"image": {"shape": [48, 64]}, "scale": 1.0,
+                  "objects": [{"id": 3, "box": [0, 0, 10, 10]},
+                              {"id": big, "box": [20, 20, 40, 30]}]}
+        labels = ex.reproduce(json.loads(json.dumps(record)), square)
+        assert labels.dtype == (np.uint32 if big < 2**32 else np.uint64)
+        assert (labels[0:10, 0:10] == 3).all() and (labels[20:30, 20:40] == big).all()
+        assert set(np.unique(labels).tolist()) == {0, 3, big}
+    with pytest.raises(ValueError, match="object id 2.0 is not a positive whole number"):
+        ex.reproduce({**record, "objects": [{"id": 2.0, "box": [0, 0, 5, 5]}]}, square)
+
+
+def test_an_export_records_its_image_hash_and_a_relative_record_is_made_again(
+        tmp_path, capsys, monkeypatch):
+    """Issue 23, item D2: the record holds the image's SHA-256 (none for a folder), and
+    relative paths in a record are read beside it, whatever the current folder."""
+    from napari_imedsam import export as ex
+    from napari_imedsam.model.weights import sha256_file
+
+    argv = _export_of(tmp_path, image_path="a.tif")
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["image"]["sha256"] == sha256_file(tmp_path / "a.tif")
+    folder_record = ex.build_record(image={"path": str(tmp_path), "shape": [4, 4]},
+                                    model={"name": "x"}, window=None, scale=1.0, objects=[],
+                                    exported=ex.ExportedLabels(np.zeros((4, 4), np.int32), None))
+    assert folder_record["image"]["sha256"] is None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert tifffile.imread(tmp_path / "o.tif").shape == (48, 64)
+    assert not (elsewhere / "o.tif").exists()
 
 
 # -- bounded memory (item 9) ------------------------------------------------------------
