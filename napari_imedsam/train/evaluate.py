@@ -104,7 +104,11 @@ def evaluate_model(
         result = session.predict(image_box[None], region=(0.0, 0.0, height, width),
                                  out_shape=shape)
         curve: list[float] = []
+        suggested = None
         if clicks:
+            if result.error is not None:
+                suggested = _suggested_dice(session, result, image_box, targets[0],
+                                            (height, width), shape)
             result, curve = _click_curve(session, result, image_box, targets[0], clicks,
                                          (height, width), shape)
         if error_pixels is not None and result.error is not None and classes == 1:
@@ -128,6 +132,8 @@ def evaluate_model(
                 row[f"dice_c{c}"] = value
             if curve:
                 row["clicks_made"] = _made(curve)
+            if suggested is not None:
+                row["dice_suggested"] = suggested
             if result.iou is not None:
                 row["pred_iou"] = float(result.iou[0])  # the backbone's own confidence
             if result.uncertainty is not None:
@@ -176,6 +182,28 @@ def _click_curve(session: SegmentationSession, result: Any, box: np.ndarray,
     return result, curve
 
 
+def _suggested_dice(session: SegmentationSession, result: Any, box: np.ndarray,
+                    target: np.ndarray, image_shape: tuple[int, int],
+                    shape: tuple[int, int]) -> float | None:
+    """Dice after one click where the error map suggests it (the widget's Shift+N),
+    signed as the ground truth says there; None when it suggests nothing."""
+    from ..inference.session import Clicks
+    from ..model.error_map import next_click
+    from .clicks import Click
+
+    pred = result.prob[0].max(axis=0) > 0.5
+    found = next_click(result.error[0], pred)
+    if found is None:
+        return None
+    row, col, _ = found
+    click = Click(row, col, bool(target[row, col]))
+    height, width = image_shape
+    again = session.predict(box[None], clicks=[Clicks.of([click.xy(shape, image_shape)],
+                                                         [int(click.positive)])],
+                            region=(0.0, 0.0, height, width), out_shape=shape)
+    return metrics.dice(again.prob[0].max(axis=0) > 0.5, target)
+
+
 def dice_per_class(model: IMedSAM, images: list[LabeledImage], label_size: int = 128,
                    **options: Any) -> dict[str, float]:
     """Mean Dice per class name (multi-class models: every class of a group answers its
@@ -208,6 +236,14 @@ def summary(rows: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
         made = np.array([[i < r["clicks_made"] for i in range(len(curves[0]) - 1)]
                          for r in rows if "dice_c0" in r])
         clicked = click_curve_summary(np.array(curves), made)
+        pairs = [(r["dice_suggested"] - r["dice_c0"], r["dice_c1"] - r["dice_c0"])
+                 for r in rows if "dice_suggested" in r and "dice_c1" in r]
+        if pairs:
+            gains = np.array(pairs)
+            clicked["suggested_click_gain"] = float(gains[:, 0].mean())
+            clicked["protocol_click_gain"] = float(gains[:, 1].mean())
+            clicked["suggested_to_protocol_gain"] = (
+                float(gains[:, 0].mean() / gains[:, 1].mean()) if gains[:, 1].mean() else None)
     return {
         "dice": mean("dice"),
         **clicked,
