@@ -538,6 +538,17 @@ ROWS = [
     Row("errors 23/D3", "--from-export with an object id written as text",
         lambda d: _export_of(d, ids=("3",)), patch=_must_not_load_a_model,
         says="object id '3' is not a positive whole number", absent=("o.tif",)),
+    Row("lost 23/D4", "train --out foo.safetensors beside someone's foo.log.csv (appended to)",
+        lambda d: ["train", "--synthetic", "4", "--epochs", "1", "--variant", "tiny",
+                   "--out", str(d / "foo.safetensors"),
+                   *([] if _write(d / "foo.log.csv", "mine\n") else [])],
+        says="foo.log.csv already exists", kept=("foo.log.csv",),
+        absent=("foo.safetensors", "foo.lock")),
+    Row("lost 23/D4", "train --resume with no run to resume (left foo.log.csv behind)",
+        lambda d: ["train", "--synthetic", "4", "--epochs", "1", "--variant", "tiny",
+                   "--mode", "full", "--device", "cpu", "--resume",
+                   "--out", str(d / "foo.safetensors")],
+        says="cannot resume: ", absent=("foo.log.csv", "foo.lock")),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",
@@ -659,6 +670,41 @@ def test_an_export_records_its_image_hash_and_a_relative_record_is_made_again(
     assert main(argv) == 0, capsys.readouterr().err
     assert tifffile.imread(tmp_path / "o.tif").shape == (48, 64)
     assert not (elsewhere / "o.tif").exists()
+
+
+def test_two_train_runs_with_one_out_never_write_one_set_of_names(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Issue 23, item D4: two ``imedsam train --out X`` at once both exited 0, X held
+    run B's adapter, X.run.json run A's and X.log.csv both logs interleaved. Run B here
+    starts while run A holds the names (inside A's training call): it is refused in
+    one line, and A's files are A's alone. A lock file left by a killed run (no
+    process holds it) does not stop A."""
+    from napari_imedsam.train import engine
+
+    out = tmp_path / "x.safetensors"
+    argv = ["train", "--synthetic", "4", "--synthetic-size", "64", "--variant", "tiny",
+            "--mode", "full", "--epochs", "1", "--points", "128", "--device", "cpu",
+            "--val-label-size", "32", "--no-augment", "--out", str(out)]
+    (tmp_path / "x.lock").write_text("12345\n")  # as a killed run leaves it
+    real, second = engine.train, []
+
+    def overlapping(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if not second:
+            second.append(None)
+            second[0] = main([*argv, "--seed", "1"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train", overlapping)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert second == [2], err
+    assert "x.lock is held: another run with --out" in err
+    assert sum("error:" in line for line in err.splitlines()) == 1, err
+    log = out.with_suffix(".log.csv").read_text().splitlines()
+    assert log[0].startswith("time_s,") and sum(line.startswith("time_s,") for line in log) == 1
+    run = json.loads((tmp_path / "x.run.json").read_text())
+    assert run["train_config"]["seed"] == 0 and run["progress"]["epochs_done"] == 1
+    assert not (tmp_path / "x.lock").exists()
 
 
 # -- bounded memory (item 9) ------------------------------------------------------------

@@ -72,19 +72,30 @@ def _split(args: argparse.Namespace, seed: int) -> tuple[list[Any], list[Any]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """The run's names are claimed (``NAME.lock``) for as long as it runs: a second
+    ``imedsam train`` with the same --out is refused before it reads anything."""
+    from contextlib import nullcontext
+
+    from ..train.run_state import RunFiles
+
+    files = RunFiles(Path(args.out).with_suffix(".safetensors"))
+    # Under torchrun every rank runs this; rank 0 writes, and claims the names.
+    lead = int(os.environ.get("RANK", "0")) == 0
+    with files.claim() if lead else nullcontext():
+        return _train_claimed(args, files, lead)
+
+
+def _train_claimed(args: argparse.Namespace, files: Any, lead: bool) -> int:
     import torch
     from tqdm import tqdm
 
     from ..model import build_model, load_adapter
     from ..train.engine import TrainConfig, train
 
-    from ..train.run_state import RunFiles
-
     if not args.resume:  # every output checked before anything is read or written
         inputs = tuple(p for p in (args.split, args.init, args.data, args.images, args.masks,
                                    args.ct_slices, args.base_weights) if p is not None)
-        RunFiles(Path(args.out).with_suffix(".safetensors")).check_new(
-            args.overwrite, tuple(Path(p) for p in inputs))
+        files.check_new(args.overwrite, tuple(Path(p) for p in inputs))
     torch.manual_seed(args.seed)
     cfg = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size,
                       points_per_sample=args.points, seed=args.seed, device=args.device,
@@ -131,17 +142,16 @@ def _train(args: argparse.Namespace) -> int:
                              f"with --class-names {names} (and class label images)")
     if classes is not None or args.classes > 1:
         expand_classes(model, classes or default_classes(args.classes))
-    # Under torchrun every rank runs this; only rank 0 talks and writes the log.
-    lead = int(os.environ.get("RANK", "0")) == 0
+    # Only rank 0 talks and writes the log.
     if lead:
         print(f"training {args.variant} ({args.mode}) on {len(train_set)} images, "
               f"validating on {len(val_set)}; best adapter -> {args.out}")
     bar = tqdm(total=None, unit="step", dynamic_ncols=True, disable=not lead)
-    log_path = Path(args.out).with_suffix(".log.csv")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("a") if lead else open(os.devnull, "w")
-    if lead and log.tell() == 0:
-        log.write("time_s,epoch,step,loss,coarse_loss,fine_loss,val_dice\n")
+    # The log opens at the first step: a run refused while setting up (a --resume with
+    # nothing to resume) leaves none. A new run's log is new (checked above); --resume
+    # continues its own, --overwrite starts it again.
+    log = _RunLog(files.log if lead else None, "a" if args.resume
+                  else "w" if args.overwrite else "x")
 
     def on_progress(event: Any) -> None:
         if bar.total is None:
@@ -173,6 +183,38 @@ def _train(args: argparse.Namespace) -> int:
                       "stopped": result.stopped,
                       "minutes": round((time.monotonic() - start) / 60, 2)}, indent=2))
     return 0
+
+
+class _RunLog:
+    """``NAME.log.csv``, opened (mode ``a``, ``w`` or ``x``) when first written;
+    ``path`` None writes nowhere (ranks other than 0)."""
+
+    HEADER = "time_s,epoch,step,loss,coarse_loss,fine_loss,val_dice\n"
+
+    def __init__(self, path: Path | None, mode: str) -> None:
+        self.path, self.mode, self.file = path, mode, None
+
+    def write(self, text: str) -> None:
+        if self.path is None:
+            return
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.file = self.path.open(self.mode)
+            except FileExistsError:
+                raise FileExistsError(f"{self.path} already exists: choose another output "
+                                      "name, or allow overwriting") from None
+            if self.file.tell() == 0:
+                self.file.write(self.HEADER)
+        self.file.write(text)
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def _evaluate(args: argparse.Namespace) -> int:

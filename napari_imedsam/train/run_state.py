@@ -4,12 +4,16 @@ Beside the best adapter ``NAME.safetensors`` a run writes
 ``NAME.last.safetensors`` (+ ``.json``: the latest weights),
 ``NAME.optim.safetensors`` (AdamW moments) and ``NAME.run.json`` (epoch,
 history, scheduler and optimizer settings). All through safetensors and JSON,
-all written atomically.
+all written atomically. The command line adds ``NAME.log.csv``, and holds
+``NAME.lock`` while it runs, so that two runs never write one set of names.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,12 +50,66 @@ class RunFiles:
         self.last = Path(f"{stem}.last.safetensors")
         self.optim = Path(f"{stem}.optim.safetensors")
         self.progress = Path(f"{stem}.run.json")
+        self.log = Path(f"{stem}.log.csv")
+        self.lock = Path(f"{stem}.lock")
 
     def paths(self) -> list[Path]:
         """Every file a run writes: the best adapter and its JSON, the last adapter and
-        its JSON, the optimiser state, the progress record."""
+        its JSON, the optimiser state, the progress record, the command line's log."""
         return [self.best, self.best.with_suffix(".json"), self.last,
-                self.last.with_suffix(".json"), self.optim, self.progress]
+                self.last.with_suffix(".json"), self.optim, self.progress, self.log]
+
+    @contextmanager
+    def claim(self) -> Iterator[Path]:
+        """Hold ``NAME.lock`` for the run: a second run with the same names, started
+        while this one runs, is refused at once (it would interleave the log and
+        leave one run's adapter beside the other's record).
+
+        The claim is an exclusive ``flock`` on the lock file, which the system drops
+        when the process ends however it ends, so a run that was killed leaves no
+        claim behind (its lock file is taken over by the next run). Without
+        ``flock`` (Windows) the file is created exclusively instead.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            fcntl = None  # type: ignore[assignment]
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        while True:
+            try:
+                fd = os.open(self.lock, flags | (0 if fcntl else os.O_EXCL), 0o644)
+            except FileExistsError:
+                raise FileExistsError(self._busy()) from None
+            except OSError as exc:  # e.g. a link planted at the lock's name
+                raise OSError(exc.errno, f"cannot claim {self.lock} ({exc.strerror}): "
+                              "choose another --out") from None
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise FileExistsError(self._busy()) from None
+            # The run that held it may have removed the file between our open and our
+            # lock: then we hold a file nobody else sees; open the name again.
+            try:
+                if os.path.samestat(os.fstat(fd), os.stat(self.lock)):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield self.lock
+        finally:
+            self.lock.unlink(missing_ok=True)  # while still held: nobody claims it between
+            os.close(fd)
+
+    def _busy(self) -> str:
+        return (f"{self.lock} is held: another run with --out {self.best} is running now; "
+                "wait for it to end, or choose another --out")
 
     def check_new(self, overwrite: bool, inputs: list[Path] | tuple[Path, ...] = ()) -> None:
         """Before anything is written: no output may be an input, and none may exist
