@@ -217,6 +217,25 @@ class _RunLog:
             self.file.close()
 
 
+def _check_report_outside_the_data(args: argparse.Namespace) -> None:
+    """No report file may be a file the evaluation reads, nor become one: a name with
+    an image suffix in a folder of images or masks (``--json data/images/X.jpg
+    --overwrite`` replaced an image with the report)."""
+    from ..train.data import IMAGE_SUFFIXES
+    from ..train.evaluate import report_paths
+
+    folders = [args.images, args.masks]
+    for root in (args.data, args.ct_slices):
+        if root is not None:
+            folders += [Path(root) / "images", Path(root) / "masks"]
+    read = {Path(f).resolve() for f in folders if f is not None}
+    for path in report_paths(args.json):
+        if path.resolve().parent in read and path.suffix.lower() in IMAGE_SUFFIXES:
+            raise ValueError(f"{path} is an image name in {path.parent}, a folder this "
+                             "evaluation reads: choose a --json name outside the data's "
+                             "images and masks")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -229,6 +248,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     inputs = tuple(p for p in (args.split, args.adapter, args.data, args.images, args.masks,
                                args.ct_slices) if p is not None)
     check_report_paths(args.json, args.overwrite, inputs)  # before hours of evaluation
+    _check_report_outside_the_data(args)
     device = resolve_device(args.device)
     if args.adapter:
         model = model_from_adapter(args.adapter, base_checkpoint=args.base_weights, device=device)
