@@ -25,6 +25,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
 from ..boxes import Box, box_from_vertices, plane_index
+from ..journal import write_pixels
 
 BOXES, MASKS, UNCERTAINTY, POINTS = "boxes", "masks", "uncertainty", "points"
 #: Metadata key naming the image a widget layer belongs to.
@@ -266,8 +267,6 @@ def write_object(labels: Labels, mask: np.ndarray, plane: int | None, object_id:
     (undo and redo take the box and its pixels together; see
     ``widgets.segment.journal``) and the flat indices written.
     """
-    from .segment.journal import write_pixels
-
     data = labels.data
     target = data if plane is None else data[plane]
     changes = []
@@ -299,8 +298,6 @@ def shares_id(boxes: Shapes, object_id: int) -> bool:
 def clear_object(labels: Labels, object_id: int, own: np.ndarray | None = None) -> list[Any]:
     """Remove an object's pixels (all of ``object_id``, or of ``own`` only when boxes
     share the id, as in :func:`write_object`); returns the changes for the journal."""
-    from .segment.journal import write_pixels
-
     if own is None:
         old = np.nonzero(labels.data == object_id)
     else:

@@ -15,7 +15,7 @@ from napari.layers import Image, Labels, Points, Shapes
 
 from .. import layers as wl
 from ...boxes import Box
-from .journal import BoxRecord, Journal
+from ...journal import BoxRecord, Journal
 
 
 @dataclass(eq=False)

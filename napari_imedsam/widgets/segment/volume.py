@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 
 from .. import layers as wl
 from ...boxes import Box
-from .journal import Step as JournalStep
+from ...journal import UndoStep
 from ...propagate import (
     DIRECTIONS,
     Job,
@@ -77,7 +77,7 @@ class PlaneWriter:
         ``clear_planes`` (the planes written, and those beyond where the object
         ended). Returns the pixels written (-1: the layer changed meanwhile) and
         the changes, which the widget's journal keeps as one undo step."""
-        from .journal import write_pixels
+        from ...journal import write_pixels
 
         if self.labels.data is not self._data:
             return -1, []
@@ -322,7 +322,7 @@ class VolumeTools(QGroupBox):
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not write the propagated slices: {exc}")
             return
-        self._state.journal.record(JournalStep(f"propagation of object {writer.object_id}",
+        self._state.journal.record(UndoStep(f"propagation of object {writer.object_id}",
                                                 changes))
         if written < 0:
             show_warning("I-MedSAM: the masks layer changed during propagation; "
