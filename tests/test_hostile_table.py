@@ -718,6 +718,37 @@ def test_two_train_runs_with_one_out_never_write_one_set_of_names(tmp_path, caps
     assert not (tmp_path / "x.lock").exists()
 
 
+def test_a_run_stopped_between_its_epoch_files_is_not_resumed_an_epoch_twice(
+        tmp_path, capsys, monkeypatch):
+    """Issue 23, item D6: a run killed just after writing ``X.last.safetensors`` left
+    the optimiser and ``X.run.json`` an epoch behind, and ``--resume`` trained that
+    epoch again on the newer weights without a word. The stop is simulated where the
+    kill fell: after the second epoch's weights, before its optimiser file."""
+    from napari_imedsam.train import run_state
+
+    out = tmp_path / "x.safetensors"
+    argv = ["train", "--synthetic", "4", "--synthetic-size", "64", "--variant", "tiny",
+            "--mode", "full", "--epochs", "2", "--points", "128", "--device", "cpu",
+            "--val-label-size", "32", "--no-augment", "--out", str(out)]
+    real, calls = run_state.atomic_write, []
+
+    def killed_on_the_second_epoch(path, data):  # noqa: ANN001, ANN202
+        calls.append(Path(path).name)
+        if len(calls) == 3:  # epoch 1: optim, run.json; epoch 2: optim
+            raise KeyboardInterrupt
+        return real(path, data)
+
+    monkeypatch.setattr(run_state, "atomic_write", killed_on_the_second_epoch)
+    assert main(argv) == 130
+    monkeypatch.setattr(run_state, "atomic_write", real)
+    assert json.loads((tmp_path / "x.run.json").read_text())["progress"]["epochs_done"] == 1
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume: x.last.safetensors is from epoch 2 but x.run.json from epoch 1" in err
+    assert sum("error:" in line for line in err.splitlines()) == 1, err
+
+
 # -- bounded memory (item 9) ------------------------------------------------------------
 def test_a_large_output_streams_to_disk_in_bounded_memory(tmp_path, capsys, monkeypatch):
     """A whole-image box at scale 3 on 1200 x 1000: 3000 x 3600 outputs, 11 MB of

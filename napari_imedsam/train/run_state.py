@@ -41,6 +41,11 @@ class RunProgress:
             self.best_val_dice, self.best_epoch = val_dice, epoch
 
 
+#: The key, in the last weights' JSON "extra" and the optimiser file's metadata, of
+#: the epochs done when they were saved.
+EPOCH_MARK = "run_epochs_done"
+
+
 class RunFiles:
     """Paths of one run, derived from the best adapter's path."""
 
@@ -107,6 +112,24 @@ class RunFiles:
             self.lock.unlink(missing_ok=True)  # while still held: nobody claims it between
             os.close(fd)
 
+    def _check_one_epoch(self, epochs_done: int) -> None:
+        """The last weights and the optimiser are of the epoch the progress records
+        (files of runs from before the marks carry none and are taken as they are)."""
+        from safetensors import safe_open
+
+        from ..model.checkpoint import read_adapter_config
+
+        weights = (read_adapter_config(self.last).get("extra") or {}).get(EPOCH_MARK)
+        with safe_open(str(self.optim), "pt") as f:
+            moments = (f.metadata() or {}).get(EPOCH_MARK)
+        for path, mark in ((self.last, weights), (self.optim, moments)):
+            if mark is not None and int(mark) != epochs_done:
+                raise ValueError(
+                    f"cannot resume: {path.name} is from epoch {int(mark)} but "
+                    f"{self.progress.name} from epoch {epochs_done} (the run stopped while "
+                    "saving them); start again with --overwrite, or from its last weights "
+                    f"with --init {self.last} and another --out")
+
     def _busy(self) -> str:
         return (f"{self.lock} is held: another run with --out {self.best} is running now; "
                 "wait for it to end, or choose another --out")
@@ -128,14 +151,19 @@ class RunFiles:
 
     def save(self, model: IMedSAM, optimizer: torch.optim.Optimizer, scheduler: Any,
              progress: RunProgress, scope: str, train_config: Any) -> None:
-        save_adapter(model, self.last, scope=scope, overwrite=True)  # type: ignore[arg-type]
+        """The last weights, the optimiser and the progress, each marked with the
+        epochs done: a run killed between these writes leaves files of two epochs,
+        which :meth:`load` refuses instead of training an epoch twice."""
+        mark = {EPOCH_MARK: progress.epochs_done}
+        save_adapter(model, self.last, scope=scope, overwrite=True,  # type: ignore[arg-type]
+                     extra=mark)
         opt = optimizer.state_dict()
         tensors = {
             f"{index}.{name}": (value if torch.is_tensor(value) else torch.tensor(value)).cpu()
             for index, values in opt["state"].items()
             for name, value in values.items()
         }
-        atomic_write(self.optim, save(tensors))
+        atomic_write(self.optim, save(tensors, metadata={EPOCH_MARK: str(progress.epochs_done)}))
         record = {
             "progress": asdict(progress),
             "scheduler": scheduler.state_dict(),
@@ -148,8 +176,9 @@ class RunFiles:
         missing = [p for p in (self.last, self.optim, self.progress) if not p.exists()]
         if missing:
             raise FileNotFoundError(f"cannot resume: {missing[0]} is missing")
-        load_adapter(model, self.last)
         record = json.loads(self.progress.read_text())
+        self._check_one_epoch(int(record["progress"]["epochs_done"]))
+        load_adapter(model, self.last)
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in load_file(str(self.optim)).items():
             index, name = key.split(".", 1)
