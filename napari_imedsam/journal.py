@@ -54,6 +54,9 @@ class UndoStep:
     what: str
     masks: list[MaskChange] = field(default_factory=list)
     boxes: list[BoxChange] = field(default_factory=list)
+    #: Uncertainty maps of objects without a box (propagated slices): (key, before,
+    #: after), each the widget's stored part or None.
+    maps: list[tuple[int, Any, Any]] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -69,7 +72,7 @@ class Journal:
         self._redo: list[UndoStep] = []
 
     def record(self, step: UndoStep) -> None:
-        if not step.masks and not step.boxes:
+        if not step.masks and not step.boxes and not step.maps:
             return
         self._undo.append(step)
         self._redo.clear()

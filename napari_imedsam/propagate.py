@@ -88,6 +88,9 @@ class Step:
     box: Box
     mask: np.ndarray  # (H, W) bool, only the components that belong to the object
     evidence: Evidence = field(default_factory=Evidence)
+    #: The slice's maps as a box's answer has them: (variance, P(wrong) or None); None
+    #: from the backbone's own decoder.
+    maps: tuple[np.ndarray, np.ndarray | None] | None = None
 
 
 @dataclass
@@ -300,17 +303,29 @@ def propagate_body(holder: SessionHolder, spec: ModelSpec, data: Any, start_plan
     if rule is None:
         rule = stop_rule_for(session.model.config.variant)
 
+    maps: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+
     def segment_slice(plane: int, box: Box) -> tuple[np.ndarray, float]:
         image = take_plane(data, plane)  # read outside the lock: lazy data may be slow
         result, _ = holder.run(spec, image, [box], window=window)
         iou = float("nan") if result.iou is None else float(result.iou[0])
+        if result.uncertainty is not None:  # the slice's maps, like any box's
+            maps[plane] = (result.uncertainty[0].max(axis=0),
+                           None if result.error is None else result.error[0])
         return result.masks()[0], iou
 
     steps = iter_propagation(segment_slice, start_plane, start_mask, len(data),
                                              direction, rule=rule,
                                              should_stop=lambda: job.stopped)
     try:
-        summary = yield from steps
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as finished:
+                summary = finished.value
+                break
+            step.maps = maps.pop(step.plane, None)
+            yield step
     except SessionError as exc:
         return Summary({}, error=str(exc))
     except Exception as exc:  # noqa: BLE001

@@ -13,7 +13,7 @@ import numpy as np
 from napari.utils.notifications import show_info, show_warning
 
 from . import journal
-from ... import journal as undo
+from ... import journal as history
 from .. import layers as wl
 from ..common import tell
 from ...session_holder import Outcome
@@ -72,8 +72,8 @@ class ObjectEdits:
         if shared:
             after["pixels"] = pixels
         state.box_memory[key] = after
-        state.journal.record(undo.UndoStep(f"object {object_id}", changes,
-                                          [undo.BoxChange(key, before, after)]))
+        state.journal.record(history.UndoStep(f"object {object_id}", changes,
+                                              [history.BoxChange(key, before, after)]))
         state.masks.selected_label = object_id  # brush corrections continue this object
         if outcome.advice is not None:
             show_warning(f"I-MedSAM: {outcome.advice}")
@@ -142,7 +142,8 @@ class ObjectEdits:
         for kept in ("pixels", "uncertainty"):  # semantic labels' pixels; the object's map
             if previous is not None and previous.get(kept) is not None:
                 before[kept] = after[kept] = previous[kept]
-        state.journal.record(undo.UndoStep("accept", [], [undo.BoxChange(key, before, after)]))
+        state.journal.record(history.UndoStep("accept", [],
+                                              [history.BoxChange(key, before, after)]))
         wl.recolor(boxes)
         state.current = None
         boxes.selected_data = set()
@@ -162,10 +163,10 @@ class ObjectEdits:
     def remove_rows(self, state: ImageState, rows: list[int], what: str) -> None:
         """Clear the objects of ``rows`` (accepted ones too: the user asked) and remove
         their boxes, as one journal step."""
-        boxes, step = state.boxes, undo.UndoStep(what)
+        boxes, step = state.boxes, history.UndoStep(what)
         for row in rows:
             key = int(boxes.features["box_key"].iloc[row])
-            step.boxes.append(undo.BoxChange(key, self._record(state, row, key), None))
+            step.boxes.append(history.BoxChange(key, self._record(state, row, key), None))
             step.masks += _take_pixels(state, row, key)
             self.forget_key(state, key)
         self.replaying = True  # the removal below is ours, already recorded
@@ -183,12 +184,12 @@ class ObjectEdits:
     def forget_rows(self, state: ImageState, rows: tuple[int, ...]) -> None:
         """The user deleted boxes (napari's delete): their objects go too, undoably;
         accepted objects keep their pixels."""
-        boxes, step = state.boxes, undo.UndoStep("delete")
+        boxes, step = state.boxes, history.UndoStep("delete")
         for row in rows:
             if not 0 <= row < len(boxes.features):
                 continue
             key = int(boxes.features["box_key"].iloc[row])
-            step.boxes.append(undo.BoxChange(key, self._record(state, row, key), None))
+            step.boxes.append(history.BoxChange(key, self._record(state, row, key), None))
             if not bool(boxes.features["accepted"].iloc[row]):
                 step.masks += _take_pixels(state, row, key)
             self.forget_key(state, key)
@@ -203,7 +204,7 @@ class ObjectEdits:
         self.widget.unc_view.redraw_all(state)
 
     @staticmethod
-    def _record(state: ImageState, row: int, key: int) -> undo.BoxRecord:
+    def _record(state: ImageState, row: int, key: int) -> history.BoxRecord:
         """The box as it is, with its clicks and the map its last answer drew."""
         record = journal.box_record(state.boxes, row, state.points)
         memory = state.box_memory.get(key) or {}
@@ -235,10 +236,16 @@ class ObjectEdits:
         self.replaying = True
         try:
             if state.masks is not None:
-                undo.apply_masks(state.masks, step.masks, undo)
+                history.apply_masks(state.masks, step.masks, undo)
             journal.apply_boxes(state.boxes, step.boxes, undo, state.points)
         finally:
             self.replaying = False
+        for key, before, after in step.maps:  # propagated slices' maps
+            target = before if undo else after
+            if target is None:
+                state.unc_parts.pop(key, None)
+            else:
+                state.unc_parts[key] = target
         for change in step.boxes:
             target = change.before if undo else change.after
             self.forget_key(state, change.key)
@@ -270,7 +277,7 @@ def _click_key(clicks: Any) -> bytes | None:
     return None if clicks is None else clicks.key()
 
 
-def _own_pixels(record: undo.BoxRecord, shared: bool) -> np.ndarray | None:
+def _own_pixels(record: history.BoxRecord, shared: bool) -> np.ndarray | None:
     """The flat indices a box that shares its label value wrote (semantic labels;
     none known: none); None for a box with an id of its own, whose pixels are all
     of that id."""
@@ -280,7 +287,7 @@ def _own_pixels(record: undo.BoxRecord, shared: bool) -> np.ndarray | None:
     return pixels
 
 
-def _take_pixels(state: ImageState, row: int, key: int) -> list[undo.MaskChange]:
+def _take_pixels(state: ImageState, row: int, key: int) -> list[history.MaskChange]:
     """Clear the pixels of the object in ``row``: all of its id, or those its box
     wrote when the id is a class's value shared by several boxes."""
     boxes = state.boxes

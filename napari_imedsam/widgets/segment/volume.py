@@ -97,6 +97,12 @@ class PlaneWriter:
         return written, changes
 
 
+def slice_key(object_id: int, plane: int) -> int:
+    """The key of a propagated slice's map in ``ImageState.unc_parts`` (boxes' keys are
+    positive; these never meet them)."""
+    return -(object_id * 1_000_000 + plane + 1)
+
+
 class VolumeTools(QGroupBox):
     """The "Volume" section: precompute nearby slices, propagate, stop."""
 
@@ -104,6 +110,8 @@ class VolumeTools(QGroupBox):
         super().__init__("Volume", parent)
         self.widget = segment_widget
         self.viewer = segment_widget.viewer
+        #: plane -> (variance, error) of the propagation in progress.
+        self._maps: dict[int, Any] = {}
         self.radius = QSpinBox()
         self.radius.setRange(1, 200)
         self.radius.setValue(5)
@@ -282,6 +290,7 @@ class VolumeTools(QGroupBox):
             show_info(f"I-MedSAM: slice {plane} is the last one going {direction}")
             return
         self._writer, self._state = PlaneWriter(w.masks, object_id), w.state
+        self._maps = {}
         self.plane_boxes.setdefault(object_id, {})
         settings, job = w.settings, Job()
         spec = settings.spec()
@@ -303,11 +312,32 @@ class VolumeTools(QGroupBox):
             return
         try:
             writer.show(step.plane, step.mask)
+            if step.maps is not None:
+                self._maps[step.plane] = step.maps
             self._state.plane_boxes.setdefault(writer.object_id, {})[step.plane] = step.box
             self.widget.set_status(f"object {writer.object_id}: slice {step.plane} "
                                    f"({int(step.mask.sum())} pixels)")
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not show slice {step.plane}: {exc}")
+
+    def _place_maps(self, writer: Any, clear: set[int]) -> list[tuple[int, Any, Any]]:
+        """Each propagated slice gets its uncertainty like a box's answer (keyed by
+        object and slice, below every box's key); the slices cleared lose theirs.
+        Returns the (key, before, after) changes for the undo step."""
+        state, view = self._state, self.widget.unc_view
+        changes = []
+        for plane in sorted(clear | set(writer.masks)):
+            key = slice_key(writer.object_id, plane)
+            before = state.unc_parts.get(key)
+            variance, error = self._maps.get(plane, (None, None))
+            mask = writer.masks.get(plane)
+            view.show_object(state, key, plane, variance if mask is not None and mask.any()
+                             else None, error)
+            after = state.unc_parts.get(key)
+            if before is not None or after is not None:
+                changes.append((key, before, after))
+        self._maps = {}
+        return changes
 
     def _on_propagated(self, summary: Summary) -> None:
         writer, self._writer = self._writer, None
@@ -322,8 +352,9 @@ class VolumeTools(QGroupBox):
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not write the propagated slices: {exc}")
             return
+        maps = self._place_maps(writer, clear) if written >= 0 else []
         self._state.journal.record(UndoStep(f"propagation of object {writer.object_id}",
-                                                changes))
+                                            changes, maps=maps))
         if written < 0:
             show_warning("I-MedSAM: the masks layer changed during propagation; "
                          "nothing was written. Propagate again.")

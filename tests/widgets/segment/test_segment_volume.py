@@ -88,15 +88,22 @@ def test_propagate_runs_through_the_object_and_stops_where_it_ends(
     assert (masks.data[9, 20:26, 30:40] == 5).all()  # the other object is untouched
     assert np.array_equal(obj[START], first)  # the start slice is the user's, as it was
     assert not widget.volume.stop_button.isEnabled()
+    # Propagated slices get their uncertainty like the box's slice.
+    unc = widget.uncertainty
+    mapped = [z for z in range(len(obj)) if unc.data[z].any()]
+    assert mapped == written, (mapped, written)
+    propagated_maps = unc.data.copy()
     # The whole propagation is one undo step (the next one undoes the box and its
-    # mask), and redo brings both back.
+    # mask), and redo brings both back, with their maps.
     widget.undo()
     assert [z for z in range(len(obj)) if (masks.data[z] == oid).any()] == [START]
+    assert [z for z in range(len(obj)) if unc.data[z].any()] == [START]
     widget.undo()
     assert not (masks.data == oid).any() and len(widget.boxes.data) == 0
     widget.redo()
     widget.redo()
     assert np.array_equal(masks.data == oid, obj) and len(widget.boxes.data) == 1
+    assert np.array_equal(unc.data, propagated_maps)
     # The propagated boxes are remembered per slice (the zoom preview uses them).
     assert set(widget.volume.plane_boxes[oid]) == set(written) - {START}
     assert not [n for n in notes if n[0] == "error"], notes
