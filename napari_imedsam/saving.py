@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,11 +86,48 @@ def _check_target(path: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{path} is not a regular file: it is never replaced")
 
 
+#: In the name of every temporary file this module makes (``.NAME.imedsam-tmp.XXXXXXXX.EXT``),
+#: so that one a killed process left behind is known to be ours.
+TEMP_MARK = "imedsam-tmp"
+#: A temporary file untouched this long belongs to a process that was killed (one
+#: being written is touched at every band, and a set is put in place at once).
+STALE_TEMPORARY_S = 600.0
+
+
+def remove_stale_temporaries(folder: Path, targets: Sequence[Path] = (),
+                             now: float | None = None) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder``: hidden files
+    with :data:`TEMP_MARK` in their name, and those named as this module named them
+    before the mark (``.NAME.XXXXXXXX.EXT``) for the ``targets`` about to be written,
+    untouched for :data:`STALE_TEMPORARY_S`. Any other file is left alone."""
+    now = time.time() if now is None else now
+    older = [re.compile(re.escape(f".{t.stem}.") + r"[a-z0-9_]{8}"
+                        + re.escape("".join(t.suffixes) or ".tmp") + "$") for t in targets]
+    removed = []
+    try:
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(".")]
+    except OSError:
+        return removed  # not there yet, or not ours to list
+    for name in names:
+        if f".{TEMP_MARK}." not in name and not any(r.match(name) for r in older):
+            continue
+        path = folder / name
+        try:
+            if (path.is_file() and not path.is_symlink()
+                    and now - path.stat().st_mtime > STALE_TEMPORARY_S):
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # another process removed it, or it is not ours to remove
+    return removed
+
+
 def _temporary_beside(path: Path) -> Path:
     suffix = "".join(path.suffixes) or ".tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{TEMP_MARK}.", suffix=suffix,
+                                   dir=path.parent)
     except OSError as exc:  # the error would name our hidden temporary file, not the target
         raise type(exc)(exc.errno, f"cannot write {path}: {exc.strerror or exc} in the folder "
                         f"{path.parent}; choose a folder you can write to") from exc
@@ -147,6 +186,8 @@ def staged_files(paths: Sequence[str | Path], *, overwrite: bool = False) -> Ite
         raise ValueError("two outputs name the same file: give each output its own name")
     for target in targets:
         _check_target(target, overwrite)
+    for folder in dict.fromkeys(t.parent for t in targets):  # what killed runs left there
+        remove_stale_temporaries(folder, [t for t in targets if t.parent == folder])
     temps: list[Path] = []
     try:
         for target in targets:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import struct
+import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -747,6 +748,67 @@ def test_a_run_stopped_between_its_epoch_files_is_not_resumed_an_epoch_twice(
     err = capsys.readouterr().err
     assert "cannot resume: x.last.safetensors is from epoch 2 but x.run.json from epoch 1" in err
     assert sum("error:" in line for line in err.splitlines()) == 1, err
+
+
+_SIGTERM_DURING_THE_OUTLINES = """
+import os, signal, sys, time
+
+from napari_imedsam.inference.merge import BandMerge
+
+
+def terminated_here(self):
+    os.kill(os.getpid(), signal.SIGTERM)  # the mask and the map are in their temporaries
+    time.sleep(30)
+    raise RuntimeError("SIGTERM was not delivered")
+
+
+BandMerge.outlines = terminated_here
+from napari_imedsam.cli.app import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_segment_is_an_interrupt_that_leaves_no_temporary(tmp_path):
+    """Issue 23, item D7: SIGTERM (kill, a scheduler's stop) ended ``segment`` at once,
+    leaving its hidden ``.m.*.tif`` temporaries; it is now handled as Ctrl-C: the set's
+    temporaries are removed, one line says so, exit 130."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_SIGTERM_DURING_THE_OUTLINES)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    argv = _segment(folder, "--out", str(folder / "m.tif"), "--uncertainty",
+                    str(folder / "u.tif"), "--polygons", str(folder / "p.json"))
+    done = subprocess.run([sys.executable, str(script), *argv], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "imedsam segment: interrupted;" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_temporaries_a_killed_run_left_are_removed_by_the_next_one_writing_there(
+        tmp_path, capsys):
+    """Issue 23, item D7: a ``segment`` killed by SIGKILL leaves hidden temporaries that
+    nothing removed. The next set written into that folder removes this package's
+    temporaries untouched for 10 minutes: those with the mark in their name, and those
+    named as before the mark for the files it writes; others' hidden files stay."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    old = time.time() - 3600  # an hour ago
+    names = {".m.k1ll3d0x.tif": True,  # as saving named them before the mark
+             ".p.imedsam-tmp.k1ll3d0x.json": True,  # any of ours, whatever its target
+             ".m.imedsam-tmp.w0rk1ng0.tif": False,  # being written: touched just now
+             ".notes.abcdefgh.txt": False, ".bashrc": False, ".m.tif.swp": False}
+    for name, stale in names.items():
+        (folder / name).write_text("x")
+        if name != ".m.imedsam-tmp.w0rk1ng0.tif":
+            os.utime(folder / name, (old, old))
+    assert main(_segment(folder, "--out", str(folder / "m.tif"))) == 0, capsys.readouterr().err
+    left = {p.name for p in folder.iterdir() if p.name.startswith(".")}
+    assert left == {n for n, stale in names.items() if not stale}
 
 
 # -- bounded memory (item 9) ------------------------------------------------------------

@@ -63,6 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..model.torch_guard import hide_triton
 
     hide_triton()  # nothing here compiles kernels; it saves memory and the GUI's crash
+    import signal
+
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (kill, a scheduler's stop) cleans up as Ctrl-C
+
+    before = None
+    if args.command != "gui":  # napari's event loop keeps its own ways of closing
+        try:
+            before = signal.signal(signal.SIGTERM, terminated)
+        except ValueError:  # not the main thread: signals stay as they are
+            pass
     try:
         return int(func(args) or 0)
     except (ValueError, RuntimeError, OSError, KeyError) as exc:
@@ -74,4 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         advice = _RESUME.get(args.command, "nothing further was done")
         print(f"imedsam {args.command}: interrupted; {advice}", file=sys.stderr)
         return 130
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
