@@ -86,3 +86,44 @@ def test_evaluate_with_clicks_reports_the_curve(tmp_path):
     report = summary(rows)
     assert len(report["dice_by_clicks"]) == 4 and "dsc_auc" in report
     assert 0.0 <= report["worse_click_share"] <= 1.0
+
+
+def test_click_adapters_answer_clicks_only_and_a_box_alone_stays_the_backbones():
+    """LoRA in the mask decoder (the click adapters) changes answers with clicks, never
+    a box alone: its answer stays exactly the backbone's, on both decoders."""
+    from dataclasses import replace
+
+    import torch
+
+    from napari_imedsam.model import build_model
+    from napari_imedsam.model.config import get_config
+    from napari_imedsam.model.modeling.lora import LoRALinear
+    from napari_imedsam.train.click_tuning import click_path_parameters
+
+    torch.manual_seed(0)
+    base_cfg = get_config("tiny")
+    model = build_model(config=replace(base_cfg, prompt=replace(base_cfg.prompt,
+                                                                click_lora_rank=4))).eval()
+    plain = build_model(config=base_cfg).eval()
+    plain.load_state_dict({(k.replace(".base.", ".") if k.startswith("mask_decoder.") else k): v
+                           for k, v in model.state_dict().items()
+                           if not (k.startswith("mask_decoder.") and ".lora_" in k)})
+    layers = [m for m in model.mask_decoder.transformer.modules() if isinstance(m, LoRALinear)]
+    assert layers and all(not m.lora_B.any() for m in layers)
+    for m in layers:
+        torch.nn.init.normal_(m.lora_B, std=0.5)  # as if trained
+    trained = {id(p) for p in click_path_parameters(model)}
+    assert id(model.prompt_encoder.point_embeddings[2].weight) not in trained  # box corners
+    grid = model.config.token_grid
+    emb = torch.randn(1, model.config.prompt.embed_dim, grid, grid)
+    box = torch.tensor([[4.0, 6.0, 20.0, 24.0]])
+    with torch.no_grad():
+        ours, ours_iou = model.predict_discrete(emb, box)
+        theirs, theirs_iou = plain.predict_discrete(emb, box)
+        assert torch.equal(ours, theirs) and torch.equal(ours_iou, theirs_iou)
+        assert torch.equal(model.encode_prompt(emb, box).features,
+                           plain.encode_prompt(emb, box).features)
+        points = (torch.tensor([[[10.0, 12.0]]]), torch.tensor([[1]]))
+        clicked, _ = model.predict_discrete(emb, box, points)
+        unadapted, _ = plain.predict_discrete(emb, box, points)
+        assert not torch.allclose(clicked, unadapted)

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .implicit_decoder import ImplicitDecoder, top_k_mask
+from .lora import lora_linear_enabled
 
 
 @dataclass
@@ -152,7 +153,10 @@ class IMedSAM(nn.Module):
         src = embeddings.expand(sparse.shape[0], -1, -1, -1) + dense
         pos = dense_pe.expand(sparse.shape[0], -1, -1, -1)
         n, c, h, w = src.shape
-        hs, src = decoder.transformer(src, pos, tokens)
+        # The click adapters (LoRA in the transformer) answer clicks only: a box alone
+        # is answered exactly as the backbone answers it.
+        with lora_linear_enabled(points is not None):
+            hs, src = decoder.transformer(src, pos, tokens)
         fused = src.transpose(1, 2).reshape(n, c, h, w)
         # Token 0 is the IoU token, token 1 the first mask token: SAM's
         # single-mask output (multimask_output=False) reads exactly these.
@@ -319,13 +323,14 @@ class IMedSAM(nn.Module):
         for i in range(sparse.shape[0]):
             # SAM's decoder repeats its image embedding per prompt: give it one image.
             emb = embeddings[min(i, embeddings.shape[0] - 1)].unsqueeze(0)
-            mask, iou = self.mask_decoder(
-                image_embeddings=emb,
-                image_pe=dense_pe,
-                sparse_prompt_embeddings=sparse[i : i + 1],
-                dense_prompt_embeddings=dense[i : i + 1],
-                multimask_output=False,
-            )
+            with lora_linear_enabled(points is not None):  # as in encode_prompt
+                mask, iou = self.mask_decoder(
+                    image_embeddings=emb,
+                    image_pe=dense_pe,
+                    sparse_prompt_embeddings=sparse[i : i + 1],
+                    dense_prompt_embeddings=dense[i : i + 1],
+                    multimask_output=False,
+                )
             masks.append(mask)
             ious.append(iou)
         return torch.cat(masks), torch.cat(ious)

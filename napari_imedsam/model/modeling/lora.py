@@ -15,7 +15,9 @@ adapted encoder equal to the base at initialisation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -131,9 +133,27 @@ def inject_lora_tinyvit(
     return layers
 
 
+#: Whether :class:`LoRALinear` layers add their update in the current thread (and
+#: context): off for a prompt of a box alone, so the mask decoder's click adapters
+#: leave box answers exactly as the backbone gives them. A context variable, not a
+#: module attribute: threads that share a model each have their own.
+_LORA_ON: ContextVar[bool] = ContextVar("imedsam_lora_linear_on", default=True)
+
+
+@contextmanager
+def lora_linear_enabled(on: bool) -> Iterator[None]:
+    """Within the block, :class:`LoRALinear` layers add their update only if ``on``."""
+    token = _LORA_ON.set(on)
+    try:
+        yield
+    finally:
+        _LORA_ON.reset(token)
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a low-rank update of all its outputs:
-    ``base(x) + (alpha / rank) * x A^T B^T``, with ``B = 0`` at the start."""
+    ``base(x) + (alpha / rank) * x A^T B^T``, with ``B = 0`` at the start; the update
+    is skipped inside ``lora_linear_enabled(False)``."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
         super().__init__()
@@ -145,6 +165,8 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _LORA_ON.get():
+            return self.base(x)
         return self.base(x) + ((x @ self.lora_A.T) @ self.lora_B.T) * self.scaling
 
 
