@@ -312,10 +312,10 @@ def _from_export(args: argparse.Namespace) -> int:
 
     record_path = Path(args.from_export)
     record = _export_record(record_path, FORMAT)
-    if args.uncertainty or args.polygons:
-        raise ValueError("--from-export makes the labels only: leave out --uncertainty and "
-                         "--polygons (the export wrote its uncertainty map beside "
-                         f"{record_path.name})")
+    if args.uncertainty or args.polygons or getattr(args, "error_map", None):
+        raise ValueError("--from-export makes the labels only: leave out --uncertainty, "
+                         "--error-map and --polygons (the export wrote its uncertainty map "
+                         f"beside {record_path.name})")
     image_path = (Path(args.image) if args.image
                   else _beside_record(record_path, record["image"].get("path")))
     if image_path is None:
@@ -361,9 +361,9 @@ def _segment_batch(make_session: Any, args: argparse.Namespace) -> int:
     All inputs and outputs are checked before the first image is segmented."""
     if not (args.boxes_file and args.out_dir):
         raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
-    if args.uncertainty or args.polygons:
-        raise ValueError("--uncertainty and --polygons name one file: segment images one "
-                         "at a time for them (batch mode writes one mask per image)")
+    if args.uncertainty or args.polygons or getattr(args, "error_map", None):
+        raise ValueError("--uncertainty, --error-map and --polygons name one file: segment "
+                         "images one at a time for them (batch mode writes one mask per image)")
     jobs = [(args.batch / name, args.out_dir / (Path(name).name.split(".")[0] + "_mask.tif"),
              boxes) for name, boxes in sorted(_read_boxes_file(args.boxes_file).items())]
     missing = [str(image) for image, _, _ in jobs if not image.is_file()]
