@@ -127,3 +127,21 @@ def test_click_adapters_answer_clicks_only_and_a_box_alone_stays_the_backbones()
         clicked, _ = model.predict_discrete(emb, box, points)
         unadapted, _ = plain.predict_discrete(emb, box, points)
         assert not torch.allclose(clicked, unadapted)
+
+
+def test_an_evaluation_report_is_written_whole_or_not_at_all(tmp_path):
+    """The summary and the per-object CSV are one set: when the JSON's name is taken
+    meanwhile, no CSV is left behind (issue 23); rows may differ in their keys."""
+    import json
+
+    from napari_imedsam.train.evaluate import write_report
+
+    rows = [{"image": "a", "dice": 0.9}, {"image": "b", "dice": 0.8, "dice_suggested": 0.85}]
+    (tmp_path / "r.json").write_text("taken")
+    with pytest.raises(FileExistsError):
+        write_report({"dice": 0.85}, rows, tmp_path / "r.json")
+    assert not (tmp_path / "r.csv").exists() and (tmp_path / "r.json").read_text() == "taken"
+    write_report({"dice": 0.85}, rows, tmp_path / "s.json")
+    assert json.loads((tmp_path / "s.json").read_text()) == {"dice": 0.85}
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "image,dice,dice_suggested" and lines[2] == "b,0.8,0.85"

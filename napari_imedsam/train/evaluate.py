@@ -282,20 +282,21 @@ def check_report_paths(json_path: str | Path, overwrite: bool, inputs: tuple[Pat
 
 def write_report(report: dict[str, Any], rows: list[dict[str, Any]], json_path: str | Path,
                  overwrite: bool = False) -> Path:
-    """Write the JSON summary and a per-object CSV beside it (``NAME.csv``), each
-    atomically; an existing file is replaced only with ``overwrite``."""
-    from ..saving import atomic_save
+    """Write the JSON summary and a per-object CSV beside it (``NAME.csv``) as one set:
+    both are put in place, or neither (a name taken meanwhile, a kill between the
+    writes); an existing file is replaced only with ``overwrite``."""
+    from ..saving import staged_files
 
     json_path, csv_path = report_paths(json_path)
     text = json.dumps(report, indent=2) + "\n"
-
-    def write_csv(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    if rows:
-        atomic_save(csv_path, write_csv, overwrite=overwrite)
-    atomic_save(json_path, lambda tmp: tmp.write_text(text), overwrite=overwrite)
+    paths = [json_path, csv_path] if rows else [json_path]
+    with staged_files(paths, overwrite=overwrite) as staged:
+        staged[0].write_text(text)
+        if rows:
+            with staged[1].open("w", newline="") as f:
+                # Every key of every row (with clicks, some rows have more than others).
+                writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(
+                    k for row in rows for k in row)))
+                writer.writeheader()
+                writer.writerows(rows)
     return csv_path
