@@ -75,7 +75,7 @@ class Outcome:
     mask: np.ndarray | None = None  # (H, W) bool
     uncertainty: np.ndarray | None = None  # (H, W) float32 variance; None in base-SAM mode
     #: (H, W) float32 probability that each pixel's label is wrong (``model.error_map``).
-    error: np.ndarray | None = None
+    error_map: np.ndarray | None = None
     mode: str = ""
     error: str | None = None
     encoder: str = ""  # how the image was embedded, e.g. "OpenVINO (CPU, fp32)"
@@ -233,7 +233,7 @@ def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Out
         unc = None if result.uncertainty is None else result.uncertainty[0].max(axis=0)
         error = None if result.error is None else result.error[0]
         iou = float("nan") if result.iou is None else float(result.iou[0])
-        return Outcome(request, mask=mask, uncertainty=unc, error=error, mode=result.mode,
+        return Outcome(request, mask=mask, uncertainty=unc, error_map=error, mode=result.mode,
                        encoder=session.encoder_runtime().describe,
                        advice=advise(session.model.config.variant, mask, iou))
     except SessionError as exc:

@@ -81,7 +81,7 @@ class ObjectEdits:
             show_info("I-MedSAM: the object lies entirely under other objects; nothing was written")
         self.widget.unc_view.show_object(state, key, request.plane,
                                   outcome.uncertainty if outcome.mask.any() else None,
-                                  outcome.error)
+                                  outcome.error_map)
         # The object's map travels with its undo steps (undo, redo, accept keep it).
         after["uncertainty"] = state.unc_parts.get(key)
         decoder = "I-MedSAM decoder" if outcome.mode == "imedsam" else "base model's decoder"

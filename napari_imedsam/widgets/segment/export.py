@@ -163,10 +163,8 @@ class ExportControls(QGroupBox):
         labels = np.array(w.masks.data, dtype=np.int32)  # a snapshot: edits go on meanwhile
         objects = gather_objects(w)
         if scale == 1.0:
-            unc = w.uncertainty
             exported = ex.labels_at_scale(labels, objects, 1.0, None)
-            if unc is not None and unc in w.viewer.layers and unc.data.shape == labels.shape:
-                exported.uncertainty = np.array(unc.data, dtype=np.float32)
+            exported.uncertainty = w.unc_view.std_map(w.state, labels.shape)
             self._write(target, exported, objects, scale, overwrite)
             return True
         if not objects:
@@ -192,9 +190,7 @@ class ExportControls(QGroupBox):
         labels = np.array(w.masks.data, dtype=np.int32)
         objects = gather_objects(w)
         exported = ex.labels_at_scale(labels, objects, 1.0, None)
-        unc = w.uncertainty
-        if unc is not None and unc in w.viewer.layers and unc.data.shape == labels.shape:
-            exported.uncertainty = np.array(unc.data, dtype=np.float32)
+        exported.uncertainty = w.unc_view.std_map(w.state, labels.shape)
         self.last_written = None
         self._write(ex.free_targets(path, exported.uncertainty is not None), exported,
                     objects, 1.0, overwrite=False)

@@ -163,6 +163,19 @@ class UncertaintyView(QWidget):
             state.unc_parts[key] = (plane, *part)
         self._redraw(state, plane)
 
+    def std_map(self, state: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The MC-dropout std of every object on the labels' grid, whatever the layer
+        shows (what the export's ``_uncertainty.tif`` holds); None without any map."""
+        if state is None or not state.unc_parts:
+            return None
+        out = np.zeros(shape, np.float32)
+        for plane, (r0, c0), crop in state.unc_parts.values():
+            part = crop[0] if crop.ndim == 3 else crop
+            target = out if plane is None else out[plane]
+            view = target[r0:r0 + part.shape[0], c0:c0 + part.shape[1]]
+            np.maximum(view, part, out=view)
+        return out
+
     def redraw_all(self, state: Any) -> None:
         """Redraw every plane that shows, or showed, an object's map."""
         planes = {p for p, _, _ in state.unc_parts.values()} | set(state.unc_planes)
