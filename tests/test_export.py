@@ -225,7 +225,13 @@ def test_widget_export_files_record_and_reproduction(segment, qtbot, tmp_path, n
     assert widget.export.export(out)
     assert np.array_equal(tifffile.imread(out), masks.data)
     unc = tifffile.imread(out.with_name("case_uncertainty.tif"))
-    assert unc.dtype == np.float32 and np.array_equal(unc, widget.uncertainty.data)
+    # The default model has an error map, which the layer shows; the file holds the
+    # MC-dropout std (one name, one quantity), what the layer shows when asked for it.
+    shown = widget.uncertainty
+    assert shown.name == "ct error map" and 0 < shown.data.max() <= 1
+    widget.unc_view.shows.setCurrentText("MC-dropout std")
+    assert shown.name == "ct uncertainty"
+    assert unc.dtype == np.float32 and np.array_equal(unc, shown.data) and unc.max() <= 0.5
     record = json.loads(out.with_name("case.json").read_text())
     assert record["image"]["path"] == str(tmp_path / "ct.tif")
     assert record["image"]["shape"] == [128, 128] and record["window"] == "abdomen"
