@@ -158,8 +158,9 @@ class _StubSession:
     """Predicts each box as its own full rectangle; uncertainty inside it is the level
     written in the image's first pixel, and 0.9 outside (which must not count)."""
 
-    def __init__(self, with_uncertainty: bool = True) -> None:
+    def __init__(self, with_uncertainty: bool = True, with_error: bool = False) -> None:
         self.with_uncertainty = with_uncertainty
+        self.with_error = with_error  # an error map: level / 200 in the box, 0.95 outside
         self.image = None
 
     def set_image(self, image, key=None):  # noqa: ANN001
@@ -173,7 +174,9 @@ class _StubSession:
         for i, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
             prob[i, 0, y0:y1, x0:x1] = 1.0
             unc[i, 0, y0:y1, x0:x1] = level
-        return SimpleNamespace(prob=prob, uncertainty=unc if self.with_uncertainty else None)
+        error = np.where(prob[:, 0] > 0, level / 2, 0.95).astype(np.float32)
+        return SimpleNamespace(prob=prob, uncertainty=unc if self.with_uncertainty else None,
+                               error=error if self.with_error else None)
 
 
 def test_uncertainty_ranking_orders_slices():
@@ -193,6 +196,11 @@ def test_uncertainty_ranking_orders_slices():
     assert [s for _, s in result.ranked] == pytest.approx(np.sqrt([0.7, 0.4, 0.25, 0.1]))
     with pytest.raises(sg.NoUncertainty, match="adapter"):
         sg.suggest(lambda: _StubSession(with_uncertainty=False), [pair])
+    # A model with an error map is ranked by it: the mean probability of a wrong label
+    # in each object's box (what the Segment widget shows and suggests clicks from).
+    result = sg.suggest(lambda: _StubSession(with_error=True), [pair])
+    assert [o.plane for o, _ in result.ranked] == [4, 1, 3, 0]
+    assert [s for _, s in result.ranked] == pytest.approx([0.35, 0.2, 0.125, 0.05])
     assert sg.rank([0.2, float("nan"), 0.5, 0.2]) == [2, 0, 3]
 
 
