@@ -70,7 +70,7 @@ class ObjectBox:
         """The clicks as ``inference.session.Clicks`` (None without clicks)."""
         if not self.clicks or not self.clicks[1]:
             return None
-        from .inference.session import Clicks
+        from .inference.clicks import Clicks
 
         return Clicks.of(self.clicks[0], self.clicks[1])
 

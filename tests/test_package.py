@@ -19,6 +19,26 @@ def test_import_is_cheap():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_clicks_are_read_on_the_main_thread_without_torch():
+    """The widget reads clicks on napari's main thread, after OpenGL is up: importing
+    torch there (before ``model.torch_guard``) crashed the viewer under Xvfb when
+    ``Clicks`` lived beside the session. Reading clicks must not import torch."""
+    code = (
+        "import sys, numpy as np\n"
+        "from napari.layers import Image, Points\n"
+        "from napari_imedsam.widgets import layers as wl\n"
+        "from napari_imedsam.export import ObjectBox\n"
+        "image = Image(np.zeros((20, 20)))\n"
+        "points = Points(np.array([[5.0, 6.0]]), features={'box_key': [3], 'positive': [True],"
+        " 'order': [1]})\n"
+        "clicks = wl.clicks_of(points, image, 3, None)\n"
+        "again = ObjectBox(1, (0, 0, 9, 9), clicks=(((1.5, 2.5),), (0,))).prompt_clicks()\n"
+        "print(clicks.xy.tolist(), again.labels.tolist(), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "[[6.5, 5.5]] [0] False"
+
+
 def test_model_package_imports_neither_qt_nor_napari():
     code = (
         "import sys; import napari_imedsam.model as m; m.build_model('tiny');"

@@ -51,7 +51,7 @@ def objects_from_prompts(prompts: list[tuple[str, Any]]) -> tuple[list[list[floa
     """Boxes (N, 4) and one ``Clicks`` or None each, from --box and --point in order:
     points after a box are its clicks; points before any box make one object of
     clicks alone (its box row is NaN)."""
-    from ..inference.session import Clicks
+    from ..inference.clicks import Clicks
 
     boxes: list[list[float]] = []
     points: list[list[tuple[float, float, int]]] = []

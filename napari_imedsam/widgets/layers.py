@@ -383,7 +383,7 @@ def clicks_of(points: Points | None, image: Image, key: int, plane: int | None) 
     """Object ``key``'s clicks on ``plane`` as ``inference.session.Clicks`` (x, y in the
     image's pixel-edge coordinates: a click on pixel (r, c) is (c + 0.5, r + 0.5)), or
     None without clicks."""
-    from ..inference.session import Clicks
+    from ..inference.clicks import Clicks
 
     records = click_records(points, key)
     if not records:
