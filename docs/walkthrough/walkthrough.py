@@ -126,7 +126,7 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     first = first_masks.data == 1
     unc = widget.uncertainty
     print(f"1. box -> mask in {took:.1f} s (model load included): {first.sum()} px, Dice "
-          f"{_dice(first, truth == ids[0]):.3f}; uncertainty max std "
+          f"{_dice(first, truth == ids[0]):.3f}; layer '{unc.name}' max "
           f"{float(unc.data.max()):.3f} on scale {tuple(unc.contrast_limits)}; "
           f"status: {widget.status.text()}")
     shot("1_first_box.png")
@@ -209,7 +209,7 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
         print(f"   Redo -> Dice {_dice(widget.masks.data == 1, polyp_truth):.3f}, clicks "
               f"{len(widget.state.points.data)}, map as after the click: "
               f"{bool(np.array_equal(widget.uncertainty.data, after_map))}")
-        where = widget.clicks.suggest()
+        where = widget.clicks.suggest()  # the undone-and-redone object is still current
         print(f"   Shift+N -> next click suggested at {where}: {widget.status.text()}")
         shot("4c_click.png")
         widget.clicks.clear_suggestion()

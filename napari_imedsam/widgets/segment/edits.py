@@ -246,16 +246,21 @@ class ObjectEdits:
                 state.unc_parts.pop(key, None)
             else:
                 state.unc_parts[key] = target
+        restored = None
         for change in step.boxes:
             target = change.before if undo else change.after
             self.forget_key(state, change.key)
             if target is not None:
+                restored = change.key
                 state.box_memory[change.key] = target
                 if target.get("uncertainty") is not None:
                     state.unc_parts[change.key] = target["uncertainty"]
                 plane_box = self._plane_box(state, change.key)
                 if plane_box is not None:
                     state.last_box[change.key] = plane_box
+        if restored is not None and not bool(
+                state.boxes.features["accepted"].iloc[wl.row_of(state.boxes, restored)]):
+            state.current = restored  # the next click still corrects the object undone
         self.widget.unc_view.redraw_all(state)
         self.widget.set_status(f"{'undone' if undo else 'redone'}: {step.what}")
 
