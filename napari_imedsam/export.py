@@ -84,6 +84,24 @@ class ExportedLabels:
     objects: list[dict[str, Any]] = field(default_factory=list)
 
 
+def suggested_path(source: str | Path | None, layer_name: str,
+                   folder: str | Path | None = None) -> Path:
+    """Where Export proposes to write: beside the image's file, named after it
+    (``scan.nii.gz`` -> ``scan_labels.tif``; a DICOM folder -> ``<folder>_labels.tif``
+    beside it); for a layer without a file, the layer's name in ``folder`` (default:
+    the current folder)."""
+    if source:
+        path = Path(source)
+        stem = path.name
+        for suffix in (".nii.gz", *LABEL_SUFFIXES, ".jpg", ".jpeg", ".dcm"):
+            if stem.lower().endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        return path.parent / f"{stem}_labels.tif"
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer_name).strip("._")
+    return Path(folder or Path.cwd()) / f"{safe or 'image'}_labels.tif"
+
+
 def fine_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     """The output grid of ``SegmentationSession.predict(scale=...)`` for an image grid."""
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))

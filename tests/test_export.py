@@ -4,6 +4,7 @@ Segment widget's Export section, and ``imedsam segment --from-export``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -401,3 +402,13 @@ def test_an_export_with_clicks_records_them_and_is_made_again_identically():
     broken["objects"][0]["clicks"] = [{"x": "left"}]
     with pytest.raises(ValueError, match="clicks are not a list"):
         ex.reproduce(broken, decode)
+
+
+def test_export_proposes_the_images_folder_and_name(tmp_path):
+    """Export opened in the process's folder as "masks.tif" whatever the image (issue 23):
+    it proposes the labels beside the image, named after it."""
+    assert ex.suggested_path("/data/ct/scan.nii.gz", "scan") == Path("/data/ct/scan_labels.tif")
+    assert ex.suggested_path("/data/p/polyp1.jpg", "x") == Path("/data/p/polyp1_labels.tif")
+    assert ex.suggested_path("/data/dicom/series7", "s") == Path("/data/dicom/series7_labels.tif")
+    assert ex.suggested_path(None, "sample: CT / slice", tmp_path) == (
+        tmp_path / "sample__CT___slice_labels.tif")

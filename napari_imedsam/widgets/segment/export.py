@@ -121,7 +121,13 @@ class ExportControls(QGroupBox):
         return self._worker is not None
 
     def choose_and_export(self) -> None:
-        path = browse(self, "save", "Export labels", filters=FILTERS, start="masks.tif")
+        image = self.widget.image
+        start = "masks.tif"
+        if image is not None:  # beside the image's file, named after it
+            source = image.metadata.get(SOURCE_KEY) or {}
+            start = str(ex.suggested_path(getattr(image.source, "path", None)
+                                          or source.get("path"), image.name))
+        path = browse(self, "save", "Export labels", filters=FILTERS, start=start)
         if path:
             self.export(path)
 
