@@ -123,6 +123,11 @@ def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:
     from .model.weights import WeightsError
 
     text = str(exc) or type(exc).__name__
+    if "torchvision::" in text and "does not exist" in text:
+        return ("torch and torchvision do not match (they came from different package "
+                "indexes or versions): reinstall both from one index in one command, e.g. "
+                "pip install --force-reinstall torch torchvision --index-url "
+                "https://download.pytorch.org/whl/cpu")
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return (f"Out of memory while running {spec.describe()}: choose device 'cpu', a smaller "
                 "model, or a smaller image.")

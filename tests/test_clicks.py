@@ -145,3 +145,11 @@ def test_an_evaluation_report_is_written_whole_or_not_at_all(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text()) == {"dice": 0.85}
     lines = (tmp_path / "s.csv").read_text().splitlines()
     assert lines[0] == "image,dice,dice_suggested" and lines[2] == "b,0.8,0.85"
+
+
+def test_a_torchvision_that_does_not_match_torch_is_explained():
+    from napari_imedsam.session_holder import ModelSpec, explain
+
+    text = explain(RuntimeError("operator torchvision::nms does not exist"),
+                   ModelSpec("medsam_lite"), loading=True)
+    assert "torch and torchvision do not match" in text and "one index" in text
