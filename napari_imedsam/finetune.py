@@ -271,8 +271,9 @@ class FinetuneOutcome:
             return "stopped before the first training step: nothing was saved"
         def fmt(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.3f}"
+        noun = "object" if self.val_objects == 1 else "objects"
         text = (f"validation Dice {fmt(self.before)} -> {fmt(self.after)} on {self.val_objects} "
-                f"objects ({self.split_note}); {self.steps} steps")
+                f"{noun} ({self.split_note}); {self.steps} steps")
         if self.after_by_class:
             text += "; per class: " + ", ".join(
                 f"{name} {fmt(self.before_by_class.get(name))} -> {fmt(dice)}"

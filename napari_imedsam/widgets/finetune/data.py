@@ -95,7 +95,8 @@ class DataBox(QGroupBox):
         by_class = READ_AS[self.read_as_combo.currentText()] == "classes"
         self.class_edit.setEnabled(by_class)
         if by_class and not self.class_edit.text().strip():
-            self.class_edit.setText(", ".join(f"class {v}={v}" for v in self._label_values()))
+            # A name to edit per value ("class 1=1" read as a name with a space in it).
+            self.class_edit.setText(", ".join(f"class{v}={v}" for v in self._label_values()))
 
     def _label_values(self) -> list[int]:
         """Label values in the ticked layers (the slices chosen), for naming classes."""
@@ -169,7 +170,8 @@ class DataBox(QGroupBox):
         self._recount_timer.stop()
         objects, slices, problems = self.table.recount(self.viewer, self.slice_choice())
         rows = len(self.table.used_rows())
-        text = f"{objects} objects on {slices} images/slices from {rows} Labels layer(s)"
+        text = (f"{objects} object{'' if objects == 1 else 's'} on {slices} images/slices "
+                f"from {rows} Labels layer(s)")
         folder = self.folder_edit.text().strip()
         if folder:
             text += f", plus the folder {Path(folder).name}"

@@ -357,7 +357,7 @@ def test_classes_mode_trains_a_head_per_class_and_hands_them_to_segment(
     widget = _open(viewer)
     _ready(widget, epochs=2)
     widget.data.read_as_combo.setCurrentText("classes (label value = class)")
-    assert widget.data.class_edit.text() == "class 1=1, class 2=2"  # from the layers' values
+    assert widget.data.class_edit.text() == "class1=1, class2=2"  # from the layers' values
     widget.data.class_edit.setText("left=1, right=2")
     outcome = _train(qtbot, widget)
     assert outcome.error is None and outcome.adapter is not None
