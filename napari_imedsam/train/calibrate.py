@@ -38,9 +38,8 @@ def box_window(box: np.ndarray, image_shape: tuple[int, int], grid: tuple[int, i
 def collect(model: IMedSAM, images: list[LabeledImage], *, label_size: int = 256,
             keep: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Features ``(P, 3)`` and wrongness ``(P,)`` of the pixels inside each object's box,
-    a random ``keep`` share of each (every pixel counts alike, as ``imedsam evaluate``
-    pools them: an error map fitted with each object weighted alike was 0.03 less
-    calibrated on Kvasir-Sessile)."""
+    a random ``keep`` share of each: every pixel counts alike, as ``imedsam evaluate``
+    pools them when it measures the map."""
     rng = np.random.default_rng(seed)
     session = SegmentationSession(model, device="cpu", mode="imedsam", precision="fp32",
                                   cache_bytes=64 << 20, seed=seed, adaptive=False)
