@@ -199,3 +199,196 @@ def test_default_model_stops_within_a_slice_of_a_synthetic_organ(tmp_path, monke
     assert 3 <= min(planes) <= 5 and 11 <= max(planes) <= 13, (sorted(planes), summary)
     assert set(summary.ended_at) == {"up", "down"}  # both ends found, not the volume's edge
     assert "ended at slice" in summary.describe()
+
+
+# -- the object's appearance and key slices (issue 21) ------------------------------
+
+def _box_filler(volume: np.ndarray):
+    """A stand-in for the model past an object's end on a plain background: it answers
+    every box with the box filled (a confident blob), wherever the object is."""
+    def segment_slice(plane: int, box):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        mask = np.zeros(volume.shape[1:], bool)
+        mask[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = True
+        return mask, 0.95
+    return segment_slice
+
+
+def test_the_objects_appearance_keeps_it_and_drops_what_does_not_look_like_it():
+    from napari_imedsam.propagate import Appearance, follow
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(20, 5, (64, 64)).astype(np.float32)
+    image[20:40, 10:30] = rng.normal(100, 5, (20, 20))  # the object
+    image[20:40, 30:50] = rng.normal(-60, 5, (20, 20))  # fat beside it, inside the box
+    truth = np.zeros((64, 64), bool)
+    truth[20:40, 10:30] = True
+    look = Appearance.of(image, truth)
+    assert abs(look.centre - 100) < 3 and look.spread < 6
+    leaky = np.zeros((64, 64), bool)
+    leaky[18:42, 8:50] = True  # the object, its rim and the fat
+    kept, likeness = follow(leaky, truth, image, look, StopRule())
+    # The object's inside looks like it; its edge pixels' 3 x 3 means mix in the fat.
+    assert 18 * 18 / leaky.sum() - 0.02 <= likeness <= 400 / leaky.sum()
+    assert kept[25:35, 12:28].all() and not kept[:, 33:].any()  # object kept, fat dropped
+    assert 2 * (kept & truth).sum() / (kept.sum() + truth.sum()) > 0.95
+    # A component that looks like the object but lies far from the previous slice's mask
+    # is something else.
+    image[50:60, 50:60] = 100.0
+    leaky[48:62, 48:62] = True
+    kept, _ = follow(leaky, truth, image, look, StopRule())
+    assert not kept[50:60, 50:60].any()
+    # Without the image (or with the rule off) the model's mask is kept as it is.
+    same, nan = follow(leaky, truth, None, look, StopRule())
+    assert np.array_equal(same, leaky) and nan != nan
+    off, _ = follow(leaky, truth, image, look, StopRule(appearance_k=None))
+    assert np.array_equal(off, leaky)
+
+
+def test_propagation_over_a_plain_background_stops_where_the_object_ends():
+    """The model fills any box past the end of a bright object on plain noise (as
+    LiteMedSAM does, with a high predicted IoU): the appearance stops it there."""
+    from napari_imedsam.train.synthetic_volume import TARGET, plain_noise_volume
+
+    volume, labels = plain_noise_volume(np.random.default_rng(3), depth=31, size=64)
+    truth = labels == TARGET
+
+    def model(plane, box):  # the truth inside the box where there is an object, else a blob
+        mask, iou = _box_filler(volume)(plane, box)
+        return (truth[plane] & mask, iou) if truth[plane].any() else (mask, iou)
+
+    steps = list(iter_propagation(model, 15, truth[15], 31, "both",
+                                  image_of=lambda p: volume[p]))
+    planes = sorted(s.plane for s in steps)
+    assert planes == [p for p in range(5, 26) if p != 15], planes
+    # Without the image the blob goes on to the volume's edges, as before.
+    blind = sorted(s.plane for s in iter_propagation(model, 15, truth[15], 31, "both"))
+    assert blind[0] == 0 and blind[-1] == 30
+
+
+def test_key_slices_are_filled_between_from_both_ends_and_never_written():
+    from napari_imedsam.propagate import plan_legs
+
+    legs = plan_legs([12, 5], 20, "both")
+    assert [(g.origin, g.way, g.planes) for g in legs] == [
+        (5, "up", [6, 7, 8]), (12, "down", [11, 10, 9]),
+        (12, "up", list(range(13, 20))), (5, "down", [4, 3, 2, 1, 0])]
+    assert [(g.origin, g.way) for g in plan_legs([3, 4, 9], 12, "up")] == [
+        (4, "up"), (9, "down"), (9, "up")]  # neighbours leave no gap; "up": no run down
+    ball = _ball(depth=24)
+    calls: list = []
+    keys = {4: ball[4], 16: ball[16]}
+    gen = iter_propagation(_model_in_box(ball, calls), 10, ball[10], 24, "both", keys=keys)
+    steps = list(gen)
+    planes = [s.plane for s in steps]
+    assert not {4, 10, 16} & set(planes)  # the user's slices are never written
+    assert sorted(planes) == [p for p in range(ball.any(axis=(1, 2)).argmax(), 17 + 0)
+                              if p not in (4, 10, 16)] or sorted(planes) == sorted(
+        p for p in np.flatnonzero(ball.any(axis=(1, 2))) if p not in (4, 10, 16))
+    # Each gap slice is answered from the nearer key slice: 5..7 from 4 (going up),
+    # 8..9 from 10 (down), 11..13 from 10 (up), 14..15 from 16 (down).
+    way = {s.plane: s.direction for s in steps}
+    assert [way[p] for p in (5, 6, 7, 8, 9, 11, 12, 13, 14, 15)] == [
+        "up", "up", "up", "down", "down", "up", "up", "up", "down", "down"]
+
+
+def test_a_run_between_key_slices_that_ends_early_is_finished_from_the_other_side():
+    ball = _ball(depth=24)
+
+    failed: list = []
+
+    def model(plane, box):  # slice 7 comes back blank the first time (from below)
+        if plane == 7 and not failed:
+            failed.append(plane)
+            return np.zeros_like(ball[plane])
+        return _model_in_box(ball, [])(plane, box)
+
+    steps = list(iter_propagation(model, 5, ball[5], 24, "up", keys={15: ball[15]}))
+    got = {s.plane: s.direction for s in steps}
+    # 6 from below; 7 fails; the run down from 15 fills 14..11 and then goes on to 7.
+    assert {p: got.get(p) for p in range(6, 15)} == {6: "up", 7: "down", 8: "down", 9: "down",
+                                                      10: "down", 11: "down", 12: "down",
+                                                      13: "down", 14: "down"}
+
+
+def test_from_here_runs_one_way_to_the_next_user_slice_and_stale_slices_stop_there():
+    from napari_imedsam.propagate import Summary, overlap_reach, plan_legs, stale_planes
+
+    legs = plan_legs([3, 10, 18], 25, "up", from_plane=10)
+    assert [(g.origin, g.way, g.planes) for g in legs] == [(10, "up", list(range(11, 18)))]
+    legs = plan_legs([3, 10, 18], 25, "both", from_plane=3)
+    assert [(g.origin, g.way, g.planes) for g in legs] == [
+        (3, "up", list(range(4, 10))), (3, "down", [2, 1, 0])]
+    with pytest.raises(ValueError, match="not one of"):
+        plan_legs([3, 10], 25, "up", from_plane=5)
+    # Past an end, earlier runs' pixels are stale up to the next user slice only.
+    summary = Summary({}, ended_at={"up": 14, "down": 2})
+    assert stale_planes(summary, 25, [3, 10, 18]) == {14, 15, 16, 17, 2, 1, 0}
+    # The overlap's reach grows with the slice gap in pixels (5 mm over 0.8 mm: 13 px).
+    assert overlap_reach(StopRule(), (5.0, 0.795, 0.795)) == 13
+    assert overlap_reach(StopRule(), None) == 2 == overlap_reach(StopRule(), (1.0, 1.0, 1.0))
+    assert overlap_reach(StopRule(), (0.0, 1.0, 1.0)) == 2
+
+
+def test_a_slice_the_user_corrected_is_theirs_and_an_untouched_propagated_one_is_not():
+    from napari_imedsam.propagate import mask_digest, user_slices
+
+    labels = np.zeros((6, 20, 20), np.int32)
+    labels[1, 5:10, 5:10] = 3  # the box's slice
+    labels[2, 5:11, 5:11] = 3  # propagated
+    labels[4, 5:9, 5:9] = 7  # another object
+    propagated = np.zeros((20, 20), bool)
+    propagated[5:11, 5:11] = True
+    written = {2: {mask_digest(propagated)}, 3: {mask_digest(propagated)}}
+    labels[3, 6:12, 6:12] = 3  # propagated as slice 2, then corrected with the brush
+    found = user_slices(labels, 3, written)
+    assert sorted(found) == [1, 3] and found[3].sum() == 36
+    labels[3] = np.where(propagated, 3, 0)  # undone back to what propagation wrote
+    assert sorted(user_slices(labels, 3, written)) == [1]
+    assert sorted(user_slices(labels, 7, written)) == [4]
+
+
+def test_propagate_on_the_command_line_writes_the_volume_on_its_own_grid(tmp_path):
+    """`imedsam segment VOLUME --slice Z --box ... --propagate --key ...` with the shipped
+    model: labels on the NIfTI's own grid, within a slice of the object's span."""
+    import nibabel as nib
+
+    from napari_imedsam.cli.app import main
+    from napari_imedsam.io import read_nifti
+    from napari_imedsam.train.synthetic_volume import plain_noise_volume
+
+    volume, _ = plain_noise_volume(np.random.default_rng(5), depth=15, size=64,
+                                        span=(3, 11))
+    affine = np.diag([-0.9, 0.9, 2.5, 1.0])
+    affine[:3, 3] = (10.0, -20.0, 30.0)
+    source = tmp_path / "vol.nii.gz"
+    # On disk (X, Y, Z) RAS-ish; read back into the view as the plugin sees it.
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(volume.transpose(2, 1, 0)), affine),
+             str(source))
+    seen = read_nifti(source).data
+    truth = read_nifti(source).data > 100
+    assert truth.any(axis=(1, 2)).sum() == 9
+
+    def box(z):
+        rows, cols = np.nonzero(truth[z])
+        return f"{cols.min()},{rows.min()},{cols.max() + 1},{rows.max() + 1}"
+
+    middle = int(np.flatnonzero(truth.any(axis=(1, 2))).mean())
+    out = tmp_path / "labels.nii.gz"
+    assert main(["segment", str(source), "--slice", str(middle), "--box", box(middle),
+                 "--propagate", "--key", f"{middle - 3}:{box(middle - 3)}", "--out",
+                 str(out)]) == 0
+    written = nib.load(str(out))
+    assert np.allclose(written.affine, affine)
+    got = read_nifti(out).data > 0
+    assert got.shape == seen.shape
+    span, labelled = (np.flatnonzero(a.any(axis=(1, 2))) for a in (truth, got))
+    assert len(np.setdiff1d(labelled, span)) <= 1 and len(np.setdiff1d(span, labelled)) <= 1
+    assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) > 0.85
+    # Nothing is overwritten, and a bad key slice is one line.
+    assert main(["segment", str(source), "--slice", str(middle), "--box", box(middle),
+                 "--propagate", "--out", str(out)]) != 0
+    assert main(["segment", str(source), "--slice", str(middle), "--box", box(middle),
+                 "--propagate", "--key", f"40:{box(middle)}", "--out",
+                 str(tmp_path / "other.nii.gz")]) != 0
+    assert not (tmp_path / "other.nii.gz").exists()

@@ -23,6 +23,18 @@ def _box(text: str) -> list[float]:
     return values
 
 
+def _key(text: str) -> tuple[int, list[float]]:
+    plane, _, box = text.partition(":")
+    try:
+        z = int(plane)
+    except ValueError:
+        z = -1
+    if z < 0 or not box:
+        raise argparse.ArgumentTypeError(f"a key slice is Z:X0,Y0,X1,Y1 (a slice index, a "
+                                         f"colon and its box), got {text!r}")
+    return z, _box(box)
+
+
 def _point(text: str) -> tuple[float, float, int]:
     parts = text.split(",")
     sign = parts.pop() if len(parts) == 3 else "+"
@@ -414,6 +426,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     if args.batch:
         return _segment_batch(session, args)
+    if args.propagate or args.key:
+        return _propagate(session, args)
     if not (args.image and (args.box or args.point) and args.out):
         raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 (or --point X,Y) and "
                          "--out MASK.tif (or --batch DIR --boxes-file CSV --out-dir DIR)")
@@ -437,6 +451,96 @@ def _segment(args: argparse.Namespace) -> int:
     _slice_of(loaded.data, args.slice, str(args.image))
     print(json.dumps(_segment_one(session(), args.image, boxes, args.out, args, loaded,
                                   clicks), indent=2))
+    return 0
+
+
+def _propagate(make_session: Any, args: argparse.Namespace) -> int:
+    """``--propagate``: one object from its box on ``--slice`` (and ``--key`` slices)
+    through the volume; the labels are written on the volume's grid (a NIfTI's own)."""
+    import numpy as np
+
+    from ..inference.intensity import parse_window
+    from ..io import check_regular_file, read_any
+    from ..propagate import iter_propagation, stop_rule_for
+
+    if not args.propagate:
+        raise ValueError("--key gives more slices of the object to --propagate: add "
+                         "--propagate")
+    if args.image is None or args.out is None or len(args.box) != 1 or args.slice is None:
+        raise ValueError("--propagate needs IMAGE (a volume), --slice Z, one --box "
+                         "X0,Y0,X1,Y1 on it and --out LABELS.nii.gz (or .tif)")
+    if args.point or args.uncertainty or args.error_map or args.polygons or args.scale != 1:
+        raise ValueError("--propagate writes the labels on the volume's own grid: leave out "
+                         "--point, --uncertainty, --error-map, --polygons and --scale")
+    out = Path(args.out)
+    name = out.name.lower()
+    nifti_out = name.endswith((".nii", ".nii.gz"))
+    if not (nifti_out or name.endswith((".tif", ".tiff"))):
+        raise ValueError(f"--out {out}: a propagated volume is written as NIfTI (.nii.gz) "
+                         "or TIFF (.tif)")
+    check_regular_file(args.image, folder_ok=True)
+    check_outputs([out], [args.image], args.overwrite)
+    parse_window(args.window)
+    loaded = read_any(args.image)
+    data = loaded.data
+    rgb = data.ndim == 4 and data.shape[-1] in (3, 4)
+    if not (data.ndim == 3 and data.shape[-1] not in (3, 4)) and not rgb:
+        raise ValueError(f"{args.image} has shape {data.shape}: --propagate takes a volume "
+                         "(slices, rows, columns)")
+    depth = data.shape[0]
+    keys = {args.slice: args.box[0]}
+    for plane, box in args.key:
+        if plane in keys:
+            raise ValueError(f"slice {plane} has two boxes (--slice and --key, or two "
+                             "--key): give each slice one box")
+        keys[plane] = box
+    for plane in keys:
+        if not 0 <= plane < depth:
+            raise ValueError(f"slice {plane} is outside {args.image}'s 0..{depth - 1}")
+    session = make_session()
+    planes = {}
+    for plane, box in keys.items():
+        session.set_image(data[plane], window=args.window)
+        mask = session.predict(np.asarray([box], np.float64)).masks()[0]
+        if not mask.any():
+            raise ValueError(f"the box {box} on slice {plane} gives an empty mask: draw it "
+                             "around the object")
+        planes[plane] = mask
+
+    def answer(plane: int, box: Any) -> tuple[Any, float]:
+        session.set_image(data[plane], window=args.window)
+        result = session.predict(np.asarray([box], np.float64))
+        return result.masks()[0], float(result.iou[0])
+
+    labels = np.zeros(data.shape[:3], np.uint8)
+    for plane, mask in planes.items():
+        labels[plane][mask] = 1
+    start = args.slice
+    steps = iter_propagation(answer, start, planes[start], depth, "both",
+                             rule=stop_rule_for(session.model.config.variant),
+                             image_of=lambda p: data[p], spacing=loaded.spacing,
+                             keys={p: m for p, m in planes.items() if p != start})
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as finished:
+            summary = finished.value
+            break
+        labels[step.plane][step.mask] = 1
+    if nifti_out:
+        from ..io import write_nifti
+
+        write_nifti(out, labels, spacing=loaded.spacing, source_affine=loaded.affine,
+                    overwrite=args.overwrite)
+    else:
+        from ..saving import write_tiff
+
+        write_tiff(out, labels, overwrite=args.overwrite)
+    filled = np.flatnonzero(labels.any(axis=(1, 2)))
+    print(json.dumps({"image": str(args.image), "key_slices": sorted(keys),
+                      "slices": [int(filled.min()), int(filled.max())] if filled.size else [],
+                      "labelled_slices": int(filled.size), "voxels": int(labels.sum()),
+                      "ended": summary.reasons, "written": [str(out)]}, indent=2))
     return 0
 
 
@@ -468,6 +572,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--window", default=None, help="CT window: abdomen, lung, bone, brain, "
                    "liver, mediastinum or WIDTH,LEVEL")
     s.add_argument("--slice", type=int, help="slice index for volumes")
+    s.add_argument("--propagate", action="store_true",
+                   help="volumes: segment the box on --slice (and the --key slices), follow "
+                        "the object through the volume until it ends, and write the volume's "
+                        "labels (--out .nii.gz on a NIfTI's own grid, or .tif)")
+    s.add_argument("--key", type=_key, action="append", default=[], metavar="Z:X0,Y0,X1,Y1",
+                   help="with --propagate: the same object's box on another slice Z; the "
+                        "slices between key slices are filled from both ends; repeat")
     s.add_argument("--class", dest="class_name", metavar="NAME",
                    help="a model with several classes: the class (name or label value) that "
                         "answers the boxes; masks get its label value")

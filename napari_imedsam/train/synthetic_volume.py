@@ -67,3 +67,26 @@ def synthetic_ct_volume(rng: np.random.Generator, depth: int = 31, size: int = 1
     noise = ndi.gaussian_filter(rng.normal(0, 1, volume.shape).astype(np.float32), (0, 1, 1))
     volume += noise * (12.0 / max(float(noise.std()), 1e-6))
     return np.rint(volume).astype(np.int16), labels
+
+
+def plain_noise_volume(rng: np.random.Generator, depth: int = 31, size: int = 128,
+                       span: tuple[int, int] = (5, 25)) -> tuple[np.ndarray, np.ndarray]:
+    """``(volume, labels)``: a bright ellipsoid (180) over plain noise (20 +- 8), float32.
+
+    The case where the model's evidence says nothing: LiteMedSAM min-max
+    normalises each slice, so past the object's ends the plain background becomes
+    full-range noise, and the model answers the box with a confident blob.
+    """
+    first, last = span
+    if not 0 <= first <= last < depth:
+        raise ValueError(f"span {span} must lie within 0..{depth - 1}")
+    volume = rng.normal(20.0, 8.0, (depth, size, size)).astype(np.float32)
+    labels = np.zeros((depth, size, size), np.int32)
+    middle, half = (first + last) / 2, (last - first) / 2 + 1.0
+    for z in range(first, last + 1):
+        scale = np.sqrt(max(0.0, 1.0 - ((z - middle) / half) ** 2))
+        radii = (max(size * 0.22 * scale, 3.0), max(size * 0.3 * scale, 3.0))
+        target = _ellipse((size, size), (size * 0.5, size * 0.5), radii)
+        volume[z][target] = 180.0 + rng.normal(0.0, 8.0, int(target.sum()))
+        labels[z][target] = TARGET
+    return volume, labels

@@ -41,6 +41,9 @@ class ImageState:
     window: str | None = None
     #: object id -> {plane: box} of propagated slices (volumes).
     plane_boxes: dict[int, dict[int, Box]] = field(default_factory=dict)
+    #: object id -> {plane: fingerprints of the masks propagations wrote there}: a
+    #: slice whose mask is none of them is the user's (a key slice, never overwritten).
+    propagated: dict[int, dict[int, set[bytes]]] = field(default_factory=dict)
     journal: Journal = field(default_factory=Journal)
     #: box_key -> the box as its mask was last written (the "before" of its next edit).
     box_memory: dict[int, BoxRecord] = field(default_factory=dict)

@@ -32,9 +32,12 @@ from ...propagate import (
     Job,
     Step,
     Summary,
+    mask_digest,
     nearby_order,
     precompute_body,
     propagate_body,
+    stale_planes,
+    user_slices,
 )
 
 
@@ -126,22 +129,31 @@ class VolumeTools(QGroupBox):
         self.direction.setToolTip("up: towards higher slice numbers")
         self.propagate_button = QPushButton("Propagate")
         self.propagate_button.setToolTip(
-            "Run the current object to the next slices: each slice's mask gives the next "
-            "slice's box, until the object ends or you press Stop")
+            "Run the current object through the volume from every slice you gave it (its "
+            "box's slice, and slices you corrected): the slices between them are filled "
+            "from both ends, and the run goes past the outermost ones until the object "
+            "ends. Your slices are never overwritten.")
+        self.from_here_button = QPushButton("Propagate from here")
+        self.from_here_button.setToolTip(
+            "Run again from the slice in view (after correcting it), in the chosen "
+            "direction, up to the object's next slice of yours or its end")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         note = QLabel("3D images and (C, H, W) channel stacks: the box applies to the plane "
-                      "in view; the CT window applies to every slice.")
+                      "in view; the CT window applies to every slice. Correct a slice with "
+                      "the brush, then Propagate: corrected slices guide the run.")
         note.setWordWrap(True)
         grid = QGridLayout(self)
         grid.addWidget(self.radius, 0, 0)
         grid.addWidget(self.precompute_button, 0, 1)
         grid.addWidget(self.direction, 1, 0)
         grid.addWidget(self.propagate_button, 1, 1)
-        grid.addWidget(self.stop_button, 2, 0, 1, 2)
+        grid.addWidget(self.from_here_button, 2, 1)
+        grid.addWidget(self.stop_button, 2, 0)
         grid.addWidget(note, 3, 0, 1, 2)
         self.precompute_button.clicked.connect(self.precompute)
-        self.propagate_button.clicked.connect(self.propagate)
+        self.propagate_button.clicked.connect(lambda: self.propagate())
+        self.from_here_button.clicked.connect(lambda: self.propagate(from_here=True))
         self.stop_button.clicked.connect(self.stop)
 
         self._job: Job | None = None
@@ -150,6 +162,7 @@ class VolumeTools(QGroupBox):
         self._then: Any = None  # a job to start once the running one has stopped
         self._writer: PlaneWriter | None = None
         self._state: Any = None  # the image state the running propagation writes to
+        self._keys: set[int] = set()  # the user's slices of the running propagation
 
     @property
     def busy(self) -> bool:
@@ -241,11 +254,12 @@ class VolumeTools(QGroupBox):
             self.widget.set_status(f"{done} slices embedded: boxes on them answer at once")
 
     # -- propagate -----------------------------------------------------------------
-    def propagate(self) -> None:
-        """Propagate the current object from the slice in view (or its box's slice)."""
+    def propagate(self, from_here: bool = False) -> None:
+        """Propagate the current object from every slice the user gave it, or
+        (``from_here``) from the slice in view alone, in the chosen direction."""
         if self._worker is not None:
             if self._kind == "precompute":  # only a speed-up: give way to the real work
-                self._then = self.propagate
+                self._then = lambda: self.propagate(from_here)
                 self.stop()
             else:
                 show_info("I-MedSAM: a propagation is running; press Stop first")
@@ -271,25 +285,34 @@ class VolumeTools(QGroupBox):
             show_info("I-MedSAM: the object is still being segmented; propagate when its "
                       "mask is there")
             return
+        state = w.state
+        written = state.propagated.setdefault(object_id, {})
+        keys = user_slices(w.masks.data, object_id, written)
         plane = self._plane_in_view(spatial[0])
-        start = w.masks.data[plane] == object_id
-        if not start.any():  # not on the slice in view: start from its box's slice
-            try:
-                plane = wl.box_item(w.boxes, w.image, row).plane
-            except ValueError as exc:
-                show_warning(f"I-MedSAM: {exc}")
+        here = w.masks.data[plane] == object_id
+        if from_here:
+            if not here.any():
+                show_warning(f"I-MedSAM: object {object_id} has no pixels on slice {plane}: "
+                             "go to a slice of it (or correct one) to propagate from there")
                 return
-            start = w.masks.data[plane] == object_id
-        if not start.any():
-            show_warning(f"I-MedSAM: object {object_id} has no pixels on slice {plane}: "
-                         "segment it there first")
-            return
+            keys[plane] = here  # the user chose it: it guides the run
+        elif not keys:
+            if not here.any():
+                show_warning(f"I-MedSAM: object {object_id} has no slice of yours: draw its "
+                             "box or correct a slice, then propagate")
+                return
+            keys[plane] = here
+        start = plane if plane in keys else min(keys, key=lambda k: abs(k - plane))
         direction = self.direction.currentText()
-        total = {"both": spatial[0] - 1, "up": spatial[0] - 1 - plane, "down": plane}[direction]
-        if total == 0:
+        total = spatial[0] - len(keys)
+        if from_here:
+            total = {"both": spatial[0] - 1, "up": spatial[0] - 1 - plane,
+                     "down": plane}[direction]
+        if total <= 0:
             show_info(f"I-MedSAM: slice {plane} is the last one going {direction}")
             return
-        self._writer, self._state = PlaneWriter(w.masks, object_id), w.state
+        self._writer, self._state = PlaneWriter(w.masks, object_id), state
+        self._keys = set(keys)
         self._maps = {}
         self.plane_boxes.setdefault(object_id, {})
         settings, job = w.settings, Job()
@@ -298,12 +321,16 @@ class VolumeTools(QGroupBox):
         if spec.head is not None and head >= 0:  # the object's own class answers every slice
             spec = dataclasses.replace(spec, head=head)
         worker = create_worker(
-            propagate_body, w.holder, spec, data, plane, start, direction,
-            settings.window(), job, _start_thread=False,
+            propagate_body, w.holder, spec, data, start, keys[start], direction,
+            settings.window(), job, None, {p: m for p, m in keys.items() if p != start},
+            tuple(float(v) for v in w.image.scale[-3:]), from_here,
+            _start_thread=False,
             _progress={"total": total, "desc": f"I-MedSAM: propagating object {object_id}"})
         worker.yielded.connect(self._on_step)
         worker.returned.connect(self._on_propagated)
-        w.set_status(f"propagating object {object_id} from slice {plane} ({direction})...")
+        where = (f"slice {start} ({direction})" if from_here or len(keys) == 1
+                 else f"your {len(keys)} slices {sorted(keys)}")
+        w.set_status(f"propagating object {object_id} from {where}...")
         self._start("propagation", worker, job)
 
     def _on_step(self, step: Step) -> None:
@@ -344,11 +371,16 @@ class VolumeTools(QGroupBox):
         if writer is None:
             return
         try:
-            clear = set(writer.masks)
             depth = writer.labels.data.shape[0]
-            for way, end in summary.ended_at.items():  # the object ends there: drop stale
-                clear |= set(range(end, depth) if way == "up" else range(0, end + 1))
+            # The object ends there: what earlier runs wrote past it is stale (never the
+            # user's own slices).
+            clear = (set(writer.masks) | stale_planes(summary, depth, self._keys)) - self._keys
             written, changes = writer.commit(clear)
+            if written >= 0:  # remember what was written: a slice changed since is the user's
+                fingerprints = self._state.propagated.setdefault(writer.object_id, {})
+                for plane in writer.masks:
+                    mask = writer.labels.data[plane] == writer.object_id
+                    fingerprints.setdefault(plane, set()).add(mask_digest(mask))
         except Exception as exc:  # noqa: BLE001
             show_error(f"I-MedSAM: could not write the propagated slices: {exc}")
             return
