@@ -30,6 +30,8 @@ from .session_holder import ModelSpec, SessionError, SessionHolder, explain
 
 #: The directions a user can choose; "up" is towards higher slice indices.
 DIRECTIONS = ("both", "up", "down")
+#: How a run between two key slices ends when it reaches its half.
+MET = "met the run from the next key slice"
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,15 @@ class Summary:
     #: run was stopped or reached the volume's edge)
     ended_at: dict[str, int] = field(default_factory=dict)
 
+    #: the user's slices the run started from
+    keys: list[int] = field(default_factory=list)
+
     def describe(self) -> str:
-        text = "; ".join(f"{d}: {r}" for d, r in self.reasons.items())
-        return f"{self.planes} slices propagated ({text})" if text else f"{self.planes} slices"
+        text = "; ".join(f"{d}: {r}" for d, r in self.reasons.items() if r != MET)
+        start = (f" from your slices {', '.join(map(str, self.keys))}" if len(self.keys) > 1
+                 else "")
+        head = f"{self.planes} slices propagated{start}"
+        return f"{head} ({text})" if text else head
 
 
 def box_of_mask(mask: np.ndarray, rule: StopRule = StopRule()) -> Box | None:
@@ -406,7 +414,7 @@ def iter_propagation(
     if image_of is not None and rule.appearance_k is not None:
         looks = {plane: Appearance.of(grey_plane(image_of(plane)), mask)
                  for plane, mask in given.items()}
-    summary = Summary({})
+    summary = Summary({}, keys=[int(start_plane)] if from_start_only else sorted(given))
     done: dict[int, np.ndarray] = {}  # plane -> mask written by this run
     ended: set[tuple[int, str]] = set()
     for i, leg in enumerate(legs):
@@ -451,7 +459,7 @@ def iter_propagation(
         else:
             if leg.meets is not None or (from_start_only and planes
                                          and 0 < planes[-1] < depth - 1):
-                reason = "met the run from the next key slice" if leg.meets is not None \
+                reason = MET if leg.meets is not None \
                     else f"reached the object's slice {planes[-1] + (1 if leg.way == 'up' else -1)}"
         summary.reasons[name] = reason
     return summary

@@ -256,6 +256,72 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
           f"labelled (organ: 5..25), volume Dice {volume_dice:.3f}; {widget.status.text()}")
     shot("6_volume.png")
 
+    # 7b. the real CT volume (NIfTI, 5 mm slices): one box, Propagate, correct a slice,
+    # Propagate again, then "Propagate from here", Undo, and export as NIfTI
+    import nibabel as nib
+
+    spleen_path = args.data / "ct-volumes" / "spleen_2.nii.gz"
+    from napari_imedsam.io import read_nifti
+
+    spleen = read_nifti(args.data / "ct-volumes" / "spleen_2_label.nii.gz").data > 0
+    layers = viewer.open(str(spleen_path), plugin="napari-imedsam")
+    _wait(app, lambda: viewer.layers.selection.active is widget.boxes, 10)
+    widget.window_combo.setCurrentText("abdomen")
+    largest = int(spleen.sum(axis=(1, 2)).argmax())
+
+    def go_to(plane: int) -> None:  # the slider is in mm here (5 mm slices)
+        viewer.dims.set_point(0, float(layers[0].data_to_world((plane, 0, 0))[0]))
+
+    go_to(largest)
+    box_and_wait(_rect(box_of(spleen[largest]), plane=largest))
+    oid = int(widget.boxes.features["object_id"].iloc[-1])
+    widget.volume.direction.setCurrentText("both")
+    started = time.monotonic()
+    widget.volume.propagate_button.click()
+    _wait(app, lambda: not widget.volume.busy, 900)
+    got = widget.masks.data == oid
+    labelled = [z for z in range(len(got)) if got[z].any()]
+    print(f"7b. real CT '{layers[0].name}' (scale {tuple(round(v, 3) for v in layers[0].scale)}): "
+          f"box on slice {largest}, Propagate in {time.monotonic() - started:.0f} s: slices "
+          f"{labelled[0]}..{labelled[-1]} labelled (spleen: 3..22), volume Dice "
+          f"{_dice(got, spleen):.3f}; {widget.status.text()}")
+    go_to(5)
+    shot("6b_spleen_propagated.png")
+    # The user corrects slice 5 with the brush (here: paints the expert's outline).
+    fix = 5
+    data = widget.masks.data
+    data[fix][data[fix] == oid] = 0
+    data[fix][spleen[fix] & (data[fix] == 0)] = oid
+    widget.masks.refresh()
+    widget.volume.propagate_button.click()
+    _wait(app, lambda: not widget.volume.busy, 900)
+    got = widget.masks.data == oid
+    print(f"    corrected slice {fix}, Propagate again: slice {fix} kept as painted: "
+          f"{bool(np.array_equal(got[fix], spleen[fix]))}; volume Dice "
+          f"{_dice(got, spleen):.3f}; {widget.status.text()}")
+    go_to(fix)
+    widget.volume.direction.setCurrentText("down")
+    before = widget.masks.data.copy()
+    widget.volume.from_here_button.click()
+    _wait(app, lambda: not widget.volume.busy, 900)
+    changed = sorted({int(z) for z in np.nonzero((widget.masks.data != before).any(
+        axis=(1, 2)))[0]})
+    print(f"    Propagate from here (slice {fix}, down): slices changed {changed}; "
+          f"{widget.status.text()}")
+    widget.undo()
+    print(f"    Undo: back as before the run: {bool(np.array_equal(widget.masks.data, before))}")
+    nifti_dir = Path(tempfile.mkdtemp(prefix="imedsam-nifti-"))
+    widget.export.scale.setValue(1.0)
+    widget.export.export(nifti_dir / "spleen_labels.nii.gz")
+    _wait(app, lambda: not widget.export.busy)
+    back = nib.load(str(nifti_dir / "spleen_labels.nii.gz"))
+    same_affine = bool(np.allclose(back.affine, nib.load(str(spleen_path)).affine))
+    exported = read_nifti(nifti_dir / "spleen_labels.nii.gz").data == oid
+    print(f"    export -> {sorted(p.name for p in nifti_dir.iterdir())}; the source's affine: "
+          f"{same_affine}; Dice vs the expert {_dice(exported, spleen):.3f}")
+    go_to(fix)
+    shot("6c_spleen_after_correction.png")
+
     # 8. back to the first image
     viewer.layers.selection.active = viewer.layers["synthetic endoscopy (RGB)"]
     _wait(app, lambda: True, 1)

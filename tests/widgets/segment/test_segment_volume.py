@@ -109,6 +109,55 @@ def test_propagate_runs_through_the_object_and_stops_where_it_ends(
     assert not [n for n in notes if n[0] == "error"], notes
 
 
+def test_corrected_slices_guide_propagation_and_are_never_overwritten(
+        make_napari_viewer, qtbot, model_path, notes):
+    """Propagate, correct one slice with the brush, Propagate again: the corrected slice
+    is a key slice (kept as the user left it); "Propagate from here" reruns one way
+    from it up to the next slice of the user's; each run is one undo step."""
+    volume, truth = ball_volume()
+    viewer, widget = _volume_widget(make_napari_viewer, qtbot, model_path, volume)
+    masks = widget.masks
+    first = _segment_start(qtbot, widget, truth)
+    oid = int(widget.boxes.features["object_id"].iloc[0])
+    tools = widget.volume
+    tools.direction.setCurrentText("both")
+    tools.propagate_button.click()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=WAIT_MS)
+    propagated = masks.data == oid
+    assert propagated[10].any() and propagated[4].any()
+
+    corrected = truth[10].copy()  # the user paints slice 10 as it should be, with a notch
+    corrected[:, :40] = False
+    masks.data[10][masks.data[10] == oid] = 0
+    masks.data[10][corrected] = oid
+    masks.refresh()
+    tools.propagate_button.click()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=WAIT_MS)
+    again = masks.data == oid
+    assert np.array_equal(again[10], corrected)  # the user's slice, untouched
+    assert np.array_equal(again[START], first)  # and the box's slice
+    assert "propagated from your slices 7, 10 (up: ended" in widget.status.text()
+    assert again[11].any() and again[8].any()
+
+    # From here (slice 10), up only: below it nothing changes.
+    viewer.dims.set_current_step(0, 10)
+    tools.direction.setCurrentText("up")
+    before = masks.data.copy()
+    masks.data[12][masks.data[12] == oid] = 0  # lose slice 12 to see it made again
+    masks.data[12][truth[12] & False] = oid
+    masks.refresh()
+    tools.from_here_button.click()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=WAIT_MS)
+    after = masks.data == oid
+    assert np.array_equal(after[:11], before[:11] == oid)
+    assert after[12].any() or after[11].any()
+    # One undo takes the whole run back.
+    widget.undo()
+    assert not (masks.data[12] == oid).any()
+    assert np.array_equal(masks.data[:11], before[:11])
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
 def test_propagate_stops_on_request_and_keeps_what_it_did(make_napari_viewer, qtbot,
                                                           model_path):
     volume, truth = ball_volume()
