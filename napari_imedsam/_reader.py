@@ -89,6 +89,11 @@ def get_dicom_reader(path: PathOrPaths) -> ReaderFunction | None:
         return None
     if not _available("pydicom", "DICOM series"):
         return None
+    if len(paths) == 1 and paths[0].is_file():
+        from .dicom_seg import is_seg
+
+        if is_seg(paths[0]):
+            return read_seg_layers
     return read_dicom_layers
 
 
@@ -103,6 +108,9 @@ def _layer(loaded: LoadedImage, name: str, kind: str, fmt: str) -> tuple[Any, di
                                     "patient right to left (radiological axial view)"}
     if loaded.affine is not None:
         meta["nifti_affine"] = np.asarray(loaded.affine).tolist()
+    if loaded.dicom_files is not None:  # a DICOM SEG of its labels references them
+        meta["dicom_files"] = list(loaded.dicom_files)
+        meta["series_uid"] = loaded.series_uid
     spacing = loaded.spacing or (1.0,) * ndim
     kwargs: dict[str, Any] = {"name": name, "scale": tuple(float(v) for v in spacing),
                               "metadata": {SOURCE_KEY: meta}}
@@ -146,3 +154,85 @@ def read_dicom_layers(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
     series = read_dicom_series(target)  # several series: one layer each, the user chooses
     return [_layer(loaded, _name_of(str(Path(loaded.source))), "image", "dicom")
             for loaded in series]
+
+
+def _open_series_layers() -> list[Any]:
+    """The DICOM series layers open in the current viewer (those this reader made)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer (scripts, tests of the reader alone)
+        return []
+    if viewer is None:
+        return []
+    return [layer for layer in viewer.layers
+            if (layer.metadata.get(SOURCE_KEY) or {}).get("series_uid")]
+
+
+def _series_beside(seg_path: Path, uid: str, limit: int = 5000) -> list[str]:
+    """Files of series ``uid`` in the SEG's folder, its subfolders, or its sibling
+    folders (headers only; at most ``limit`` files looked at)."""
+    import pydicom
+
+    folders = [seg_path.parent, *sorted(p for p in seg_path.parent.iterdir() if p.is_dir())]
+    if seg_path.parent.parent != seg_path.parent:
+        folders += sorted(p for p in seg_path.parent.parent.iterdir()
+                          if p.is_dir() and p != seg_path.parent)
+    found: list[str] = []
+    seen = 0
+    for folder in folders:
+        for file in sorted(p for p in folder.iterdir() if p.is_file() and p != seg_path):
+            seen += 1
+            if seen > limit:
+                return found
+            try:
+                ds = pydicom.dcmread(str(file), stop_before_pixels=True,
+                                     specific_tags=["SeriesInstanceUID"])
+            except Exception:  # noqa: BLE001 - not DICOM
+                continue
+            if str(getattr(ds, "SeriesInstanceUID", "")) == uid:
+                found.append(str(file))
+        if found:
+            return found
+    return found
+
+
+def read_seg_layers(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
+    """A DICOM SEG as a Labels layer on the grid of the series it segments: the series
+    open in the viewer, or found beside the SEG (then opened with it)."""
+    from .dicom_seg import read_seg, referenced_series
+    from .io import read_dicom_series
+
+    seg_path = Path(_one_path(path) or str(path[0]))
+    uid = referenced_series(seg_path)
+    layers = []
+    open_layers = _open_series_layers()
+    match = [layer for layer in open_layers
+             if layer.metadata[SOURCE_KEY].get("series_uid") == uid]
+    if match:
+        meta = match[0].metadata[SOURCE_KEY]
+        files, scale = meta["dicom_files"], tuple(float(v) for v in match[0].scale)
+        translate = tuple(float(v) for v in match[0].translate)
+    else:
+        beside = _series_beside(seg_path, uid)
+        if not beside:
+            others = ", ".join(f"'{layer.name}' (series "
+                               f"{layer.metadata[SOURCE_KEY].get('series_uid')})"
+                               for layer in open_layers)
+            where = f"the open series is {others}" if others else "no series is open"
+            raise ValueError(f"{seg_path.name} segments series {uid}, which is neither open "
+                             f"nor beside the file ({where}): open that series first, then "
+                             "the SEG")
+        loaded = [s for s in read_dicom_series(beside) if s.series_uid == uid][0]
+        image = _layer(loaded, _name_of(str(Path(loaded.source))), "image", "dicom")
+        layers.append(image)
+        files = list(loaded.dicom_files or ())
+        scale, translate = image[1]["scale"], (0.0,) * len(image[1]["scale"])
+    read = read_seg(seg_path, files, uid)
+    labels = read.labels if len(scale) == 3 else read.labels[0]
+    meta = {"path": str(seg_path), "format": "dicom-seg", "series_uid": uid,
+            "segment_names": {str(k): v for k, v in read.names.items()}}
+    layers.append((labels, {"name": _name_of(seg_path.name), "scale": scale,
+                            "translate": translate, "metadata": {SOURCE_KEY: meta}}, "labels"))
+    return layers

@@ -42,7 +42,7 @@ import numpy as np
 from . import __version__, io, saving
 
 FORMAT = "napari-imedsam export 1"
-LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz")
+LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".dcm")
 BOX_CONVENTION = ("x0, y0, x1, y1 in pixel-edge coordinates of the image grid (pixel i spans "
                   "[i, i + 1]); plane: index along the volume's first axis (null for 2D); "
                   "clicks: x, y in the same coordinates, in the order made")
@@ -356,17 +356,53 @@ class Geometry:
     spacing: tuple[float, ...]  # per spatial axis (mm, or 1.0 per pixel)
     unit: str = "pixel"  # "mm" or "pixel"
     nifti_affine: np.ndarray | None = None  # when the image came from a NIfTI file
+    #: A DICOM series' files in slice order, when the image came from one (DICOM SEG).
+    dicom_files: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SegOptions:
+    """How a DICOM SEG export describes its segments."""
+
+    kind: str = "organ"  # a key of ``dicom_seg.SEGMENT_TYPES``
+    labelmap: bool = False  # LABELMAP instead of BINARY
+
+
+def segment_names(record: dict[str, Any]) -> dict[int, str]:
+    """Label value -> segment label from an export record: a class's name where the
+    value is its class's (semantic labels), else ``object N`` (left to ``dicom_seg``)."""
+    names: dict[int, str] = {}
+    for entry in record.get("objects", []):
+        chosen = entry.get("class") or {}
+        if chosen.get("value") is not None and int(chosen["value"]) == int(entry["id"]):
+            names[int(entry["id"])] = str(chosen.get("name") or f"class {entry['id']}")
+    return names
 
 
 def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[str, Any],
-                 geometry: Geometry, scale: float, *, overwrite: bool = False) -> list[Path]:
+                 geometry: Geometry, scale: float, *, overwrite: bool = False,
+                 seg: SegOptions = SegOptions()) -> list[Path]:
     """Write the labels, the uncertainty (float32 TIFF) and the JSON record as one
     set: all of them are put in place, or none (a failure part-way leaves no labels
-    without their record). Nothing is replaced unless ``overwrite``."""
+    without their record). Nothing is replaced unless ``overwrite``. ``.dcm``: a
+    DICOM SEG of the series the image came from (``seg`` says how)."""
     labels = exported.labels
     name = target.labels.name.lower()
     if name.endswith(".png") and labels.ndim != 2:
         raise ValueError("PNG holds 2D images: export this volume as TIFF or NIfTI")
+    built = None
+    if name.endswith(".dcm"):  # checked and built before any file is written
+        if geometry.dicom_files is None:
+            raise ValueError("DICOM SEG needs an image opened from a DICOM series (it "
+                             "references the series' files): export as TIFF or NIfTI")
+        if scale != 1:
+            raise ValueError("a DICOM SEG lies on its series' own grid: export it at scale 1")
+        from . import dicom_seg
+
+        built = dicom_seg.build_seg(
+            labels, geometry.dicom_files,
+            dicom_seg.segments_for(labels, segment_names(record), seg.kind),
+            labelmap=seg.labelmap, model=record.get("model"))
     spacing = tuple(geometry.spacing)
     fine = (*spacing[:-2], spacing[-2] / scale, spacing[-1] / scale)
     with_uncertainty = target.uncertainty is not None and exported.uncertainty is not None
@@ -383,6 +419,8 @@ def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[st
                              pixel_size=fine[-2:], unit=geometry.unit, spacing=fine)
         elif name.endswith(".png"):
             saving.save_png(staged[0], labels)
+        elif built is not None:
+            built.save_as(str(staged[0]))
         else:
             io.save_nifti(staged[0], labels, spacing=spacing, source_affine=geometry.nifti_affine,
                           scale=scale, grid_shape=geometry.shape)

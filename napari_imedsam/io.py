@@ -42,6 +42,10 @@ class LoadedImage:
     #: The NIfTI file's own affine (voxel -> RAS mm), kept so that results can
     #: be written back on exactly the source's voxel grid.
     affine: np.ndarray | None = None
+    #: A DICOM series' files in the volume's slice order, and its SeriesInstanceUID:
+    #: a DICOM SEG of the labels references them.
+    dicom_files: tuple[str, ...] | None = None
+    series_uid: str | None = None
 
 
 #: Largest decoded image this reads without being asked (bytes); ``$IMEDSAM_MAX_IMAGE_BYTES``.
@@ -240,6 +244,8 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
                 raise ValueError(f"{file.name}: a DICOM file that cannot be read "
                                  f"({_short(exc)}): {_DAMAGED_SLICE}") from exc
             continue
+        if str(getattr(ds, "SOPClassUID", "")) in SEG_SOP_CLASSES:
+            continue  # a segmentation beside its series is not one of its slices
         if "PixelData" in ds:
             slices.append(ds)
         elif "Rows" in ds or _is_image_storage(ds):  # an image cut before its pixels
@@ -258,6 +264,9 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
         out.append(_dicom_volume(members, name))
     return out
 
+
+#: Segmentation and Label Map Segmentation Storage (see ``dicom_seg``).
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
 #: What to do about one damaged file of a series (skipping it would leave a volume
 #: with a slice missing, silently wrong).
@@ -329,7 +338,10 @@ def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
         for problem in _position_problems(positions, dz):
             warnings.warn(f"{source}: {problem}", stacklevel=3)
         spacing = (abs(dz) or 1.0, row, col)
-    return LoadedImage(data, spacing, source)
+    files = tuple(str(getattr(s, "filename", "") or "") for s in slices)
+    uid = str(getattr(slices[0], "SeriesInstanceUID", "") or "") or None
+    return LoadedImage(data, spacing, source, dicom_files=files if all(files) else None,
+                       series_uid=uid)
 
 
 def _position_problems(positions: list[float], step: float) -> list[str]:

@@ -426,7 +426,8 @@ def _segment(args: argparse.Namespace) -> int:
 
     if args.batch:
         return _segment_batch(session, args)
-    if args.propagate or args.key:
+    if args.propagate or args.key or (args.out is not None
+                                      and str(args.out).lower().endswith(".dcm")):
         return _propagate(session, args)
     if not (args.image and (args.box or args.point) and args.out):
         raise ValueError("give IMAGE, at least one --box X0,Y0,X1,Y1 (or --point X,Y) and "
@@ -463,31 +464,46 @@ def _propagate(make_session: Any, args: argparse.Namespace) -> int:
     from ..io import check_regular_file, read_any
     from ..propagate import iter_propagation, stop_rule_for
 
-    if not args.propagate:
+    if args.key and not args.propagate:
         raise ValueError("--key gives more slices of the object to --propagate: add "
                          "--propagate")
-    if args.image is None or args.out is None or len(args.box) != 1 or args.slice is None:
-        raise ValueError("--propagate needs IMAGE (a volume), --slice Z, one --box "
-                         "X0,Y0,X1,Y1 on it and --out LABELS.nii.gz (or .tif)")
+    what = "--propagate" if args.propagate else "--out NAME.dcm (a DICOM SEG)"
+    if args.image is None or args.out is None or args.slice is None or not args.box or (
+            args.propagate and len(args.box) != 1):
+        raise ValueError(f"{what} needs IMAGE (a volume), --slice Z, "
+                         f"{'one --box' if args.propagate else '--box'} X0,Y0,X1,Y1 on it "
+                         "and --out LABELS.nii.gz (or .tif, or .dcm for a DICOM series)")
     if args.point or args.uncertainty or args.error_map or args.polygons or args.scale != 1:
-        raise ValueError("--propagate writes the labels on the volume's own grid: leave out "
+        raise ValueError(f"{what} writes the labels on the volume's own grid: leave out "
                          "--point, --uncertainty, --error-map, --polygons and --scale")
     out = Path(args.out)
     name = out.name.lower()
-    nifti_out = name.endswith((".nii", ".nii.gz"))
-    if not (nifti_out or name.endswith((".tif", ".tiff"))):
-        raise ValueError(f"--out {out}: a propagated volume is written as NIfTI (.nii.gz) "
-                         "or TIFF (.tif)")
+    nifti_out, seg_out = name.endswith((".nii", ".nii.gz")), name.endswith(".dcm")
+    if not (nifti_out or seg_out or name.endswith((".tif", ".tiff"))):
+        raise ValueError(f"--out {out}: a volume's labels are written as NIfTI (.nii.gz), "
+                         "TIFF (.tif) or, for a DICOM series, DICOM SEG (.dcm)")
+    from ..dicom_seg import SEGMENT_TYPES
+
+    if args.seg_type not in SEGMENT_TYPES:
+        raise ValueError(f"--seg-type {args.seg_type!r}: use one of {', '.join(SEGMENT_TYPES)}")
     check_regular_file(args.image, folder_ok=True)
     check_outputs([out], [args.image], args.overwrite)
     parse_window(args.window)
     loaded = read_any(args.image)
+    if seg_out and loaded.dicom_files is None:
+        raise ValueError(f"--out {out}: a DICOM SEG references a DICOM series, and "
+                         f"{args.image} is not one: write .nii.gz or .tif")
     data = loaded.data
+    if seg_out and data.ndim == 2:  # one DICOM slice: a volume of one
+        data = data[None]
     rgb = data.ndim == 4 and data.shape[-1] in (3, 4)
     if not (data.ndim == 3 and data.shape[-1] not in (3, 4)) and not rgb:
         raise ValueError(f"{args.image} has shape {data.shape}: --propagate takes a volume "
                          "(slices, rows, columns)")
     depth = data.shape[0]
+    if not args.propagate:
+        return _write_volume(_slice_labels(make_session(), data, args), loaded, out, args,
+                             {"key_slices": [args.slice]})
     keys = {args.slice: args.box[0]}
     for plane, box in args.key:
         if plane in keys:
@@ -527,7 +543,39 @@ def _propagate(make_session: Any, args: argparse.Namespace) -> int:
             summary = finished.value
             break
         labels[step.plane][step.mask] = 1
-    if nifti_out:
+    return _write_volume(labels, loaded, out, args,
+                         {"key_slices": sorted(keys), "ended": summary.reasons})
+
+
+def _slice_labels(session: Any, data: Any, args: argparse.Namespace) -> Any:
+    """The boxes of --slice, one id each, in a volume of labels (the other slices 0)."""
+    import numpy as np
+
+    if not 0 <= args.slice < data.shape[0]:
+        raise ValueError(f"--slice {args.slice} is outside 0..{data.shape[0] - 1}")
+    session.set_image(data[args.slice], window=args.window)
+    labels = np.zeros(data.shape[:3], np.uint16)
+    masks = session.predict(np.asarray(args.box, np.float64)).masks()
+    for i, mask in enumerate(masks):
+        labels[args.slice][mask & (labels[args.slice] == 0)] = i + 1
+    return labels
+
+
+def _write_volume(labels: Any, loaded: Any, out: Path, args: argparse.Namespace,
+                  report: dict[str, Any]) -> int:
+    """A volume's labels to NIfTI (the source's grid), TIFF, or DICOM SEG (its series)."""
+    import numpy as np
+
+    name = out.name.lower()
+    if name.endswith(".dcm"):
+        from ..dicom_seg import segments_for, write_seg
+        from ..export import model_info
+
+        model = model_info(str(args.model), None if args.adapter is None else str(args.adapter),
+                           args.device, args.decoder)
+        write_seg(out, labels, loaded.dicom_files, segments_for(labels, kind=args.seg_type),
+                  labelmap=args.labelmap, model=model, overwrite=args.overwrite)
+    elif name.endswith((".nii", ".nii.gz")):
         from ..io import write_nifti
 
         write_nifti(out, labels, spacing=loaded.spacing, source_affine=loaded.affine,
@@ -537,10 +585,10 @@ def _propagate(make_session: Any, args: argparse.Namespace) -> int:
 
         write_tiff(out, labels, overwrite=args.overwrite)
     filled = np.flatnonzero(labels.any(axis=(1, 2)))
-    print(json.dumps({"image": str(args.image), "key_slices": sorted(keys),
+    print(json.dumps({"image": str(args.image), **report,
                       "slices": [int(filled.min()), int(filled.max())] if filled.size else [],
-                      "labelled_slices": int(filled.size), "voxels": int(labels.sum()),
-                      "ended": summary.reasons, "written": [str(out)]}, indent=2))
+                      "labelled_slices": int(filled.size), "voxels": int((labels > 0).sum()),
+                      "written": [str(out)]}, indent=2))
     return 0
 
 
@@ -579,6 +627,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--key", type=_key, action="append", default=[], metavar="Z:X0,Y0,X1,Y1",
                    help="with --propagate: the same object's box on another slice Z; the "
                         "slices between key slices are filled from both ends; repeat")
+    s.add_argument("--seg-type", default="organ", metavar="TYPE",
+                   help="--out NAME.dcm (DICOM SEG): what the segments are, as SNOMED CT codes: "
+                        "organ (default), tissue, liver, spleen, kidney, 'blood vessel', "
+                        "lesion, mass or neoplasm")
+    s.add_argument("--labelmap", action="store_true",
+                   help="--out NAME.dcm: a LABELMAP SEG (one frame per slice) instead of BINARY")
     s.add_argument("--class", dest="class_name", metavar="NAME",
                    help="a model with several classes: the class (name or label value) that "
                         "answers the boxes; masks get its label value")

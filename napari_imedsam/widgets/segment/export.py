@@ -18,7 +18,7 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
-    QCheckBox, QDoubleSpinBox, QGridLayout, QGroupBox, QMessageBox, QPushButton,
+    QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QMessageBox, QPushButton,
     QWidget,
 )
 
@@ -29,7 +29,8 @@ from ..._reader import SOURCE_KEY
 from ..._writer import spacing_of
 from ...session_holder import SessionError, SessionHolder
 
-FILTERS = "TIFF (*.tif *.tiff);;PNG, 2D only (*.png);;NIfTI (*.nii.gz *.nii)"
+FILTERS = ("TIFF (*.tif *.tiff);;PNG, 2D only (*.png);;NIfTI (*.nii.gz *.nii);;"
+           "DICOM SEG, images from a DICOM series (*.dcm)")
 ENCODER_INPUT = ("the CT window when one is set; else 8-bit data as it is and other data "
                  "scaled between its 0.5 and 99.5 percentiles, per slice")
 
@@ -67,7 +68,9 @@ def geometry_of(image: Any) -> tuple[ex.Geometry, dict[str, Any]]:
     info = {"layer": image.name, "path": None if path is None else str(path),
             "shape": list(spatial), "rgb": bool(image.rgb), "spacing": list(spacing),
             "unit": unit, "axes": "z, y, x" if len(spatial) == 3 else "y, x"}
-    return ex.Geometry(spatial, spacing, unit, None if affine is None else np.asarray(affine)), info
+    files = source.get("dicom_files")
+    return ex.Geometry(spatial, spacing, unit, None if affine is None else np.asarray(affine),
+                       tuple(files) if files else None), info
 
 
 def _export_body(holder: SessionHolder, spec: Any, data: Any, window: str | None, labels: np.ndarray,
@@ -101,15 +104,29 @@ class ExportControls(QGroupBox):
         self.with_uncertainty = QCheckBox("uncertainty map")
         self.with_uncertainty.setChecked(True)
         self.export_button = QPushButton("Export...")
-        self.export_button.setToolTip("labels to TIFF / PNG / NIfTI, a NAME_uncertainty.tif "
-                                      "and a NAME.json record that reproduces the masks")
+        self.export_button.setToolTip("labels to TIFF / PNG / NIfTI / DICOM SEG, a "
+                                      "NAME_uncertainty.tif and a NAME.json record that "
+                                      "reproduces the masks")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        # DICOM SEG (.dcm, for images from a DICOM series): what the segments are.
+        from ...dicom_seg import DEFAULT_SEGMENT_TYPE, SEGMENT_TYPES
+
+        self.seg_type = QComboBox()
+        self.seg_type.addItems(list(SEGMENT_TYPES))
+        self.seg_type.setCurrentText(DEFAULT_SEGMENT_TYPE)
+        self.seg_type.setToolTip("DICOM SEG export: every segment's SNOMED CT category and "
+                                 "type (an organ by default)")
+        self.seg_labelmap = QCheckBox("SEG as labelmap")
+        self.seg_labelmap.setToolTip("DICOM SEG export: one LABELMAP frame per slice (OHIF "
+                                     "reads it) instead of BINARY frames per segment")
         grid = QGridLayout(self)
         grid.addWidget(self.scale, 0, 0)
         grid.addWidget(self.with_uncertainty, 0, 1)
-        grid.addWidget(self.export_button, 1, 0)
-        grid.addWidget(self.cancel_button, 1, 1)
+        grid.addWidget(self.seg_type, 1, 0)
+        grid.addWidget(self.seg_labelmap, 1, 1)
+        grid.addWidget(self.export_button, 2, 0)
+        grid.addWidget(self.cancel_button, 2, 1)
         self.export_button.clicked.connect(self.choose_and_export)
         self.cancel_button.clicked.connect(self.cancel)
         self._worker: Any = None
@@ -166,6 +183,10 @@ class ExportControls(QGroupBox):
             if not overwrite:
                 target = ex.free_targets(path, self.with_uncertainty.isChecked())
         scale = float(self.scale.value())
+        if target.labels.name.lower().endswith(".dcm") and scale != 1:
+            show_warning("I-MedSAM: a DICOM SEG lies on its series' own grid: set the scale "
+                         "to 1 (other scales export as TIFF or NIfTI)")
+            return False
         labels = np.array(w.masks.data, dtype=np.int32)  # a snapshot: edits go on meanwhile
         objects = gather_objects(w)
         if scale == 1.0:
@@ -251,8 +272,9 @@ class ExportControls(QGroupBox):
             if exported.uncertainty is None and target.uncertainty is not None:
                 show_info("I-MedSAM: no uncertainty map to export (none was computed: base-SAM "
                           "mode, or no object yet)")
+            seg = ex.SegOptions(self.seg_type.currentText(), self.seg_labelmap.isChecked())
             self.last_written = ex.write_export(target, exported, record, geometry, scale,
-                                                overwrite=overwrite)
+                                                overwrite=overwrite, seg=seg)
         except Exception as exc:  # noqa: BLE001 - a notification, never a traceback
             show_error(f"I-MedSAM: export failed, nothing replaced: {exc}")
             w.set_status(f"export failed: {exc}")

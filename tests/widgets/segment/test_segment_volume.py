@@ -219,3 +219,36 @@ def test_volume_tools_on_2d_and_channel_data(make_napari_viewer, qtbot, notes):
     viewer.add_image(np.zeros((2, 40, 50), np.uint8), name="two channels first")
     widget.image_combo.setCurrentText("two channels first")
     assert widget.boxes.ndim == 3 and widget.masks.data.shape == (2, 40, 50)
+
+
+def test_a_dicom_series_exports_a_seg_that_opens_again_on_it(make_napari_viewer, qtbot,
+                                                              model_path, tmp_path, notes):
+    """Open a DICOM series, segment and propagate, Export as DICOM SEG (labelmap), then
+    open the SEG: a Labels layer on the series' grid, equal to the masks."""
+    pytest.importorskip("highdicom")
+    from dicom_series import ct_series
+
+    volume, truth = ball_volume()
+    ct_series(tmp_path / "ct", volume.astype(np.int16))
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(tmp_path / "ct"), plugin="napari-imedsam")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.model_combo.setCurrentText(model_path)
+    widget.window_combo.setCurrentText("none")
+    widget.zoom.sharper.setChecked(False)
+    qtbot.waitUntil(lambda: widget.boxes is not None, timeout=WAIT_MS)
+    widget.boxes.add_rectangles(_rect(truth[START], START))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    widget.volume.direction.setCurrentText("both")
+    widget.volume.propagate_button.click()
+    qtbot.waitUntil(lambda: not widget.volume.busy, timeout=WAIT_MS)
+    assert len({z for z in range(len(volume)) if widget.masks.data[z].any()}) >= 5
+    widget.export.seg_type.setCurrentText("lesion")
+    widget.export.seg_labelmap.setChecked(True)
+    assert widget.export.export(tmp_path / "ball.dcm")
+    assert (tmp_path / "ball.dcm").is_file(), notes
+    layers = viewer.open(str(tmp_path / "ball.dcm"), plugin="napari-imedsam")
+    assert [layer.name for layer in layers] == ["ball"]  # the series is open: labels only
+    assert np.array_equal(layers[0].data, widget.masks.data)
+    assert tuple(layers[0].scale) == tuple(image.scale)
+    assert not [n for n in notes if n[0] == "error"], notes
