@@ -69,7 +69,7 @@ class ObjectEdits:
                                                    object_id, own)
         wl.set_feature(boxes, row, "object_id", object_id)
         after = journal.box_record(boxes, row, state.points)
-        if shared:
+        if shared or wl.shares_id(boxes, object_id):  # a class's value, or key slices
             after["pixels"] = pixels
         state.box_memory[key] = after
         state.journal.record(history.UndoStep(f"object {object_id}", changes,

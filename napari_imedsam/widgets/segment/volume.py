@@ -21,7 +21,7 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
-    QComboBox, QGridLayout, QGroupBox, QLabel, QPushButton, QSpinBox, QWidget,
+    QCheckBox, QComboBox, QGridLayout, QGroupBox, QLabel, QPushButton, QSpinBox, QWidget,
 )
 
 from .. import layers as wl
@@ -139,6 +139,11 @@ class VolumeTools(QGroupBox):
             "direction, up to the object's next slice of yours or its end")
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
+        self.key_boxes = QCheckBox("a box on another slice is a key slice of the current object")
+        self.key_boxes.setToolTip(
+            "On: a box you draw on a slice where the current object has no box of yours "
+            "joins that object (same label), as one of its key slices; Propagate then "
+            "fills between them. Off: every box is a new object.")
         note = QLabel("3D images and (C, H, W) channel stacks: the box applies to the plane "
                       "in view; the CT window applies to every slice. Correct a slice with "
                       "the brush, then Propagate: corrected slices guide the run.")
@@ -150,7 +155,8 @@ class VolumeTools(QGroupBox):
         grid.addWidget(self.propagate_button, 1, 1)
         grid.addWidget(self.from_here_button, 2, 1)
         grid.addWidget(self.stop_button, 2, 0)
-        grid.addWidget(note, 3, 0, 1, 2)
+        grid.addWidget(self.key_boxes, 3, 0, 1, 2)
+        grid.addWidget(note, 4, 0, 1, 2)
         self.precompute_button.clicked.connect(self.precompute)
         self.propagate_button.clicked.connect(lambda: self.propagate())
         self.from_here_button.clicked.connect(lambda: self.propagate(from_here=True))
@@ -200,6 +206,16 @@ class VolumeTools(QGroupBox):
             return None
         return wl.level0(image), spatial
 
+    def _key_boxes_only(self, object_id: int) -> bool:
+        """The boxes sharing ``object_id`` are one object's key slices: each on its own
+        slice, and the id is no class's value in class-value labelling."""
+        w = self.widget
+        if w.settings.semantic() and object_id in {c.value for c in w.settings.classes}:
+            return False
+        ids = w.boxes.features["object_id"].to_numpy()
+        planes = [wl.box_item(w.boxes, w.image, r).plane for r in np.flatnonzero(ids == object_id)]
+        return None not in planes and len(set(planes)) == len(planes)
+
     def _plane_in_view(self, depth: int) -> int:
         point = self.widget.image.world_to_data(self.viewer.dims.point)
         return int(np.clip(round(float(point[0])), 0, depth - 1))
@@ -223,6 +239,29 @@ class VolumeTools(QGroupBox):
         if self._job is not None:
             self._job.stop()
             self.widget.set_status(f"stopping the {self._kind}...")
+
+    def adopt(self, state: Any, rows: list[int]) -> None:
+        """With "key slices" on, new boxes (``rows``) on slices where the current object
+        has no box join it: same label, one key slice each (not in class-value
+        labelling, where boxes share their class's value already)."""
+        boxes = state.boxes
+        if not self.key_boxes.isChecked() or state.current is None or boxes is None \
+                or self.widget.settings.semantic():
+            return
+        current = wl.row_of(boxes, state.current)
+        if current is None or current in rows:
+            return
+        object_id = int(boxes.features["object_id"].iloc[current])
+        if object_id <= 0:
+            return
+        ids = boxes.features["object_id"].to_numpy()
+        planes = {wl.box_item(boxes, state.image, r).plane for r in np.flatnonzero(ids == object_id)}
+        for row in rows:
+            plane = wl.box_item(boxes, state.image, row).plane
+            if plane is None or plane in planes:
+                continue
+            wl.set_feature(boxes, row, "object_id", object_id)
+            planes.add(plane)
 
     # -- precompute ----------------------------------------------------------------
     def precompute(self) -> None:
@@ -275,7 +314,7 @@ class VolumeTools(QGroupBox):
             show_info("I-MedSAM: draw a box around the object (or select its box) and wait "
                       "for its mask, then propagate")
             return
-        if wl.shares_id(w.boxes, object_id):
+        if wl.shares_id(w.boxes, object_id) and not self._key_boxes_only(object_id):
             # Its slices could not be told from those of the class's other boxes.
             show_warning(f"I-MedSAM: label {object_id} belongs to several boxes (the class's "
                          "value): propagation follows one object; draw this box with "

@@ -427,7 +427,9 @@ class SegmentWidget(QWidget):
             if action == "removing":
                 self.edits.forget_rows(state, event.data_indices)
             elif action == "added":
-                self.request_rows(state, wl.assign_keys(state.boxes))
+                rows = wl.assign_keys(state.boxes)
+                self.volume.adopt(state, rows)  # key slices of the current object
+                self.request_rows(state, rows)
             elif action == "changed":
                 rows = [i for i in event.data_indices if 0 <= i < len(state.boxes.data)]
                 for row in rows:  # the user moved a frame: it is the object's box now

@@ -158,6 +158,45 @@ def test_corrected_slices_guide_propagation_and_are_never_overwritten(
     assert not [n for n in notes if n[0] == "error"], notes
 
 
+def test_boxes_on_other_slices_are_key_slices_of_the_current_object(
+        make_napari_viewer, qtbot, model_path, notes):
+    """With "key slice" boxes on, a box on another slice joins the current object; Propagate
+    fills between the two box slices and beyond, never writing them; Clear on one key box
+    clears its slice only."""
+    volume, truth = ball_volume()
+    viewer, widget = _volume_widget(make_napari_viewer, qtbot, model_path, volume)
+    tools = widget.volume
+    tools.key_boxes.setChecked(True)
+    first = _segment_start(qtbot, widget, truth)
+    oid = int(widget.boxes.features["object_id"].iloc[0])
+    viewer.dims.set_current_step(0, 11)
+    widget.boxes.add_rectangles(_rect(truth[11], 11))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert list(widget.boxes.features["object_id"]) == [oid, oid]
+    key = widget.masks.data[11] == oid
+    assert dice(key, truth[11]) > 0.5
+    tools.direction.setCurrentText("both")
+    tools.propagate_button.click()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=WAIT_MS)
+    assert "from your slices 7, 11" in widget.status.text(), widget.status.text()
+    obj = widget.masks.data == oid
+    assert np.array_equal(obj[START], first) and np.array_equal(obj[11], key)
+    for z in (8, 9, 10, 5):
+        assert dice(obj[z], truth[z]) > 0.5, z
+    # Clear the key box on slice 11: its slice goes, the rest of the object stays.
+    widget.boxes.selected_data = {1}
+    widget.clear_current()
+    assert not (widget.masks.data[11] == oid).any()
+    assert np.array_equal(widget.masks.data[START] == oid, first)
+    # Off: a box on another slice is a new object.
+    tools.key_boxes.setChecked(False)
+    viewer.dims.set_current_step(0, 4)
+    widget.boxes.add_rectangles(_rect(truth[4], 4))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    assert int(widget.boxes.features["object_id"].iloc[-1]) != oid
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
 def test_propagate_stops_on_request_and_keeps_what_it_did(make_napari_viewer, qtbot,
                                                           model_path):
     volume, truth = ball_volume()
