@@ -111,6 +111,8 @@ def _layer(loaded: LoadedImage, name: str, kind: str, fmt: str) -> tuple[Any, di
     if loaded.dicom_files is not None:  # a DICOM SEG of its labels references them
         meta["dicom_files"] = list(loaded.dicom_files)
         meta["series_uid"] = loaded.series_uid
+        if loaded.dicom_frames is not None:
+            meta["dicom_frames"] = list(loaded.dicom_frames)
     spacing = loaded.spacing or (1.0,) * ndim
     kwargs: dict[str, Any] = {"name": name, "scale": tuple(float(v) for v in spacing),
                               "metadata": {SOURCE_KEY: meta}}
@@ -213,6 +215,7 @@ def read_seg_layers(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
     if match:
         meta = match[0].metadata[SOURCE_KEY]
         files, scale = meta["dicom_files"], tuple(float(v) for v in match[0].scale)
+        frames = meta.get("dicom_frames")
         translate = tuple(float(v) for v in match[0].translate)
     else:
         beside = _series_beside(seg_path, uid)
@@ -227,9 +230,9 @@ def read_seg_layers(path: PathOrPaths) -> list[tuple[Any, dict, str]]:
         loaded = [s for s in read_dicom_series(beside) if s.series_uid == uid][0]
         image = _layer(loaded, _name_of(str(Path(loaded.source))), "image", "dicom")
         layers.append(image)
-        files = list(loaded.dicom_files or ())
+        files, frames = list(loaded.dicom_files or ()), loaded.dicom_frames
         scale, translate = image[1]["scale"], (0.0,) * len(image[1]["scale"])
-    read = read_seg(seg_path, files, uid)
+    read = read_seg(seg_path, files, uid, frames)
     labels = read.labels if len(scale) == 3 else read.labels[0]
     meta = {"path": str(seg_path), "format": "dicom-seg", "series_uid": uid,
             "segment_names": {str(k): v for k, v in read.names.items()}}

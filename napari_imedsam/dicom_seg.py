@@ -104,19 +104,23 @@ def segments_for(labels: np.ndarray, names: dict[int, str] | None = None,
 
 def write_seg(path: str | Path, labels: np.ndarray, source_files: Sequence[str | Path],
               segments: Sequence[Segment], *, labelmap: bool = False,
-              model: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+              model: dict[str, Any] | None = None, overwrite: bool = False,
+              source_frames: Sequence[int] | None = None) -> Path:
     """Write ``labels`` as a DICOM SEG at ``path``, atomically (see :func:`build_seg`)."""
     from .saving import atomic_save
 
-    seg = build_seg(labels, source_files, segments, labelmap=labelmap, model=model)
+    seg = build_seg(labels, source_files, segments, labelmap=labelmap, model=model,
+                    source_frames=source_frames)
     return atomic_save(path, lambda tmp: seg.save_as(str(tmp)), overwrite=overwrite)
 
 
 def build_seg(labels: np.ndarray, source_files: Sequence[str | Path],
               segments: Sequence[Segment], *, labelmap: bool = False,
-              model: dict[str, Any] | None = None) -> Any:
+              model: dict[str, Any] | None = None,
+              source_frames: Sequence[int] | None = None) -> Any:
     """A DICOM SEG (a highdicom ``Segmentation``) of ``labels`` ((Z, H, W) or (H, W),
-    on the series' grid, slices in the order of ``source_files``).
+    on the series' grid, slices in the order of ``source_files``, or, for one
+    multi-frame image, in the order of its ``source_frames`` (1-based)).
 
     ``segments``: the label values to write (one segment each); ``model``: the
     export record's model entry (name, model_sha256, adapter_sha256), for the
@@ -132,7 +136,11 @@ def build_seg(labels: np.ndarray, source_files: Sequence[str | Path],
         volume = volume[None]
     if volume.ndim != 3:
         raise ValueError(f"a DICOM SEG holds slices; got labels of shape {labels.shape}")
-    if len(source_files) != volume.shape[0]:
+    if source_frames is not None:
+        if len(source_frames) != volume.shape[0] or len(source_files) != 1:
+            raise ValueError(f"the labels have {volume.shape[0]} slice(s) but the image "
+                             f"{len(source_frames)} frame(s): export on its own grid (scale 1)")
+    elif len(source_files) != volume.shape[0]:
         raise ValueError(f"the labels have {volume.shape[0]} slice(s) but the series "
                          f"{len(source_files)} file(s): export on the series' own grid "
                          "(scale 1)")
@@ -163,6 +171,10 @@ def build_seg(labels: np.ndarray, source_files: Sequence[str | Path],
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algorithm,
             tracking_id=_TRACKING.format(value=segment.value), tracking_uid=hd.UID()))
+    if source_frames is not None:  # back to the image's own frame order
+        frames = np.zeros((int(headers[0].NumberOfFrames), rows, cols), volume.dtype)
+        frames[np.asarray(source_frames, int) - 1] = volume
+        volume = frames
     if labelmap:
         pixels = np.zeros(volume.shape, np.uint16 if len(segments) > 255 else np.uint8)
         for number, segment in enumerate(segments, 1):
@@ -201,9 +213,11 @@ def referenced_series(path: str | Path) -> str:
 
 
 def read_seg(path: str | Path, source_files: Sequence[str | Path],
-             series_uid: str | None = None) -> ReadSeg:
+             series_uid: str | None = None,
+             source_frames: Sequence[int] | None = None) -> ReadSeg:
     """The SEG at ``path`` as labels on the grid of the series ``source_files`` (in the
-    volume's slice order). Refused in one line when it segments another series."""
+    volume's slice order; for one multi-frame image, its ``source_frames`` in that
+    order). Refused in one line when it segments another series."""
     hd = _hd()
     name = Path(path).name
     wanted = referenced_series(path)
@@ -214,9 +228,15 @@ def read_seg(path: str | Path, source_files: Sequence[str | Path],
                          "open its own series first (or put the SEG beside it)")
     try:
         seg = hd.seg.segread(str(path))
-        frames = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[str(h.SOPInstanceUID) for h in headers],
-            combine_segments=False, assert_missing_frames_are_empty=True)
+        if source_frames is not None:
+            frames = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=str(headers[0].SOPInstanceUID),
+                source_frame_numbers=[int(f) for f in source_frames],
+                combine_segments=False, assert_missing_frames_are_empty=True)
+        else:
+            frames = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[str(h.SOPInstanceUID) for h in headers],
+                combine_segments=False, assert_missing_frames_are_empty=True)
     except Exception as exc:  # noqa: BLE001 - highdicom's words name no file
         raise ValueError(f"{name}: the DICOM SEG cannot be read onto its series "
                          f"({' '.join(str(exc).split())[:160]})") from exc

@@ -358,6 +358,8 @@ class Geometry:
     nifti_affine: np.ndarray | None = None  # when the image came from a NIfTI file
     #: A DICOM series' files in slice order, when the image came from one (DICOM SEG).
     dicom_files: tuple[str, ...] | None = None
+    #: A multi-frame DICOM image's frame numbers in slice order (its one file above).
+    dicom_frames: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -402,7 +404,8 @@ def write_export(target: ExportTarget, exported: ExportedLabels, record: dict[st
         built = dicom_seg.build_seg(
             labels, geometry.dicom_files,
             dicom_seg.segments_for(labels, segment_names(record), seg.kind),
-            labelmap=seg.labelmap, model=record.get("model"))
+            labelmap=seg.labelmap, model=record.get("model"),
+            source_frames=geometry.dicom_frames)
     spacing = tuple(geometry.spacing)
     fine = (*spacing[:-2], spacing[-2] / scale, spacing[-1] / scale)
     with_uncertainty = target.uncertainty is not None and exported.uncertainty is not None

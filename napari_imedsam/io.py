@@ -46,6 +46,9 @@ class LoadedImage:
     #: a DICOM SEG of the labels references them.
     dicom_files: tuple[str, ...] | None = None
     series_uid: str | None = None
+    #: For a multi-frame (enhanced) DICOM image: its frame numbers (1-based) in the
+    #: volume's slice order (``dicom_files`` then holds its one file).
+    dicom_frames: tuple[int, ...] | None = None
 
 
 #: Largest decoded image this reads without being asked (bytes); ``$IMEDSAM_MAX_IMAGE_BYTES``.
@@ -261,8 +264,62 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
     out = []
     for number, members in enumerate(groups.values(), 1):
         name = f"{path} (series {number}: {_series_label(members[0])})" if several else str(path)
-        out.append(_dicom_volume(members, name))
+        enhanced = [m for m in members if _is_enhanced(m)]
+        if enhanced and len(members) > 1:
+            raise ValueError(f"{name}: a multi-frame (enhanced) DICOM image shares its series "
+                             f"with {len(members) - 1} other file(s): open its file alone")
+        out.append(_enhanced_volume(members[0], name) if enhanced
+                   else _dicom_volume(members, name))
     return out
+
+
+def _is_enhanced(ds: Any) -> bool:
+    """A multi-frame image whose frames carry their own positions (Enhanced CT/MR...)."""
+    return int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 \
+        and "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _frame_item(ds: Any, frame: int, sequence: str) -> Any:
+    """A functional group's item for one frame (0-based): the frame's own, else shared."""
+    for groups in (ds.PerFrameFunctionalGroupsSequence[frame],
+                   *(ds.SharedFunctionalGroupsSequence[:1]
+                     if "SharedFunctionalGroupsSequence" in ds else [])):
+        if sequence in groups and len(getattr(groups, sequence)):
+            return getattr(groups, sequence)[0]
+    return None
+
+
+def _enhanced_volume(ds: Any, source: str) -> LoadedImage:
+    """One multi-frame image -> a volume of its frames sorted by position, rescaled,
+    with its spacing; its frame numbers are kept (a DICOM SEG references them)."""
+    frames = int(ds.NumberOfFrames)
+    positions = []
+    for i in range(frames):
+        plane = _frame_item(ds, i, "PlanePositionSequence")
+        if plane is None or "ImagePositionPatient" not in plane:
+            raise ValueError(f"{source}: frame {i + 1} of the multi-frame image has no "
+                             "position: it cannot be placed as a slice")
+        positions.append(float(plane.ImagePositionPatient[2]))
+    order = np.argsort(positions, kind="stable")
+    pixels = _pixels(ds)
+    data = np.empty(pixels.shape, np.float32)
+    for out, i in enumerate(order):
+        rescale = _frame_item(ds, int(i), "PixelValueTransformationSequence")
+        slope = float(getattr(rescale, "RescaleSlope", getattr(ds, "RescaleSlope", 1)))
+        intercept = float(getattr(rescale, "RescaleIntercept", getattr(ds, "RescaleIntercept", 0)))
+        data[out] = pixels[i].astype(np.float32) * slope + intercept
+    del pixels
+    measures = _frame_item(ds, 0, "PixelMeasuresSequence")
+    row, col = (float(v) for v in getattr(measures, "PixelSpacing", [1.0, 1.0]))
+    sorted_positions = [positions[i] for i in order]
+    dz = float(np.median(np.diff(sorted_positions))) if frames > 1 else 1.0
+    for problem in _position_problems(sorted_positions, dz):
+        warnings.warn(f"{source}: {problem}", stacklevel=3)
+    filename = str(getattr(ds, "filename", "") or "")
+    return LoadedImage(data, (abs(dz) or 1.0, row, col), source,
+                       dicom_files=(filename,) if filename else None,
+                       series_uid=str(getattr(ds, "SeriesInstanceUID", "") or "") or None,
+                       dicom_frames=tuple(int(i) + 1 for i in order))
 
 
 #: Segmentation and Label Map Segmentation Storage (see ``dicom_seg``).

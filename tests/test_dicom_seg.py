@@ -183,3 +183,37 @@ def test_segment_writes_a_seg_from_the_command_line(tmp_path):
     assert main(["segment", str(png), "--slice", "0", "--box", "1,1,9,9", "--out",
                  str(tmp_path / "x.dcm")]) != 0
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_a_multi_frame_image_opens_sorted_and_its_seg_references_its_frames(tmp_path):
+    """An enhanced (multi-frame) CT, frames stored from top to bottom: it opens as a
+    volume sorted by position, in HU; its SEG references frame numbers and reads back."""
+    import highdicom as hd
+
+    volume = (np.arange(6)[:, None, None] * 10 + np.zeros((6, 40, 48))).astype(np.int16)
+    ct_series(tmp_path / "single", volume)
+    singles = [pydicom.dcmread(str(f)) for f in sorted((tmp_path / "single").iterdir())]
+    singles.sort(key=lambda d: -float(d.ImagePositionPatient[2]))  # stored top first
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        singles, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+        instance_number=1)
+    (tmp_path / "mf").mkdir()
+    enhanced.save_as(str(tmp_path / "mf" / "enhanced.dcm"))
+    loaded = read_dicom(tmp_path / "mf" / "enhanced.dcm")
+    assert np.array_equal(loaded.data, volume.astype(np.float32))  # sorted, rescaled to HU
+    assert loaded.spacing == pytest.approx((2.5, 0.7, 0.8))
+    assert loaded.dicom_frames == (6, 5, 4, 3, 2, 1)
+    labels = _two_objects()
+    out = dicom_seg.write_seg(tmp_path / "mf" / "seg.dcm", labels, loaded.dicom_files,
+                              dicom_seg.segments_for(labels), source_frames=loaded.dicom_frames)
+    seg = hd.seg.segread(str(out))
+    frames = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=enhanced.SOPInstanceUID, source_frame_numbers=[1, 2, 3, 4, 5, 6],
+        combine_segments=False, assert_missing_frames_are_empty=True)
+    assert np.array_equal(frames[..., 0] > 0, (labels == 3)[::-1])  # frame 1 is the top slice
+    back = dicom_seg.read_seg(out, loaded.dicom_files, source_frames=loaded.dicom_frames)
+    assert np.array_equal(back.labels, labels)
+    from napari_imedsam._reader import get_dicom_reader
+
+    layers = get_dicom_reader(str(out))(str(out))
+    assert np.array_equal(layers[-1][0], labels) and layers[0][2] == "image"

@@ -574,7 +574,8 @@ def _write_volume(labels: Any, loaded: Any, out: Path, args: argparse.Namespace,
         model = model_info(str(args.model), None if args.adapter is None else str(args.adapter),
                            args.device, args.decoder)
         write_seg(out, labels, loaded.dicom_files, segments_for(labels, kind=args.seg_type),
-                  labelmap=args.labelmap, model=model, overwrite=args.overwrite)
+                  labelmap=args.labelmap, model=model, overwrite=args.overwrite,
+                  source_frames=loaded.dicom_frames)
     elif name.endswith((".nii", ".nii.gz")):
         from ..io import write_nifti
 

@@ -68,9 +68,10 @@ def geometry_of(image: Any) -> tuple[ex.Geometry, dict[str, Any]]:
     info = {"layer": image.name, "path": None if path is None else str(path),
             "shape": list(spatial), "rgb": bool(image.rgb), "spacing": list(spacing),
             "unit": unit, "axes": "z, y, x" if len(spatial) == 3 else "y, x"}
-    files = source.get("dicom_files")
+    files, frames = source.get("dicom_files"), source.get("dicom_frames")
     return ex.Geometry(spatial, spacing, unit, None if affine is None else np.asarray(affine),
-                       tuple(files) if files else None), info
+                       tuple(files) if files else None,
+                       tuple(int(f) for f in frames) if frames else None), info
 
 
 def _export_body(holder: SessionHolder, spec: Any, data: Any, window: str | None, labels: np.ndarray,
