@@ -204,7 +204,11 @@ def referenced_series(path: str | Path) -> str:
     """The SeriesInstanceUID a SEG segments (header only)."""
     import pydicom
 
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom's words name no file
+        raise ValueError(f"{Path(path).name} cannot be read as DICOM "
+                         f"({' '.join(str(exc).split())[:120]}): copy it again") from exc
     try:
         return str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
     except (AttributeError, IndexError):

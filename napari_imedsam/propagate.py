@@ -1,10 +1,13 @@
 """Running one object through a volume, slice after slice (no Qt, no napari).
 
-Propagation starts from an object's mask on one slice. The next slice is
-segmented with a box around that mask (slightly enlarged, since objects
-change a little between slices), its mask gives the box for the slice after,
-and so on until the object ends: the mask vanishes or becomes tiny, jumps
-somewhere else, or balloons (the model found a neighbour instead).
+Propagation starts from an object's mask on the slices the user gave it (key
+slices). The next slice is segmented with a box around the previous mask
+(slightly enlarged, since objects change a little between slices); of the
+model's answer only what looks like the object (its intensity on the user's
+slice) and touches the previous mask is kept; that mask gives the box for the
+slice after, and so on until the object ends: nothing like it is left, the mask
+becomes tiny, jumps somewhere else, or balloons (the model found a neighbour
+instead). Between two key slices each side fills its half.
 
 Everything here works on numpy arrays and plain callbacks, so the logic is
 tested without a viewer and can be reused by scripts. The napari side

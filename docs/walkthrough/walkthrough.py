@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -321,6 +322,49 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
           f"{same_affine}; Dice vs the expert {_dice(exported, spleen):.3f}")
     go_to(fix)
     shot("6c_spleen_after_correction.png")
+
+    # 7c. the same CT as a DICOM series: two key-slice boxes, Propagate, Export as DICOM
+    # SEG, open the SEG again on the series
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+    from dicom_series import ct_series
+
+    dicom_dir = Path(tempfile.mkdtemp(prefix="imedsam-dicom-"))
+    ct_volume = read_nifti(spleen_path).data
+    ct_series(dicom_dir / "spleen_ct", np.rint(ct_volume).astype(np.int16),
+              spacing=tuple(float(v) for v in layers[0].scale))
+    (series_layer,) = viewer.open(str(dicom_dir / "spleen_ct"), plugin="napari-imedsam")
+    _wait(app, lambda: viewer.layers.selection.active is widget.boxes, 10)
+    widget.window_combo.setCurrentText("abdomen")
+    widget.volume.key_boxes.setChecked(True)
+    for plane in (largest, 8):
+        viewer.dims.set_point(0, float(series_layer.data_to_world((plane, 0, 0))[0]))
+        box_and_wait(_rect(box_of(spleen[plane]), plane=plane))
+    ids = sorted(set(int(v) for v in widget.boxes.features["object_id"]))
+    widget.volume.direction.setCurrentText("both")
+    widget.volume.propagate_button.click()
+    _wait(app, lambda: not widget.volume.busy, 900)
+    got = widget.masks.data == ids[0]
+    print(f"7c. DICOM series '{series_layer.name}': 2 key-slice boxes (slices {largest}, 8) -> "
+          f"object ids {ids}; Propagate: volume Dice {_dice(got, spleen):.3f}; "
+          f"{widget.status.text()}")
+    widget.export.seg_type.setCurrentText("spleen")
+    widget.export.export(dicom_dir / "spleen_seg.dcm")
+    _wait(app, lambda: not widget.export.busy)
+    seg_layers = viewer.open(str(dicom_dir / "spleen_seg.dcm"), plugin="napari-imedsam")
+    same = bool(np.array_equal(seg_layers[-1].data, widget.masks.data))
+    import pydicom
+
+    raw = pydicom.dcmread(str(dicom_dir / "spleen_seg.dcm"), stop_before_pixels=True)
+    print(f"    export -> {sorted(p.name for p in dicom_dir.iterdir() if p.is_file())}; "
+          f"{raw.SegmentationType} SEG, {raw.NumberOfFrames} frames, segment "
+          f"'{raw.SegmentSequence[0].SegmentLabel}' "
+          f"({raw.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning}); "
+          f"opened again as '{seg_layers[-1].name}' equal to the masks: {same}")
+    seg_layers[-1].visible = True
+    widget.masks.visible = False
+    viewer.dims.set_point(0, float(series_layer.data_to_world((12, 0, 0))[0]))
+    shot("6d_dicom_seg_reopened.png")
+    widget.masks.visible = True
 
     # 8. back to the first image
     viewer.layers.selection.active = viewer.layers["synthetic endoscopy (RGB)"]
