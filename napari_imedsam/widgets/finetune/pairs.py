@@ -49,6 +49,9 @@ class PairsTable(QTableWidget):
                           (DATA, QHeaderView.ResizeMode.ResizeToContents)):
             header.setSectionResizeMode(col, mode)
         self.setMinimumHeight(90)
+        # Long layer names keep both ends ("scan_0001 … masks"), so two rows never read
+        # the same; the whole name is in the tooltip.
+        self.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self._choices: dict[str, tuple[bool, str | None]] = {}  # labels -> (use, image)
         self.itemChanged.connect(lambda _item: self.changed.emit())
 
@@ -61,8 +64,9 @@ class PairsTable(QTableWidget):
         self.blockSignals(True)
         self.setRowCount(0)
         for index, layer in enumerate(viewer.layers):
-            if not isinstance(layer, Labels):
-                continue
+            if not isinstance(layer, Labels) or (wl.is_ours(layer)
+                                                 and not wl.is_ours(layer, wl.MASKS)):
+                continue  # the Segment widget's previews are views, not labels
             shape = tuple(wl.level0(layer).shape)
             guess = guess_image(layer.name, index, shape, info)
             use, chosen = self._choices.get(
@@ -74,6 +78,7 @@ class PairsTable(QTableWidget):
             check.setCheckState(Qt.CheckState.Checked if use else Qt.CheckState.Unchecked)
             self.setItem(row, USE, check)
             name = QTableWidgetItem(layer.name)
+            name.setToolTip(layer.name)
             name.setFlags(Qt.ItemFlag.ItemIsEnabled)
             self.setItem(row, LABELS, name)
             combo = QComboBox()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
@@ -78,6 +78,8 @@ class SegmentWidget(QWidget):
         self._states: dict[int, ImageState] = {}  # id(image layer) -> its state
         self.state: ImageState | None = None  # the image being annotated
         self._queue: dict[tuple[int, int], Request] = {}  # (image, box_key) -> newest waiting
+        #: ids of the user's Labels layers hidden because they belong to another image
+        self._hidden_labels: set[int] = set()
         self._worker: Any = None
         self._binding = False
         self.edits = ObjectEdits(self)
@@ -267,7 +269,10 @@ class SegmentWidget(QWidget):
             target = layer
         else:
             return
-        self.show_image(target, activate=False)
+        # Choosing another image in the list: its boxes layer becomes active, ready for a
+        # box (a second click on the image selects it, e.g. for its contrast). Choosing
+        # one of its own layers (its masks, to paint) keeps that layer.
+        self.show_image(target, activate=target is layer)
 
     def show_image(self, image: Image, activate: bool = True) -> None:
         """Make ``image`` the one boxes refer to (as choosing it in the list does)."""
@@ -395,6 +400,28 @@ class SegmentWidget(QWidget):
         for layer in (state.image, state.boxes, state.masks, state.points):
             if layer is not None and not layer.visible:
                 layer.visible = True
+        self._show_own_labels(state)
+
+    def _show_own_labels(self, state: ImageState) -> None:
+        """The user's own Labels layers follow their image (guessed as the Fine-tune
+        dock pairs them: by shape, name and order): those of other images are hidden,
+        and shown again when their image is; a layer the user hid stays hidden."""
+        from ...finetune import guess_image
+
+        layers = list(self.viewer.layers)
+        images = [(i, layer.name, wl.image_spatial_shape(layer)) for i, layer in
+                  enumerate(layers) if isinstance(layer, Image) and not wl.is_ours(layer)]
+        hidden = self._hidden_labels
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Labels) or wl.is_ours(layer):
+                continue
+            owner = guess_image(layer.name, index, tuple(wl.level0(layer).shape), images)
+            if owner is not None and owner != state.image.name and layer.visible:
+                layer.visible = False
+                hidden.add(id(layer))
+            elif owner == state.image.name and id(layer) in hidden:
+                layer.visible = True
+                hidden.discard(id(layer))
 
     def _connect(self, state: ImageState) -> None:
         if state.connected or state.boxes is None:

@@ -84,8 +84,14 @@ def _segment_box(qtbot, segment, labels: np.ndarray, object_id: int = 1):
 def test_table_pairs_layers_and_counts_objects_and_slices(make_napari_viewer, qtbot):
     viewer = _viewer_with_scenes(make_napari_viewer, n=2)
     viewer.add_labels(np.zeros((10, 10), np.int32), name="stray")
+    # The Segment widget's zoom preview is a view of the masks, never training data.
+    preview = viewer.layers["scene0 masks"].data.copy()
+    viewer.add_labels(preview, name="scene0 preview", metadata={
+        "napari_imedsam": "preview", "napari_imedsam_image": "scene0"})
     widget = _open(viewer)
     assert isinstance(widget, FinetuneWidget)
+    table = widget.pairs_table
+    assert "scene0 preview" not in [table.item(r, 1).text() for r in range(table.rowCount())]
     rows = widget.pairs_table.used_rows()
     assert [(labels, image) for _, labels, image in rows] == [
         ("scene0 masks", "scene0"), ("scene1 masks", "scene1")]  # "stray" fits no image

@@ -403,9 +403,16 @@ def test_three_images_each_keep_their_objects_boxes_and_undo(make_napari_viewer,
     _wait(qtbot, widget)
     assert dice(widget.masks.data[2] == 1, right) > 0.5 and not widget.masks.data[0].any()
 
-    # Back to the RGB image (by selecting its layer): its object, box and undo are there.
+    # Back to the RGB image (by selecting its layer): its object, box and undo are there,
+    # and its boxes layer is made active, ready for a box; a second click on the image
+    # selects the image itself (its contrast).
     viewer.layers.selection.active = viewer.layers["rgb"]
     assert widget.image.name == "rgb" and widget.masks is rgb_masks
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is widget.boxes, timeout=5000)
+    assert viewer.layers[-1] is widget.boxes
+    viewer.layers.selection.active = viewer.layers["rgb"]
+    qtbot.wait(50)
+    assert viewer.layers.selection.active is viewer.layers["rgb"]
     assert viewer.layers["rgb"].visible and not viewer.layers["volume"].visible
     assert len(widget.boxes.data) == 1 and dice(rgb_masks.data == 1, left) > 0.5
     widget.boxes.add_rectangles(_box_of(right))
@@ -594,3 +601,29 @@ def test_clicks_correct_the_current_object_and_undo_with_their_mask_and_map(
     widget.undo()
     assert len(points.data) == 1 and (masks.data == 1).sum() > 0
     assert not [n for n in notes if n[0] == "error"], notes
+
+
+def test_the_users_own_labels_follow_their_image(make_napari_viewer, qtbot):
+    """Switching images hides the user's Labels layers of the other images (paired as
+    the Fine-tune dock pairs them) and shows them again with their image; a layer the
+    user hid stays hidden."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((40, 50), np.uint8), name="scan_a")
+    viewer.add_labels(np.ones((40, 50), np.int32), name="scan_a organs")
+    viewer.add_image(np.zeros((40, 50), np.uint8), name="scan_b")
+    viewer.add_labels(np.ones((40, 50), np.int32), name="scan_b organs")
+    viewer.add_labels(np.ones((40, 50), np.int32), name="scan_b notes")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.image_combo.setCurrentText("scan_a")
+    layers = viewer.layers
+    qtbot.waitUntil(lambda: widget.image is layers["scan_a"], timeout=5000)
+    assert layers["scan_a organs"].visible and not layers["scan_b organs"].visible
+    widget.image_combo.setCurrentText("scan_b")
+    qtbot.waitUntil(lambda: widget.image is layers["scan_b"], timeout=5000)
+    assert not layers["scan_a organs"].visible and layers["scan_b organs"].visible
+    layers["scan_b notes"].visible = False  # the user hides one
+    widget.image_combo.setCurrentText("scan_a")
+    qtbot.waitUntil(lambda: widget.image is layers["scan_a"], timeout=5000)
+    widget.image_combo.setCurrentText("scan_b")
+    qtbot.waitUntil(lambda: widget.image is layers["scan_b"], timeout=5000)
+    assert layers["scan_b organs"].visible and not layers["scan_b notes"].visible
