@@ -58,9 +58,20 @@ class ObjectEdits:
                                                wl.image_spatial_shape(state.image))
         before = state.box_memory.get(key)
         classes = self.widget.settings.classes
+        # In class-value labelling the classes' values are reserved (an object must never
+        # merge with a class); with a new id per box, ids start at 1.
+        reserved = set(state.semantic_ids) | ({c.value for c in classes} if len(classes) > 1
+                                              and self.widget.settings.semantic() else set())
+        value = request.class_value
+        if value is not None and not int(boxes.features["object_id"].iloc[row]):
+            if value not in state.semantic_ids and \
+                    (boxes.features["object_id"].to_numpy() == value).any():
+                show_warning(f"I-MedSAM: label {value} is already an object drawn with a new id "
+                             "per box; this class's boxes share it now. Undo, and keep one "
+                             "labelling per masks layer")
+            state.semantic_ids.add(value)
         object_id = (int(boxes.features["object_id"].iloc[row]) or request.class_value
-                     or wl.next_free_id(state.masks, boxes, {c.value for c in classes}
-                                        if len(classes) > 1 else ()))
+                     or wl.next_free_id(state.masks, boxes, reserved))
         # Semantic labels: boxes of one class share its value, so each box keeps the
         # pixels it wrote (in its journal record) and replaces or clears only those.
         shared = request.class_value is not None and object_id == request.class_value

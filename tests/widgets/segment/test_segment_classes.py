@@ -157,22 +157,50 @@ def test_propagating_a_box_that_shares_its_class_value_is_refused(make_napari_vi
     assert any("belongs to several boxes" in text for _, text in notes), notes
 
 
-def test_new_object_ids_skip_the_classes_label_values(make_napari_viewer, qtbot):
-    """Instance ids never take a class's value: an object would merge with the class's
-    semantic masks (and their Clear) later."""
+def test_new_object_ids_skip_the_class_values_written_in_this_layer(make_napari_viewer, qtbot):
+    """A new id per box is max + 1 (a user with classes still starts at 1); once a class's
+    value was written in class-value labelling, instance ids skip it (an object would
+    merge with the class's masks, and their Clear, later)."""
     image, _ = ring_sample(np.random.default_rng(2), 96, "ring")
     viewer = make_napari_viewer()
     viewer.add_image(image, name="rings", rgb=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     widget.use_model(_two_class_tiny())  # classes with the values 3 and 7
-    widget.settings.labelling_combo.setCurrentText("new object id per box")
-    widget.masks.data[0:3, 0:3] = 2  # the user painted id 2: the next free is 3, reserved
+    settings = widget.settings
+    settings.labelling_combo.setCurrentText("the class's label value")
+    widget.boxes.add_rectangles(_rect(60, 60, 80, 80))  # "inner": value 3
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert int(widget.boxes.features["object_id"].iloc[-1]) == 3
+    widget.cycle_class()  # "wall": value 7 (its head says no: no pixels, the value is used)
+    widget.boxes.add_rectangles(_rect(60, 30, 80, 50))
+    qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    settings.labelling_combo.setCurrentText("new object id per box")
+    widget.masks.data[0:3, 0:3] = 1  # the user painted id 1
     ids = []
-    for r0 in (10, 40, 70):
-        widget.boxes.add_rectangles(_rect(r0, 10, r0 + 15, 25))
+    for r0 in (5, 25, 45, 65):
+        widget.boxes.add_rectangles(_rect(r0, 2, r0 + 12, 14))
         qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
         ids.append(int(widget.boxes.features["object_id"].iloc[-1]))
-    assert ids == [4, 5, 6]
-    widget.boxes.add_rectangles(_rect(10, 60, 25, 75))
+    assert ids == [8, 9, 10, 11]  # max + 1 over the boxes (7), past the written values
+
+
+def test_a_new_id_per_box_starts_at_1_and_a_class_value_taken_is_told(make_napari_viewer,
+                                                                      qtbot, notes):
+    """With classes and "new object id per box", the first object is 1 (class values are
+    reserved only in class-value labelling); switching to class-value labelling where an
+    object already holds the class's value says so."""
+    image, _ = ring_sample(np.random.default_rng(1), 96, "ring")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="rings", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
+    widget.use_model(_two_class_tiny())
+    settings = widget.settings
+    settings.labelling_combo.setCurrentText("new object id per box")
+    for _ in range(3):
+        widget.boxes.add_rectangles(_rect(20 + 20 * _, 20, 35 + 20 * _, 40))
+        qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
+    assert list(widget.boxes.features["object_id"]) == [1, 2, 3]
+    settings.labelling_combo.setCurrentText("the class's label value")  # inner = 3: taken
+    widget.boxes.add_rectangles(_rect(20, 60, 40, 90))
     qtbot.waitUntil(lambda: not widget.busy, timeout=120_000)
-    assert int(widget.boxes.features["object_id"].iloc[-1]) == 8  # 7 is the wall's value
+    assert any("label 3 is already an object" in str(n) for n in notes), notes
