@@ -74,6 +74,11 @@ class AdaptersBox(QGroupBox):
         self.owner = owner  # the FinetuneWidget: its folder and its Segment widget
         self.combo = QComboBox()
         self.combo.setToolTip("adapters trained here, newest first (Dice after, before)")
+        # Adapter names are long: at their full length the combo widened the whole dock
+        # past its edge (the table's last column, Stop and the plot's label were cut off).
+        self.combo.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.combo.setMinimumContentsLength(12)
         use = QPushButton("Use")
         use.setToolTip("segment with the chosen adapter from the next box on")
         use.clicked.connect(self.use_selected)

@@ -31,3 +31,26 @@ def test_finetune_dock_shows_train_and_plot_at_1600_by_1000(make_napari_viewer, 
     assert _visible_height(widget.train_button) == widget.train_button.height()
     assert _visible_height(widget.plot) >= 100
     viewer.screenshot(str(tmp_path / "finetune_dock.png"), canvas_only=False)
+
+
+def test_finetune_dock_fits_its_width_with_long_adapter_names(make_napari_viewer, qtbot):
+    """As `imedsam gui --fine-tune` opens it: nothing cut off on the right (the table's
+    last column, the spin boxes' buttons, Stop), even with long adapter names listed."""
+    from qtpy.QtWidgets import QScrollArea
+
+    from napari_imedsam.cli.gui import open_viewer
+
+    viewer = open_viewer([], "rgb", True, show=True)
+    try:
+        viewer.window._qt_window.resize(1600, 1000)
+        widget = next(w for w in viewer.window._qt_window.findChildren(object)
+                      if type(w).__name__ == "FinetuneWidget")
+        widget.adapters.combo.addItems(["kvasir_decoder_2026-12-05_" + "x" * 60 + ".safetensors"])
+        qtbot.wait(300)
+        scroll = widget.findChild(QScrollArea)
+        assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
+        right = scroll.viewport().mapToGlobal(scroll.viewport().rect().topRight()).x()
+        stop = widget.stop_button
+        assert stop.mapToGlobal(stop.rect().topRight()).x() <= right
+    finally:
+        viewer.close()
