@@ -293,13 +293,13 @@ def explain_error(exc: BaseException, device: str) -> str:
 
 
 def mean_dice(model: Any, items: list[LabeledImage], label_size: int, device: Any,
-              seed: int = 0) -> float | None:
+              seed: int = 0, should_stop: Callable[[], bool] | None = None) -> float | None:
     """Mean Dice over the objects of ``items``: the engine's validation protocol, so
     the "before" number compares with the "after" one the engine measures."""
     from .train.evaluate import evaluate_model
 
     rows = evaluate_model(model, items, label_size=label_size, device=device,
-                          with_distances=False, seed=seed)
+                          with_distances=False, seed=seed, should_stop=should_stop)
     return float(np.mean([r["dice"] for r in rows])) if rows else None
 
 
@@ -330,15 +330,29 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
     outcome = FinetuneOutcome()
     run_dir: Path | None = None
     cfg = job.config
+
+    def stopped_early() -> bool:
+        """Stop pressed before training began: end now (Stop answers within 2 s)."""
+        if should_stop is None or not should_stop():
+            return False
+        outcome.stopped, outcome.stop_reason = True, "stopped before training began"
+        return True
+
     try:
         status("reading the training data...")
         items = job.collect()
+        if stopped_early():
+            return outcome
         if job.classes is not None:
             items = as_class_heads(items, [c.value for c in job.classes])
         split = split_validation(items, job.val_share, cfg.seed, by_class=job.classes is not None)
         outcome.split_note = split.note
+        if stopped_early():
+            return outcome
         status("loading the model...")
         model = job.load_model()
+        if stopped_early():
+            return outcome
         if job.classes is not None:
             from .model.classes import expand_classes
 
@@ -351,7 +365,10 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
             outcome.before_by_class = _class_dice(model, measured, cfg, device)
             outcome.before = _mean(outcome.before_by_class)
         else:
-            outcome.before = mean_dice(model, measured, cfg.val_label_size, device, cfg.seed)
+            outcome.before = mean_dice(model, measured, cfg.val_label_size, device, cfg.seed,
+                                       should_stop)
+        if stopped_early():
+            return outcome
 
         def progress(event: Any) -> None:
             if event.kind == "step":

@@ -322,8 +322,11 @@ class FinetuneWidget(QWidget):
             self.set_status("training failed")
             return
         if outcome.adapter is None:
-            show_warning("I-MedSAM: training stopped before its first step, so nothing was "
-                         "saved; press Train to start again")
+            if outcome.stop_reason == "stopped before training began":
+                show_info("I-MedSAM: stopped before training began; nothing was saved")
+            else:
+                show_warning("I-MedSAM: training stopped before its first step, so nothing "
+                             "was saved; press Train to start again")
             self.set_status("stopped: nothing saved")
             return
         note = f"new adapter {outcome.adapter.name}: {outcome.summary()}"

@@ -264,6 +264,26 @@ def test_stop_ends_within_a_couple_of_steps_with_the_best_adapter(make_napari_vi
     assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
 
 
+def test_stop_before_training_began_ends_the_run_there(make_napari_viewer, qtbot, notes,
+                                                    tiny_model):
+    """Stop pressed while the data are read, the model loads or the start is measured:
+    the run ends at the next of those phases (not after a training step, seconds later
+    on a CPU), nothing saved, no warning."""
+    viewer = _viewer_with_scenes(make_napari_viewer)
+    segment = _open(viewer, "Segment")
+    segment.model_combo.setCurrentText(tiny_model)
+    widget = _open(viewer)
+    _ready(widget, epochs=500)
+    widget.start_training()
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    outcome = widget.last_outcome
+    assert outcome.stopped and outcome.adapter is None and outcome.steps == 0
+    assert outcome.stop_reason == "stopped before training began"
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert not [n for n in notes if n[0] in ("warning", "error")], notes
+
+
 def test_go_to_the_next_most_uncertain(make_napari_viewer, qtbot, tiny_model, monkeypatch):
     viewer = make_napari_viewer()
     volume = np.full((5, 64, 96, 3), 30, np.uint8)
