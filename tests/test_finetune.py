@@ -291,7 +291,9 @@ def test_stop_keeps_best_so_far_and_an_immediate_stop_saves_nothing(tmp_path):
     nothing = ft.run_finetune(_job(tmp_path / "b", epochs=50), should_stop=lambda: True)
     assert nothing.adapter is None and nothing.error is None and nothing.steps == 0
     assert "nothing was saved" in nothing.summary()
-    assert list((tmp_path / "b" / "adapters").iterdir()) == []
+    assert nothing.stop_reason == "stopped before training began"
+    folder = tmp_path / "b" / "adapters"  # not even made: the stop came before training
+    assert not folder.exists() or list(folder.iterdir()) == []
 
 
 def test_run_errors_come_back_as_advice(tmp_path):
