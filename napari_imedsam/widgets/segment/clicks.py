@@ -80,6 +80,10 @@ class ClickTools:
         else:
             plane = wl.box_item(boxes, state.image, row).plane
             if plane is not None and any(self._plane(state, r) != plane for r in fresh):
+                joins = self._key_slice_of(state, row, {self._plane(state, r) for r in fresh})
+                if joins is not None:  # a key slice of the current object, from clicks
+                    self._new_object(state, fresh, joins)
+                    return
                 problem = (f"click on the object's slice ({plane}): each slice's object is "
                            "corrected on that slice")
         if problem is not None:
@@ -98,9 +102,27 @@ class ClickTools:
                                f"object {int(boxes.features['object_id'].iloc[row]) or key}...")
         self.widget.request_rows(state, [row])
 
-    def _new_object(self, state: ImageState, fresh: list[int]) -> None:
+    def _key_slice_of(self, state: ImageState, row: int, planes: set[int]) -> int | None:
+        """The current object's id when clicks on another slice make a key slice of it
+        ("a box on another slice is a key slice" checked; one slice, where the object
+        has no box yet), else None."""
+        volume = getattr(self.widget, "volume", None)
+        if volume is None or not volume.key_boxes.isChecked() or len(planes) != 1 \
+                or self.widget.settings.semantic():
+            return None
+        boxes = state.boxes
+        object_id = int(boxes.features["object_id"].iloc[row])
+        if object_id <= 0:
+            return None
+        ids = boxes.features["object_id"].to_numpy()
+        taken = {wl.box_item(boxes, state.image, r).plane for r in np.flatnonzero(ids == object_id)}
+        return None if planes & taken else object_id
+
+    def _new_object(self, state: ImageState, fresh: list[int],
+                    joins: int | None = None) -> None:
         """Clicks with no object being worked on: a new object, of clicks alone (its
-        rectangle, a frame around the answer, comes with the answer)."""
+        rectangle, a frame around the answer, comes with the answer). ``joins``: the
+        object id it takes instead, as a key slice of that object."""
         from ...boxes import take_plane
         from ...session_holder import Request
 
@@ -126,7 +148,10 @@ class ClickTools:
         spec = self.widget.settings.spec()
         request = Request(key, spec, take_plane(wl.level0(image), plane), plane, None,
                           state.window, owner=state.key, clicks=clicks)
-        self.widget.set_status("a new object from a click...")
+        if joins is not None:
+            state.key_ids[key] = joins
+        self.widget.set_status("a new object from a click..." if joins is None else
+                               f"slice {plane} of object {joins} from a click...")
         self.widget.queue(state, request)
         self.widget.start_next()
 

@@ -122,6 +122,9 @@ class ObjectEdits:
         self.replaying = True  # ours, recorded with the object's step
         try:
             row = wl.add_frame(state.boxes, state.image, key, box, request.plane)
+            joins = state.key_ids.pop(key, None)
+            if joins is not None:  # a click on another slice of an object: its key slice
+                wl.set_feature(state.boxes, row, "object_id", joins)
             wl.recolor(state.boxes)
         finally:
             self.replaying = False

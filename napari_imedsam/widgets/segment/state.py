@@ -44,6 +44,8 @@ class ImageState:
     #: object id -> {plane: fingerprints of the masks propagations wrote there}: a
     #: slice whose mask is none of them is the user's (a key slice, never overwritten).
     propagated: dict[int, dict[int, set[bytes]]] = field(default_factory=dict)
+    #: box_key of a clicks-only object -> the object id it joins as a key slice.
+    key_ids: dict[int, int] = field(default_factory=dict)
     #: Label values written in class-value labelling (a new id per box skips them).
     semantic_ids: set[int] = field(default_factory=set)
     journal: Journal = field(default_factory=Journal)

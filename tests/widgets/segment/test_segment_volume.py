@@ -183,6 +183,14 @@ def test_boxes_on_other_slices_are_key_slices_of_the_current_object(
     assert np.array_equal(obj[START], first) and np.array_equal(obj[11], key)
     for z in (8, 9, 10, 5):
         assert dice(obj[z], truth[z]) > 0.5, z
+    # A click on a slice where the object has no box of the user's makes a key slice too.
+    widget.boxes.selected_data = {1}
+    viewer.dims.set_current_step(0, 9)
+    rows, cols = np.nonzero(truth[9])
+    widget.state.points.add(np.array([[9, rows.mean(), cols.mean()]]))
+    qtbot.waitUntil(lambda: not widget.busy and len(widget.boxes.data) == 3, timeout=WAIT_MS)
+    assert int(widget.boxes.features["object_id"].iloc[2]) == oid
+    assert bool(widget.boxes.features["frame"].iloc[2])
     # Clear the key box on slice 11: its slice goes, the rest of the object stays.
     widget.boxes.selected_data = {1}
     widget.clear_current()
