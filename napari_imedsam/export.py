@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, io, saving
+from .inference.regions import output_grid
 
 FORMAT = "napari-imedsam export 1"
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".dcm")
@@ -100,11 +101,6 @@ def suggested_path(source: str | Path | None, layer_name: str,
         return path.parent / f"{stem}_labels.tif"
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer_name).strip("._")
     return Path(folder or Path.cwd()) / f"{safe or 'image'}_labels.tif"
-
-
-def fine_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    """The output grid of ``SegmentationSession.predict(scale=...)`` for an image grid."""
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
 def resample_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -212,7 +208,7 @@ def iter_labels_at_scale(labels: np.ndarray, objects: Sequence[ObjectBox], scale
     if decode is None:
         raise ValueError("labels at another scale need the model (a decode function)")
     planes = _planes(labels)
-    fine = fine_shape(labels.shape[-2:], scale)
+    fine = output_grid(labels.shape[-2:], scale)
     out = np.zeros((*labels.shape[:-2], *fine), np.int32)
     unc_out: np.ndarray | None = None
     info: list[dict[str, Any]] = []
@@ -290,7 +286,7 @@ def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
     smallest unsigned type that holds the record's largest id."""
     shape = tuple(record["image"]["shape"])
     scale = float(record["scale"])
-    fine = fine_shape(shape[-2:], scale)
+    fine = output_grid(shape[-2:], scale)
     ids = [record_id(obj) for obj in record["objects"]]
     out = np.zeros((*shape[:-2], *fine), saving.dtype_for_ids(max(ids, default=0)))
     by_plane: dict[int | None, list[dict[str, Any]]] = {}

@@ -19,7 +19,7 @@ def _disc_decoder(calls: list | None = None) -> ex.Decode:
     def decode(plane, boxes, scale):  # noqa: ANN001, ANN202
         if calls is not None:
             calls.append((plane, scale))
-        h, w = ex.fine_shape((40, 60), scale)
+        h, w = ex.output_grid((40, 60), scale)
         yy, xx = (np.mgrid[:h, :w] + 0.5) / scale  # pixel centres in image coordinates
         masks = []
         for x0, y0, x1, y1 in boxes:
@@ -47,7 +47,7 @@ def test_nearest_resampling_and_shapes():
     a = np.arange(6).reshape(2, 3)
     assert np.array_equal(ex.resample_nearest(a, (4, 6)), np.kron(a, np.ones((2, 2), int)))
     assert np.array_equal(ex.resample_nearest(np.kron(a, np.ones((2, 2), int)), (2, 3)), a)
-    assert ex.fine_shape((40, 60), 2.5) == (100, 150) and ex.fine_shape((3, 3), 0.25) == (1, 1)
+    assert ex.output_grid((40, 60), 2.5) == (100, 150) and ex.output_grid((3, 3), 0.25) == (1, 1)
 
 
 def test_scale_one_keeps_the_labels_as_they_are():

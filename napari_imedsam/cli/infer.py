@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ..model.config import DEVICE_CHOICES as DEVICES
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".gz", ".dcm")
 
 
 def _box(text: str) -> list[float]:

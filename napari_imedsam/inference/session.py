@@ -27,7 +27,7 @@ from .cache import EmbeddingCache, content_key
 from .clicks import Clicks
 from .fast_decoder import FastDecoder
 from .intensity import Window, to_encoder_rgb
-from .regions import Region
+from .regions import Region, output_grid
 
 
 #: Output pixels decoded at once for one box (a tile's side is at most 512).
@@ -530,11 +530,6 @@ class SegmentationSession:
                                padding_mode="border")[0, 0, :, 0]
         prob = torch.sigmoid(logits).cpu().numpy()
         return prob[None] if shape is None else prob.reshape(1, *shape)
-
-
-def output_grid(shape: tuple[int, int], scale: float) -> tuple[int, int]:
-    """The output grid of an ``(H, W)`` image at ``scale``: each side rounded, at least 1."""
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
 
 
 def _clamp_to_image(points: torch.Tensor, letterbox: Letterbox, map_size: int) -> torch.Tensor:

@@ -50,3 +50,18 @@ def browse(parent: Any, kind: Literal["folder", "open", "save"], title: str, *,
         return QFileDialog.getOpenFileName(parent, title, start, filters)[0]
     return QFileDialog.getSaveFileName(parent, title, start, filters,
                                        options=QFileDialog.Option.DontConfirmOverwrite)[0]
+
+
+def with_button(field: Any, text: str, slot: Callable[[], Any]) -> Any:
+    """``field`` with a small button after it ("..." to browse), as one widget."""
+    from qtpy.QtWidgets import QHBoxLayout, QPushButton, QWidget
+
+    box = QWidget()
+    row = QHBoxLayout(box)
+    row.setContentsMargins(0, 0, 0, 0)
+    button = QPushButton(text)
+    button.setMaximumWidth(30)
+    button.clicked.connect(slot)
+    row.addWidget(field, 1)
+    row.addWidget(button)
+    return box

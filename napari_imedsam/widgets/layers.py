@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from ..boxes import Box, box_from_vertices, plane_index
+from ..boxes import Box, box_from_vertices, plane_index, spatial_shape
 from ..journal import write_pixels
 
 BOXES, MASKS, UNCERTAINTY, POINTS = "boxes", "masks", "uncertainty", "points"
@@ -46,8 +46,7 @@ def level0(layer: Any) -> Any:
 
 def image_spatial_shape(image: Image) -> tuple[int, ...]:
     """Shape of the labels that go with ``image`` (full resolution, no colour axis)."""
-    shape = level0(image).shape
-    return tuple(shape[:-1]) if image.rgb else tuple(shape)
+    return spatial_shape(level0(image).shape, bool(image.rgb))
 
 
 def is_ours(layer: Any, role: str | None = None) -> bool:

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as wl
-from ..common import browse
+from ..common import browse, with_button
 from ... import finetune as ft
 from .pairs import PairsTable
 
@@ -209,17 +209,4 @@ def group(title: str, *parts: Any) -> QGroupBox:
     layout = QVBoxLayout(box)
     for part in parts:
         (layout.addLayout if not isinstance(part, QWidget) else layout.addWidget)(part)
-    return box
-
-
-def with_button(field: QWidget, text: str, slot: Any) -> QWidget:
-    """``field`` with a small button after it (e.g. "..." to browse)."""
-    box = QWidget()
-    row = QHBoxLayout(box)
-    row.setContentsMargins(0, 0, 0, 0)
-    button = QPushButton(text)
-    button.setMaximumWidth(30)
-    button.clicked.connect(slot)
-    row.addWidget(field, 1)
-    row.addWidget(button)
     return box

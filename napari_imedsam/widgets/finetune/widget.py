@@ -29,7 +29,8 @@ from ..common import browse
 from . import link
 from ... import adapter_store as store
 from ... import finetune as ft
-from .data import DataBox, group, narrow, with_button
+from ..common import with_button
+from .data import DataBox, group, narrow
 from .suggest import SuggestBox
 from .plot import TrainingPlot
 from ...model.config import DEVICE_CHOICES

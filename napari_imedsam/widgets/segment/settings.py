@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget,
 )
 
-from ..common import browse
+from ..common import browse, with_button
 from ...model.config import DEVICE_CHOICES
 from ...session_holder import MODEL_CHOICES, ModelSpec
 
@@ -80,8 +80,8 @@ class SettingsForm(QWidget):
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("model", _with_browse(self.model_combo, self._browse_model))
-        form.addRow("adapter", _with_browse(self.adapter_edit, self._browse_adapter))
+        form.addRow("model", with_button(self.model_combo, "...", self._browse_model))
+        form.addRow("adapter", with_button(self.adapter_edit, "...", self._browse_adapter))
         form.addRow("decoder", self.decoder_combo)
         form.addRow("device", self.device_combo)
         form.addRow("CT window", self.window_combo)
@@ -195,16 +195,3 @@ def _looks_grey(image: Any, is_grey: Any) -> bool:
     data = image.data[-1] if getattr(image, "multiscale", False) else image.data
     step = max(1, data.shape[-3] // 64)
     return is_grey(__import__("numpy").asarray(data[..., ::step, :, :]))
-
-
-def _with_browse(field: QWidget, slot: Any) -> QWidget:
-    """``field`` with a small "..." button that opens a file picker."""
-    box = QWidget()
-    row = QHBoxLayout(box)
-    row.setContentsMargins(0, 0, 0, 0)
-    button = QPushButton("...")
-    button.setMaximumWidth(30)
-    button.clicked.connect(slot)
-    row.addWidget(field, 1)
-    row.addWidget(button)
-    return box
