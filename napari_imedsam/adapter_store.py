@@ -36,11 +36,9 @@ def adapter_stem(model_name: str, when: _dt.datetime | None = None) -> str:
 
 
 def _candidates(folder: Path, stem: str):  # noqa: ANN202
-    yield folder / f"{stem}.safetensors"
-    n = 2
-    while True:
-        yield folder / f"{stem}-{n}.safetensors"
-        n += 1
+    from .saving import numbered
+
+    return numbered(folder / f"{stem}.safetensors")
 
 
 def _taken(path: Path) -> bool:

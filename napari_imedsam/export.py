@@ -335,13 +335,9 @@ def targets_for(path: str | Path, with_uncertainty: bool) -> ExportTarget:
 
 def free_targets(path: str | Path, with_uncertainty: bool) -> ExportTarget:
     """:func:`targets_for` with ``NAME-2``, ``NAME-3``... until none of the files exist."""
-    path = Path(path)
-    stem, suffix = _split_name(path)
-    target, n = targets_for(path, with_uncertainty), 2
-    while any(p.exists() for p in target.paths()):
-        target = targets_for(path.with_name(f"{stem}-{n}{suffix}"), with_uncertainty)
-        n += 1
-    return target
+    _split_name(Path(path))  # a name export can write, else the one-line refusal
+    targets = (targets_for(candidate, with_uncertainty) for candidate in saving.numbered(path))
+    return next(t for t in targets if not any(p.exists() for p in t.paths()))
 
 
 @dataclass

@@ -49,20 +49,23 @@ def dtype_for_ids(largest: int) -> np.dtype:
     raise ValueError(f"label id {largest} does not fit in 64 bits")
 
 
-def free_path(path: str | Path) -> Path:
-    """``path`` if nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``...
-
-    Double suffixes such as ``.nii.gz`` stay whole.
-    """
+def numbered(path: str | Path) -> Iterator[Path]:
+    """``path``, then ``NAME-2.EXT``, ``NAME-3.EXT``... without end (the one "next free
+    name" sequence: saves, exports and adapters all number this way). Double suffixes
+    such as ``.nii.gz`` stay whole."""
     path = Path(path)
-    if not path.exists():
-        return path
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    yield path
     n = 2
-    while (candidate := path.with_name(f"{stem}-{n}{suffix}")).exists():
+    while True:
+        yield path.with_name(f"{stem}-{n}{suffix}")
         n += 1
-    return candidate
+
+
+def free_path(path: str | Path) -> Path:
+    """``path`` if nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``..."""
+    return next(p for p in numbered(path) if not p.exists())
 
 
 def save_new(path: str | Path, save: Callable[[Path], Path], attempts: int = 100) -> Path:
