@@ -11,7 +11,7 @@ instead). Between two key slices each side fills its half.
 
 Everything here works on numpy arrays and plain callbacks, so the logic is
 tested without a viewer and can be reused by scripts. The napari side
-(``widgets.segment.volume``) only supplies ``segment_slice`` and writes the masks.
+(``widgets.segment.propagate``) only supplies ``segment_slice`` and writes the masks.
 
 Boxes are in the session's pixel-edge convention (x0, y0, x1, y1), pixel
 ``i`` spanning ``[i, i + 1]`` (see ``boxes``).

@@ -41,7 +41,7 @@ from .series import SeriesControls
 from .settings import SettingsForm
 from .state import ImageState, segmentable_images
 from .uncertainty import UncertaintyView
-from .volume import VolumeTools
+from .propagate import VolumeTools
 from .zoom import ZoomPreview
 
 HELP = (
