@@ -98,24 +98,12 @@ def spec_classes(spec: ModelSpec, pinned: Any = None) -> tuple[Any, ...]:
     if adapter is None:
         return default_classes(1)
     try:
-        config = _adapter_json(adapter)
+        from .model.adapter_config import read_adapter_config
+
+        config = read_adapter_config(adapter)
         return classes_from_json(config.get("classes"), int(config["model"]["num_classes"]))
     except Exception:  # noqa: BLE001 - an unreadable adapter is reported when it loads
         return default_classes(1)
-
-
-def _adapter_json(path: str) -> dict[str, Any]:
-    """An adapter's JSON: the file beside it, else the safetensors header's copy."""
-    import json
-    from pathlib import Path
-
-    beside = Path(path).with_suffix(".json")
-    if beside.is_file():
-        return json.loads(beside.read_text())
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        return json.loads((f.metadata() or {})["imedsam_config"])
 
 
 def explain(exc: BaseException, spec: ModelSpec, *, loading: bool) -> str:

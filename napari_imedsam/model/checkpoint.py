@@ -19,13 +19,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .. import __version__
+from .adapter_config import (  # noqa: F401 - the adapter format, re-exported
+    FORMAT, FORMAT_VERSION, json_path, read_adapter_config, unreadable,
+)
 from .classes import classes_from_json, classes_of
 from .config import ModelConfig
 from .modeling.imedsam import IMedSAM
 from .weights import CheckpointError
 
-FORMAT = "napari-imedsam-adapter"
-FORMAT_VERSION = 1
 Scope = Literal["adapters", "full"]
 
 # State-dict keys that belong to the adapter scope.
@@ -61,10 +62,6 @@ def _file_sha256(path: Path) -> str:
     from .weights import sha256_file
 
     return sha256_file(path)
-
-
-def json_path(path: str | Path) -> Path:
-    return Path(path).with_suffix(".json")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -119,43 +116,8 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(_unreadable(Path(path), exc)) from exc
+        raise CheckpointError(unreadable(Path(path), exc)) from exc
     return tensors, config
-
-
-def _unreadable(path: Path, exc: BaseException) -> str:
-    return (f"{path} is not a readable safetensors adapter ({exc}). It may be truncated or of "
-            "another type; adapters are the .safetensors files written by napari-imedsam.")
-
-
-def read_adapter_config(path: str | Path) -> dict[str, Any]:
-    """An adapter's JSON config from its safetensors header (else the JSON beside it),
-    checked; no tensor is read. Failures are :class:`CheckpointError` s."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"adapter file {path} does not exist")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(_unreadable(path, exc)) from exc
-    text = metadata.get("imedsam_config")
-    if text is None and json_path(path).is_file():
-        text = json_path(path).read_text()
-    try:
-        config = json.loads(text) if text else None
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: its JSON config is corrupt ({exc})") from exc
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a napari-imedsam adapter")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer napari-imedsam ({config.get('package_version')}); "
-            "upgrade the package to load it"
-        )
-    return config
 
 
 def adapter_model_config(config: dict[str, Any]) -> ModelConfig:
