@@ -40,6 +40,9 @@ SEGMENT_TYPES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
 }
 DEFAULT_SEGMENT_TYPE = "organ"
 
+#: Largest BINARY pixel array (one byte per voxel and segment) built for a SEG; more
+#: objects than that go as a LABELMAP (one frame per slice), which stays small.
+MAX_BINARY_BYTES = 2 << 30
 #: How a segment remembers the label value it was written from (its tracking ID).
 _TRACKING = "napari-imedsam label {value}"
 _TRACKING_RE = re.compile(r"^napari-imedsam label (\d+)$")
@@ -175,6 +178,12 @@ def build_seg(labels: np.ndarray, source_files: Sequence[str | Path],
         frames = np.zeros((int(headers[0].NumberOfFrames), rows, cols), volume.dtype)
         frames[np.asarray(source_frames, int) - 1] = volume
         volume = frames
+    if not labelmap and volume.size * len(segments) > MAX_BINARY_BYTES:
+        raise ValueError(f"{len(segments)} segments on {volume.shape[0]} slice(s) of "
+                         f"{cols} x {rows} need {volume.size * len(segments) / 2**30:.1f} GiB "
+                         "as BINARY frames: export as a labelmap (one frame per slice)")
+    if labelmap and len(segments) > 65535:
+        raise ValueError(f"a labelmap SEG holds at most 65535 segments, not {len(segments)}")
     if labelmap:
         pixels = np.zeros(volume.shape, np.uint16 if len(segments) > 255 else np.uint8)
         for number, segment in enumerate(segments, 1):
@@ -232,25 +241,31 @@ def read_seg(path: str | Path, source_files: Sequence[str | Path],
                          "open its own series first (or put the SEG beside it)")
     try:
         seg = hd.seg.segread(str(path))
+        # Combined: one (Z, H, W) array of segment numbers, whatever the number of
+        # segments (per-segment arrays grow with it; and highdicom 0.28.2 returned a
+        # LABELMAP's numbers above 255 modulo 256 that way). Segments never overlap in
+        # what this package writes; a SEG whose segments do is refused by highdicom.
+        options = {"combine_segments": True, "relabel": False, "dtype": np.int32,
+                   "assert_missing_frames_are_empty": True}
         if source_frames is not None:
-            frames = seg.get_pixels_by_source_frame(
+            numbers = seg.get_pixels_by_source_frame(
                 source_sop_instance_uid=str(headers[0].SOPInstanceUID),
-                source_frame_numbers=[int(f) for f in source_frames],
-                combine_segments=False, assert_missing_frames_are_empty=True)
+                source_frame_numbers=[int(f) for f in source_frames], **options)
         else:
-            frames = seg.get_pixels_by_source_instance(
-                source_sop_instance_uids=[str(h.SOPInstanceUID) for h in headers],
-                combine_segments=False, assert_missing_frames_are_empty=True)
+            numbers = seg.get_pixels_by_source_instance(
+                source_sop_instance_uids=[str(h.SOPInstanceUID) for h in headers], **options)
     except Exception as exc:  # noqa: BLE001 - highdicom's words name no file
         raise ValueError(f"{name}: the DICOM SEG cannot be read onto its series "
                          f"({' '.join(str(exc).split())[:160]})") from exc
-    numbers = [int(n) for n in seg.segment_numbers]
-    labels = np.zeros(frames.shape[:3], np.int32)
+    segment_numbers = [int(n) for n in seg.segment_numbers]
+    lookup = np.zeros(max(segment_numbers, default=0) + 1, np.int32)
     names: dict[int, str] = {}
-    for i, number in enumerate(numbers):
+    for number in segment_numbers:
         description = seg.get_segment_description(number)
         match = _TRACKING_RE.match(str(getattr(description, "tracking_id", "") or ""))
         value = int(match.group(1)) if match else number
-        labels[np.asarray(frames[..., i]) > 0] = value
+        lookup[number] = value
         names[value] = str(description.segment_label)
+    numbers = np.asarray(numbers)
+    labels = lookup[np.clip(numbers, 0, len(lookup) - 1)].astype(np.int32)
     return ReadSeg(labels, names, wanted)

@@ -105,6 +105,19 @@ def test_a_seg_of_another_series_is_refused_naming_both(tmp_path, series):
         dicom_seg.write_seg(tmp_path / "bad.dcm", labels[:3], loaded.dicom_files,
                             dicom_seg.segments_for(labels))
     assert not (tmp_path / "bad.dcm").exists()
+    # Memory stays bounded with many objects: BINARY frames past the limit are refused
+    # with the way out (a labelmap), which writes them.
+    many = np.zeros((6, 40, 48), np.int32)
+    many[2].flat[:300] = np.arange(1, 301)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(dicom_seg, "MAX_BINARY_BYTES", 1 << 20)
+    with pytest.raises(ValueError, match="labelmap"):
+        dicom_seg.write_seg(tmp_path / "many.dcm", many, loaded.dicom_files,
+                            dicom_seg.segments_for(many))
+    out = dicom_seg.write_seg(tmp_path / "many.dcm", many, loaded.dicom_files,
+                              dicom_seg.segments_for(many), labelmap=True)
+    monkey.undo()
+    assert np.array_equal(dicom_seg.read_seg(out, loaded.dicom_files).labels, many)
     with pytest.raises(ValueError, match="segment type"):
         dicom_seg.write_seg(tmp_path / "bad.dcm", labels, loaded.dicom_files,
                             [dicom_seg.Segment(3, "x", "bone marrow")])
