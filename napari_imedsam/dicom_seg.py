@@ -255,8 +255,9 @@ def read_seg(path: str | Path, source_files: Sequence[str | Path],
             numbers = seg.get_pixels_by_source_instance(
                 source_sop_instance_uids=[str(h.SOPInstanceUID) for h in headers], **options)
     except Exception as exc:  # noqa: BLE001 - highdicom's words name no file
-        raise ValueError(f"{name}: the DICOM SEG cannot be read onto its series "
-                         f"({' '.join(str(exc).split())[:160]})") from exc
+        raise ValueError(f"{name}: the DICOM SEG is damaged or cannot be placed on its series "
+                         f"({' '.join(str(exc).split())[:160]}); copy or export it again"
+                         ) from exc
     segment_numbers = [int(n) for n in seg.segment_numbers]
     lookup = np.zeros(max(segment_numbers, default=0) + 1, np.int32)
     names: dict[int, str] = {}
