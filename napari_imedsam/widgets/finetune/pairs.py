@@ -63,14 +63,21 @@ class PairsTable(QTableWidget):
         info = [(i, im.name, wl.image_spatial_shape(im)) for i, im in images]
         self.blockSignals(True)
         self.setRowCount(0)
+        rows = []
         for index, layer in enumerate(viewer.layers):
             if not isinstance(layer, Labels) or (wl.is_ours(layer)
                                                  and not wl.is_ours(layer, wl.MASKS)):
                 continue  # the Segment widget's previews are views, not labels
             shape = tuple(wl.level0(layer).shape)
-            guess = guess_image(layer.name, index, shape, info)
-            use, chosen = self._choices.get(
-                layer.name, (any(tuple(s) == shape for *_, s in info), guess))
+            rows.append((layer, shape, guess_image(layer.name, index, shape, info)))
+        # Images with labels of the user's own (ground truth): the Segment widget's masks
+        # of those images (the model's answers) are offered but not ticked by default.
+        truth = {guess for layer, shape, guess in rows if not wl.is_ours(layer)
+                 and any(tuple(s) == shape for *_, s in info)}
+        for layer, shape, guess in rows:
+            default = any(tuple(s) == shape for *_, s in info) and not (
+                wl.is_ours(layer, wl.MASKS) and guess in truth)
+            use, chosen = self._choices.get(layer.name, (default, guess))
             row = self.rowCount()
             self.insertRow(row)
             check = QTableWidgetItem()

@@ -126,6 +126,21 @@ def test_table_pairs_layers_and_counts_objects_and_slices(make_napari_viewer, qt
     assert widget.recount()[:2] == (1, 1)
 
 
+def test_the_segment_widgets_masks_are_not_ticked_where_the_user_has_labels(
+        make_napari_viewer, qtbot):
+    """The model's answers (the Segment widget's masks) are training data only where
+    the user has no labels of their own for the image."""
+    viewer = make_napari_viewer()
+    for name in ("scan_a", "scan_b"):
+        viewer.add_image(np.zeros((32, 40), np.uint8), name=name)
+        viewer.add_labels(np.ones((32, 40), np.int32), name=f"{name} masks", metadata={
+            "napari_imedsam": "masks", "napari_imedsam_image": name})
+    viewer.add_labels(np.ones((32, 40), np.int32), name="scan_a truth")
+    widget = _open(viewer)
+    used = [labels for _, labels, _ in widget.pairs_table.used_rows()]
+    assert sorted(used) == ["scan_a truth", "scan_b masks"], used
+
+
 def test_refuses_clearly_and_changes_nothing(make_napari_viewer, qtbot, notes, monkeypatch):
     viewer = make_napari_viewer()
     image, labels = _scene(0)
