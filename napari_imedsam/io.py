@@ -261,6 +261,8 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
     for s in slices:
         groups.setdefault(str(getattr(s, "SeriesInstanceUID", "")), []).append(s)
     several = len(groups) > 1
+    for members in groups.values():
+        _check_dicom_sizes(members, path)
     out = []
     for number, members in enumerate(groups.values(), 1):
         name = f"{path} (series {number}: {_series_label(members[0])})" if several else str(path)
@@ -271,6 +273,27 @@ def read_dicom_series(path: str | Path | list[str | Path]) -> list[LoadedImage]:
         out.append(_enhanced_volume(members[0], name) if enhanced
                    else _dicom_volume(members, name))
     return out
+
+
+def _check_dicom_sizes(slices: list[Any], source: Path) -> None:
+    """Before any pixel is decoded: each compressed file expands within the compression's
+    bounds, and the series as a float32 volume fits the memory ceiling
+    (``check_decoded_size``)."""
+    total = 0
+    for ds in slices:
+        rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        compressed = bool(getattr(syntax, "is_compressed", False))
+        file = getattr(ds, "filename", None)
+        if file and compressed:  # (a short uncompressed file is named when it is decoded)
+            check_decoded_size(file, (frames, rows, cols, samples), max(1, bits // 8),
+                               True, stored_bytes=frames * rows * cols * samples * bits / 8)
+        total += frames * rows * cols * samples
+    check_decoded_size(source if source.exists() else Path("."), (total,), 4, True,
+                       max_expansion=None)
 
 
 def _is_enhanced(ds: Any) -> bool:

@@ -230,3 +230,14 @@ def test_a_multi_frame_image_opens_sorted_and_its_seg_references_its_frames(tmp_
 
     layers = get_dicom_reader(str(out))(str(out))
     assert np.array_equal(layers[-1][0], labels) and layers[0][2] == "image"
+
+
+def test_a_series_too_large_to_decode_is_refused_before_decoding(tmp_path, monkeypatch):
+    """The whole series as a float32 volume is checked against the memory ceiling
+    before any pixel is decoded."""
+    ct_series(tmp_path / "ct", np.zeros((6, 40, 48), np.int16))
+    monkeypatch.setenv("IMEDSAM_MAX_IMAGE_BYTES", str(6 * 40 * 48 * 4 - 1))
+    with pytest.raises(ValueError, match="IMEDSAM_MAX_IMAGE_BYTES"):
+        read_dicom(tmp_path / "ct")
+    monkeypatch.setenv("IMEDSAM_MAX_IMAGE_BYTES", str(6 * 40 * 48 * 4))
+    assert read_dicom(tmp_path / "ct").data.shape == (6, 40, 48)
