@@ -187,10 +187,21 @@ class VolumeTools(QGroupBox):
         return {} if state is None else state.plane_boxes
 
     def boxes_on_plane(self, plane: int | None) -> list[tuple[int, Box]]:
-        """(object_id, box) of the propagated objects on ``plane``."""
-        if plane is None:
+        """(object_id, box) of the propagated objects on ``plane`` whose slice is as the
+        propagation wrote it: a slice the user corrected is theirs, and decoding the
+        propagated box again (the zoom preview) would show the model over their edit."""
+        state, masks = self.widget.state, self.widget.masks
+        if plane is None or state is None or masks is None:
             return []
-        return [(oid, boxes[plane]) for oid, boxes in self.plane_boxes.items() if plane in boxes]
+        found = []
+        for oid, boxes in self.plane_boxes.items():
+            if plane not in boxes:
+                continue
+            written = state.propagated.get(oid, {}).get(plane)
+            if written is not None and mask_digest(masks.data[plane] == oid) not in written:
+                continue  # corrected since
+            found.append((oid, boxes[plane]))
+        return found
 
     # -- common ------------------------------------------------------------------
     def _volume(self) -> tuple[Any, tuple[int, ...]] | None:

@@ -126,11 +126,14 @@ def test_corrected_slices_guide_propagation_and_are_never_overwritten(
     propagated = masks.data == oid
     assert propagated[10].any() and propagated[4].any()
 
+    assert [o for o, _ in tools.boxes_on_plane(10)] == [oid]  # the zoom preview's boxes
     corrected = truth[10].copy()  # the user paints slice 10 as it should be, with a notch
     corrected[:, :40] = False
     masks.data[10][masks.data[10] == oid] = 0
     masks.data[10][corrected] = oid
     masks.refresh()
+    # The preview no longer decodes the propagated box over the user's correction.
+    assert tools.boxes_on_plane(10) == [] and [o for o, _ in tools.boxes_on_plane(9)] == [oid]
     tools.propagate_button.click()
     qtbot.waitUntil(lambda: not tools.busy, timeout=WAIT_MS)
     again = masks.data == oid
