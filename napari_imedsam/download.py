@@ -80,3 +80,16 @@ def fetch_steps(name: str, should_stop: Callable[[], bool]
     if "error" in outcome:
         raise outcome["error"]
     return outcome["path"]
+
+
+# -- worker body (run in a napari thread worker; never raises) --------------------
+
+def download_body(name: str, should_stop: Callable[[], bool]
+                  ) -> Generator[tuple[int, int], None, tuple[Any, Exception | None]]:
+    """Worker body: ``(path, None)`` or ``(None, error)``. Errors are returned inside a
+    tuple: a raised one would reach napari's worker machinery (a traceback instead of
+    advice), and superqt treats a returned bare exception as a dead worker."""
+    try:
+        return (yield from fetch_steps(name, should_stop)), None
+    except Exception as exc:  # noqa: BLE001
+        return None, exc

@@ -501,3 +501,22 @@ def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | 
         "objects": listed,
         "ids_without_box": sorted(int(i) for i in unboxed),
     }
+
+
+# -- worker body (run in a napari thread worker; never raises) --------------------
+
+def export_body(holder: Any, spec: Any, data: Any, window: str | None, labels: np.ndarray,
+                objects: list[ObjectBox], scale: float,
+                ) -> Generator[tuple[int, int], None, ExportedLabels | str]:
+    """Worker body: decodes at ``scale``; returns the labels, or an error message."""
+    from .session_holder import SessionError
+
+    try:
+        session = holder.load(spec)
+    except SessionError as exc:
+        return str(exc)
+    try:
+        decode = session_decoder(session, data, window, holder.lock, decoder=spec.decoder)
+        return (yield from iter_labels_at_scale(labels, objects, scale, decode))
+    except Exception as exc:  # noqa: BLE001
+        return f"Export failed: {exc}"

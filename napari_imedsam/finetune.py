@@ -428,3 +428,34 @@ def format_duration(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60} min {s % 60} s"
     return f"{s} s"
+
+
+# -- worker bodies (run in napari thread workers) ----------------------------------
+
+def train_body(job: dict[str, Any], fields: dict[str, Any],
+               **callbacks: Any) -> FinetuneOutcome:
+    """Worker body: torch comes in here, with Triton hidden (see ``model.torch_guard``)."""
+    from .model.torch_guard import import_torch
+
+    import_torch()
+    from .train.engine import TrainConfig
+
+    return run_finetune(FinetuneJob(config=TrainConfig(**fields), **job), **callbacks)
+
+
+def collect_all(pairs: list[LayerPair], choice: SliceChoice, window: str | None,
+                folder: str | None) -> list:
+    """Samples from the layers plus the optional folder (runs in the worker)."""
+    from .train.data import load_folder
+
+    items = []
+    try:
+        items = collect(pairs, choice, window).items
+    except DataError:
+        if folder is None:
+            raise
+    if folder is not None:
+        items += load_folder(folder)
+    if not items:
+        raise DataError("no labelled objects to train on")
+    return items

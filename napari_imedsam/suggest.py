@@ -117,3 +117,26 @@ def suggest(session_for: Callable[[], Any], pairs: Sequence[Any], window: str | 
     session = session_for()
     scores = score_items(session, collected.items, should_stop=should_stop)
     return Suggestions(collected.origins, scores)
+
+
+# -- worker body (run in a napari thread worker; never raises) --------------------
+
+def rank_body(session_for: Any, pairs: list, window: str | None,
+              should_stop: Any) -> Suggestions | str:
+    """Worker body: the ranking, or a message saying what to do (never raises)."""
+    from .finetune import DataError
+    from .model.torch_guard import import_torch
+    from .session_holder import SessionError
+
+    try:
+        import_torch()  # before the model loads: Triton hidden (see ``model.torch_guard``)
+        return suggest(session_for, pairs, window, should_stop=should_stop)
+    except (DataError, NoUncertainty) as exc:
+        return f"cannot rank: {exc}"
+    except SessionError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+            return "ranking ran out of memory: choose device 'cpu' or fewer layers"
+        return f"ranking failed: {text}"

@@ -18,8 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ... import suggest as sg
-from ...session_holder import SessionError, SessionHolder
-from ...model.torch_guard import import_torch
+from ...session_holder import SessionHolder
 from ...finetune import DataError
 
 
@@ -82,7 +81,7 @@ class SuggestBox(QGroupBox):
             session.use_class(spec.head)
             return session
 
-        worker = create_worker(_rank, session_for, pairs, window, self._stop.is_set,
+        worker = create_worker(sg.rank_body, session_for, pairs, window, self._stop.is_set,
                                _start_thread=False)
         worker.returned.connect(self._on_ranked)
         worker.finished.connect(self._on_finished)
@@ -139,18 +138,3 @@ def _where(origin: Any) -> str:
         f"{origin.image_name} slice {origin.plane}"
 
 
-def _rank(session_for: Any, pairs: list, window: str | None,
-          should_stop: Any) -> sg.Suggestions | str:
-    """Worker body: the ranking, or a message saying what to do (never raises)."""
-    try:
-        import_torch()  # before the model loads: Triton hidden (see ``model.torch_guard``)
-        return sg.suggest(session_for, pairs, window, should_stop=should_stop)
-    except (DataError, sg.NoUncertainty) as exc:
-        return f"cannot rank: {exc}"
-    except SessionError as exc:
-        return str(exc)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
-        text = str(exc) or type(exc).__name__
-        if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-            return "ranking ran out of memory: choose device 'cpu' or fewer layers"
-        return f"ranking failed: {text}"

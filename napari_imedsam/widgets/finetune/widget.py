@@ -35,7 +35,6 @@ from .suggest import SuggestBox
 from .plot import TrainingPlot
 from ...model.config import DEVICE_CHOICES
 from ...session_holder import MODEL_CHOICES, ModelSpec
-from ...model.torch_guard import import_torch
 
 MODES = {"quick: decoder only (CPU)": "decoder",
          "adapters: LoRA + frequency + decoder (GPU)": "adapters"}
@@ -237,7 +236,7 @@ class FinetuneWidget(QWidget):
         fields = self._train_fields(trained, classes is not None)
         job = dict(
             load_model=partial(link.load_start_model, spec.name, adapter, pinned),
-            collect=partial(_collect_all, pairs, self.data.slice_choice(), window, folder),
+            collect=partial(ft.collect_all, pairs, self.data.slice_choice(), window, folder),
             val_share=self.val_spin.value() / 100.0,
             out_dir=Path(self.out_edit.text().strip() or store.default_adapter_dir()),
             stem=store.adapter_stem(spec.name),
@@ -254,7 +253,7 @@ class FinetuneWidget(QWidget):
         def should_stop() -> bool:  # the Stop button, or napari closing (worker.quit())
             return self._stop.is_set() or bool(workers and workers[0].abort_requested)
 
-        worker = create_worker(_train_worker, job, fields, on_progress=self._bridge.event.emit,
+        worker = create_worker(ft.train_body, job, fields, on_progress=self._bridge.event.emit,
                                should_stop=should_stop, on_status=self._bridge.status.emit,
                                _start_thread=False)
         workers.append(worker)
@@ -382,28 +381,3 @@ def _dock_of(widget: QWidget) -> QDockWidget | None:
     return parent
 
 
-def _train_worker(job: dict[str, Any], fields: dict[str, Any],
-                  **callbacks: Any) -> ft.FinetuneOutcome:
-    """Worker body: torch comes in here, with Triton hidden (see ``model.torch_guard``)."""
-    import_torch()
-    from ...train.engine import TrainConfig
-
-    return ft.run_finetune(ft.FinetuneJob(config=TrainConfig(**fields), **job), **callbacks)
-
-
-def _collect_all(pairs: list[ft.LayerPair], choice: ft.SliceChoice, window: str | None,
-                 folder: str | None) -> list:
-    """Samples from the layers plus the optional folder (runs in the worker)."""
-    from ...train.data import load_folder
-
-    items = []
-    try:
-        items = ft.collect(pairs, choice, window).items
-    except ft.DataError:
-        if folder is None:
-            raise
-    if folder is not None:
-        items += load_folder(folder)
-    if not items:
-        raise ft.DataError("no labelled objects to train on")
-    return items

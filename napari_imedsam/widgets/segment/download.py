@@ -11,7 +11,7 @@ in the cache; a cancel or a failure drops it and says what to do offline.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -19,19 +19,8 @@ from napari.utils.notifications import show_error, show_info
 from napari.utils.progress import cancelable_progress
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from ...download import fetch_steps, offline_advice, registry_name
+from ...download import download_body, offline_advice, registry_name
 from ...model import weights
-
-
-def _download_body(name: str, should_stop: Callable[[], bool]
-                   ) -> Generator[tuple[int, int], None, tuple[Any, Exception | None]]:
-    """Worker body: ``(path, None)`` or ``(None, error)``. Errors are returned inside a
-    tuple: a raised one would reach napari's worker machinery (a traceback instead of
-    advice), and superqt treats a returned bare exception as a dead worker."""
-    try:
-        return (yield from fetch_steps(name, should_stop)), None
-    except Exception as exc:  # noqa: BLE001
-        return None, exc
 
 
 class DownloadControls(QWidget):
@@ -85,7 +74,7 @@ class DownloadControls(QWidget):
             total=max(1, entry.size // 1000),
             desc=f"I-MedSAM: downloading {entry.filename} ({entry.size_mb:.0f} MB)")
         pbar, stop = self._pbar, self._stop
-        worker = create_worker(_download_body, name, lambda: stop.is_set() or pbar.is_canceled,
+        worker = create_worker(download_body, name, lambda: stop.is_set() or pbar.is_canceled,
                                _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_done)

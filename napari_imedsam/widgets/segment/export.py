@@ -10,7 +10,6 @@ user chooses between replacing it, a new name (``NAME-2``) and cancelling.
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from .. import layers as wl
 from ... import export as ex
 from ..._reader import SOURCE_KEY
 from ..._writer import spacing_of
-from ...session_holder import SessionError, SessionHolder
 
 FILTERS = ("TIFF (*.tif *.tiff);;PNG, 2D only (*.png);;NIfTI (*.nii.gz *.nii);;"
            "DICOM SEG, images from a DICOM series (*.dcm)")
@@ -72,21 +70,6 @@ def geometry_of(image: Any) -> tuple[ex.Geometry, dict[str, Any]]:
     return ex.Geometry(spatial, spacing, unit, None if affine is None else np.asarray(affine),
                        tuple(files) if files else None,
                        tuple(int(f) for f in frames) if frames else None), info
-
-
-def _export_body(holder: SessionHolder, spec: Any, data: Any, window: str | None, labels: np.ndarray,
-                 objects: list[ex.ObjectBox], scale: float,
-                 ) -> Generator[tuple[int, int], None, ex.ExportedLabels | str]:
-    """Worker body: decodes at ``scale``; returns the labels, or an error message."""
-    try:
-        session = holder.load(spec)
-    except SessionError as exc:
-        return str(exc)
-    try:
-        decode = ex.session_decoder(session, data, window, holder.lock, decoder=spec.decoder)
-        return (yield from ex.iter_labels_at_scale(labels, objects, scale, decode))
-    except Exception as exc:  # noqa: BLE001
-        return f"Export failed: {exc}"
 
 
 class ExportControls(QGroupBox):
@@ -230,7 +213,7 @@ class ExportControls(QGroupBox):
         data = wl.level0(w.image)
         total = 1 if labels.ndim == 2 else labels.shape[0]
         worker = create_worker(
-            _export_body, w.holder, spec, data, w.settings.window(), labels, objects, scale,
+            ex.export_body, w.holder, spec, data, w.settings.window(), labels, objects, scale,
             _start_thread=False, _progress={"total": total, "desc": f"I-MedSAM: export x{scale:g}"})
         worker.returned.connect(
             lambda result: self._on_decoded(result, target, objects, scale, overwrite))
