@@ -360,6 +360,21 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
           f"'{raw.SegmentSequence[0].SegmentLabel}' "
           f"({raw.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeMeaning}); "
           f"opened again as '{seg_layers[-1].name}' equal to the masks: {same}")
+    # A click on another slice joins the object as a key slice (the option is on); the
+    # SEG written before stays as it was.
+    click_plane = 20
+    viewer.dims.set_point(0, float(series_layer.data_to_world((click_plane, 0, 0))[0]))
+    rows, cols = np.nonzero(spleen[click_plane])
+    widget.boxes.selected_data = {0}
+    widget.clicks.negative = False  # a plain left click (the mouse press sets it in napari)
+    widget.state.points.add(np.array([[click_plane, rows.mean(), cols.mean()]]))
+    _wait(app, lambda: not widget.busy and len(widget.boxes.data) == 3, 120)
+    joined = [int(v) for v in widget.boxes.features["object_id"]]
+    shot("6e_key_slice_click.png")
+    widget.undo()
+    print(f"    a click on slice {click_plane}: boxes' object ids {joined} (a key slice of "
+          f"object {ids[0]}); Undo -> {len(widget.boxes.data)} boxes; "
+          f"{widget.status.text()}")
     seg_layers[-1].visible = True
     widget.masks.visible = False
     viewer.dims.set_point(0, float(series_layer.data_to_world((12, 0, 0))[0]))
