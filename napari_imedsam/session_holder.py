@@ -205,7 +205,7 @@ class SessionHolder:
                 raise SessionError(explain(exc, spec, loading=False)) from exc
 
 
-def segment(holder: SessionHolder, request: Request) -> Generator[str, None, Outcome]:
+def segment_body(holder: SessionHolder, request: Request) -> Generator[str, None, Outcome]:
     """Worker body: yields status lines, returns an :class:`Outcome` (never raises).
 
     Errors are returned rather than raised: a raised error would reach napari's

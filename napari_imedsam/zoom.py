@@ -176,7 +176,7 @@ class PreviewOutcome:
     error: str | None = None
 
 
-def decode_preview(holder: SessionHolder, job: PreviewJob) -> PreviewOutcome:
+def preview_body(holder: SessionHolder, job: PreviewJob) -> PreviewOutcome:
     """Worker body: decode ``job``'s boxes on its view (never raises)."""
     heads = job.heads or [None] * len(job.boxes)
     prob = np.zeros((len(job.boxes), *job.view.out_shape), np.float32)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_imedsam.session_holder import ModelSpec, Request, SessionHolder, segment
+from napari_imedsam.session_holder import ModelSpec, Request, SessionHolder, segment_body
 from napari_imedsam.advice import ADVICE, advise
 
 KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir-sessile"
@@ -28,7 +28,7 @@ def test_hints_follow_the_measured_thresholds():
 
 
 def _worker_outcome(holder: SessionHolder, image: np.ndarray, box) -> object:  # noqa: ANN001
-    body = segment(holder, Request(1, ModelSpec("medsam_lite", None, "cpu"), image, None,
+    body = segment_body(holder, Request(1, ModelSpec("medsam_lite", None, "cpu"), image, None,
                                    tuple(float(v) for v in box)))
     try:
         while True:

@@ -106,7 +106,7 @@ def test_the_preview_answers_each_box_with_its_own_class():
     from napari_imedsam.model import build_model
     from napari_imedsam.model.classes import ClassInfo, expand_classes
     from napari_imedsam.session_holder import ModelSpec, SessionHolder
-    from napari_imedsam.zoom import PreviewJob, ViewGeometry, decode_preview
+    from napari_imedsam.zoom import PreviewJob, ViewGeometry, preview_body
 
     torch.manual_seed(0)
     model = expand_classes(build_model("tiny").eval(), (ClassInfo("yes", 1), ClassInfo("no", 2)))
@@ -122,9 +122,9 @@ def test_the_preview_answers_each_box_with_its_own_class():
     job = PreviewJob(1, ModelSpec("tiny", device="cpu", head=0), image, None, None,
                      [(4.0, 4.0, 28.0, 28.0), (36.0, 36.0, 60.0, 60.0)], [5, 7], view,
                      heads=[0, 1])
-    outcome = decode_preview(holder, job)
+    outcome = preview_body(holder, job)
     assert outcome.error is None
     assert (outcome.labels[8:24, 8:24] == 5).all() and not (outcome.labels == 7).any()
     job.heads = [1, 0]
-    labels = decode_preview(holder, job).labels
+    labels = preview_body(holder, job).labels
     assert (labels[40:56, 40:56] == 7).all() and not (labels == 5).any()

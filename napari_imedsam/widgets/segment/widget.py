@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from .. import layers as wl
 from ..common import tell
-from ...session_holder import Outcome, Request, SessionHolder, segment, spec_classes
+from ...session_holder import Outcome, Request, SessionHolder, segment_body, spec_classes
 from ...boxes import check_image, spatial_shape, take_plane
 from .clicks import ClickTools
 from .download import DownloadControls
@@ -538,7 +538,7 @@ class SegmentWidget(QWidget):
         if not self.downloads.ensure(self._queue[first].spec, self.start_next, self._drop_waiting):
             return  # the model's weights download first, then this runs again
         request = self._queue.pop(first)
-        worker = create_worker(segment, self._holder, request, _start_thread=False)
+        worker = create_worker(segment_body, self._holder, request, _start_thread=False)
         worker.yielded.connect(self.set_status)
         worker.returned.connect(self._on_outcome)
         worker.finished.connect(self._on_worker_finished)

@@ -34,8 +34,8 @@ from ...zoom import (
     PreviewOutcome,
     ViewGeometry,
     box_in_region,
-    decode_preview,
     plan_view,
+    preview_body,
 )
 
 PREVIEW, BOUNDARY = "preview", "boundary"
@@ -147,7 +147,7 @@ class ZoomPreview(QWidget):
         self._run(job)
 
     def _run(self, job: PreviewJob) -> None:
-        worker = create_worker(decode_preview, self.widget.holder, job, _start_thread=False)
+        worker = create_worker(preview_body, self.widget.holder, job, _start_thread=False)
         worker.returned.connect(self._on_outcome)
         worker.finished.connect(self._on_finished)
         self._worker = worker
