@@ -17,8 +17,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QGroupBox, QHBoxLayout, QPushButton
 
 from ... import adapter_store as store
-from ...session_holder import MODEL_CHOICES, ModelSpec
-from ..segment.settings import settings as segment_settings
+from ...session_holder import ModelSpec
+from ..segment.settings import settings as segment_settings, stored_choices
 
 
 def find_segment_widget(viewer: Any) -> Any:
@@ -36,11 +36,8 @@ def model_source(segment: Any) -> tuple[ModelSpec, Any, str | None]:
     settings when it is not open."""
     if segment is not None:
         return segment.settings.spec(), segment.pinned_model, segment.settings.window()
-    s = segment_settings()
-    stored = str(s.value("model", MODEL_CHOICES[0])) or MODEL_CHOICES[0]
-    spec = ModelSpec(MODEL_CHOICES[0] if stored == "demo" else stored,
-                     str(s.value("adapter", "")) or None, str(s.value("device", "auto")))
-    return spec, None, None  # CT windows belong to images, which the Segment widget holds
+    # CT windows belong to images, which the Segment widget holds.
+    return stored_choices().spec(), None, None
 
 
 def load_start_model(name: str, adapter: str | None, pinned: Any) -> Any:

@@ -4,7 +4,8 @@ Kept apart from the widget's layer and worker logic; the values persist with
 ``QSettings("napari-imedsam", "segment")`` so a restarted napari comes back
 with the same model, adapter, decoder, device and uncertainty toggle. The CT
 window is not among them: it belongs to each image (a window remembered from a
-CT scan must not follow the user to a photograph).
+CT scan must not follow the user to a photograph). What is stored is read by
+``napari_imedsam.settings.read_choices`` only (the Fine-tune dock reads it too).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from qtpy.QtWidgets import (
 from ..common import browse, with_button
 from ...model.config import DEVICE_CHOICES
 from ...session_holder import MODEL_CHOICES, ModelSpec
+from ...settings import DECODERS, StoredChoices, read_choices
 
 from ...inference.intensity import CT_WINDOWS
 
-#: The decoder choices as the widget words them, and what they mean.
-DECODERS = {"I-MedSAM (any resolution, uncertainty)": "auto",
-            "base model's own decoder": "sam"}
 #: Where a box's mask goes with a model of several classes.
 LABELLING = {"new object id per box": "instance", "the class's label value": "semantic"}
 
@@ -32,6 +31,11 @@ LABELLING = {"new object id per box": "instance", "the class's label value": "se
 def settings() -> QSettings:
     """Where the widget's choices are stored between sessions."""
     return QSettings("napari-imedsam", "segment")
+
+
+def stored_choices() -> StoredChoices:
+    """The choices stored last, checked (the one reader: ``napari_imedsam.settings``)."""
+    return read_choices(settings())
 
 
 class SettingsForm(QWidget):
@@ -155,15 +159,12 @@ class SettingsForm(QWidget):
         """Load the stored choices (unknown stored values fall back to the defaults)."""
         self._restoring = True  # each field set below would otherwise save all the others
         try:
-            s = settings()
-            model = str(s.value("model", MODEL_CHOICES[0]))
-            # The retired demo model of earlier versions: the default replaces it.
-            self.model_combo.setCurrentText(MODEL_CHOICES[0] if model == "demo" else model)
-            self.adapter_edit.setText(str(s.value("adapter", "")))
-            for combo, key in ((self.device_combo, "device"), (self.decoder_combo, "decoder")):
-                index = combo.findText(str(s.value(key, combo.itemText(0))))
-                combo.setCurrentIndex(max(index, 0))
-            self.show_unc.setChecked(str(s.value("show_uncertainty", "true")).lower() == "true")
+            stored = stored_choices()
+            self.model_combo.setCurrentText(stored.model)
+            self.adapter_edit.setText(stored.adapter or "")
+            self.device_combo.setCurrentText(stored.device)
+            self.decoder_combo.setCurrentText(stored.decoder_text)
+            self.show_unc.setChecked(stored.show_uncertainty)
         finally:
             self._restoring = False
 

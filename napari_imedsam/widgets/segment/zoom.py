@@ -28,7 +28,7 @@ from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 from .. import layers as wl
 from ...boxes import Box, take_plane
-from .settings import settings
+from .settings import settings, stored_choices
 from ...zoom import (
     PreviewJob,
     PreviewOutcome,
@@ -80,9 +80,9 @@ class ZoomPreview(QWidget):
             "'<image> preview' layer (the masks layer keeps the image grid)")
         self.boundary = QCheckBox("sub-pixel boundary as a path")
         self.boundary.setToolTip("Also draw the objects' sub-pixel outlines in '<image> boundary'")
-        stored = settings()
-        self.sharper.setChecked(str(stored.value("zoom_preview", "true")).lower() == "true")
-        self.boundary.setChecked(str(stored.value("zoom_boundary", "false")).lower() == "true")
+        stored = stored_choices()
+        self.sharper.setChecked(stored.zoom_preview)
+        self.boundary.setChecked(stored.zoom_boundary)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.sharper)
