@@ -9,7 +9,8 @@ so only the latest box geometry ever reaches the masks layer.
 Several images: each has its own layers and bookkeeping (``state``);
 the widget follows the image the user selects or opened last, shows that
 image with its layers and hides the others' (so boxes are never drawn over the
-wrong picture). Undo/redo take a box and its mask together (``journal``).
+wrong picture): the ``follow`` section. Undo/redo take a box and its mask
+together (``journal``).
 """
 
 from __future__ import annotations
@@ -19,27 +20,26 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox, QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy,
+    QFormLayout, QFrame, QHBoxLayout, QLabel, QPushButton, QScrollArea, QSizePolicy,
     QVBoxLayout, QWidget,
 )
 
 from .. import layers as wl
-from ..common import tell
 from ...session_holder import Outcome, Request, SessionHolder, segment_body, spec_classes
-from ...boxes import check_image, spatial_shape, take_plane
+from ...boxes import take_plane
 from .clicks import ClickTools
 from .download import DownloadControls
 from .edits import ObjectEdits
 from .export import ExportControls
+from .follow import ImageFollower
 from .series import SeriesControls
 from .settings import SettingsForm
-from .state import ImageState, segmentable_images
+from .state import ImageState
 from .uncertainty import UncertaintyView
 from .propagate import VolumeTools
 from .zoom import ZoomPreview
@@ -62,7 +62,6 @@ HELP = (
     "Several images: the widget follows the image you select or open.<br>"
     "Volumes: the box applies to the slice in view."
 )
-NO_IMAGE = "add an image layer (File > Open, or File > Open Sample > I-MedSAM)"
 
 
 class SegmentWidget(QWidget):
@@ -75,25 +74,19 @@ class SegmentWidget(QWidget):
         # per-image bookkeeping is keyed by layer identity. The viewer itself.
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._holder = SessionHolder()
-        self._states: dict[int, ImageState] = {}  # id(image layer) -> its state
-        self.state: ImageState | None = None  # the image being annotated
+        #: The image being annotated (the ``follow`` section chooses it).
+        self.state: ImageState | None = None
         self._queue: dict[tuple[int, int], Request] = {}  # (image, box_key) -> newest waiting
-        #: ids of the user's Labels layers hidden because they belong to another image
-        self._hidden_labels: set[int] = set()
         self._worker: Any = None
-        self._binding = False
         self.edits = ObjectEdits(self)
         self.clicks = ClickTools(self)
-        self._refused: int | None = None  # the unusable layer last warned about
         self._build_ui()
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
-        self.viewer.layers.selection.events.active.connect(self._on_active_layer)
-        self._on_layers_changed()
+        self.follower.start()  # follows the viewer's images from here on
 
     # -- UI ----------------------------------------------------------------
     def _build_ui(self) -> None:
-        self.image_combo = QComboBox()
+        self.follower = ImageFollower(self)
+        self.image_combo = self.follower.combo
         self.settings = SettingsForm()
         # Short names for the fields (scripts and tests set them directly).
         form = self.settings
@@ -153,9 +146,6 @@ class SegmentWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
 
-        self.image_combo.currentTextChanged.connect(lambda _: self._bind_layers())
-        # Choosing the same image again re-creates layers the user deleted.
-        self.image_combo.activated.connect(lambda _: self._bind_layers())
         self.show_unc.toggled.connect(lambda _: self.unc_view.refresh_visibility())
         self.window_combo.currentTextChanged.connect(self._on_window_chosen)
         self.settings.model_combo.currentTextChanged.connect(lambda _: self.refresh_classes())
@@ -217,213 +207,13 @@ class SegmentWidget(QWidget):
     def uncertainty(self) -> Any:
         return None if self.state is None else self.state.uncertainty
 
-    # -- following images ---------------------------------------------------------------
-    def _on_layers_changed(self, event: Any = None) -> None:
-        """Keep the image list current, forget removed layers, follow a new image.
-
-        Layers are only ever created when an image is chosen or first appears,
-        never in answer to a removal: napari removes every layer one by one when
-        it closes, and re-creating them there would never end.
-        """
-        images = segmentable_images(self.viewer)
-        for key in [k for k, st in self._states.items() if st.image not in images]:
-            self._drop_state(key)
-        for state in self._states.values():
-            state.drop_missing(self.viewer)
-        inserted = event is not None and getattr(event, "type", "") == "inserted"
-        if inserted and isinstance(event.value, Image):
-            event.value.events.name.connect(self._on_layers_changed)
-        names = [layer.name for layer in images]
-        current = self.image_combo.currentText()
-        new_image = inserted and event.value in images and not self._binding
-        if names != [self.image_combo.itemText(i) for i in range(self.image_combo.count())]:
-            self.image_combo.blockSignals(True)
-            self.image_combo.clear()
-            self.image_combo.addItems(names)
-            if current in names:
-                self.image_combo.setCurrentText(current)
-            self.image_combo.blockSignals(False)
-        if self._binding:
-            return
-        if new_image:  # the user opened an image: annotate it next
-            self.show_image(event.value)
-            # napari makes the new image active once this event is over: take the
-            # focus back to its boxes layer then.
-            QTimer.singleShot(0, self._activate_boxes)
-        elif self.state is None and names and event is None:
-            self._bind_layers()
-        elif self.state is None:
-            self.set_status("choose an image to segment" if names else NO_IMAGE)
-
-    def _on_active_layer(self, event: Any = None) -> None:
-        """Follow the user: selecting an image, or one of an image's layers, makes it current."""
-        if self._binding or self.edits.replaying:
-            return
-        layer = self.viewer.layers.selection.active
-        if layer is None or (self.state is not None and self.state.owns(layer)):
-            return
-        owner = wl.owner_name(layer)
-        if owner is not None and owner in self.viewer.layers:
-            target = self.viewer.layers[owner]
-        elif isinstance(layer, Image) and not wl.is_ours(layer):
-            target = layer
-        else:
-            return
-        # Choosing another image in the list: its boxes layer becomes active, ready for a
-        # box (a second click on the image selects it, e.g. for its contrast). Choosing
-        # one of its own layers (its masks, to paint) keeps that layer.
-        self.show_image(target, activate=target is layer)
-
+    # -- following images (the follow section does it) ----------------------------------
     def show_image(self, image: Image, activate: bool = True) -> None:
         """Make ``image`` the one boxes refer to (as choosing it in the list does)."""
-        if self.image_combo.currentText() == image.name:
-            self._bind_layers(activate=activate)
-        else:
-            self._activate_after = activate
-            self.image_combo.setCurrentText(image.name)  # -> _bind_layers
+        self.follower.show_image(image, activate)
 
-    def _drop_state(self, key: int) -> None:
-        state = self._states.pop(key)
-        for queued in [k for k in self._queue if k[0] == key]:
-            del self._queue[queued]
-        if state is self.state:
-            self.state = None
-
-    def _bind_layers(self, activate: bool | None = None) -> None:
-        """Point the widget at the chosen image, with its own boxes and masks layers."""
-        activate = getattr(self, "_activate_after", True) if activate is None else activate
-        self._activate_after = True
-        name = self.image_combo.currentText()
-        image = self.viewer.layers[name] if name in self.viewer.layers else None
-        if not isinstance(image, Image):
-            self.set_status(NO_IMAGE)
-            return
-        shape = wl.level0(image).shape
-        try:
-            check_image(shape, image.rgb)
-        except ValueError as exc:
-            self.state = None  # boxes drawn now get "choose an image", not a wrong image
-            if self._refused != id(image):  # once per layer, not at every re-check
-                self._refused = id(image)
-                tell("warning", f"cannot use layer '{name}': {exc}")
-            self.set_status(f"'{name}' cannot be segmented: {exc}")
-            return
-        self._refused = None
-        state = self._states.get(id(image))
-        if state is None:
-            state = self._states[id(image)] = ImageState(image, window=_first_window(image))
-        spatial = spatial_shape(shape, image.rgb)
-        self._binding = True  # adding layers below re-enters _on_layers_changed
-        try:
-            if state.masks is None:
-                state.masks = wl.find_or_add_masks(self.viewer, image, spatial)
-            if state.boxes is None:
-                state.boxes = wl.find_or_add_boxes(self.viewer, image, len(spatial))
-            if state.points is None:
-                state.points = wl.find_or_add_points(self.viewer, image, len(spatial))
-            previous, self.state = self.state, state
-            self._show_only(state)
-            if previous is not state:
-                try:
-                    self._move_camera(previous, state)
-                except Exception:  # noqa: BLE001 - framing is a courtesy, never a crash
-                    pass
-            self._connect(state)
-            self.settings.show_window(state.window, image)
-        finally:
-            self._binding = False
-        if activate:
-            self._activate_boxes()
-        self.unc_view.refresh_visibility()
-        self.unc_view.apply_outline(state)
-        self.series.follow(image)
-        self.set_status(f"ready: draw a box on '{name}'")
-
-    def _activate_boxes(self) -> None:
-        """The current boxes layer on top of the list and active: the next drag draws a box."""
-        state = self.state
-        if state is None or state.boxes is None or state.boxes not in self.viewer.layers:
-            return
-        self._binding = True
-        try:
-            layers = self.viewer.layers
-            if state.points is not None and state.points in layers \
-                    and layers.index(state.points) != len(layers) - 1:
-                layers.move(layers.index(state.points), len(layers))  # clicks just below
-            if layers.index(state.boxes) != len(layers) - 1:
-                layers.move(layers.index(state.boxes), len(layers))
-            layers.selection.active = state.boxes
-            state.boxes.mode = "add_rectangle"
-        finally:
-            self._binding = False
-
-    def _move_camera(self, previous: ImageState | None, state: ImageState) -> None:
-        """Frame the image the widget now follows: where the user left it, or whole.
-
-        Images of different sizes share one canvas; without this a small image
-        opened after zooming into a large one sits in a corner, and coming back
-        to an image loses the place the user was working at.
-        """
-        camera = getattr(self.viewer, "scene", self.viewer).camera
-        if previous is not None and previous.image in self.viewer.layers:
-            previous.view = (tuple(camera.center), float(camera.zoom))
-        if state.view is not None:
-            camera.center, camera.zoom = state.view
-            return
-        try:
-            self.viewer.reset_view(layers=[state.image])
-        except (TypeError, IndexError):
-            # napari before 0.6 has no ``layers``; napari 0.9 fails to fit a 2D layer
-            # while a volume sets the world's dimensions: fit the image's plane by hand.
-            self._fit_plane(state.image, camera)
-
-    def _fit_plane(self, image: Image, camera: Any) -> None:
-        """Centre the image's last two axes and fill 95 % of the canvas with them."""
-        extent = np.asarray(image.extent.world, dtype=float)[:, -2:]
-        size = np.maximum(extent[1] - extent[0], 1e-6)
-        canvas = getattr(getattr(self.viewer, "canvas", None), "size", None)
-        if canvas is None or self.viewer.dims.ndisplay != 2:
-            self.viewer.reset_view()
-            return
-        camera.center = tuple(camera.center)[:-2] + tuple((extent[0] + extent[1]) / 2)
-        camera.zoom = 0.95 * float(np.min(np.asarray(canvas[-2:], float) / size))
-
-    def _show_only(self, state: ImageState) -> None:
-        """Show the current image with its layers; hide the other images and theirs."""
-        for other in self._states.values():
-            if other is not state and other.image.visible:
-                other.image.visible = False
-        for layer in self.viewer.layers:  # boxes, masks, previews... of other images
-            owner = wl.owner_name(layer)
-            if owner is not None and owner != state.image.name and layer.visible:
-                layer.visible = False
-        for layer in (state.image, state.boxes, state.masks, state.points):
-            if layer is not None and not layer.visible:
-                layer.visible = True
-        self._show_own_labels(state)
-
-    def _show_own_labels(self, state: ImageState) -> None:
-        """The user's own Labels layers follow their image (guessed as the Fine-tune
-        dock pairs them: by shape, name and order): those of other images are hidden,
-        and shown again when their image is; a layer the user hid stays hidden."""
-        from ...finetune import guess_image
-
-        layers = list(self.viewer.layers)
-        images = [(i, layer.name, wl.image_spatial_shape(layer)) for i, layer in
-                  enumerate(layers) if isinstance(layer, Image) and not wl.is_ours(layer)]
-        hidden = self._hidden_labels
-        for index, layer in enumerate(layers):
-            if not isinstance(layer, Labels) or wl.is_ours(layer):
-                continue
-            owner = guess_image(layer.name, index, tuple(wl.level0(layer).shape), images)
-            if owner is not None and owner != state.image.name and layer.visible:
-                layer.visible = False
-                hidden.add(id(layer))
-            elif owner == state.image.name and id(layer) in hidden:
-                layer.visible = True
-                hidden.discard(id(layer))
-
-    def _connect(self, state: ImageState) -> None:
+    def connect_state(self, state: ImageState) -> None:
+        """Wire ``state``'s boxes and clicks to requests, and the hotkeys (once)."""
         if state.connected or state.boxes is None:
             return
         state.boxes.events.data.connect(lambda event, st=state: self._on_boxes_data(st, event))
@@ -441,7 +231,7 @@ class SegmentWidget(QWidget):
         state.connected = True
 
     def _on_window_chosen(self, text: str) -> None:
-        if self.state is not None and not self._binding:
+        if self.state is not None and not self.follower.binding:
             self.state.window = None if text == "none" else text
 
     # -- boxes -> requests -----------------------------------------------------
@@ -554,7 +344,7 @@ class SegmentWidget(QWidget):
         """The model cannot be had (download cancelled or failed): forget the waiting
         boxes, so that drawing or nudging them again retries."""
         for owner, key in self._queue:
-            state = self._states.get(owner)
+            state = self.follower.states.get(owner)
             if state is not None:
                 state.last_box.pop(key, None)
         self._queue.clear()
@@ -591,19 +381,15 @@ class SegmentWidget(QWidget):
 
     def state_of(self, owner: int) -> ImageState | None:
         """The state of the image ``owner`` (a state's ``key``), if it is still open."""
-        return self._states.get(owner)
+        return self.follower.states.get(owner)
 
     @property
     def waiting(self) -> bool:
         """Boxes are queued for the model."""
         return bool(self._queue)
 
-    def forget_request(self, owner: int, key: int) -> None:
-        """Drop a queued request for box ``key`` of image ``owner``."""
-        self._queue.pop((owner, key), None)
+    def forget_request(self, owner: int, key: int | None = None) -> None:
+        """Drop a queued request for box ``key`` of image ``owner`` (None: all of them)."""
+        for queued in [k for k in self._queue if k[0] == owner and key in (None, k[1])]:
+            del self._queue[queued]
 
-
-def _first_window(image: Image) -> str | None:
-    """The CT window a newly seen image starts with: its suggested one, if any."""
-    suggested = image.metadata.get("suggested_window") if hasattr(image, "metadata") else None
-    return suggested if isinstance(suggested, str) else None
