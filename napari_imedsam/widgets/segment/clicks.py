@@ -22,6 +22,7 @@ from napari.utils.notifications import show_error, show_info
 from .. import layers as wl
 from ...model.error_map import next_click
 from .state import ImageState
+from .dock import SegmentDock
 
 SUGGESTION = "next click"
 
@@ -32,7 +33,7 @@ NO_OBJECT = ("click on an object to start it, or draw a box around it; then clic
 class ClickTools:
     """Clicks on the current image's objects."""
 
-    def __init__(self, widget: Any) -> None:
+    def __init__(self, widget: SegmentDock) -> None:
         self.widget = widget
         #: The sign of the click being made, read from the mouse press.
         self.negative = False

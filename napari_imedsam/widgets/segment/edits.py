@@ -18,6 +18,7 @@ from .. import layers as wl
 from ..common import tell
 from ...session_holder import Outcome
 from .state import ImageState
+from .dock import SegmentDock
 
 NO_UNCERTAINTY = (
     "Base-model mode: the backbone's own mask decoder gives no uncertainty. For an "
@@ -29,7 +30,7 @@ NO_UNCERTAINTY = (
 class ObjectEdits:
     """Objects of the Segment widget's images: results in, user's edits, undo/redo."""
 
-    def __init__(self, widget: Any) -> None:
+    def __init__(self, widget: SegmentDock) -> None:
         self.widget = widget
         #: True while undo/redo moves boxes: those changes are no new requests.
         self.replaying = False

@@ -26,6 +26,7 @@ from .. import layers as wl
 from ... import export as ex
 from ..._reader import SOURCE_KEY
 from ..._writer import spacing_of
+from .dock import SegmentDock
 
 FILTERS = ("TIFF (*.tif *.tiff);;PNG, 2D only (*.png);;NIfTI (*.nii.gz *.nii);;"
            "DICOM SEG, images from a DICOM series (*.dcm)")
@@ -33,7 +34,7 @@ ENCODER_INPUT = ("the CT window when one is set; else 8-bit data as it is and ot
                  "scaled between its 0.5 and 99.5 percentiles, per slice")
 
 
-def gather_objects(widget: Any) -> list[ex.ObjectBox]:
+def gather_objects(widget: SegmentDock) -> list[ex.ObjectBox]:
     """Every object with a box: the boxes layer, plus boxes propagation made per slice."""
     boxes, image = widget.boxes, widget.image
     points = None if widget.state is None else widget.state.points
@@ -75,7 +76,7 @@ def geometry_of(image: Any) -> tuple[ex.Geometry, dict[str, Any]]:
 class ExportControls(QGroupBox):
     """Scale, "with uncertainty", Export... and Cancel."""
 
-    def __init__(self, segment_widget: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, segment_widget: SegmentDock, parent: QWidget | None = None) -> None:
         super().__init__("Export", parent)
         self.widget = segment_widget
         self.scale = QDoubleSpinBox()

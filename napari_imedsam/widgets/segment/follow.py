@@ -22,6 +22,7 @@ from ..common import tell
 from ...boxes import check_image, spatial_shape
 from ...follow import LabelsInfo, first_window, fit_plane, own_labels_visibility
 from .state import ImageState, segmentable_images
+from .dock import SegmentDock
 
 NO_IMAGE = "add an image layer (File > Open, or File > Open Sample > I-MedSAM)"
 
@@ -29,7 +30,7 @@ NO_IMAGE = "add an image layer (File > Open, or File > Open Sample > I-MedSAM)"
 class ImageFollower:
     """The image list of the dock, each image's state, and the one the dock follows."""
 
-    def __init__(self, widget: Any) -> None:
+    def __init__(self, widget: SegmentDock) -> None:
         self.widget = widget
         self.viewer = widget.viewer
         self.combo = QComboBox()

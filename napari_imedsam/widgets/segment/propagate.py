@@ -39,6 +39,7 @@ from ...propagate import (
     stale_planes,
     user_slices,
 )
+from .dock import SegmentDock
 
 
 class PlaneWriter:
@@ -109,7 +110,7 @@ def slice_key(object_id: int, plane: int) -> int:
 class VolumeTools(QGroupBox):
     """The "Volume" section: precompute nearby slices, propagate, stop."""
 
-    def __init__(self, segment_widget: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, segment_widget: SegmentDock, parent: QWidget | None = None) -> None:
         super().__init__("Volume", parent)
         self.widget = segment_widget
         self.viewer = segment_widget.viewer

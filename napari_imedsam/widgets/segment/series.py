@@ -19,12 +19,13 @@ from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 from ..common import browse
 from .. import layers as wl
 from ...series import Series, list_images
+from .dock import SegmentDock
 
 
 class SeriesControls(QGroupBox):
     """Open a folder as a series; Next and Previous with automatic, versioned saves."""
 
-    def __init__(self, segment_widget: Any) -> None:
+    def __init__(self, segment_widget: SegmentDock) -> None:
         super().__init__("Series")
         self.widget = segment_widget
         self.viewer = segment_widget.viewer

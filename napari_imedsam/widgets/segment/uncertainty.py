@@ -26,6 +26,7 @@ from qtpy.QtGui import QColor, QLinearGradient, QPainter, QPixmap
 from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from .. import layers as wl
+from .dock import SegmentDock
 
 #: The std of the probability at which the colour saturates (its maximum is 0.5): the
 #: default model's values peak near 0.03 on real images (Kvasir-Sessile, AMOS), so at
@@ -80,7 +81,7 @@ def colormap(shows: str = STD) -> Any:
 class UncertaintyView(QWidget):
     """The legend, and the per-image overlay layers it describes."""
 
-    def __init__(self, widget: Any) -> None:
+    def __init__(self, widget: SegmentDock) -> None:
         super().__init__()
         self.widget = widget
         self.shows = QComboBox()

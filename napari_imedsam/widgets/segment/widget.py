@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from napari.layers import Image
+from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
@@ -190,17 +190,17 @@ class SegmentWidget(QWidget):
     def set_status(self, text: str) -> None:
         self.status.setText(text)
 
-    # -- the current image's layers (the sections read these) ------------------------
+    # -- the current image's layers (the sections read these: dock.SegmentDock) -------
     @property
     def image(self) -> Image | None:
         return None if self.state is None else self.state.image
 
     @property
-    def boxes(self) -> Any:
+    def boxes(self) -> Shapes | None:
         return None if self.state is None else self.state.boxes
 
     @property
-    def masks(self) -> Any:
+    def masks(self) -> Labels | None:
         return None if self.state is None else self.state.masks
 
     @property

@@ -37,6 +37,7 @@ from ...zoom import (
     plan_view,
     preview_body,
 )
+from .dock import SegmentDock
 
 PREVIEW, BOUNDARY = "preview", "boundary"
 DEBOUNCE_MS = 300
@@ -70,7 +71,7 @@ def axis_aligned(layer: Any) -> bool:
 class ZoomPreview(QWidget):
     """The "sharper mask when zoomed" and "boundary" checkboxes and what they drive."""
 
-    def __init__(self, segment_widget: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, segment_widget: SegmentDock, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.widget = segment_widget
         self.viewer = segment_widget.viewer
