@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .adapter_store import publish_adapter
+from .propagate import mask_digest
 from .train.data import LabeledImage, as_class_heads, from_arrays, object_ids
 
 SLICE_MODES = ("labelled", "current", "range")
@@ -49,6 +50,12 @@ class LayerPair:
     image: Any  # array-like (H, W), (H, W, C), (Z, H, W) or (Z, H, W, C)
     labels: Any  # array-like (H, W) or (Z, H, W), integer ids
     rgb: bool = False
+    #: What propagation wrote into these labels (the Segment widget's record of its own
+    #: masks layer): object id -> {plane: fingerprints (``propagate.mask_digest``) of the
+    #: masks propagations wrote there}. An object's slice that still equals one of them
+    #: was never reviewed: it does not train (the model would learn its own answers).
+    #: Empty: every labelled slice trains.
+    propagated: Mapping[int, Mapping[int, Collection[bytes]]] = field(default_factory=dict)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -126,27 +133,69 @@ def check_pair(pair: LayerPair) -> None:
         raise DataError(f"'{pair.labels_name}' is not an integer label image")
 
 
-def planes_of(pair: LayerPair, choice: SliceChoice) -> list[int | None]:
-    """The planes of ``pair`` that hold labelled objects under ``choice``."""
-    if len(pair.spatial_shape) == 2:
-        return [None] if np.any(np.asarray(pair.labels)) else []
+def _wanted(pair: LayerPair, choice: SliceChoice) -> list[int]:
+    """The slices of a volume ``choice`` names (labelled or not)."""
     depth = pair.spatial_shape[0]
     if choice.mode == "current":
-        wanted = [choice.current] if 0 <= choice.current < depth else []
-    elif choice.mode == "range":
-        wanted = list(range(max(0, choice.start), min(depth, choice.stop + 1)))
-    else:
-        wanted = list(range(depth))
+        return [choice.current] if 0 <= choice.current < depth else []
+    if choice.mode == "range":
+        return list(range(max(0, choice.start), min(depth, choice.stop + 1)))
+    return list(range(depth))
+
+
+def planes_of(pair: LayerPair, choice: SliceChoice) -> list[int | None]:
+    """The planes of ``pair`` that hold labelled objects under ``choice`` (objects that
+    only propagation wrote, and nobody reviewed, do not count)."""
+    if len(pair.spatial_shape) == 2:
+        return [None] if np.any(np.asarray(pair.labels)) else []
     # One slice at a time: lazy (dask, zarr) volumes are never read whole.
-    return [int(z) for z in wanted if np.any(np.asarray(pair.labels[z]))]
+    return [int(z) for z in _wanted(pair, choice) if np.any(training_labels(pair, z))]
+
+
+def unreviewed(pair: LayerPair, plane: int | None) -> list[int]:
+    """The objects whose mask on ``plane`` is still exactly what propagation wrote there
+    (a slice the user corrected, even by a pixel, is theirs)."""
+    if plane is None or not pair.propagated:
+        return []
+    labels: np.ndarray | None = None
+    found = []
+    for object_id, planes in pair.propagated.items():
+        written = planes.get(plane)
+        if not written:
+            continue
+        if labels is None:
+            labels = np.asarray(pair.labels[plane])
+        mask = labels == object_id
+        if mask.any() and mask_digest(mask) in written:
+            found.append(int(object_id))
+    return sorted(found)
+
+
+def training_labels(pair: LayerPair, plane: int | None) -> np.ndarray:
+    """The labels of ``plane`` that train: without the objects propagation wrote there
+    that nobody reviewed."""
+    labels = _plane(pair.labels, plane)
+    left_out = unreviewed(pair, plane)
+    if left_out:
+        labels = np.where(np.isin(labels, left_out), 0, labels).astype(labels.dtype)
+    return labels
 
 
 def count(pair: LayerPair, choice: SliceChoice) -> tuple[int, int]:
     """``(objects, slices)`` that ``pair`` gives; raises :class:`DataError` for a bad pair."""
     check_pair(pair)
     planes = planes_of(pair, choice)
-    objects = sum(len(object_ids(_plane(pair.labels, z))) for z in planes)
+    objects = sum(len(object_ids(training_labels(pair, z))) for z in planes)
     return objects, len(planes)
+
+
+def count_unreviewed(pair: LayerPair, choice: SliceChoice) -> int:
+    """How many propagated slices of objects (an object on a slice) under ``choice`` are
+    still as propagation wrote them: what :func:`collect` leaves out of ``pair``."""
+    if not pair.propagated or len(pair.spatial_shape) != 3:
+        return 0
+    written = {int(p) for planes in pair.propagated.values() for p in planes}
+    return sum(len(unreviewed(pair, z)) for z in _wanted(pair, choice) if z in written)
 
 
 def collect(pairs: Sequence[LayerPair], choice: SliceChoice,
@@ -167,7 +216,7 @@ def collect(pairs: Sequence[LayerPair], choice: SliceChoice,
             image = _plane(pair.image, z)
             grey = image.ndim == 2 or image.shape[-1] == 1
             rgb = to_encoder_rgb(image, window if grey else None)
-            out.items.extend(from_arrays([rgb], [_plane(pair.labels, z)], [name]))
+            out.items.extend(from_arrays([rgb], [training_labels(pair, z)], [name]))
             out.origins.append(Origin(index, pair.image_name, pair.labels_name, z))
     if not out.items:
         raise DataError(

@@ -71,6 +71,39 @@ def test_collect_2d_and_chosen_slices_of_volumes():
     assert np.array_equal(got.items[0].image[..., 0], apply_window(hu[1], "abdomen"))
 
 
+def test_propagated_slices_nobody_reviewed_do_not_train():
+    """The Segment widget's propagation wrote object 1 on slices 1..4 from the user's key
+    slice 0, and object 2 on slice 3 (the record: fingerprints of what it wrote). Only
+    the key slice, and the slices the user corrected since, train."""
+    from napari_imedsam.propagate import mask_digest
+
+    image = np.random.default_rng(2).normal(0, 1, (6, 32, 32)).astype(np.float32)
+    labels = np.zeros((6, 32, 32), np.int32)
+    labels[0:5, 4:12, 4:12] = 1
+    labels[3, 20:28, 20:28] = 2
+    written = {1: {z: {mask_digest(labels[z] == 1)} for z in range(1, 5)},
+               2: {3: {mask_digest(labels[3] == 2)}}}
+    pair = ft.LayerPair("ct", "ct masks", image, labels, propagated=written)
+    choice = ft.SliceChoice("labelled")
+    assert ft.count(pair, choice) == (1, 1)  # the key slice alone
+    assert ft.count_unreviewed(pair, choice) == 5
+    assert ft.unreviewed(pair, 3) == [1, 2] and ft.unreviewed(pair, 0) == []
+    everything = ft.LayerPair("ct", "ct masks", image, labels)
+    assert ft.count(everything, choice) == (6, 5) and ft.count_unreviewed(everything, choice) == 0
+
+    # The user corrects object 1 on slice 2 (one pixel) and object 2 on slice 3: theirs now.
+    labels[2, 11, 11] = 0
+    labels[3, 27, 27] = 0
+    assert ft.count(pair, choice) == (3, 3)
+    assert ft.count_unreviewed(pair, choice) == 3
+    assert ft.count_unreviewed(pair, ft.SliceChoice("range", start=3, stop=5)) == 2
+    got = ft.collect([pair], choice)
+    assert [o.plane for o in got.origins] == [0, 2, 3]
+    # On slice 3 object 1 is still as propagated: only the user's object 2 trains there.
+    assert object_ids(got.items[2].labels) == [2]
+    assert labels[3, 5, 5] == 1  # the layer's labels are never changed
+
+
 def test_bad_pairs_say_what_to_do():
     image, labels = _discs(32, [(10, 10)], 5)
     with pytest.raises(ft.DataError, match="do not match image 'photo'"):

@@ -3,7 +3,9 @@
 It keeps the pairs table in step with the viewer (debounced: opening a data set
 adds hundreds of layers one by one, and painting fires an event per stroke),
 counts objects and slices as chosen, and says what is wrong when nothing can
-train. Nothing here changes a layer.
+train. Slices that the Segment widget's propagation wrote and nobody reviewed
+are left out unless asked for (training on them would teach the model its own
+answers). Nothing here changes a layer.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import numpy as np
 from napari.layers import Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+    QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
     QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from .. import layers as wl
 from ..common import browse, with_button
 from ... import finetune as ft
-from .pairs import PairsTable
+from .pairs import PairsTable, PropagatedOf
 
 SLICES = {"slices with labels": "labelled", "the slice in view": "current", "a range": "range"}
 #: How label values are read: each id an object (one head learns them all), or each value
@@ -35,9 +37,12 @@ READ_AS = {"objects (each id one object)": "objects",
 class DataBox(QGroupBox):
     """Layer pairs, slices of volumes, an optional folder, and what they give."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Any, propagated_of: PropagatedOf | None = None) -> None:
         super().__init__("Training data")
         self.viewer = viewer
+        #: What propagation wrote into a Labels layer (the Segment widget knows, for its
+        #: own masks layers); None: nothing is known to be propagated.
+        self.propagated_of = propagated_of
         self.table = PairsTable()
         self.slice_combo = QComboBox()
         self.slice_combo.addItems(list(SLICES))
@@ -57,6 +62,11 @@ class DataBox(QGroupBox):
         self.class_edit.setPlaceholderText("NAME=VALUE, ... e.g. cavity=1, wall=2")
         self.class_edit.setToolTip("the classes' names and label values (edit the names); "
                                    "filled from the values in the chosen Labels layers")
+        self.unreviewed_box = QCheckBox("train on propagated slices nobody reviewed")
+        self.unreviewed_box.setToolTip(
+            "off: slices that propagation wrote in the Segment widget and that are still as "
+            "it wrote them are left out (the model would learn its own answers); correct a "
+            "slice, even by a pixel, and it trains")
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         form = QFormLayout()
@@ -68,6 +78,7 @@ class DataBox(QGroupBox):
         form.addRow("classes", self.class_edit)
         form.addRow("volumes", self.slice_combo)
         form.addRow("range", span)
+        form.addRow("", self.unreviewed_box)
         form.addRow("folder", with_button(self.folder_edit, "...", self._browse_folder))
         layout = QVBoxLayout(self)
         layout.addWidget(self.table)
@@ -82,6 +93,7 @@ class DataBox(QGroupBox):
         for spin in (self.slice_from, self.slice_to):
             spin.valueChanged.connect(lambda _v: self.recount())
         self.folder_edit.editingFinished.connect(self.recount)
+        self.unreviewed_box.toggled.connect(lambda _on: self.recount())
         self.read_as_combo.currentTextChanged.connect(self._on_read_as)
         self._on_read_as()
         self.viewer.dims.events.current_step.connect(self._on_dims)
@@ -163,15 +175,28 @@ class DataBox(QGroupBox):
         return ft.SliceChoice(SLICES[self.slice_combo.currentText()], current,
                               self.slice_from.value(), self.slice_to.value())
 
+    def pairs(self) -> list[ft.LayerPair]:
+        """The ticked rows as arrays to train on (without the propagated slices nobody
+        reviewed, unless they are asked for); :class:`~napari_imedsam.finetune.DataError`
+        if a layer is missing."""
+        keep = self.unreviewed_box.isChecked()
+        return self.table.pairs(self.viewer, None if keep else self.propagated_of)
+
     def recount(self) -> tuple[int, int, list[str]]:
         """Update the table and the summary; returns (objects, slices, problems)."""
         if self._layers_timer.isActive():  # a layer change is pending: take it in first
             self.refresh()  # (which counts)
         self._recount_timer.stop()
-        objects, slices, problems = self.table.recount(self.viewer, self.slice_choice())
+        keep = self.unreviewed_box.isChecked()
+        objects, slices, problems, unreviewed = self.table.recount(
+            self.viewer, self.slice_choice(), self.propagated_of, keep)
         rows = len(self.table.used_rows())
         text = (f"{objects} object{'' if objects == 1 else 's'} on {slices} images/slices "
                 f"from {rows} Labels layer(s)")
+        if unreviewed:
+            slices_text = f"{unreviewed} propagated slice{'' if unreviewed == 1 else 's'}"
+            text += (f"; including {slices_text} nobody reviewed" if keep
+                     else f"; {slices_text} not reviewed left out")
         folder = self.folder_edit.text().strip()
         if folder:
             text += f", plus the folder {Path(folder).name}"

@@ -25,7 +25,8 @@ def find_segment_widget(viewer: Any) -> Any:
     """The Segment widget docked in ``viewer``'s window, or None."""
     from ..segment.widget import SegmentWidget
 
-    for widget in viewer.window.dock_widgets.values():
+    window = getattr(viewer, "window", None)  # a viewer model alone (scripts) has none
+    for widget in ([] if window is None else window.dock_widgets.values()):
         if isinstance(widget, SegmentWidget):
             return widget
     return None

@@ -3,10 +3,16 @@
 Each row says whether the layer is used, which image it annotates (guessed,
 changeable) and how many objects and slices it gives, or why it cannot be
 used. The table follows the layer list; choices survive a refresh.
+
+The Segment widget's own masks layer may hold slices that propagation wrote and
+nobody reviewed: given the widget's record of them (``propagated_of``), the
+pairs leave those out and the count says how many.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from napari.layers import Image, Labels
@@ -14,9 +20,11 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QAbstractItemView, QComboBox, QHeaderView, QTableWidget, QTableWidgetItem
 
 from .. import layers as wl
-from ...finetune import DataError, LayerPair, SliceChoice, count, guess_image
+from ...finetune import DataError, LayerPair, SliceChoice, count, count_unreviewed, guess_image
 
 USE, LABELS, IMAGE, DATA = range(4)
+#: A Labels layer -> what propagation wrote into it (``LayerPair.propagated``).
+PropagatedOf = Callable[[Labels], Mapping[int, Mapping[int, Collection[bytes]]]]
 
 
 def _image_layers(viewer: Any) -> list[tuple[int, Image]]:
@@ -25,10 +33,16 @@ def _image_layers(viewer: Any) -> list[tuple[int, Image]]:
             if isinstance(layer, Image) and not wl.is_ours(layer, wl.UNCERTAINTY)]
 
 
-def layer_pair(image: Image, labels: Labels) -> LayerPair:
-    """The arrays of an image and a Labels layer (full resolution, not copied)."""
+def layer_pair(image: Image, labels: Labels, propagated_of: PropagatedOf | None = None
+               ) -> LayerPair:
+    """The arrays of an image and a Labels layer (full resolution, not copied), with
+    what propagation wrote into the labels when ``propagated_of`` is given (a copy:
+    propagation may go on while the pair is used in a worker)."""
+    record = {} if propagated_of is None else propagated_of(labels)
+    written = {int(oid): {int(p): frozenset(f) for p, f in planes.items()}
+               for oid, planes in record.items()}
     return LayerPair(image.name, labels.name, wl.level0(image), wl.level0(labels),
-                     bool(image.rgb))
+                     bool(image.rgb), written)
 
 
 class PairsTable(QTableWidget):
@@ -132,8 +146,9 @@ class PairsTable(QTableWidget):
         return out
 
     # -- data ---------------------------------------------------------------------
-    def pairs(self, viewer: Any) -> list[LayerPair]:
-        """The ticked rows as arrays; :class:`DataError` if a layer is missing."""
+    def pairs(self, viewer: Any, propagated_of: PropagatedOf | None = None) -> list[LayerPair]:
+        """The ticked rows as arrays; :class:`DataError` if a layer is missing. With
+        ``propagated_of``, the pairs leave out propagated slices nobody reviewed."""
         out = []
         for _row, labels, image in self.used_rows():
             if not image or image not in viewer.layers:
@@ -141,30 +156,40 @@ class PairsTable(QTableWidget):
                                 "drawn on, or untick the row")
             if labels not in viewer.layers:
                 raise DataError(f"the Labels layer '{labels}' was removed")
-            out.append(layer_pair(viewer.layers[image], viewer.layers[labels]))
+            out.append(layer_pair(viewer.layers[image], viewer.layers[labels], propagated_of))
         return out
 
-    def recount(self, viewer: Any, choice: SliceChoice) -> tuple[int, int, list[str]]:
-        """Fill the "gives" column; returns (objects, slices, problems) over used rows."""
-        objects = slices = 0
+    def recount(self, viewer: Any, choice: SliceChoice, propagated_of: PropagatedOf | None = None,
+                keep_unreviewed: bool = False) -> tuple[int, int, list[str], int]:
+        """Fill the "gives" column; returns (objects, slices, problems, unreviewed) over
+        used rows: ``unreviewed`` propagated slices (``propagated_of``'s) are left out of
+        the objects and slices unless ``keep_unreviewed``."""
+        objects = slices = unreviewed = 0
         problems = []
         used = {row for row, *_ in self.used_rows()}
         for row in range(self.rowCount()):
             labels = self.item(row, LABELS).text()
             image = self.cellWidget(row, IMAGE).currentText()
+            n_unrev = 0
             try:
                 if image not in viewer.layers or labels not in viewer.layers:
                     raise DataError(f"labels '{labels}' have no image")
-                n_obj, n_sl = count(layer_pair(viewer.layers[image], viewer.layers[labels]),
-                                    choice)
+                pair = layer_pair(viewer.layers[image], viewer.layers[labels], propagated_of)
+                n_obj, n_sl = count(dataclasses.replace(pair, propagated={}) if keep_unreviewed
+                                    else pair, choice)  # checks the pair first
+                n_unrev = count_unreviewed(pair, choice)
                 text = f"{n_obj} obj / {n_sl} sl"
                 if row in used:
                     objects, slices = objects + n_obj, slices + n_sl
+                    unreviewed += n_unrev
             except DataError as exc:
                 text = "shape mismatch" if "match" in str(exc) else "unusable"
                 if row in used:
                     problems.append(str(exc))
             blocked = self.blockSignals(True)  # a text change is not a user's change
             self.item(row, DATA).setText(text)
+            self.item(row, DATA).setToolTip(
+                f"{n_unrev} propagated slices nobody reviewed: "
+                f"{'trained on' if keep_unreviewed else 'left out'}" if n_unrev else "")
             self.blockSignals(blocked)
-        return objects, slices, problems
+        return objects, slices, problems, unreviewed

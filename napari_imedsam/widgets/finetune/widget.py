@@ -97,7 +97,7 @@ class FinetuneWidget(QWidget):
 
     # -- UI --------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        self.data = DataBox(self.viewer)
+        self.data = DataBox(self.viewer, self.propagated_of)
         self.pairs_table = self.data.table
 
         self.mode_combo = QComboBox()
@@ -197,6 +197,12 @@ class FinetuneWidget(QWidget):
         """The Segment widget of this viewer (or the one set by a script), if any."""
         return self.segment_widget or link.find_segment_widget(self.viewer)
 
+    def propagated_of(self, labels: Any) -> dict[int, dict[int, set[bytes]]]:
+        """What the Segment widget's propagation wrote into ``labels`` (its own masks
+        layer), or nothing: object id -> {plane: fingerprints}."""
+        segment = self.find_segment_widget()
+        return {} if segment is None else segment.propagated_of(labels)
+
     def model_source(self) -> tuple[ModelSpec, Any, str | None]:
         """(spec, pinned model or None, CT window) the Segment widget segments with."""
         return link.model_source(self.find_segment_widget())
@@ -209,7 +215,7 @@ class FinetuneWidget(QWidget):
             return
         try:
             objects, _slices, problems = self.recount()
-            pairs = self.pairs_table.pairs(self.viewer)
+            pairs = self.data.pairs()
             if problems:
                 raise ft.DataError(problems[0])
             folder = self.data.folder()

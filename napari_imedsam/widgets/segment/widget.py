@@ -212,6 +212,17 @@ class SegmentWidget(QWidget):
         """Make ``image`` the one boxes refer to (as choosing it in the list does)."""
         self.follower.show_image(image, activate)
 
+    def propagated_of(self, labels: Any) -> dict[int, dict[int, set[bytes]]]:
+        """What propagation wrote into ``labels`` when it is the masks layer of one of
+        this widget's images (the Fine-tune widget leaves what nobody reviewed out):
+        object id -> {plane: fingerprints (``propagate.mask_digest``)}; else empty."""
+        # Another dock sees layers through napari's proxy: compare the layers themselves.
+        labels = getattr(labels, "__wrapped__", labels)
+        for state in self.follower.states.values():
+            if state.masks is labels:
+                return state.propagated
+        return {}
+
     def connect_state(self, state: ImageState) -> None:
         """Wire ``state``'s boxes and clicks to requests, and the hotkeys (once)."""
         if state.connected or state.boxes is None:

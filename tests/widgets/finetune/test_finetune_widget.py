@@ -141,6 +141,71 @@ def test_the_segment_widgets_masks_are_not_ticked_where_the_user_has_labels(
     assert sorted(used) == ["scan_a truth", "scan_b masks"], used
 
 
+def test_propagated_slices_nobody_reviewed_are_left_out_unless_asked_for(
+        make_napari_viewer, qtbot, tmp_path_factory, monkeypatch):
+    """The Segment widget's masks of a volume, after Propagate: the slices propagation
+    wrote and nobody looked at are the model's own answers. Fine-tune leaves them out
+    (and says so) unless asked; a slice the user corrected trains."""
+    import napari_imedsam.finetune as ft
+    from disc_volume import ball_volume, disc_model
+
+    volume, truth = ball_volume()
+    viewer = make_napari_viewer()
+    viewer.add_image(volume, name="vol")
+    segment = _open(viewer, "Segment")
+    segment.model_combo.setCurrentText(disc_model(str(tmp_path_factory.getbasetemp())))
+    segment.device_combo.setCurrentText("cpu")
+    segment.zoom.sharper.setChecked(False)
+    viewer.dims.set_current_step(0, 7)
+    rows, cols = np.nonzero(truth[7])
+    r0, r1, c0, c1 = rows.min() - 2, rows.max() + 2, cols.min() - 2, cols.max() + 2
+    segment.boxes.add_rectangles(np.array([[7, r0, c0], [7, r0, c1], [7, r1, c1], [7, r1, c0]],
+                                          float))
+    qtbot.waitUntil(lambda: not segment.busy, timeout=WAIT_MS)
+    segment.volume.direction.setCurrentText("both")
+    segment.volume.propagate_button.click()
+    qtbot.waitUntil(lambda: not segment.volume.busy, timeout=WAIT_MS)
+    masks = segment.masks
+    oid = int(segment.boxes.features["object_id"].iloc[0])
+    planes = [z for z in range(len(volume)) if np.any(masks.data[z] == oid)]
+    assert 7 in planes and len(planes) >= 5, planes
+    propagated = len(planes) - 1  # every slice but the box's
+
+    widget = _open(viewer)
+    assert [labels for _, labels, _ in widget.pairs_table.used_rows()] == ["vol masks"]
+    assert widget.recount() == (1, 1, [])  # the box's slice alone
+    summary = widget.data.summary.text()
+    assert f"{propagated} propagated slices not reviewed left out" in summary, summary
+
+    # The user corrects a propagated slice (one pixel): it is theirs and trains.
+    corrected = planes[0]
+    rows, cols = np.nonzero(masks.data[corrected] == oid)
+    masks.data[corrected, rows[0], cols[0]] = 0
+    assert widget.recount() == (2, 2, [])
+    assert f"{propagated - 1} propagated slices not reviewed" in widget.data.summary.text()
+
+    # What Train hands the run: the reviewed slices only.
+    trained: list = []
+
+    def record(job, _fields, **_callbacks):  # noqa: ANN001
+        trained.extend(job["collect"]())
+        return ft.FinetuneOutcome(error="recorded")
+
+    monkeypatch.setattr(ft, "train_body", record)
+    _ready(widget)
+    _train(qtbot, widget)
+    assert sorted(item.name for item in trained) == [f"vol [slice {corrected}]", "vol [slice 7]"]
+
+    # Asked for: every slice trains, and the summary says they are in.
+    widget.data.unreviewed_box.setChecked(True)
+    assert widget.recount() == (len(planes), len(planes), [])
+    assert f"including {propagated - 1} propagated slices nobody reviewed" in \
+        widget.data.summary.text()
+    trained.clear()
+    _train(qtbot, widget)
+    assert len(trained) == len(planes)
+
+
 def test_refuses_clearly_and_changes_nothing(make_napari_viewer, qtbot, notes, monkeypatch):
     viewer = make_napari_viewer()
     image, labels = _scene(0)
