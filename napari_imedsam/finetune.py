@@ -364,12 +364,16 @@ def _mean(values: dict[str, float]) -> float | None:
 
 def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None = None,
                  should_stop: Callable[[], bool] | None = None,
-                 on_status: Callable[[str], None] | None = None) -> FinetuneOutcome:
+                 on_status: Callable[[str], None] | None = None,
+                 may_train: Callable[[], bool] | None = None) -> FinetuneOutcome:
     """Collect, split, measure, train, publish. Never raises: errors come back as text.
 
     The engine writes its run files into a hidden folder beside the adapters;
     only the best adapter is published (under a new name) and the folder is
     removed, so a failed or stopped run leaves nothing half-written behind.
+    ``may_train`` is asked once, after the starting model is measured and before
+    anything is written or trained: False ends the run there, as a stop does (the
+    widget has let the run go: its Stop cannot wait for a model load).
     """
     from .model.checkpoint import load_adapter
     from .model.devices import resolve_device
@@ -417,6 +421,9 @@ def run_finetune(job: FinetuneJob, *, on_progress: Callable[[Any], None] | None 
             outcome.before = mean_dice(model, measured, cfg.val_label_size, device, cfg.seed,
                                        should_stop)
         if stopped_early():
+            return outcome
+        if may_train is not None and not may_train():
+            outcome.stopped, outcome.stop_reason = True, "stopped before training began"
             return outcome
 
         def progress(event: Any) -> None:

@@ -328,6 +328,15 @@ def test_stop_keeps_best_so_far_and_an_immediate_stop_saves_nothing(tmp_path):
     folder = tmp_path / "b" / "adapters"  # not even made: the stop came before training
     assert not folder.exists() or list(folder.iterdir()) == []
 
+    # A run the widget let go (Stop during the model load) is told so once it is loaded
+    # and measured: it ends there, before anything is written or trained.
+    events = []
+    let_go = ft.run_finetune(_job(tmp_path / "c", epochs=50), on_progress=events.append,
+                             should_stop=lambda: False, may_train=lambda: False)
+    assert let_go.adapter is None and let_go.steps == 0 and events == []
+    assert let_go.stop_reason == "stopped before training began"
+    assert not (tmp_path / "c" / "adapters").exists()
+
 
 def test_run_errors_come_back_as_advice(tmp_path):
     def oom():

@@ -49,7 +49,43 @@ class _Bridge(QObject):
     """Carries engine callbacks from the worker thread to the GUI thread (queued)."""
 
     event = Signal(object)
-    status = Signal(str)
+    status = Signal(object, str)  # (the run it comes from, the text)
+
+
+class _Run:
+    """One press of Train: its stop flag, and whether Stop may still let it go.
+
+    Until training begins (the data are read, the model loads, the starting model
+    is measured) Stop lets the run go: the dock is idle at once, the worker's
+    thread finishes by itself (a model load cannot be interrupted: 8 s measured)
+    and what it returns is thrown away; :meth:`begin`, asked by the worker before
+    it writes or trains anything, then says no. Once training began, Stop asks
+    the engine to end after the current step, keeping the best adapter so far.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.stop = threading.Event()
+        self.worker: Any = None
+        self._lock = threading.Lock()  # begin (worker) and let_go (GUI) decide once
+        self._training = False
+        self._let_go = False
+
+    def begin(self) -> bool:
+        """The worker asks before it writes or trains anything: may it go on?"""
+        with self._lock:
+            if self._let_go or self.stop.is_set():
+                return False
+            self._training = True
+            return True
+
+    def let_go(self) -> bool:
+        """Stop pressed: let the run go when it has not begun training (True), else ask
+        it to stop after the current step (False)."""
+        with self._lock:
+            self.stop.set()
+            self._let_go = not self._training
+            return self._let_go
 
 
 class FinetuneWidget(QWidget):
@@ -63,12 +99,11 @@ class FinetuneWidget(QWidget):
         #: TrainConfig fields to override (tests use small numbers).
         self.train_overrides: dict[str, Any] = {}
         self.last_outcome: ft.FinetuneOutcome | None = None
-        self._worker: Any = None
-        self._stop = threading.Event()
+        self._run: _Run | None = None  # the run in progress (a run let go is not)
         self._bar: Any = None
         self._bridge = _Bridge()
         self._bridge.event.connect(self._on_event)
-        self._bridge.status.connect(self.set_status)
+        self._bridge.status.connect(self._on_status)
         self._build_ui()
         self.refresh_adapters()
         self._placed = False
@@ -171,7 +206,7 @@ class FinetuneWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while training or ranking runs."""
-        return self._worker is not None or self.suggest.busy
+        return self._run is not None or self.suggest.busy
 
     # -- data (the DataBox) -------------------------------------------------------------
     def refresh(self) -> None:
@@ -250,22 +285,24 @@ class FinetuneWidget(QWidget):
                                 "mode": fields["mode"], "folder": folder,
                                 "layers": [[p.image_name, p.labels_name] for p in pairs]}},
             classes=classes)
-        self._stop.clear()
+        # Each run its own stop flag: a run let go keeps its own, set, while the next runs.
+        run = _Run(spec)
         self.plot.clear()
         self.result_label.setText("")
         self.set_status("starting: loading the model...")
-        workers: list[Any] = []
 
         def should_stop() -> bool:  # the Stop button, or napari closing (worker.quit())
-            return self._stop.is_set() or bool(workers and workers[0].abort_requested)
+            return run.stop.is_set() or bool(run.worker is not None
+                                              and run.worker.abort_requested)
 
         worker = create_worker(ft.train_body, job, fields, on_progress=self._bridge.event.emit,
-                               should_stop=should_stop, on_status=self._bridge.status.emit,
+                               should_stop=should_stop, may_train=run.begin,
+                               on_status=partial(self._bridge.status.emit, run),
                                _start_thread=False)
-        workers.append(worker)
-        worker.returned.connect(partial(self._on_outcome, spec))
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+        run.worker = worker
+        worker.returned.connect(partial(self._on_returned, run))
+        worker.finished.connect(partial(self._on_finished, run))
+        self._run = run
         self._set_running(True)
         worker.start()
 
@@ -283,11 +320,24 @@ class FinetuneWidget(QWidget):
         return fields
 
     def stop(self) -> None:
-        """End the run after the current step, keeping the best adapter so far."""
-        self._stop.set()
+        """End the run: at once before training began (nothing is saved), else after
+        the current step, keeping the best adapter so far."""
         self.suggest.stop()
-        if self._worker is not None:
+        run = self._run
+        if run is None:
+            return
+        if not run.let_go():
             self.set_status("stopping after this step (the best adapter so far is kept)...")
+            return
+        # Its thread may still be loading the model: it finishes in the background,
+        # trains nothing, writes nothing, and what it returns is thrown away.
+        self._end_run()
+        self._on_outcome(run.spec, ft.FinetuneOutcome(
+            stopped=True, stop_reason="stopped before training began"))
+
+    def _on_status(self, run: _Run, text: str) -> None:
+        if run is self._run:  # a run let go says nothing more
+            self.set_status(text)
 
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
@@ -319,6 +369,10 @@ class FinetuneWidget(QWidget):
         """The time limit in seconds, or None (0 minutes means no limit)."""
         minutes = self.minutes_spin.value()
         return minutes * 60.0 if minutes > 0 else None
+
+    def _on_returned(self, run: _Run, outcome: ft.FinetuneOutcome) -> None:
+        if run is self._run:  # a run let go by Stop hands nothing over
+            self._on_outcome(run.spec, outcome)
 
     def _on_outcome(self, spec: ModelSpec, outcome: ft.FinetuneOutcome) -> None:
         self.last_outcome = outcome
@@ -371,8 +425,13 @@ class FinetuneWidget(QWidget):
         """List the adapters in the output folder, newest first."""
         self.adapters.refresh(self.out_edit.text().strip(), select)
 
-    def _on_finished(self) -> None:
-        self._worker = None
+    def _on_finished(self, run: _Run) -> None:
+        if run is self._run:
+            self._end_run()
+
+    def _end_run(self) -> None:
+        """The dock is idle again: Train can start the next run."""
+        self._run = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -364,6 +364,69 @@ def test_stop_before_training_began_ends_the_run_there(make_napari_viewer, qtbot
     assert not [n for n in notes if n[0] in ("warning", "error")], notes
 
 
+def test_stop_while_the_model_loads_ends_the_run_at_once(make_napari_viewer, qtbot, notes,
+                                                        tiny_model, monkeypatch):
+    """A model load cannot be interrupted (8.2 s measured for Stop before): Stop lets
+    the run go at once, its load finishes in the background and comes to nothing (no
+    training, no file, nothing handed over), and Train starts a new run meanwhile."""
+    import threading
+    import time
+    from pathlib import Path
+
+    import napari_imedsam.finetune as ft
+    import napari_imedsam.train.engine as engine
+    from napari_imedsam.widgets.finetune import link
+
+    loading, loaded = threading.Event(), threading.Event()
+    real_load, real_train, real_run = link.load_start_model, engine.train, ft.run_finetune
+
+    def slow_load(*args):  # noqa: ANN001, ANN202 - the first run's load takes 5 s
+        if loading.is_set():
+            return real_load(*args)
+        loading.set()
+        time.sleep(5)
+        model = real_load(*args)
+        loaded.set()
+        return model
+
+    trained: list[int] = []
+    returned: list = []  # what every run's worker returns, let go or not
+    monkeypatch.setattr(link, "load_start_model", slow_load)
+    monkeypatch.setattr(engine, "train", lambda *a, **k: trained.append(1) or real_train(*a, **k))
+    monkeypatch.setattr(ft, "run_finetune",
+                        lambda *a, **k: returned.append(real_run(*a, **k)) or returned[-1])
+    viewer = _viewer_with_scenes(make_napari_viewer)
+    segment = _open(viewer, "Segment")
+    segment.model_combo.setCurrentText(tiny_model)
+    widget = _open(viewer)
+    widget.pairs_table.set_row(segment.masks.name, use=False)
+    _ready(widget, epochs=1)
+    out = Path(widget.out_edit.text())
+
+    widget.start_training()
+    qtbot.waitUntil(loading.is_set, timeout=WAIT_MS)
+    pressed = time.monotonic()
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=2000)
+    assert time.monotonic() - pressed < 2 and not loaded.is_set()
+    assert "stopped" in widget.status.text()
+    assert widget.train_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert widget.last_outcome.stop_reason == "stopped before training began"
+
+    # Train works again while the first run's load still goes on, with its own Stop flag.
+    second = _train(qtbot, widget)
+    qtbot.waitUntil(lambda: len(returned) == 2, timeout=WAIT_MS)  # the first's load ended
+    assert second.error is None and second.steps > 0 and second.adapter is not None
+    assert trained == [1]  # the second run only
+    let_go = next(o for o in returned if o is not second)
+    assert let_go.stopped and let_go.adapter is None and let_go.steps == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [second.adapter.name, second.adapter.with_suffix(".json").name])
+    assert widget.last_outcome is second
+    assert segment.adapter_edit.text() in ("", str(second.adapter))
+    assert not [n for n in notes if n[0] == "error"], notes
+
+
 def test_go_to_the_next_most_uncertain(make_napari_viewer, qtbot, tiny_model, monkeypatch):
     viewer = make_napari_viewer()
     volume = np.full((5, 64, 96, 3), 30, np.uint8)
