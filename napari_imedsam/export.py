@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, io, saving
-from .inference.regions import output_grid
+from .inference.regions import output_grid, resample_nearest
 
 FORMAT = "napari-imedsam export 1"
 LABEL_SUFFIXES = (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".dcm")
@@ -103,16 +103,6 @@ def suggested_path(source: str | Path | None, layer_name: str,
     return Path(folder or Path.cwd()) / f"{safe or 'image'}_labels.tif"
 
 
-def resample_nearest(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling of a 2D map by pixel centres (no library needed:
-    each output pixel takes the input pixel its centre falls in)."""
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * values.shape[0] / shape[0]).astype(int),
-                      values.shape[0] - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * values.shape[1] / shape[1]).astype(int),
-                      values.shape[1] - 1)
-    return values[np.ix_(rows, cols)]
-
-
 def session_decoder(session: Any, data: Any, window: Any = None,
                     lock: Any = None, decoder: str | None = None) -> Decode:
     """A :data:`Decode` over an inference session and the image (2D, RGB or a volume).
@@ -121,7 +111,7 @@ def session_decoder(session: Any, data: Any, window: Any = None,
     predict pair, since the session holds one current image. ``decoder``: the
     decoder that answers (None: the session's own choice).
     """
-    from .inference.merge import masks_box_by_box
+    from .inference.merge import box_windows, masks_box_by_box
 
     guard = lock if lock is not None else contextlib.nullcontext()
 
@@ -134,6 +124,20 @@ def session_decoder(session: Any, data: Any, window: Any = None,
             return masks_box_by_box(session, np.asarray(boxes, dtype=np.float64), scale=scale,
                                     decoder=decoder, clicks=clicks, head=head)
 
+    def windows(plane: int | None, objects: Sequence[ObjectBox], scale: float
+                ) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray]]:
+        """Each object's mask on its own window, in order (``merge.box_windows``)."""
+        image = np.asarray(data if plane is None else data[plane])
+        clicks = [o.prompt_clicks() for o in objects]
+        with guard:
+            session.set_image(image, window=window)
+            for i, where, mask, _ in box_windows(
+                    session, np.array([o.box for o in objects], np.float64), scale=scale,
+                    decoder=decoder, heads=[o.head for o in objects],
+                    clicks=clicks if any(c is not None for c in clicks) else None):
+                yield i, where, mask
+
+    decode.windows = windows  # type: ignore[attr-defined]
     return decode
 
 
@@ -281,9 +285,129 @@ def record_id(entry: Any) -> int:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        bool(np.isfinite(value))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """An export's JSON record, checked for everything re-making its masks reads, so a
+    damaged or foreign record is one line naming it, before any model loads: its
+    keys, the image's shape, the scale, and per object a positive whole id, a box of
+    four numbers (or none, with clicks), its clicks, its class and a plane that the
+    image has (a plane on a 2D image was told as a box outside a "3 x 1348 image")."""
+    from .io import check_regular_file
+
+    path = Path(path)
+    check_regular_file(path, "JSON file")  # a FIFO would block the read forever
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a JSON file ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a napari-imedsam export record")
+    missing = [k for k in ("image", "model", "scale", "objects") if k not in record]
+    for part, key in (("image", "shape"), ("model", "name")):
+        if not missing and not (isinstance(record[part], dict) and key in record[part]):
+            missing = [f"{part}.{key}"]
+    if not missing and not isinstance(record["objects"], list):
+        missing = ["objects (a list)"]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or from another "
+                         "tool; export again from napari")
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{path}: {what}: the record is damaged; export again from napari")
+
+    shape = record["image"]["shape"]
+    if not (isinstance(shape, list) and len(shape) in (2, 3)
+            and all(_is_count(v) and v > 0 for v in shape)):
+        raise damaged(f"its image shape {shape!r} is not 2 or 3 positive whole numbers "
+                      "(rows, columns; or slices, rows, columns)")
+    scale = record["scale"]
+    if not (_is_number(scale) and 0.25 <= scale <= 8):
+        raise damaged(f"its scale {scale!r} is not a number from 0.25 to 8")
+    planes = shape[0] if len(shape) == 3 else None
+    for entry in record["objects"]:
+        try:
+            object_id = record_id(entry)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        box = entry.get("box")
+        if box is not None and not (isinstance(box, list) and len(box) == 4
+                                    and all(_is_number(v) for v in box)):
+            raise damaged(f"object {object_id}'s box {box!r} is not four numbers "
+                          "(x0, y0, x1, y1)")
+        try:
+            _record_clicks(entry)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        plane = entry.get("plane")
+        if planes is None and plane is not None:
+            raise damaged(f"object {object_id} lies on plane {plane!r}, but the record's "
+                          f"image is 2D ({shape[0]} x {shape[1]})")
+        if planes is not None and not (_is_count(plane) and plane < planes):
+            raise damaged(f"object {object_id} lies on plane {plane!r}, not one of the "
+                          f"volume's 0..{planes - 1}")
+        chosen = entry.get("class")
+        head = chosen.get("head") if isinstance(chosen, dict) else None
+        if not (chosen is None or isinstance(chosen, dict)) or not (head is None
+                                                                     or _is_count(head)):
+            raise damaged(f"object {object_id}'s class {chosen!r} is not a class of the model")
+    return record
+
+
+def beside_record(record_path: Path, value: Any) -> Path | None:
+    """A path written in an export record: a relative one is relative to the record's
+    folder (where the export wrote it), not to the current folder."""
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else record_path.parent / path
+
+
+def check_image_hash(record_path: Path, record: dict[str, Any], image_path: Path) -> None:
+    """The image must be the one exported (SHA-256), not another of the same shape.
+    A record without the hash (an export before it was recorded) is checked by shape
+    only, and a note on stderr says so."""
+    import sys
+
+    expected = record["image"].get("sha256")
+    if not expected:
+        print(f"note: {record_path} records no SHA-256 of its image (an older export): "
+              f"{image_path} is checked by its shape only", file=sys.stderr)
+        return
+    if source_sha256(image_path) != expected:
+        raise ValueError(f"{image_path} is not the image {record_path} was exported from "
+                         "(its SHA-256 differs): give the exported image as IMAGE")
+
+
+def check_model_hashes(record_path: Path, spec: dict[str, Any], name: str,
+                       adapter: Path | None) -> None:
+    """The weights named by the record must be the ones it recorded (SHA-256): a
+    registry name's hash is known, files are hashed (the same as the export did)."""
+    now = model_info(name, None if adapter is None else str(adapter), "cpu")
+    for key, what in (("model_sha256", f"the model {name}"),
+                      ("adapter_sha256", f"the adapter {adapter or '(the default)'}")):
+        if spec.get(key) and now.get(key) and spec[key] != now[key]:
+            raise ValueError(f"{what} is not the one {record_path} was exported with (its "
+                             "SHA-256 differs): use the export's weights to make its masks "
+                             "again")
+
+
 def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
     """Decode the recorded boxes again: labels on the record's grid and scale, in the
-    smallest unsigned type that holds the record's largest id."""
+    smallest unsigned type that holds the record's largest id. Objects are written
+    in the record's order onto background (the first one listed keeps a shared pixel).
+
+    A decode from :func:`session_decoder` folds in each object's window as it comes:
+    memory is the labels and one window, whatever the number of objects and the
+    scale (a mask of the whole grid per object held 3.3 GB for 10 boxes at scale 4,
+    and 2000 objects ran for more than 900 s; issue 23)."""
     shape = tuple(record["image"]["shape"])
     scale = float(record["scale"])
     fine = output_grid(shape[-2:], scale)
@@ -293,14 +417,21 @@ def reproduce(record: dict[str, Any], decode: Decode) -> np.ndarray:
     for obj in record["objects"]:
         if obj.get("box") is not None or obj.get("clicks"):
             by_plane.setdefault(obj.get("plane"), []).append(obj)
+    windows = getattr(decode, "windows", None)
     for plane, objs in by_plane.items():
         # Each object answered by the class recorded with it (models with several classes).
         boxes = [ObjectBox(record_id(o), _record_box(o), plane,
                            head=(o.get("class") or {}).get("head"), clicks=_record_clicks(o))
                  for o in objs]
-        _, masks, _ = _decode_by_class(decode, plane, boxes, scale, at_one=False)
         target = out if plane is None else out[plane]
-        target[...] = _compose(fine, [(record_id(o), m) for o, m in zip(objs, masks)], None)
+        if windows is None:
+            _, masks, _ = _decode_by_class(decode, plane, boxes, scale, at_one=False)
+            target[...] = _compose(fine, [(b.object_id, m) for b, m in zip(boxes, masks)],
+                                   None)
+            continue
+        for i, (r0, c0, r1, c1), mask in windows(plane, boxes, scale):
+            part = target[r0:r1, c0:c1]
+            part[mask & (part == 0)] = boxes[i].object_id
     return out
 
 

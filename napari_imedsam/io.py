@@ -49,6 +49,8 @@ class LoadedImage:
     #: For a multi-frame (enhanced) DICOM image: its frame numbers (1-based) in the
     #: volume's slice order (``dicom_files`` then holds its one file).
     dicom_frames: tuple[int, ...] | None = None
+    #: ``data`` holds the volume's slices from this one on (one slice read alone).
+    first_plane: int = 0
 
 
 #: Largest decoded image this reads without being asked (bytes); ``$IMEDSAM_MAX_IMAGE_BYTES``.
@@ -144,8 +146,12 @@ def _view_transform(affine: np.ndarray):  # noqa: ANN202
     return ornt_transform(io_orientation(affine), axcodes2ornt(VIEW_AXCODES))
 
 
-def read_nifti(path: str | Path) -> LoadedImage:
-    """A NIfTI image: 3D (and 4D, time first) reoriented to the view; spacing in mm."""
+def read_nifti(path: str | Path, plane: int | None = None) -> LoadedImage:
+    """A NIfTI image: 3D (and 4D, time first) reoriented to the view; spacing in mm.
+
+    ``plane``: of a 3D volume, read that slice of the view only (``data`` is then
+    ``(1, Y, X)`` and ``first_plane`` is ``plane``): one slice of a 1.2 GB volume
+    is segmented in the memory of one slice."""
     nib = _optional("nibabel", "NIfTI files")
     from nibabel.orientations import apply_orientation, inv_ornt_aff
 
@@ -158,17 +164,23 @@ def read_nifti(path: str | Path) -> LoadedImage:
             _check_nifti_scaling(Path(path), raw)
         img = nib.load(str(path))
         header = img.header
-        check_decoded_size(path, header.get_data_shape(), header.get_data_dtype().itemsize,
-                           compressed=str(path).lower().endswith(".gz"))
-        data = np.asarray(img.dataobj)
+        proxy = img.dataobj
+        # Scaled values come as float32: nibabel's own choice is float64, 8 bytes a voxel.
+        scaled = bool(getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0)
+        stored = header.get_data_dtype().itemsize
+        itemsize = max(4, stored) if scaled else stored
+        shape = header.get_data_shape()
+        check_decoded_size(path, shape, itemsize, compressed=str(path).lower().endswith(".gz"),
+                           stored_bytes=float(np.prod(shape, dtype=np.float64)) * stored)
+        as_type = np.float32 if scaled and itemsize == 4 else None
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated gzip, text, wrong magic...
-        text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise ValueError(f"{Path(path).name} is not a readable NIfTI file ({text})") from exc
+        raise ValueError(_not_nifti(path, exc)) from exc
     affine = np.asarray(img.affine, dtype=np.float64)
-    if data.ndim < 3:
+    if len(shape) < 3:
         # A 2D NIfTI stores (X, Y); show it as (rows, cols) = (Y, X).
+        data = _read_nifti_voxels(nib, proxy, Path(path), as_type)
         zooms = tuple(float(z) for z in img.header.get_zooms()[: data.ndim])
         return LoadedImage(np.ascontiguousarray(data.T), tuple(reversed(zooms)), str(path),
                            affine)
@@ -182,14 +194,76 @@ def read_nifti(path: str | Path) -> LoadedImage:
             f"{Path(path).name}: its affine (the header's voxel-to-world matrix) cannot be "
             f"read as an orientation ({text}); fix the file's sform/qform, e.g. re-save it "
             "with its scanner's converter") from exc
+    first = 0
+    if plane is not None and len(shape) == 3:
+        # The file axis that becomes the view's slices, and which way it runs.
+        axis = int(np.flatnonzero(transform[:, 0] == 0)[0])
+        depth = int(shape[axis])
+        if not 0 <= plane < depth:
+            raise ValueError(f"--slice {plane} is outside 0..{depth - 1}")
+        index = plane if transform[axis, 1] > 0 else depth - 1 - plane
+        slicer = [slice(None)] * 3
+        slicer[axis] = slice(index, index + 1)
+        try:
+            data = np.asarray(proxy[tuple(slicer)])
+        except Exception as exc:  # noqa: BLE001 - a truncated gzip, as above
+            raise ValueError(_not_nifti(path, exc)) from exc
+        if as_type is not None:
+            data = data.astype(as_type)
+        first = plane
+    else:
+        data = _read_nifti_voxels(nib, proxy, Path(path), as_type)
     view = apply_orientation(data, transform)  # extra (time) axes stay last
-    view_affine = affine @ inv_ornt_aff(transform, data.shape[:3])
+    view_affine = affine @ inv_ornt_aff(transform, shape[:3])
     # Rounded: the header stores float32, and 0.7 should not read as 0.69999999.
     spacing = tuple(round(float(v), 6) for v in np.sqrt((view_affine[:3, :3] ** 2).sum(axis=0)))
     if view.ndim > 3:  # (Z, Y, X, T...) -> (T..., Z, Y, X), the order napari's sliders expect
         view = np.moveaxis(view, tuple(range(3, view.ndim)), tuple(range(view.ndim - 3)))
         spacing = (1.0,) * (view.ndim - 3) + spacing
-    return LoadedImage(np.ascontiguousarray(view), spacing, str(path), affine)
+    # The reoriented view, not a copy: a copy held the volume twice (a 1.2 GB volume
+    # took 3.1 GB to segment one slice of; issue 23). NIfTI stores x fastest, so
+    # each (rows, columns) slice of the view is still a block of memory.
+    return LoadedImage(view, spacing, str(path), affine, first_plane=first)
+
+
+def _not_nifti(path: str | Path, exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:160] or type(exc).__name__
+    return f"{Path(path).name} is not a readable NIfTI file ({text})"
+
+
+#: Bytes of a compressed NIfTI decoded at a time.
+_NIFTI_CHUNK = 16 << 20
+
+
+def _read_nifti_voxels(nib: Any, proxy: Any, path: Path, dtype: Any) -> np.ndarray:
+    """A NIfTI's voxels (scaled into ``dtype`` when given), read without a second copy.
+
+    nibabel reads a compressed file whole into bytes, then copies them into its
+    array (Python's gzip has no ``readinto`` of its own): a 1.2 GB volume peaked
+    at 2.5 GB before anything else ran. A compressed file's data is read here in
+    16 MB chunks straight into the array it becomes; an uncompressed one is left
+    to nibabel, which maps it."""
+    raw = np.dtype(proxy.dtype)
+    if path.suffix.lower() not in (".gz", ".bz2", ".zst") or raw.kind not in "biuf" or \
+            getattr(proxy, "order", "F") not in ("C", "F"):
+        return np.asarray(proxy) if dtype is None else np.asarray(proxy, dtype=dtype)
+    out = np.empty(proxy.shape, dtype or raw.newbyteorder("="), order=proxy.order)
+    flat = out.reshape(-1, order=proxy.order)  # a view: the memory in file order
+    slope, inter = (float(proxy.slope), float(proxy.inter)) if dtype is not None else (1, 0)
+    step = max(1, _NIFTI_CHUNK // raw.itemsize)
+    with nib.openers.ImageOpener(str(path)) as f:
+        f.seek(int(proxy.offset))
+        for start in range(0, flat.size, step):
+            want = min(step, flat.size - start) * raw.itemsize
+            chunk = f.read(want)
+            if len(chunk) != want:
+                raise ValueError(f"{path.name}: its data end after {start * raw.itemsize + len(chunk)}"
+                                 f" of {flat.size * raw.itemsize} bytes: truncated; not read")
+            values = np.frombuffer(chunk, raw)
+            if dtype is not None:
+                values = values.astype(dtype) * dtype(slope) + dtype(inter)
+            flat[start:start + len(values)] = values
+    return out
 
 
 def _raw_nifti_header(nib: Any, path: Path) -> Any:
@@ -476,13 +550,16 @@ def _any_finite(data: np.ndarray) -> bool:
     return any(bool(np.isfinite(part).any()) for part in data)
 
 
-def read_any(path: str | Path) -> LoadedImage:
-    """Read an image or volume by its suffix (a folder is a DICOM series)."""
+def read_any(path: str | Path, plane: int | None = None) -> LoadedImage:
+    """Read an image or volume by its suffix (a folder is a DICOM series).
+
+    ``plane``: only that slice is needed; a NIfTI volume then reads it alone
+    (``first_plane`` says which), other formats read everything."""
     path = check_regular_file(path, folder_ok=True)
     if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom"):
         loaded = read_dicom(path)
     elif is_nifti(path):
-        loaded = read_nifti(path)
+        loaded = read_nifti(path, plane=plane)
     elif path.suffix.lower() in (".tif", ".tiff"):
         loaded = LoadedImage(read_tiff(path), None, str(path))
     else:

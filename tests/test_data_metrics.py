@@ -109,8 +109,8 @@ def test_read_mask_cleans_jpeg_noise(tmp_path):
     noisy = np.where(truth, rng.integers(250, 256, truth.shape), rng.integers(0, 6, truth.shape)).astype(np.uint8)
     _save_png(tmp_path / "m.png", noisy)
     mask = read_mask(tmp_path / "m.png")
-    assert mask.dtype == np.int32
-    np.testing.assert_array_equal(mask, truth.astype(np.int32))
+    assert mask.dtype == np.uint8  # {0, 1} in a byte a pixel (int32 took 4)
+    np.testing.assert_array_equal(mask, truth.astype(np.uint8))
 
 
 def test_read_mask_noisy_empty_stays_empty(tmp_path):

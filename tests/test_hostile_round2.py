@@ -202,3 +202,96 @@ def test_bench_json_is_written_whole_and_replaced_only_with_overwrite(tmp_path, 
     assert main(["bench", "--json", str(report), "--overwrite"]) == 0
     assert json.loads(report.read_text()) == {"encoder_ms": 1.5}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]  # no temporary file
+
+
+# -- memory: small files that expand (item "tracebacks, hangs, memory") ---------------
+def _traced_peak(call) -> tuple[object, int]:  # noqa: ANN001
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_percentile_scaling_and_ct_windows_take_about_one_copy_of_the_image():
+    """A 12000 x 12000 16-bit TIFF (393 KB deflated) peaked at 4.5 GB in ``segment``:
+    the scaling made float64 copies of the whole image. NumPy's traced peak was 12.6
+    times the image (scaling) and 9 times (a CT window) before; about 3.8 now."""
+    from napari_imedsam.inference.intensity import apply_window, as_rgb_uint8
+
+    image = (np.random.default_rng(0).random((1000, 1000)) * 60000).astype(np.uint16)
+    rgb, peak = _traced_peak(lambda: as_rgb_uint8(image))
+    assert rgb.shape == (1000, 1000, 3) and rgb.dtype == np.uint8
+    assert peak < 5 * image.nbytes, peak / image.nbytes
+    ct = image.astype(np.int16)
+    grey, peak = _traced_peak(lambda: apply_window(ct, "abdomen"))
+    assert grey.dtype == np.uint8 and peak < 4 * ct.nbytes, peak / ct.nbytes
+
+
+def test_the_embedding_cache_key_hashes_the_pixels_without_copying_them():
+    from napari_imedsam.inference.cache import content_key
+
+    image = np.zeros((1000, 1000, 3), np.uint8)
+    key, peak = _traced_peak(lambda: content_key(image))
+    assert peak < image.nbytes // 10
+    image[5, 5, 1] = 1
+    assert content_key(image) != key
+
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray,
+           slope: tuple[float, float] | None = None) -> Path:
+    nib = pytest.importorskip("nibabel")
+    img = nib.Nifti1Image(data, affine)
+    if slope is not None:
+        img.header.set_slope_inter(*slope)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("affine", [
+    np.diag([0.8, 0.8, 2.0, 1.0]),                      # RAS as stored
+    np.diag([-0.8, -0.8, 2.0, 1.0]),                    # LPS: rows and columns flipped
+    np.array([[0, 0, -2.0, 0], [0.8, 0, 0, 0], [0, -0.7, 0, 0], [0, 0, 0, 1]]),  # axes swapped
+])
+@pytest.mark.parametrize("suffix, dtype, slope", [
+    (".nii.gz", "<i2", None), (".nii.gz", ">i2", (0.5, -3.0)), (".nii", "<f4", None),
+    (".nii", "<i2", (2.0, 1.0))])
+def test_a_nifti_slice_read_alone_is_that_slice_of_the_whole_volume(tmp_path, affine, suffix,
+                                                                  dtype, slope):
+    """``segment VOLUME --slice Z`` reads slice Z alone: it must be the slice that
+    reading the whole volume gives, whatever the orientation, order and scaling."""
+    data = (np.random.default_rng(1).random((9, 7, 5)) * 900).astype(dtype)
+    path = _nifti(tmp_path / f"v{suffix}", data, affine, slope)
+    whole = io.read_nifti(path)
+    depth = whole.data.shape[0]
+    for plane in (0, depth // 2, depth - 1):
+        alone = io.read_nifti(path, plane=plane)
+        assert alone.first_plane == plane and alone.data.shape == (1, *whole.data.shape[1:])
+        np.testing.assert_array_equal(alone.data[0], whole.data[plane])
+        assert alone.data.dtype == whole.data.dtype and alone.spacing == whole.spacing
+    with pytest.raises(ValueError, match=rf"--slice {depth} is outside 0..{depth - 1}"):
+        io.read_nifti(path, plane=depth)
+
+
+def test_a_compressed_nifti_is_read_into_one_array_and_a_slice_alone_in_a_slice(tmp_path,
+                                                                              monkeypatch):
+    """A 1.2 GB volume in a gzip of a few MB peaked at 2.9 GB to segment one slice:
+    nibabel reads a compressed file whole into bytes and copies them (2 times the
+    volume); the reoriented copy made a third. Now: one array (and a fixed
+    amount for gzip: 1.5 times this small volume), or one slice."""
+    nib = pytest.importorskip("nibabel")
+    data = np.zeros((256, 256, 64), np.int16)
+    data[100:150, 90:160, 20:40] = 300
+    path = _nifti(tmp_path / "v.nii.gz", data, np.diag([-0.8, -0.8, 2.0, 1.0]))
+    # The chunk (and gzip's copy of it) is a fixed cost: 32 MB beside a 1.2 GB volume.
+    monkeypatch.setattr(io, "_NIFTI_CHUNK", 1 << 20)
+    whole, peak = _traced_peak(lambda: io.read_nifti(path))
+    assert peak < 1.7 * data.nbytes, peak / data.nbytes  # 2.9 before
+    reference = np.asarray(nib.load(str(path)).dataobj)
+    assert int(whole.data.sum(dtype=np.int64)) == int(reference.sum(dtype=np.int64))
+    alone, peak = _traced_peak(lambda: io.read_nifti(path, plane=30))
+    assert peak < 0.2 * data.nbytes, peak / data.nbytes
+    np.testing.assert_array_equal(alone.data[0], whole.data[30])

@@ -240,7 +240,8 @@ def _export_record(folder: Path, content: str) -> list[str]:
 
 def _export_of(folder: Path, *extra: str, ids: tuple = (1,), image_path: str = "",
                hashed: bool = True, model: dict | None = None,
-               image: str | None = None) -> list[str]:
+               image: str | None = None,
+               change: Callable[[dict], None] | None = None) -> list[str]:
     """An export record of ``a.tif`` (48 x 64) made with the tiny model, one box per id,
     its image named as ``image_path`` (default: its full path; relative: beside the
     record), with its SHA-256 if ``hashed`` -> the command that makes its masks again
@@ -260,6 +261,8 @@ def _export_of(folder: Path, *extra: str, ids: tuple = (1,), image_path: str = "
     if hashed:
         record["image"]["sha256"] = digest
     record["objects"] = [{**record["objects"][0], "id": i} for i in ids]
+    if change is not None:
+        change(record)
     (folder / "r.json").write_text(json.dumps(record))
     return ["segment", "--from-export", str(folder / "r.json"), "--device", "cpu",
             *(["--out", str(folder / "o.tif")] if "--out" not in extra else []), *extra,
@@ -283,6 +286,22 @@ def _other_image_as(folder: Path, name: str, link: bool) -> str:
     if link:
         (folder / name).symlink_to(other)
     return str(folder / name)
+
+
+def _cannot_write_folders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder the process may not write into (the tests run as root, whom
+    permissions do not stop): creating any file in it fails as it would."""
+    from napari_imedsam import saving
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(saving.tempfile, "NamedTemporaryFile", refuse)
+    _must_not_load_a_model(monkeypatch)
+
+
+def _object(key: str, value: object) -> Callable[[dict], None]:
+    return lambda record: record["objects"][0].update({key: value})
 
 
 def _bench_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -569,6 +588,39 @@ ROWS = [
                    "--json", str(d / "data" / "masks" / "new.png")],
         patch=_must_not_load_a_model, says="a folder this evaluation reads",
         absent=("data/masks/new.png", "data/masks/new.csv")),
+    Row("errors 23/11", "segment --out under a file, as if it were a folder (after the work)",
+        lambda d: _segment(d, "--out", str(Path(_write(d / "x.txt", "mine")) / "m.tif")),
+        patch=_must_not_load_a_model, says="x.txt is not a folder", kept=("x.txt",)),
+    Row("errors 23/11", "segment --out into a new folder: made, as before",
+        lambda d: _segment(d, "--out", str(d / "new" / "m.tif")), code=0,
+        says="new/m.tif"),
+    Row("errors 23/11", "segment --out into a folder that cannot be written (found after 38 s)",
+        lambda d: _segment(d, "--out", str(d / "m.tif")), patch=_cannot_write_folders,
+        says="cannot write in the folder", absent=("m.tif",)),
+    Row("errors 23/11", "bench --json into a folder that cannot be written (lost after 32 s)",
+        lambda d: ["bench", "--json", str(d / "b.json")],
+        patch=lambda m: (_cannot_write_folders(m), _bench_must_not_run(m)),
+        says="cannot write in the folder", absent=("b.json",)),
+    Row("errors 23/12", "--from-export: a plane on a 2D image (told as a box outside a "
+        "'3 x 1348 image')", lambda d: _export_of(d, change=_object("plane", 3)),
+        patch=_must_not_load_a_model,
+        says="object 1 lies on plane 3, but the record's image is 2D (48 x 64)",
+        absent=("o.tif",)),
+    Row("errors 23/12", "--from-export: a box that is a number ('int' object is not iterable)",
+        lambda d: _export_of(d, change=_object("box", 5)), patch=_must_not_load_a_model,
+        says="object 1's box 5 is not four numbers", absent=("o.tif",)),
+    Row("errors 23/12", "--from-export: an image shape that is a number (a traceback)",
+        lambda d: _export_of(d, change=lambda r: r["image"].update(shape=5)),
+        patch=_must_not_load_a_model, says="its image shape 5 is not 2 or 3 positive",
+        absent=("o.tif",)),
+    Row("errors 23/12", "--from-export: a scale that is text ('could not convert string')",
+        lambda d: _export_of(d, change=lambda r: r.update(scale="a")),
+        patch=_must_not_load_a_model, says="its scale 'a' is not a number from 0.25 to 8",
+        absent=("o.tif",)),
+    Row("errors 23/12", "--from-export: a class head that is not a whole number",
+        lambda d: _export_of(d, change=_object("class", {"head": -1})),
+        patch=_must_not_load_a_model, says="class {'head': -1} is not a class of the model",
+        absent=("o.tif",)),
     Row("errors 12", "a box outside the image",
         lambda d: ["segment", _png(d), "--box", "100,100,120,120", "--model", MODEL["path"],
                    "--out", str(d / "m.tif")], says="lies outside the 64 x 48 image",

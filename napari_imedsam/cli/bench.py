@@ -13,7 +13,7 @@ from .train import positive_int
 def _bench(args: argparse.Namespace) -> int:
     from ..bench import run_benchmark
     from ..saving import atomic_save
-    from .infer import check_outputs
+    from ..saving import check_outputs
 
     if args.json:  # before minutes of work: an existing report, a link or a device
         check_outputs([args.json], [], args.overwrite)

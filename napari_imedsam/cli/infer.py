@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model.config import DEVICE_CHOICES as DEVICES
+from ..saving import check_outputs
 
 
 def _box(text: str) -> list[float]:
@@ -80,8 +81,9 @@ def objects_from_prompts(prompts: list[tuple[str, Any]]) -> tuple[list[list[floa
     return boxes, clicks
 
 
-def _slice_of(data: Any, index: int | None, source: str) -> Any:
-    """A 2D image from what was read: RGB(A) and 2D pass; volumes need --slice."""
+def _slice_of(data: Any, index: int | None, source: str, first: int = 0) -> Any:
+    """A 2D image from what was read: RGB(A) and 2D pass; volumes need --slice.
+    ``first``: the volume's slice that ``data[0]`` is (a slice read alone)."""
     if data.ndim == 2 or (data.ndim == 3 and data.shape[-1] in (3, 4)):
         if index is not None:
             raise ValueError(f"--slice applies to volumes; {source} is one 2D image: "
@@ -91,29 +93,10 @@ def _slice_of(data: Any, index: int | None, source: str) -> Any:
         if index is None:
             raise ValueError(f"{source} is a volume of {data.shape[0]} slices: choose one "
                              "with --slice Z")
-        if not 0 <= index < data.shape[0]:
+        if not 0 <= index - first < data.shape[0]:
             raise ValueError(f"--slice {index} is outside 0..{data.shape[0] - 1}")
-        return data[index]
+        return data[index - first]
     raise ValueError(f"{source} has shape {data.shape}: expected a 2D image or a 3D volume")
-
-
-def check_outputs(outputs: list[Path | None], inputs: list[Path | None], overwrite: bool) -> None:
-    """Before any work: outputs distinct from each other and from the inputs, and, unless
-    ``overwrite``, none of them already there (so a run writes all or nothing new)."""
-    chosen = [Path(p) for p in outputs if p is not None]
-    resolved = [p.resolve() for p in chosen]
-    if len(set(resolved)) < len(resolved):
-        raise ValueError("two outputs name the same file: give each output its own name")
-    sources = {Path(p).resolve() for p in inputs if p is not None}
-    for path, full in zip(chosen, resolved):
-        if full in sources:
-            raise ValueError(f"{path} is an input: choose another output name")
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} already exists: choose another name or pass "
-                                  "--overwrite")
-        if (path.exists() or path.is_symlink()) and (path.is_symlink() or not path.is_file()):
-            raise FileExistsError(f"{path} is not a regular file: it is never replaced; "
-                                  "choose another name")
 
 
 def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: Path,
@@ -126,7 +109,8 @@ def _segment_one(session: Any, image_path: Path, boxes: list[list[float]], out: 
     check_outputs([out, args.uncertainty, getattr(args, "error_map", None), args.polygons],
                   [image_path], args.overwrite)
     loaded = loaded if loaded is not None else read_any(image_path)
-    session.set_image(_slice_of(loaded.data, args.slice, str(image_path)), window=args.window)
+    session.set_image(_slice_of(loaded.data, args.slice, str(image_path), loaded.first_plane),
+                      window=args.window)
     spacing = loaded.spacing[-2:] if loaded.spacing else None
     # The boxes need only the embedding: let the pixels go (the caller's reference
     # too) before the decoding, which is where memory peaks on large images.
@@ -238,83 +222,14 @@ def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
-def _export_record(path: Path, fmt: str) -> dict[str, Any]:
-    """The JSON record of a napari export, checked for what re-making its masks reads:
-    its keys, and object ids that are positive whole numbers (they become label values)."""
-    from ..export import record_id
-    from ..io import check_regular_file
-
-    check_regular_file(path, "JSON file")  # a FIFO would block the read forever
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a JSON file ({exc})") from None
-    if not isinstance(record, dict) or record.get("format") != fmt:
-        raise ValueError(f"{path} is not a napari-imedsam export record")
-    missing = [k for k in ("image", "model", "scale", "objects") if k not in record]
-    for part, key in (("image", "shape"), ("model", "name")):
-        if not missing and not (isinstance(record[part], dict) and key in record[part]):
-            missing = [f"{part}.{key}"]
-    if not missing and not isinstance(record["objects"], list):
-        missing = ["objects (a list)"]
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}: it is damaged or from another "
-                         "tool; export again from napari")
-    for entry in record["objects"]:
-        try:
-            record_id(entry)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    return record
-
-
-def _beside_record(record_path: Path, value: Any) -> Path | None:
-    """A path written in an export record: a relative one is relative to the record's
-    folder (where the export wrote it), not to the current folder."""
-    if not value:
-        return None
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else record_path.parent / path
-
-
-def _check_image_hash(record_path: Path, record: dict[str, Any], image_path: Path) -> None:
-    """The image must be the one exported (SHA-256), not another of the same shape.
-    A record without the hash (an export before it was recorded) is checked by shape
-    only, and a note says so."""
-    from ..export import source_sha256
-
-    expected = record["image"].get("sha256")
-    if not expected:
-        print(f"note: {record_path} records no SHA-256 of its image (an older export): "
-              f"{image_path} is checked by its shape only", file=sys.stderr)
-        return
-    if source_sha256(image_path) != expected:
-        raise ValueError(f"{image_path} is not the image {record_path} was exported from "
-                         "(its SHA-256 differs): give the exported image as IMAGE")
-
-
-def _check_model_hashes(record_path: Path, spec: dict[str, Any], name: str,
-                        adapter: Path | None) -> None:
-    """The weights named by the record must be the ones it recorded (SHA-256): a
-    registry name's hash is known, files are hashed (the same as the export did)."""
-    from ..export import model_info
-
-    now = model_info(name, None if adapter is None else str(adapter), "cpu")
-    for key, what in (("model_sha256", f"the model {name}"),
-                      ("adapter_sha256", f"the adapter {adapter or '(the default)'}")):
-        if spec.get(key) and now.get(key) and spec[key] != now[key]:
-            raise ValueError(f"{what} is not the one {record_path} was exported with (its "
-                             "SHA-256 differs): use the export's weights to make its masks "
-                             "again")
-
-
 def _from_export(args: argparse.Namespace) -> int:
     """Make an export's masks again from its JSON record (napari widget's Export).
 
     Everything is checked before the model loads: the record, the outputs (not an
     input, not there unless --overwrite, a TIFF name), the image (its SHA-256 and
     shape) and the weights (their SHA-256)."""
-    from ..export import FORMAT, reproduce, session_decoder
+    from ..export import (beside_record, check_image_hash, check_model_hashes, read_record,
+                          reproduce, session_decoder)
     from ..inference.session import SegmentationSession
     from ..io import check_regular_file, read_any
     from ..model.loading import load_model
@@ -322,13 +237,13 @@ def _from_export(args: argparse.Namespace) -> int:
     from ..saving import label_dtype, write_tiff
 
     record_path = Path(args.from_export)
-    record = _export_record(record_path, FORMAT)
+    record = read_record(record_path)
     if args.uncertainty or args.polygons or getattr(args, "error_map", None):
         raise ValueError("--from-export makes the labels only: leave out --uncertainty, "
                          "--error-map and --polygons (the export wrote its uncertainty map "
                          f"beside {record_path.name})")
     image_path = (Path(args.image) if args.image
-                  else _beside_record(record_path, record["image"].get("path")))
+                  else beside_record(record_path, record["image"].get("path")))
     if image_path is None:
         raise ValueError(f"{record_path} names no image file (the layer had none): give IMAGE")
     if not args.out:
@@ -336,18 +251,18 @@ def _from_export(args: argparse.Namespace) -> int:
     spec = record["model"]
     name = str(spec["name"])
     if name not in REGISTRY:  # a model file, named as the export's process saw it
-        name = str(_beside_record(record_path, name))
-    adapter = _beside_record(record_path, spec.get("adapter"))
+        name = str(beside_record(record_path, name))
+    adapter = beside_record(record_path, spec.get("adapter"))
     model_file = None if name in REGISTRY else Path(name)
     check_outputs([args.out], [record_path, image_path, adapter, model_file], args.overwrite)
     if Path(args.out).suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"--out {args.out}: masks are written as TIFF; name the file .tif "
                          "or .tiff")
     check_regular_file(image_path, folder_ok=True)
-    _check_image_hash(record_path, record, image_path)
+    check_image_hash(record_path, record, image_path)
     if adapter is not None:
         check_regular_file(adapter, "adapter file")
-    _check_model_hashes(record_path, spec, name, adapter)
+    check_model_hashes(record_path, spec, name, adapter)
     loaded = read_any(image_path)
     spatial = list(loaded.data.shape[:-1] if record["image"].get("rgb") else loaded.data.shape)
     if spatial != list(record["image"]["shape"]):
@@ -447,8 +362,8 @@ def _segment(args: argparse.Namespace) -> int:
     from ..io import read_any
 
     parse_window(args.window)
-    loaded = read_any(args.image)
-    _slice_of(loaded.data, args.slice, str(args.image))
+    loaded = read_any(args.image, plane=args.slice)  # a NIfTI's slice is read alone
+    _slice_of(loaded.data, args.slice, str(args.image), loaded.first_plane)
     print(json.dumps(_segment_one(session(), args.image, boxes, args.out, args, loaded,
                                   clicks), indent=2))
     return 0

@@ -15,7 +15,8 @@ def content_key(image: np.ndarray) -> str:
     """A key from the pixels themselves (shape, dtype and bytes)."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(repr((image.shape, str(image.dtype))).encode())
-    digest.update(np.ascontiguousarray(image).tobytes())
+    # The array's own buffer (a bytes copy of a 12000 x 12000 RGB image was 432 MB more).
+    digest.update(memoryview(np.ascontiguousarray(image)).cast("B"))
     return digest.hexdigest()
 
 

@@ -169,6 +169,39 @@ class BandMerge:
             clicks=self._clicks_of([i])))[0]
 
 
+def box_windows(session: SegmentationSession,
+                boxes: np.ndarray | Sequence[Sequence[float]], *, scale: float = 1.0,
+                threshold: float = 0.5, clicks: Sequence[Clicks | None] | None = None,
+                decoder: str | None = None,
+                heads: Sequence[int | None] | None = None,
+                ) -> Iterator[tuple[int, tuple[int, int, int, int], np.ndarray, np.ndarray | None]]:
+    """Each object decoded alone on its own window of the image grid times ``scale``:
+    ``(index, (r0, c0, r1, c1), mask (r1 - r0, c1 - c0) bool, std or None)``, in order;
+    objects outside the grid are skipped. ``heads``: each object's class (None: the
+    session's). Memory is one object's window, however many objects there are."""
+    boxes = session.check_boxes(boxes, clicks)
+    if not 0.25 <= scale <= 8:
+        raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
+    mode = session.resolve_decoder(decoder) if decoder is not None else session.mode
+    height, width = session.image_shape
+    shape = output_grid((height, width), scale)
+    whole = (0.0, 0.0, float(height), float(width))
+    sy, sx = height / shape[0], width / shape[1]
+    extents = boxes if clicks is None else session.extents(boxes, clicks, decoder=mode)
+    for i, box in enumerate(boxes):
+        window = window_of(extents[i], whole, shape)
+        if window is None:
+            continue
+        r0, c0, r1, c1 = window
+        part = session.predict(box[None], region=(r0 * sy, c0 * sx, r1 * sy, c1 * sx),
+                               out_shape=(r1 - r0, c1 - c0), decoder=mode,
+                               head=SESSION_HEAD if heads is None else heads[i],
+                               clicks=None if clicks is None else [clicks[i]])
+        std = (spread(part.uncertainty[0].max(axis=0))
+               if mode == "imedsam" and part.uncertainty is not None else None)
+        yield i, window, part.masks(threshold)[0], std
+
+
 def masks_box_by_box(session: SegmentationSession,
                      boxes: np.ndarray | Sequence[Sequence[float]], *, scale: float = 1.0,
                      threshold: float = 0.5, clicks: Sequence[Clicks | None] | None = None,
@@ -178,33 +211,23 @@ def masks_box_by_box(session: SegmentationSession,
     the uncertainty (:data:`UNCERTAINTY_QUANTITY`) ``(H', W')`` (None for SAM's decoder).
 
     What one ``predict`` call gives, but each object is decoded alone on its own
-    window of the grid: the maps held at once are one object's window (10 bytes a
-    pixel), not every object's whole grid, so memory is the masks' one byte a pixel
-    per object and grows with neither the maps' size nor a 4 GB refusal.
+    window of the grid (:func:`box_windows`): the maps held at once are one object's
+    window (10 bytes a pixel), not every object's whole grid, so memory is the masks'
+    one byte a pixel per object and grows with neither the maps' size nor a 4 GB
+    refusal. Callers that can fold each window in as it comes (``export.reproduce``)
+    use :func:`box_windows` and hold no mask per object at all.
     """
-    boxes = session.check_boxes(boxes, clicks)
-    if not 0.25 <= scale <= 8:
-        raise ValueError(f"scale must be between 0.25 and 8, got {scale}")
+    checked = session.check_boxes(boxes, clicks)
     mode = session.resolve_decoder(decoder) if decoder is not None else session.mode
-    height, width = session.image_shape
-    shape = output_grid((height, width), scale)
-    whole = (0.0, 0.0, float(height), float(width))
-    sy, sx = height / shape[0], width / shape[1]
-    masks = np.zeros((len(boxes), *shape), bool)
+    shape = output_grid(session.image_shape, scale) if 0.25 <= scale <= 8 else (0, 0)
+    masks = np.zeros((len(checked), *shape), bool)
     uncertainty = np.zeros(shape, np.float32) if mode == "imedsam" else None
-    extents = boxes if clicks is None else session.extents(boxes, clicks, decoder=mode)
-    for i, box in enumerate(boxes):
-        window = window_of(extents[i], whole, shape)
-        if window is None:
-            continue
-        r0, c0, r1, c1 = window
-        part = session.predict(box[None], region=(r0 * sy, c0 * sx, r1 * sy, c1 * sx),
-                               out_shape=(r1 - r0, c1 - c0), decoder=mode, head=head,
-                               clicks=None if clicks is None else [clicks[i]])
-        masks[i, r0:r1, c0:c1] = part.masks(threshold)[0]
-        if uncertainty is not None and part.uncertainty is not None:
-            np.maximum(uncertainty[r0:r1, c0:c1], spread(part.uncertainty[0].max(axis=0)),
-                       out=uncertainty[r0:r1, c0:c1])
+    for i, (r0, c0, r1, c1), mask, std in box_windows(
+            session, checked, scale=scale, threshold=threshold, clicks=clicks, decoder=mode,
+            heads=[head] * len(checked)):
+        masks[i, r0:r1, c0:c1] = mask
+        if uncertainty is not None and std is not None:
+            np.maximum(uncertainty[r0:r1, c0:c1], std, out=uncertainty[r0:r1, c0:c1])
     return masks, uncertainty
 
 

@@ -189,6 +189,9 @@ class SegmentationSession:
         cache_key = (self._model_key, key if key is not None else content_key(rgb), str(window))
         cfg = self.model.config
         tensor, box = letterbox_image(rgb, cfg.input_size, cfg.preprocess)
+        # The full-size RGB copy is not needed past here; on a 12000 x 12000 image it
+        # is 432 MB beside the encoder's own memory (issue 23: a 1.99 GB peak was 1.65 GB without it).
+        del rgb
         embedding = self.cache.get(cache_key)
         if embedding is None:
             runtime = self.encoder_runtime()

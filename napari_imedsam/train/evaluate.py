@@ -97,7 +97,8 @@ def evaluate_model(
         height, width = item.image.shape[:2]
         # The prompt is the object's tight box at the image's own resolution; a
         # box taken from the resized labels would be up to a label pixel looser.
-        image_box = np.asarray(box_of(native.any(axis=0)), dtype=np.float64)
+        image_box = np.asarray(box_of(native[0] if len(native) == 1 else native.any(axis=0)),
+                               dtype=np.float64)
         if box_margin_px:
             image_box = np.clip(image_box + np.array([-1, -1, 1, 1]) * box_margin_px,
                                 0, [width, height, width, height])
@@ -278,6 +279,9 @@ def check_report_paths(json_path: str | Path, overwrite: bool, inputs: tuple[Pat
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} already exists: choose another --json name or "
                                   "pass --overwrite")
+    from ..saving import check_writable_folder
+
+    check_writable_folder(Path(json_path).resolve().parent)
 
 
 def write_report(report: dict[str, Any], rows: list[dict[str, Any]], json_path: str | Path,
