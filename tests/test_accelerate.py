@@ -82,7 +82,7 @@ def test_fallback_to_pytorch_says_why(lite, cache, tmp_path, monkeypatch):
 
 def test_a_runtime_that_disagrees_is_refused(lite, cache, tmp_path, monkeypatch):
     accelerate.openvino_encoder(lite)  # exported (or already) in the shared cache
-    broken = tmp_path / "openvino"
+    broken = tmp_path / "broken"
     broken.mkdir()
     for path in cache.glob("encoder-*"):
         if path.suffix in (".xml", ".bin"):  # not the record of the passed check
@@ -91,9 +91,17 @@ def test_a_runtime_that_disagrees_is_refused(lite, cache, tmp_path, monkeypatch)
     data = bytearray(weights.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 4000] = bytes(4000)  # zero some weights
     weights.write_bytes(bytes(data))
-    monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(tmp_path))
+
+    def export_broken(model, target, ov):  # noqa: ANN001, ANN202 - a faulty conversion
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for path in broken.iterdir():
+            (target.parent / path.name).write_bytes(path.read_bytes())
+
+    monkeypatch.setattr(accelerate, "_export", export_broken)
+    monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="differs from PyTorch"):
         accelerate.openvino_encoder(lite)
+    assert not list((tmp_path / "cache" / "openvino").glob("*.json"))  # never trusted
 
 
 def test_session_uses_it_and_caches_embeddings(lite, cache):
@@ -105,3 +113,27 @@ def test_session_uses_it_and_caches_embeddings(lite, cache):
     eager.set_image(image)
     assert eager.encoder_runtime().describe == "PyTorch (cpu, fp32)"
     assert float((session._embedding - eager._embedding).abs().max()) <= 1e-4
+
+
+def test_a_cached_graph_changed_on_disk_is_exported_again(lite, cache, monkeypatch):
+    """Issue 23: scaling a quarter of the cached graph's floats changed the masks
+    (Dice 0.85 against the clean run) without a word; the files' hashes are now
+    recorded with the equality check and compared at every first use."""
+    runtime = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
+    assert runtime.describe.startswith("OpenVINO")
+    weights = next(cache.glob("encoder-*.bin"))
+    values = np.fromfile(weights, np.float32)
+    values[: len(values) // 4] *= 1.5
+    values.tofile(weights)
+    exports = []
+    real = accelerate._export
+    monkeypatch.setattr(accelerate, "_export", lambda *a: exports.append(1) or real(*a))
+    images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+    again = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
+    assert exports == [1]  # found changed, exported again
+    with torch.no_grad():
+        expected = lite.image_encoder(images)
+    assert float((again.run(images) - expected).abs().max()) <= 1e-4
+    # Untouched files are trusted as they are: no export, no new comparison.
+    accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
+    assert exports == [1]

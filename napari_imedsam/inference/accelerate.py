@@ -100,6 +100,33 @@ def _prune(folder: Path, keep: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def _files(target: Path) -> tuple[Path, Path]:
+    return target, target.with_suffix(".bin")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _trusted(target: Path, checked: Path, key: str) -> dict | None:
+    """The equality check recorded for ``target``, when its graph and weights are
+    still the files that were checked (SHA-256 of both); else None."""
+    try:
+        record = json.loads(checked.read_text())
+        hashes = record["sha256"]
+        if record.get("key") != key or not isinstance(hashes, dict):
+            return None
+        if all(hashes.get(path.name) == _sha256(path) for path in _files(target)):
+            return record
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
 def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRuntime:
     """The encoder through OpenVINO on the CPU (exported once, then from the cache).
 
@@ -116,7 +143,11 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRun
     target = cache / f"encoder-{key}.xml"
     checked = cache / f"encoder-{key}.json"
     with _LOCK:  # one export at a time in this process (a worker and the main thread)
-        if not target.is_file():
+        trusted = _trusted(target, checked, key)
+        if trusted is None:
+            # Never exported, or its files are not the ones checked (changed on disk,
+            # or checked by a version that kept no hashes): exported again.
+            checked.unlink(missing_ok=True)
             _export(model, target, ov)
         core = ov.Core()
         compiled = core.compile_model(core.read_model(target), "CPU",
@@ -131,14 +162,21 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRun
                 outputs.append(torch.from_numpy(np.array(compiled(image[None])[0])))
         return torch.cat(outputs)
 
-    if not checked.is_file():
+    if trusted is None:
         probe = _probe(model.config.input_size)
         with torch.no_grad():
             expected = model.image_encoder(probe)
         difference = float((run(probe) - expected).abs().max())
         if not difference <= TOLERANCE:
             raise RuntimeError(f"OpenVINO's encoder differs from PyTorch's by {difference:.2g}")
-        checked.write_text(json.dumps({"max_abs_difference": difference, "key": key}))
+        # The hashes of the files that were compared: a graph changed on disk after
+        # this (a quarter of its floats scaled gave Dice 0.85 without a word before,
+        # issue 23) no longer matches them and is exported again.
+        text = json.dumps({"max_abs_difference": difference, "key": key,
+                           "sha256": {path.name: _sha256(path) for path in _files(target)}})
+        staging = checked.with_name(f".{checked.name}.{os.getpid()}.tmp")
+        staging.write_text(text)
+        os.replace(staging, checked)
     return EncoderRuntime("OpenVINO (CPU, fp32)", run)
 
 
