@@ -304,6 +304,28 @@ def _object(key: str, value: object) -> Callable[[dict], None]:
     return lambda record: record["objects"][0].update({key: value})
 
 
+def _model_file_asking(folder: Path, name: str, change: Callable[[dict], None]) -> str:
+    """The tiny model file (1.5 MB) with its config changed by ``change``: the
+    weights stay the tiny model's."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(MODEL["path"], framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(f.metadata()["imedsam_config"])
+    change(config)
+    save_file(tensors, str(folder / name), metadata={"imedsam_config": json.dumps(config)})
+    return str(folder / name)
+
+
+def _wide(config: dict) -> None:
+    config["model"]["decoder"]["coarse_hidden"] = [30000, 30000]
+
+
+def _lora_rank(rank: int) -> Callable[[dict], None]:
+    return lambda config: config["model"]["adapters"].update(lora_rank=rank)
+
+
 def _bench_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from napari_imedsam import bench
 
@@ -495,6 +517,21 @@ ROWS = [
         lambda d: _segment(d, "--slice", "1", "--out", str(d / "m.tif"),
                            image=_dicom_folder_with_a_cut_slice(d)),
         says="s2.dcm: its pixel data cannot be read", absent=("m.tif",)),
+    Row("security 23/9", "a model file whose config asks for a 30000 x 30000 layer (4.2 GB "
+        "before it was refused)", lambda d: ["segment", _png(d), "--box", BOX, "--model",
+                                             _model_file_asking(d, "wide.safetensors", _wide),
+                                             "--out", str(d / "m.tif"), "--device", "cpu"],
+        says="implicit_decoder.coarse", absent=("m.tif",)),
+    Row("security 23/9", "a model file with a LoRA rank of 200,000 (killed at 6 GB before)",
+        lambda d: ["segment", _png(d), "--box", BOX, "--model",
+                   _model_file_asking(d, "rank.safetensors", _lora_rank(200_000)),
+                   "--out", str(d / "m.tif"), "--device", "cpu"],
+        says="adapters.lora_rank is 200000 (at most 65536)", absent=("m.tif",)),
+    Row("security 23/9", "a model file with a LoRA rank of 60,000 (within the bounds)",
+        lambda d: ["segment", _png(d), "--box", BOX, "--model",
+                   _model_file_asking(d, "rank.safetensors", _lora_rank(60_000)),
+                   "--out", str(d / "m.tif"), "--device", "cpu"],
+        says="its config asks for", absent=("m.tif",)),
     Row("lost 23/10", "bench --json onto an existing report: refused before the work",
         lambda d: ["bench", "--json", _write(d / "X.json", "{\"mine\": 1}")],
         patch=_bench_must_not_run, says="X.json already exists", kept=("X.json",)),

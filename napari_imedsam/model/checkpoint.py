@@ -110,9 +110,88 @@ def save_adapter(
     return path
 
 
+#: Most parameters a model file's config may ask for: 2.5 times SAM's vit_h (636 M).
+MAX_PARAMETERS = 1_600_000_000
+
+
+def expected_shapes(cfg: ModelConfig) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Every state-dict tensor's shape of the model ``cfg`` describes, and its number of
+    parameters, from a build on PyTorch's meta device: no memory is taken, however
+    large the config asks the model to be."""
+    from .build import build_model
+
+    real_item = torch.Tensor.item
+
+    def item(self: torch.Tensor) -> Any:  # a meta tensor has no value to give
+        return 0.0 if self.is_meta else real_item(self)
+
+    torch.Tensor.item = item  # type: ignore[method-assign]
+    try:
+        with torch.device("meta"):
+            model = build_model(config=cfg)
+    finally:
+        torch.Tensor.item = real_item  # type: ignore[method-assign]
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return shapes, sum(p.numel() for p in model.parameters())
+
+
+def check_file_shapes(path: str | Path, config: dict[str, Any]) -> None:
+    """Before any weight is read or any layer built: the model the file's config
+    describes is of a sane size, and the file holds exactly its tensors (names and
+    shapes) for the file's scope. An ``adapters`` file takes the rest from its
+    registered base, whose parts its config must then describe as they are."""
+    from safetensors import safe_open
+
+    from .config import VARIANTS
+
+    path = Path(path)
+    cfg = adapter_model_config(config)
+    scope = config.get("scope", "adapters")
+    if scope != "full":
+        base = VARIANTS.get(cfg.variant)
+        if base is None:
+            raise CheckpointError(f"{path}: its config names the model {cfg.variant!r}, which "
+                                  f"is not one of {', '.join(sorted(VARIANTS))}")
+        if cfg.encoder != base.encoder or _transformer(cfg) != _transformer(base):
+            raise CheckpointError(f"{path}: its config describes {cfg.variant}'s encoder or "
+                                  "mask decoder other than they are; the file is damaged or "
+                                  "not a napari-imedsam adapter")
+    try:
+        shapes, parameters = expected_shapes(cfg)
+    except Exception as exc:  # noqa: BLE001 - a config no model can be built from
+        raise CheckpointError(f"{path}: its config describes no model that can be built "
+                              f"({' '.join(str(exc).split())[:160]})") from exc
+    if parameters > MAX_PARAMETERS:
+        raise CheckpointError(f"{path}: its config asks for a model of {parameters / 1e9:.1f} "
+                              f"billion parameters (at most {MAX_PARAMETERS / 1e9:.1f}): not read")
+    wanted = {k: v for k, v in shapes.items() if _in_scope(k, scope)}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            held = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(unreadable(path, exc)) from exc
+    missing, unexpected = set(wanted) - set(held), set(held) - set(wanted)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: tensors do not match the model its config describes ({len(missing)} "
+            f"missing, {len(unexpected)} unexpected, e.g. {sorted(missing or unexpected)[0]})")
+    for key, shape in wanted.items():
+        if held[key] != shape:
+            raise CheckpointError(f"{path}: {key} has shape {held[key]}, its config asks for "
+                                  f"{shape}; the file is damaged or its config was changed")
+
+
+def _transformer(cfg: ModelConfig) -> tuple[Any, ...]:
+    """The prompt path's shapes an adapter does not store (click LoRA aside)."""
+    p = cfg.prompt
+    return (p.embed_dim, p.transformer_depth, p.transformer_mlp_dim, p.transformer_heads,
+            p.num_multimask_outputs, p.iou_head_depth, p.iou_head_hidden_dim)
+
+
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an adapter file; every failure is a :class:`CheckpointError` saying what to do."""
     config = read_adapter_config(path)
+    check_file_shapes(path, config)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

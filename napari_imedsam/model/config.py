@@ -138,6 +138,7 @@ class ModelConfig:
                 raise ValueError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
             return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
+        _check_bounds(data, "model")
         data = dict(data)
         parts = {
             "encoder": EncoderConfig,
@@ -149,6 +150,40 @@ class ModelConfig:
             if key in data:
                 data[key] = build(kind, data[key])
         return build(cls, data)
+
+
+#: Largest whole number a model config may hold, and the most entries in one of its
+#: lists: far past every registered variant (vit_h: 1280 wide, 32 deep), and small
+#: enough that building a model's shapes without memory (the meta device) is quick.
+#: What a config may ask for in memory is then checked against the file's own
+#: tensors before anything is allocated (``checkpoint.check_file_shapes``).
+MAX_CONFIG_INT = 1 << 16
+MAX_CONFIG_ENTRIES = 64
+
+
+def _check_bounds(value: Any, where: str) -> None:
+    """Refuse numbers a model config cannot mean (a 1.5 KB file asking for a
+    30000 x 30000 layer took 4.2 GB before it was refused; issue 23)."""
+    import math
+
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_bounds(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        if len(value) > MAX_CONFIG_ENTRIES:
+            raise ValueError(f"{where} has {len(value)} entries (at most {MAX_CONFIG_ENTRIES})")
+        for item in value:
+            _check_bounds(item, where)
+    elif isinstance(value, bool) or isinstance(value, str) or value is None:
+        return
+    elif isinstance(value, int):
+        if not -MAX_CONFIG_INT <= value <= MAX_CONFIG_INT:
+            raise ValueError(f"{where} is {value} (at most {MAX_CONFIG_INT})")
+    elif isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > MAX_CONFIG_INT:
+            raise ValueError(f"{where} is {value} (a finite number up to {MAX_CONFIG_INT})")
+    else:
+        raise ValueError(f"{where} is a {type(value).__name__}, not a number or text")
 
 
 _VIT_B = EncoderConfig()
