@@ -157,3 +157,19 @@ def test_adapters_with_non_numbers_or_integer_weights_are_refused(tmp_path, dama
     words = "floating-point" if damage == "int" else "NaN or infinite"
     with pytest.raises(CheckpointError, match=f"a.safetensors: {key.replace('.', '[.]')} .*{words}"):
         load_adapter(build_model("tiny"), path)
+
+
+def test_the_widget_takes_an_adapters_classes_from_its_header_as_the_model_does(tmp_path):
+    """Issue 23: before an adapter loaded, the widget listed the class names of the
+    JSON beside it while the model used the header's. One reader now, header first."""
+    from napari_imedsam.model.classes import classes_of
+    from napari_imedsam.model.loading import model_from_adapter
+    from napari_imedsam.session_holder import ModelSpec, spec_classes
+
+    path = save_adapter(build_model("tiny"), tmp_path / "a.safetensors", scope="full")
+    side = json.loads(json_path(path).read_text())
+    side["classes"][0]["name"] = "from the sidecar"
+    json_path(path).write_text(json.dumps(side))
+    listed = [c.name for c in spec_classes(ModelSpec("tiny", adapter=str(path)))]
+    answered = [c.name for c in classes_of(model_from_adapter(path))]
+    assert listed == answered and "from the sidecar" not in listed

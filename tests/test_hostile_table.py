@@ -326,6 +326,19 @@ def _lora_rank(rank: int) -> Callable[[dict], None]:
     return lambda config: config["model"]["adapters"].update(lora_rank=rank)
 
 
+def _model_file_without_its_config(folder: Path, sidecar: bytes) -> str:
+    """The tiny model's tensors with no config in the header, and ``sidecar`` as the
+    JSON beside it (the place the config is read from then)."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(MODEL["path"], framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(folder / "bare.safetensors"))
+    (folder / "bare.json").write_bytes(sidecar)
+    return str(folder / "bare.safetensors")
+
+
 def _bench_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from napari_imedsam import bench
 
@@ -532,6 +545,23 @@ ROWS = [
                    _model_file_asking(d, "rank.safetensors", _lora_rank(60_000)),
                    "--out", str(d / "m.tif"), "--device", "cpu"],
         says="its config asks for", absent=("m.tif",)),
+    Row("errors 23/13", "evaluate --split with a CSV that is not UTF-8 (no file named before)",
+        lambda d: ["evaluate", "--data", _evaluation_data(d), "--model", MODEL["path"],
+                   "--split", _write(d / "split.csv", b"name,split\n\xff\xfec0,test\n"),
+                   "--subset", "test", "--json", str(d / "r.json")],
+        patch=_must_not_load_a_model, says="split.csv is not UTF-8 text", absent=("r.json",)),
+    Row("errors 23/13", "evaluate --split with a FIFO (blocked forever before)",
+        lambda d: ["evaluate", "--data", _evaluation_data(d), "--model", MODEL["path"],
+                   "--split", str(fifo_opened_by_a_writer_if_read(d / "split.csv")),
+                   "--subset", "test", "--json", str(d / "r.json")],
+        patch=_must_not_load_a_model, says="split.csv is not a regular CSV file but a FIFO",
+        absent=("r.json",)),
+    Row("errors 23/13", "a model file whose config is a binary file beside it (UTF-8 error, "
+        "no file named)", lambda d: ["segment", _png(d), "--box", BOX, "--model",
+                                      _model_file_without_its_config(d, bytes(range(256))),
+                                      "--out", str(d / "m.tif"), "--device", "cpu"],
+        says="bare.json (the config beside bare.safetensors) cannot be read as text",
+        absent=("m.tif",)),
     Row("lost 23/10", "bench --json onto an existing report: refused before the work",
         lambda d: ["bench", "--json", _write(d / "X.json", "{\"mine\": 1}")],
         patch=_bench_must_not_run, says="X.json already exists", kept=("X.json",)),

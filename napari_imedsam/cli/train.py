@@ -249,6 +249,10 @@ def _evaluate(args: argparse.Namespace) -> int:
                                args.ct_slices) if p is not None)
     check_report_paths(args.json, args.overwrite, inputs)  # before hours of evaluation
     _check_report_outside_the_data(args)
+    if args.split is not None:  # read again with the data; checked before the model loads
+        from ..train.data import read_split
+
+        read_split(args.split)
     device = resolve_device(args.device)
     if args.adapter:
         model = model_from_adapter(args.adapter, base_checkpoint=args.base_weights, device=device)

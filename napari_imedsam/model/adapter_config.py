@@ -42,7 +42,12 @@ def read_adapter_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(unreadable(path, exc)) from exc
     text = metadata.get("imedsam_config")
     if text is None and json_path(path).is_file():
-        text = json_path(path).read_text()
+        try:
+            text = json_path(path).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            raise CheckpointError(f"{json_path(path)} (the config beside {path.name}) cannot "
+                                  f"be read as text ({exc}): it is damaged; copy the adapter "
+                                  "and its JSON again") from exc
     try:
         config = json.loads(text) if text else None
     except json.JSONDecodeError as exc:

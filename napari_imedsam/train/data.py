@@ -174,19 +174,31 @@ def list_pairs(
 
 
 def read_split(csv_path: str | Path) -> dict[str, str]:
-    """Read a ``name,split`` CSV into {name: split} (split lower-cased)."""
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
-        if "name" not in fields or "split" not in fields:
-            raise ValueError(f"{csv_path}: expected a header with 'name' and 'split', got {reader.fieldnames}")
-        out: dict[str, str] = {}
-        for row in reader:
-            name = row[fields["name"]].strip()
-            split = row[fields["split"]].strip().lower()
-            if name in out and out[name] != split:
-                raise ValueError(f"{csv_path}: {name} is in both {out[name]} and {split}")
-            out[name] = split
+    """Read a ``name,split`` CSV into {name: split} (split lower-cased); a file that
+    is not UTF-8 text, a short row or a FIFO is one line naming the file."""
+    from ..io import check_regular_file
+
+    check_regular_file(csv_path, "CSV file")  # a FIFO would block the read forever
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            fields = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
+            if "name" not in fields or "split" not in fields:
+                raise ValueError(f"{csv_path}: expected a header with 'name' and 'split', "
+                                 f"got {reader.fieldnames}")
+            out: dict[str, str] = {}
+            for row in reader:
+                name, split = row[fields["name"]], row[fields["split"]]
+                if name is None or split is None:
+                    raise ValueError(f"{csv_path}, line {reader.line_num}: each row needs a "
+                                     "name and a split")
+                name, split = name.strip(), split.strip().lower()
+                if name in out and out[name] != split:
+                    raise ValueError(f"{csv_path}: {name} is in both {out[name]} and {split}")
+                out[name] = split
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                         "save it as UTF-8 CSV") from None
     return out
 
 
