@@ -24,6 +24,12 @@ def shared_cache(private_cache):
     return private_cache
 
 
+@pytest.fixture(autouse=True)
+def _no_compiled_encoders(monkeypatch):
+    """Each test starts as a new process would: no encoder compiled in it yet."""
+    monkeypatch.setattr(accelerate, "_COMPILED", type(accelerate._COMPILED)())
+
+
 @pytest.fixture
 def cache(shared_cache, monkeypatch):
     monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(shared_cache))
@@ -129,11 +135,16 @@ def test_a_cached_graph_changed_on_disk_is_exported_again(lite, cache, monkeypat
     real = accelerate._export
     monkeypatch.setattr(accelerate, "_export", lambda *a: exports.append(1) or real(*a))
     images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setattr(accelerate, "_COMPILED", type(accelerate._COMPILED)())  # a new process
     again = accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
     assert exports == [1]  # found changed, exported again
     with torch.no_grad():
         expected = lite.image_encoder(images)
     assert float((again.run(images) - expected).abs().max()) <= 1e-4
     # Untouched files are trusted as they are: no export, no new comparison.
+    accelerate._COMPILED.clear()
     accelerate.choose_encoder(lite, torch.device("cpu"), "fp32")
     assert exports == [1]
+    # In one process, a compiled encoder serves every session (one per validation).
+    assert accelerate.choose_encoder(lite, torch.device("cpu"), "fp32").run is \
+        accelerate.choose_encoder(lite, torch.device("cpu"), "fp32").run

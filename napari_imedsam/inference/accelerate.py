@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ TOLERANCE = 1e-4
 KEEP_EXPORTS = 8
 ENV_DISABLE = "IMEDSAM_NO_OPENVINO"
 _LOCK = threading.Lock()
+#: Compiled encoders of this process by key, most recent last: a session made per
+#: validation (every epoch of a run) and the run's own embedding took one compiled
+#: model each, about 0.5 GB apiece on the CPU (issue 23's training memory).
+_COMPILED: OrderedDict[tuple[str, str], EncoderRuntime] = OrderedDict()
+KEEP_COMPILED = 2
 
 
 @dataclass
@@ -142,6 +148,10 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRun
     key = encoder_key(model, ov.__version__)
     target = cache / f"encoder-{key}.xml"
     checked = cache / f"encoder-{key}.json"
+    with _LOCK:
+        if (str(cache), key) in _COMPILED:
+            _COMPILED.move_to_end((str(cache), key))
+            return _COMPILED[(str(cache), key)]
     with _LOCK:  # one export at a time in this process (a worker and the main thread)
         trusted = _trusted(target, checked, key)
         if trusted is None:
@@ -177,7 +187,12 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None) -> EncoderRun
         staging = checked.with_name(f".{checked.name}.{os.getpid()}.tmp")
         staging.write_text(text)
         os.replace(staging, checked)
-    return EncoderRuntime("OpenVINO (CPU, fp32)", run)
+    runtime = EncoderRuntime("OpenVINO (CPU, fp32)", run)
+    with _LOCK:
+        _COMPILED[(str(cache), key)] = runtime
+        while len(_COMPILED) > KEEP_COMPILED:
+            _COMPILED.popitem(last=False)
+    return runtime
 
 
 def choose_encoder(model: IMedSAM, device: torch.device, precision: str,
