@@ -13,6 +13,8 @@ Qt- and napari-free, and cheap to import (numpy only).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typing import Any
 
 import numpy as np
@@ -91,3 +93,37 @@ def plane_index(z: np.ndarray, depth: int) -> int:
 def take_plane(data: Any, plane: int | None) -> np.ndarray:
     """The 2D image a box refers to, as a numpy array (reads one slice of lazy data)."""
     return np.asarray(data if plane is None else data[plane])
+
+
+def read_boxes_csv(path: Path) -> dict[str, list[list[float]]]:
+    """A boxes CSV (columns image,x0,y0,x1,y1; one row per box) -> boxes per image;
+    a FIFO, text that is not UTF-8, a short row or a corner that is not a number is
+    one line naming the file and the line."""
+    import csv
+
+    from .io import check_regular_file
+
+    check_regular_file(path, "CSV file")  # a FIFO would block the read forever
+    boxes: dict[str, list[list[float]]] = {}
+    keys = ("x0", "y0", "x1", "y1")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [(reader.line_num, row) for row in reader]  # line_num: blank lines count
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                         "save it as UTF-8 CSV") from None
+    for line, row in rows:
+        if row.get("image") is None or any(row.get(k) is None for k in keys):
+            lacking = ", ".join(k for k in ("image", *keys) if row.get(k) is None)
+            raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 (line {line} has no "
+                             f"{lacking}): add the missing columns")
+        box = []
+        for key in keys:
+            try:
+                box.append(float(row[key]))
+            except ValueError:
+                raise ValueError(f"{path}, line {line}: {key} is {row[key]!r}, not a number: "
+                                 "write each box's corners as numbers of pixels") from None
+        boxes.setdefault(row["image"], []).append(box)
+    return boxes

@@ -598,3 +598,38 @@ def propagate_body(holder: SessionHolder, spec: ModelSpec, data: Any, start_plan
         return Summary({}, error=explain(exc, spec, loading=False))
     return summary
 
+
+def propagate_volume(session: Any, data: Any, start: int, keys: Mapping[int, Box], *,
+                     window: str | None = None, spacing: Sequence[float] | None = None
+                     ) -> tuple[np.ndarray, Summary]:
+    """One object through a volume, from its box on ``start`` (and its boxes on the other
+    ``keys`` slices, filled between from both ends), by a session of its own (the
+    command line's): ``(labels (Z, H, W) uint8, 1 = the object; summary)``. A key box
+    that gives an empty mask is refused, naming its slice."""
+    planes: dict[int, np.ndarray] = {}
+    for plane, box in keys.items():
+        session.set_image(data[plane], window=window)
+        mask = session.predict(np.asarray([box], np.float64)).masks()[0]
+        if not mask.any():
+            raise ValueError(f"the box {list(box)} on slice {plane} gives an empty mask: "
+                             "draw it around the object")
+        planes[plane] = mask
+
+    def answer(plane: int, box: Box) -> tuple[np.ndarray, float]:
+        session.set_image(data[plane], window=window)
+        result = session.predict(np.asarray([box], np.float64))
+        return result.masks()[0], float(result.iou[0])
+
+    labels = np.zeros(data.shape[:3], np.uint8)
+    for plane, mask in planes.items():
+        labels[plane][mask] = 1
+    steps = iter_propagation(answer, start, planes[start], data.shape[0], "both",
+                             rule=stop_rule_for(session.model.config.variant),
+                             image_of=lambda p: data[p], spacing=spacing,
+                             keys={p: m for p, m in planes.items() if p != start})
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as finished:
+            return labels, finished.value
+        labels[step.plane][step.mask] = 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -192,36 +191,6 @@ def _clicks_entry(clicks: list[Any] | None, i: int) -> dict[str, Any]:
                        for (x, y), s in zip(mine.xy, mine.labels)]}
 
 
-def _read_boxes_file(path: Path) -> dict[str, list[list[float]]]:
-    """CSV with columns image,x0,y0,x1,y1 (one row per box)."""
-    from ..io import check_regular_file
-
-    check_regular_file(path, "CSV file")  # a FIFO would block the read forever
-    boxes: dict[str, list[list[float]]] = {}
-    keys = ("x0", "y0", "x1", "y1")
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = [(reader.line_num, row) for row in reader]  # line_num: blank lines count
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
-                         "save it as UTF-8 CSV") from None
-    for line, row in rows:
-        if row.get("image") is None or any(row.get(k) is None for k in keys):
-            lacking = ", ".join(k for k in ("image", *keys) if row.get(k) is None)
-            raise ValueError(f"{path}: each row needs image,x0,y0,x1,y1 (line {line} has no "
-                             f"{lacking}): add the missing columns")
-        box = []
-        for key in keys:
-            try:
-                box.append(float(row[key]))
-            except ValueError:
-                raise ValueError(f"{path}, line {line}: {key} is {row[key]!r}, not a number: "
-                                 "write each box's corners as numbers of pixels") from None
-        boxes.setdefault(row["image"], []).append(box)
-    return boxes
-
-
 def _from_export(args: argparse.Namespace) -> int:
     """Make an export's masks again from its JSON record (napari widget's Export).
 
@@ -287,11 +256,13 @@ def _segment_batch(make_session: Any, args: argparse.Namespace) -> int:
     All inputs and outputs are checked before the first image is segmented."""
     if not (args.boxes_file and args.out_dir):
         raise ValueError("batch mode needs --boxes-file CSV and --out-dir DIR")
+    from ..boxes import read_boxes_csv
+
     if args.uncertainty or args.polygons or getattr(args, "error_map", None):
         raise ValueError("--uncertainty, --error-map and --polygons name one file: segment "
                          "images one at a time for them (batch mode writes one mask per image)")
     jobs = [(args.batch / name, args.out_dir / (Path(name).name.split(".")[0] + "_mask.tif"),
-             boxes) for name, boxes in sorted(_read_boxes_file(args.boxes_file).items())]
+             boxes) for name, boxes in sorted(read_boxes_csv(args.boxes_file).items())]
     missing = [str(image) for image, _, _ in jobs if not image.is_file()]
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {args.boxes_file} are not in "
@@ -372,11 +343,8 @@ def _segment(args: argparse.Namespace) -> int:
 def _propagate(make_session: Any, args: argparse.Namespace) -> int:
     """``--propagate``: one object from its box on ``--slice`` (and ``--key`` slices)
     through the volume; the labels are written on the volume's grid (a NIfTI's own)."""
-    import numpy as np
-
     from ..inference.intensity import parse_window
     from ..io import check_regular_file, read_any
-    from ..propagate import iter_propagation, stop_rule_for
 
     if args.key and not args.propagate:
         raise ValueError("--key gives more slices of the object to --propagate: add "
@@ -427,36 +395,10 @@ def _propagate(make_session: Any, args: argparse.Namespace) -> int:
     for plane in keys:
         if not 0 <= plane < depth:
             raise ValueError(f"slice {plane} is outside {args.image}'s 0..{depth - 1}")
-    session = make_session()
-    planes = {}
-    for plane, box in keys.items():
-        session.set_image(data[plane], window=args.window)
-        mask = session.predict(np.asarray([box], np.float64)).masks()[0]
-        if not mask.any():
-            raise ValueError(f"the box {box} on slice {plane} gives an empty mask: draw it "
-                             "around the object")
-        planes[plane] = mask
+    from ..propagate import propagate_volume
 
-    def answer(plane: int, box: Any) -> tuple[Any, float]:
-        session.set_image(data[plane], window=args.window)
-        result = session.predict(np.asarray([box], np.float64))
-        return result.masks()[0], float(result.iou[0])
-
-    labels = np.zeros(data.shape[:3], np.uint8)
-    for plane, mask in planes.items():
-        labels[plane][mask] = 1
-    start = args.slice
-    steps = iter_propagation(answer, start, planes[start], depth, "both",
-                             rule=stop_rule_for(session.model.config.variant),
-                             image_of=lambda p: data[p], spacing=loaded.spacing,
-                             keys={p: m for p, m in planes.items() if p != start})
-    while True:
-        try:
-            step = next(steps)
-        except StopIteration as finished:
-            summary = finished.value
-            break
-        labels[step.plane][step.mask] = 1
+    labels, summary = propagate_volume(make_session(), data, args.slice, keys,
+                                       window=args.window, spacing=loaded.spacing)
     return _write_volume(labels, loaded, out, args,
                          {"key_slices": sorted(keys), "ended": summary.reasons})
 

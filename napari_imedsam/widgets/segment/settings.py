@@ -14,7 +14,7 @@ from typing import Any
 
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget,
+    QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QWidget,
 )
 
 from ..common import browse, with_button
