@@ -13,19 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # the sections import this module: only the type checker needs them
+if TYPE_CHECKING:  # only the type checker needs them
     from napari.layers import Image, Labels, Shapes
     from qtpy.QtWidgets import QCheckBox
 
     from ...session_holder import Request, SessionHolder
     from .download import DownloadControls
-    from .edits import ObjectEdits
-    from .export import ExportControls
-    from .propagate import VolumeTools
-    from .series import SeriesControls
     from .settings import SettingsForm
     from .state import ImageState
-    from .uncertainty import UncertaintyView
 
 
 @runtime_checkable
@@ -40,11 +35,13 @@ class SegmentDock(Protocol):
     settings: SettingsForm  # model, adapter, decoder, device, CT window, classes
     show_unc: QCheckBox  # "show uncertainty" (the settings form's)
     # The other sections, where one section hands work to another.
-    edits: ObjectEdits
-    unc_view: UncertaintyView
-    volume: VolumeTools
-    export: ExportControls
-    series: SeriesControls
+    # The sections that use one another, by their class's name only: this contract is
+    # what the sections import, so it imports none of them (no circle of imports).
+    edits: Any  # edits.ObjectEdits
+    unc_view: Any  # uncertainty.UncertaintyView
+    volume: Any  # propagate.VolumeTools
+    export: Any  # export.ExportControls
+    series: Any  # series.SeriesControls
     downloads: DownloadControls
 
     # -- the current image's layers (None without an image) ----------------------------
