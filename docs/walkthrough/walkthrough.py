@@ -83,6 +83,9 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/walkthrough"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--gui-fine-tune", action="store_true",
+                        help="open the viewer as `imedsam gui --fine-tune --sample none` does "
+                             "(both docks before any image), not the Segment dock alone")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -101,8 +104,14 @@ def main() -> None:  # noqa: PLR0915 - one script, step after step, as a user go
     from napari_imedsam.train.synthetic_volume import TARGET, synthetic_ct_volume
 
     app = get_qapp()
-    viewer = napari.Viewer(show=True)
+    if args.gui_fine_tune:
+        from napari_imedsam.cli.gui import open_viewer
+
+        viewer = open_viewer([], "none", fine_tune=True)
+    else:
+        viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
+    # With --gui-fine-tune both docks are there: napari hands back the docked ones.
     _, widget = viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     widget.model_combo.setCurrentText("medsam_lite")
     widget.device_combo.setCurrentText("cpu")
