@@ -19,7 +19,10 @@ def open_viewer(files: list[str], sample: str, fine_tune: bool, show: bool = Tru
         viewer.open_sample("napari-imedsam", sample)
     viewer.window.add_plugin_dock_widget("napari-imedsam", "Segment")
     if fine_tune:
-        viewer.window.add_plugin_dock_widget("napari-imedsam", "Fine-tune")
+        _, finetune = viewer.window.add_plugin_dock_widget("napari-imedsam", "Fine-tune")
+        # It shares the Segment dock's area as a tab: the Segment tab, where the work
+        # starts, stays in front (the Fine-tune tab was in front, Segment hidden).
+        finetune.raise_when_placed = False
     return viewer
 
 

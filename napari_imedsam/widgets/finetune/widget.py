@@ -107,6 +107,10 @@ class FinetuneWidget(QWidget):
         self._build_ui()
         self.refresh_adapters()
         self._placed = False
+        #: Whether placing it beside the Segment widget brings it to the front (opened
+        #: from the Plugins menu: the user asked for it); ``imedsam gui --fine-tune``
+        #: keeps the Segment widget in front, where the work starts.
+        self.raise_when_placed = True
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         super().showEvent(event)
@@ -128,7 +132,7 @@ class FinetuneWidget(QWidget):
             return
         main.tabifyDockWidget(theirs, mine)
         mine.show()
-        mine.raise_()
+        (mine if self.raise_when_placed else theirs).raise_()
 
     # -- UI --------------------------------------------------------------------------
     def _build_ui(self) -> None:

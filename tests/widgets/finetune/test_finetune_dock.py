@@ -47,10 +47,41 @@ def test_finetune_dock_fits_its_width_with_long_adapter_names(make_napari_viewer
                       if type(w).__name__ == "FinetuneWidget")
         widget.adapters.combo.addItems(["kvasir_decoder_2026-12-05_" + "x" * 60 + ".safetensors"])
         qtbot.wait(300)
+        _dock(widget).raise_()  # the Segment tab is in front: look at the Fine-tune tab
+        qtbot.wait(300)
         scroll = widget.findChild(QScrollArea)
         assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
         right = scroll.viewport().mapToGlobal(scroll.viewport().rect().topRight()).x()
         stop = widget.stop_button
         assert stop.mapToGlobal(stop.rect().topRight()).x() <= right
+    finally:
+        viewer.close()
+
+
+def _dock(widget):  # noqa: ANN001, ANN202
+    from qtpy.QtWidgets import QDockWidget
+
+    while widget is not None and not isinstance(widget, QDockWidget):
+        widget = widget.parentWidget()
+    return widget
+
+
+def test_gui_fine_tune_keeps_the_segment_dock_in_front(qtbot):
+    """`imedsam gui --fine-tune` showed the Fine-tune tab and hid the Segment dock, where
+    a session starts; both are tabs of one area, Segment in front."""
+    from napari_imedsam.cli.gui import open_viewer
+
+    viewer = open_viewer([], "rgb", True, show=True)
+    try:
+        viewer.window._qt_window.resize(1600, 1000)
+        found = {type(w).__name__: w for w in viewer.window._qt_window.findChildren(object)
+                 if type(w).__name__ in ("FinetuneWidget", "SegmentWidget")}
+        qtbot.waitUntil(lambda: found["FinetuneWidget"]._placed, timeout=5000)
+        qtbot.wait(300)
+        segment, finetune = _dock(found["SegmentWidget"]), _dock(found["FinetuneWidget"])
+        main = viewer.window._qt_window
+        assert finetune in main.tabifiedDockWidgets(segment)
+        assert not segment.visibleRegion().isEmpty()
+        assert finetune.visibleRegion().isEmpty()
     finally:
         viewer.close()
