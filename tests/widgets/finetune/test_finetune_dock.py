@@ -66,9 +66,10 @@ def _dock(widget):  # noqa: ANN001, ANN202
     return widget
 
 
-def test_gui_fine_tune_keeps_the_segment_dock_in_front(qtbot):
+def test_gui_fine_tune_keeps_the_segment_dock_in_front(make_napari_viewer, qtbot):
     """`imedsam gui --fine-tune` showed the Fine-tune tab and hid the Segment dock, where
-    a session starts; both are tabs of one area, Segment in front."""
+    a session starts; both are tabs of one area, Segment in front. (``make_napari_viewer``
+    for its clean-up of napari's plugin registry: a later viewer registers it again.)"""
     from napari_imedsam.cli.gui import open_viewer
 
     viewer = open_viewer([], "rgb", True, show=True)

@@ -329,8 +329,10 @@ def test_screenshot_shows_the_mask_overlay(make_napari_viewer, qtbot, trained_ti
     assert saturated.mean() > 0.01
 
 
-def test_gui_command_opens_the_sample_and_the_widgets(qtbot, tmp_path):
-    """`imedsam gui`: the sample (or the given files) and the dock widgets, offline."""
+def test_gui_command_opens_the_sample_and_the_widgets(make_napari_viewer, qtbot, tmp_path):
+    """`imedsam gui`: the sample (or the given files) and the dock widgets, offline.
+    (``make_napari_viewer`` for napari's per-test plugin registry: without it, this
+    viewer registered the plugin's commands again after another test's, and failed.)"""
     from napari_imedsam.cli.gui import open_viewer
     from napari_imedsam.cli import build_parser
 
