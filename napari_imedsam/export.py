@@ -112,6 +112,7 @@ def session_decoder(session: Any, data: Any, window: Any = None,
     decoder that answers (None: the session's own choice).
     """
     from .inference.merge import box_windows, masks_box_by_box
+    from .inference.session import SESSION_HEAD
 
     guard = lock if lock is not None else contextlib.nullcontext()
 
@@ -133,7 +134,9 @@ def session_decoder(session: Any, data: Any, window: Any = None,
             session.set_image(image, window=window)
             for i, where, mask, _ in box_windows(
                     session, np.array([o.box for o in objects], np.float64), scale=scale,
-                    decoder=decoder, heads=[o.head for o in objects],
+                    decoder=decoder,
+                    # No class recorded: the session's own, as decode() does.
+                    heads=[SESSION_HEAD if o.head is None else o.head for o in objects],
                     clicks=clicks if any(c is not None for c in clicks) else None):
                 yield i, where, mask
 
