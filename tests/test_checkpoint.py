@@ -173,3 +173,31 @@ def test_the_widget_takes_an_adapters_classes_from_its_header_as_the_model_does(
     listed = [c.name for c in spec_classes(ModelSpec("tiny", adapter=str(path)))]
     answered = [c.name for c in classes_of(model_from_adapter(path))]
     assert listed == answered and "from the sidecar" not in listed
+
+
+def test_a_config_asking_for_a_huge_layer_is_refused_before_any_allocation(tmp_path):
+    """Issue 23: a 1.5 KB model file whose config asked for a 30000 x 30000 layer took
+    4.2 GB before it was refused. Loading it in a process of its own must stay near
+    the memory of importing torch (the layer alone would be 3.6 GB)."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    path = save_adapter(build_model("tiny"), tmp_path / "tiny.safetensors", scope="full")
+    config = json.loads(json_path(path).read_text())
+    config["model"]["decoder"]["coarse_hidden"] = [30000, 30000]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    wide = tmp_path / "wide.safetensors"
+    save_file(tensors, str(wide), metadata={"imedsam_config": json.dumps(config)})
+    code = ("import resource, sys\nfrom napari_imedsam.model.loading import load_model\n"
+            "try:\n    load_model(sys.argv[1])\nexcept Exception as exc:\n    print(exc)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(wide)], capture_output=True,
+                          text=True, timeout=300)
+    assert "implicit_decoder.coarse" in done.stdout and "its config asks for" in done.stdout
+    peak_gb = int(done.stdout.split()[-1]) / 1e6  # the child's own peak, in kB
+    assert peak_gb < 1.5, peak_gb
