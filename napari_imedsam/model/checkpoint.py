@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,6 +113,9 @@ def save_adapter(
 
 #: Most parameters a model file's config may ask for: 2.5 times SAM's vit_h (636 M).
 MAX_PARAMETERS = 1_600_000_000
+#: ``Tensor.item`` is patched for the meta build: one build at a time, so that two threads
+#: never save each other's patch as the original.
+_META_BUILD = threading.Lock()
 
 
 def expected_shapes(cfg: ModelConfig) -> tuple[dict[str, tuple[int, ...]], int]:
@@ -120,17 +124,18 @@ def expected_shapes(cfg: ModelConfig) -> tuple[dict[str, tuple[int, ...]], int]:
     large the config asks the model to be."""
     from .build import build_model
 
-    real_item = torch.Tensor.item
+    with _META_BUILD:
+        real_item = torch.Tensor.item
 
-    def item(self: torch.Tensor) -> Any:  # a meta tensor has no value to give
-        return 0.0 if self.is_meta else real_item(self)
+        def item(self: torch.Tensor) -> Any:  # a meta tensor has no value to give
+            return 0.0 if self.is_meta else real_item(self)
 
-    torch.Tensor.item = item  # type: ignore[method-assign]
-    try:
-        with torch.device("meta"):
-            model = build_model(config=cfg)
-    finally:
-        torch.Tensor.item = real_item  # type: ignore[method-assign]
+        torch.Tensor.item = item  # type: ignore[method-assign]
+        try:
+            with torch.device("meta"):
+                model = build_model(config=cfg)
+        finally:
+            torch.Tensor.item = real_item  # type: ignore[method-assign]
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     return shapes, sum(p.numel() for p in model.parameters())
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .build import build_model
-from .checkpoint import adapter_model_config, load_adapter, read_adapter, read_adapter_config
+from .checkpoint import (adapter_model_config, check_file_shapes, load_adapter,
+                         read_adapter_config)
 from .config import VARIANTS, get_config
 from .modeling.imedsam import IMedSAM
 from .weights import REGISTRY, CheckpointError
@@ -29,7 +30,9 @@ def model_from_adapter(
     its SAM base weights: ``base_checkpoint``, or else the registry name the
     adapter records (fetched or found in the cache).
     """
-    _, config = read_adapter(adapter)
+    # Its config and its tensors' shapes only: load_adapter reads the tensors, once.
+    config = read_adapter_config(adapter)
+    check_file_shapes(adapter, config)  # before a model of that config is built
     cfg = adapter_model_config(config)
     checkpoint = None
     if config.get("scope") != "full":
