@@ -227,3 +227,74 @@ def test_adapters_mode_trains_lora_and_opens_the_frequency_gates(tmp_path):
     assert any(g.abs().max() > 0 for g in enc.frequency.gates)
     lora = enc.vit.layers[1].blocks[0].attn.qkv
     assert lora.lora_B["q"].abs().max() > 0 and lora.lora_B["v"].abs().max() > 0
+
+
+def test_training_the_adapters_keeps_the_frozen_encoders_batchnorm_as_loaded(tmp_path):
+    """LiteMedSAM's TinyViT normalises with BatchNorm. Its weights are frozen in
+    adapters mode, and its statistics are not saved with the adapter: training must
+    neither use batch statistics nor move the running ones, or the validated model is
+    not the one the saved file gives back."""
+    from napari_imedsam.model.checkpoint import load_adapter
+    from napari_imedsam.train.data import LabeledImage
+    from napari_imedsam.train.engine import TrainConfig, train
+    from napari_imedsam.train.evaluate import evaluate_model
+
+    rng = np.random.default_rng(1)
+    items = []
+    for i in range(3):
+        image = rng.integers(0, 60, (80, 80, 3), dtype=np.uint8)
+        labels = np.zeros((80, 80), np.int32)
+        labels[15 + 3 * i : 55, 20:60 - 2 * i] = 1
+        image[labels > 0] += 150
+        items.append(LabeledImage(f"sq{i}", image, labels))
+    torch.manual_seed(0)
+    model = build_model("medsam_lite", checkpoint="medsam_lite")
+    norms = {name: (m.running_mean.clone(), m.running_var.clone())
+             for name, m in model.image_encoder.named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d)}
+    assert len(norms) == 27
+    cfg = TrainConfig(mode="adapters", epochs=1, batch_size=2, points_per_sample=256,
+                      val_label_size=32, device="cpu", precision="fp32", augment=False,
+                      lr_adapters=1e-2)
+    result = train(model, items[:2], items[2:], cfg, tmp_path / "lite.safetensors")
+    for name, m in model.image_encoder.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.equal(m.running_mean, norms[name][0]), name
+            assert torch.equal(m.running_var, norms[name][1]), name
+    # The saved adapter on a fresh base answers as the trained model did.
+    fresh = build_model("medsam_lite", checkpoint="medsam_lite")
+    load_adapter(fresh, result.adapter)
+    assert not fresh.image_encoder.adapters_are_identity()
+    image = torch.rand(1, 3, 256, 256)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh.embed(image), model.embed(image), atol=1e-5)
+    rows = evaluate_model(fresh, items[2:], label_size=32, with_distances=False)
+    assert rows[0]["dice"] == pytest.approx(result.best_val_dice, abs=1e-9)
+
+
+def test_recomputed_encoder_blocks_give_the_same_gradients():
+    """``recompute`` keeps each block's input only and runs the block again in the
+    backward pass: the same output and gradients as keeping every activation."""
+    torch.manual_seed(0)
+    model = build_model("medsam_lite", checkpoint="medsam_lite")
+    from napari_imedsam.model.build import enter_training, set_trainable
+
+    set_trainable(model, "adapters")
+    enter_training(model)
+    with torch.no_grad():  # open the gates and LoRA so that every adapter path counts
+        for gate in model.image_encoder.frequency.gates:
+            gate.uniform_(-0.5, 0.5)
+    images = torch.rand(2, 3, 256, 256)
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model.embed(images, recompute=recompute)
+        (out * torch.linspace(-1, 1, out.shape[1]).view(1, -1, 1, 1)).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                     if p.grad is not None}))
+    (out0, g0), (out1, g1) = grads
+    assert torch.equal(out0, out1)
+    assert g0.keys() == g1.keys() and any("lora" in n for n in g0) and any("gates" in n for n in g0)
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], rtol=1e-4, atol=1e-6), name

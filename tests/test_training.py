@@ -123,7 +123,7 @@ def test_modes_freeze_what_they_should(tmp_path):
         before = _weights(model)
         calls = []
         original = model.embed
-        model.embed = lambda x, _orig=original: calls.append(x.shape[0]) or _orig(x)
+        model.embed = lambda x, _orig=original, **kw: calls.append(x.shape[0]) or _orig(x, **kw)
         train(model, data, data[:1], _cfg(mode=mode, epochs=2), tmp_path / f"{mode}.safetensors")
         after = model.state_dict()
         assert torch.equal(after["image_encoder.vit.patch_embed.proj.weight"],
@@ -145,7 +145,7 @@ def test_decoder_mode_augments_with_cached_flips(tmp_path):
     model = build_model("tiny")
     calls = []
     original = model.embed
-    model.embed = lambda x: calls.append(x.shape[0]) or original(x)
+    model.embed = lambda x, **kw: calls.append(x.shape[0]) or original(x, **kw)
     train(model, data, data[:1], _cfg(mode="decoder", epochs=8, augment=True),
           tmp_path / "flips.safetensors")
     trained = sum(calls) - 8  # one validation image per epoch

@@ -103,7 +103,8 @@ def _train_claimed(args: argparse.Namespace, files: Any, lead: bool) -> int:
                       val_label_size=args.val_label_size, time_budget_s=args.time_budget,
                       lr_base=args.lr_base, objective=args.objective,
                       box_jitter_px=args.box_jitter, cached_flips=args.flips,
-                      distill_weight=args.distill_weight)
+                      distill_weight=args.distill_weight,
+                      recompute_encoder=not args.keep_activations)
     from ..model.classes import default_classes, expand_classes, parse_class_names
 
     classes = parse_class_names(args.class_names) if args.class_names else None
@@ -340,6 +341,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--distill-weight", type=float, default=0.0, metavar="W",
                    help="add W x the distill loss to the label loss (keeps a decoder trained "
                         "on synthetic labels close to the backbone elsewhere)")
+    t.add_argument("--keep-activations", action="store_true",
+                   help="modes that train the encoder: keep every encoder block's "
+                        "activations for the backward pass (faster, far more memory) "
+                        "instead of running each block again")
     t.add_argument("--flips", type=int, default=4, choices=(1, 2, 4),
                    help="mirrored views per image when embeddings are cached "
                         "(decoder/implicit modes); 1 saves memory for many images")

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..inference.accelerate import choose_encoder
 from ..inference.cache import EmbeddingCache
-from ..model.build import set_trainable, trainable_parts
+from ..model.build import enter_training, set_trainable, trainable_parts
 from ..model.checkpoint import save_adapter
 from ..model.config import FROZEN_ENCODER_MODES
 from ..model.devices import autocast, autocast_dtype, resolve_device, resolve_precision
@@ -74,6 +74,10 @@ class TrainConfig:
     #: Mirrored views per image when embeddings are cached (frozen-encoder modes):
     #: 4 = as is, left-right, up-down, both; 1 = none (more images fit in memory).
     cached_flips: int = CACHED_FLIPS
+    #: Modes that train the encoder: recompute each encoder block in the backward pass
+    #: rather than keep its activations (see ``modeling.blocks.run_block``): 5.99 ->
+    #: see docs/reliability.md for the peak and the time it costs.
+    recompute_encoder: bool = True
 
 
 @dataclass
@@ -218,7 +222,7 @@ def _setup(model: IMedSAM, train_images: list[LabeledImage], val_images: list[La
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     state = files.load(model, optimizer, scheduler) if resume else run_state.RunProgress()
-    step_module: nn.Module = StepModule(model)
+    step_module: nn.Module = StepModule(model, recompute=cfg.recompute_encoder)
     if dist.world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, find_unused_parameters=True)
@@ -247,7 +251,7 @@ def _train_epoch(run: _Run, epoch: int, on_progress: Callable[[TrainEvent], None
                  should_stop: Callable[[], bool] | None) -> tuple[list[float], bool]:
     """One epoch's steps: ``(losses, stopped)``."""
     model, cfg, dist = run.model, run.cfg, run.dist
-    model.train()
+    enter_training(model)  # frozen BatchNorm layers stay as loaded
     # Every random stream restarts from (seed, epoch, rank): a resumed run
     # continues exactly as an uninterrupted one.
     torch.manual_seed(hash((cfg.seed, epoch, dist.rank)) % (2**31))

@@ -66,7 +66,9 @@ def evaluate_model(
     ``(P(wrong), wrong)`` for the pixels inside its box (after the last click) are
     appended, for :func:`napari_imedsam.model.error_map.calibration`.
     """
-    was_training = model.training
+    # Each layer's own mode comes back: a training run keeps frozen BatchNorm layers
+    # in evaluation mode (``build.enter_training``), which ``model.train()`` would undo.
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     device = device or model.device
     classes = model.config.num_classes
@@ -87,7 +89,6 @@ def evaluate_model(
         if should_stop is not None and should_stop():
             break
         item = images[ref.index]
-        session.set_image(item.image, key=("evaluate", id(item)))
         native = targets_for(item, ref, classes)
         targets = np.stack([metrics.resize_mask(t, shape) for t in native])
         union = targets.any(axis=0)
@@ -99,6 +100,10 @@ def evaluate_model(
         # box taken from the resized labels would be up to a label pixel looser.
         image_box = np.asarray(box_of(native[0] if len(native) == 1 else native.any(axis=0)),
                                dtype=np.float64)
+        # The object's full-size masks go before the image is embedded: with them, a
+        # 12000 x 12000 image peaked 144 MB higher (issue 23's 2 GB target).
+        del native
+        session.set_image(item.image, key=("evaluate", id(item)))
         if box_margin_px:
             image_box = np.clip(image_box + np.array([-1, -1, 1, 1]) * box_margin_px,
                                 0, [width, height, width, height])
@@ -147,7 +152,8 @@ def evaluate_model(
             rows.append(row)
         if on_progress is not None:
             on_progress(done + 1, len(refs))
-    model.train(was_training)
+    for module, training in modes:
+        module.training = training
     return rows
 
 

@@ -19,16 +19,17 @@ from ..model.modeling.imedsam import IMedSAM
 class StepModule(nn.Module):
     """The differentiable part of a step, as one module so DDP can wrap it."""
 
-    def __init__(self, model: IMedSAM) -> None:
+    def __init__(self, model: IMedSAM, *, recompute: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.recompute = recompute  # the encoder's blocks again in the backward pass
 
     def forward(self, images: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor,
                 embedded: bool, objective: str = "implicit"
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Coarse and final logits ``(B, K, P)``, and the backbone's own probability
         at the points when it is the target (``distill``)."""
-        emb = images if embedded else self.model.embed(images)
+        emb = images if embedded else self.model.embed(images, recompute=self.recompute)
         if objective == "sam":
             low_res, _ = self.model.predict_discrete(emb, boxes)  # (B, 1, 4g, 4g)
             logits = _at_points(low_res, points)

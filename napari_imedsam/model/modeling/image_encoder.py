@@ -6,6 +6,7 @@ import torch
 from segment_anything.modeling import ImageEncoderViT
 from torch import nn
 
+from .blocks import run_block
 from .frequency_adapter import FrequencyAdapter
 
 # SAM normalises RGB in [0, 255] with ImageNet statistics.
@@ -31,11 +32,12 @@ class AdaptedImageEncoder(nn.Module):
     def input_size(self) -> int:
         return self.vit.img_size
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, *, recompute: bool = False) -> torch.Tensor:
         """Embed images.
 
         Args:
             images: ``(B, 3, S, S)`` RGB in ``[0, 255]``, S = the encoder input size.
+            recompute: see :func:`.blocks.run_block`.
 
         Returns:
             ``(B, C, S/16, S/16)`` image embedding (C = 256 for SAM).
@@ -53,7 +55,7 @@ class AdaptedImageEncoder(nn.Module):
         if self.frequency is not None:
             freq = self.frequency.tokens(images, vit.patch_embed, vit.pos_embed)
         for index, block in enumerate(vit.blocks):
-            x = block(x)
+            x = run_block(block, recompute, x)
             if freq is not None:
                 freq = self.frequency.step(index, freq)
                 x = x + self.frequency.weight * freq

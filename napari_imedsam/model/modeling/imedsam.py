@@ -93,14 +93,16 @@ class IMedSAM(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, *, recompute: bool = False) -> torch.Tensor:
         """``(B, 3, S, S)`` letterboxed input -> ``(B, D, g, g)`` image embeddings.
 
         The input is what ``transforms.letterbox_image`` makes for this model's
         ``config.preprocess``: RGB in [0, 255] for SAM's ViT, min-max [0, 1] for
-        LiteMedSAM.
+        LiteMedSAM. ``recompute``: while training the encoder, keep each block's
+        input only and run the block again in the backward pass (see
+        :func:`.blocks.run_block`).
         """
-        return self.image_encoder(images)
+        return self.image_encoder(images, recompute=recompute)
 
     def _prompt(
         self,

@@ -8,10 +8,13 @@ block's output. LoRA lives inside its attention (see :mod:`.lora`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from ..config import EncoderConfig
+from .blocks import run_block
 from .frequency_adapter import StageFrequencyAdapter
 from .lora import LoRAQKV
 
@@ -56,7 +59,20 @@ class AdaptedTinyViT(nn.Module):
         lora_idle = all(m.is_identity for m in self.vit.modules() if isinstance(m, LoRAQKV))
         return lora_idle and (self.frequency is None or self.frequency.is_identity)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _adapted_block(self, block: nn.Module, stage: int, index: int
+                       ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """One block and its frequency adapter's step: ``(x, tokens) -> (x, tokens)``."""
+        frequency = self.frequency
+        assert frequency is not None
+
+        def run(x: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens, added = frequency.step(stage, index, tokens)
+            return block(x) + added, tokens
+
+        return run
+
+    def forward(self, images: torch.Tensor, *, recompute: bool = False) -> torch.Tensor:
+        """``recompute``: see :func:`.blocks.run_block`."""
         size = self.input_size
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (size, size):
             raise ValueError(
@@ -73,12 +89,13 @@ class AdaptedTinyViT(nn.Module):
         for stage, layer in enumerate(vit.layers[1:]):
             tokens = None if spectrum is None else frequency.tokens(stage, spectrum)
             for index, block in enumerate(layer.blocks):
-                x = block(x)
-                if tokens is not None:
-                    tokens, added = frequency.step(stage, index, tokens)
-                    x = x + added
+                if tokens is None:
+                    x = run_block(block, recompute, x)
+                else:
+                    x, tokens = run_block(self._adapted_block(block, stage, index),
+                                          recompute, x, tokens)
             if layer.downsample is not None:
-                x = layer.downsample(x)
+                x = run_block(layer.downsample, recompute, x)
         side = size // 4
         x = x.view(x.shape[0], side, side, x.shape[-1]).permute(0, 3, 1, 2)
-        return vit.neck(x)
+        return run_block(vit.neck, recompute, x)
