@@ -275,26 +275,35 @@ def test_training_the_adapters_keeps_the_frozen_encoders_batchnorm_as_loaded(tmp
 
 def test_recomputed_encoder_blocks_give_the_same_gradients():
     """``recompute`` keeps each block's input only and runs the block again in the
-    backward pass: the same output and gradients as keeping every activation."""
+    backward pass, and a training step recomputes each image of a batch on its own:
+    the same outputs and gradients as keeping every activation of the batch."""
+    from napari_imedsam.model.build import enter_training, set_trainable
+    from napari_imedsam.train.step import StepModule
+
     torch.manual_seed(0)
     model = build_model("medsam_lite", checkpoint="medsam_lite")
-    from napari_imedsam.model.build import enter_training, set_trainable
-
     set_trainable(model, "adapters")
     enter_training(model)
     with torch.no_grad():  # open the gates and LoRA so that every adapter path counts
         for gate in model.image_encoder.frequency.gates:
             gate.uniform_(-0.5, 0.5)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.uniform_(-0.05, 0.05)
     images = torch.rand(2, 3, 256, 256)
-    grads = []
+    boxes = torch.tensor([[30.0, 40.0, 200.0, 180.0], [10.0, 10.0, 120.0, 250.0]])
+    points = torch.rand(2, 128, 2) * 2 - 1
+    runs = []
     for recompute in (False, True):
         model.zero_grad(set_to_none=True)
-        out = model.embed(images, recompute=recompute)
-        (out * torch.linspace(-1, 1, out.shape[1]).view(1, -1, 1, 1)).sum().backward()
-        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
-                                     if p.grad is not None}))
-    (out0, g0), (out1, g1) = grads
-    assert torch.equal(out0, out1)
+        torch.manual_seed(1)  # the same dropout draws in the implicit decoder
+        coarse, final, _ = StepModule(model, recompute=recompute)(images, boxes, points, False)
+        (coarse.square().mean() + final.square().mean()).backward()
+        runs.append((final.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                      if p.grad is not None}))
+    (out0, g0), (out1, g1) = runs
+    assert torch.allclose(out0, out1, atol=1e-5)
     assert g0.keys() == g1.keys() and any("lora" in n for n in g0) and any("gates" in n for n in g0)
-    for name in g0:
-        assert torch.allclose(g0[name], g1[name], rtol=1e-4, atol=1e-6), name
+    for name in g0:  # one image's matrix products sum in another order than two's
+        scale = float(g0[name].abs().max())
+        assert float((g0[name] - g1[name]).abs().max()) <= 1e-4 * scale + 1e-7, name

@@ -7,11 +7,13 @@ DDP can wrap it; the loop around it is in ``engine``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..model.modeling.imedsam import IMedSAM
 
@@ -29,7 +31,7 @@ class StepModule(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Coarse and final logits ``(B, K, P)``, and the backbone's own probability
         at the points when it is the target (``distill``)."""
-        emb = images if embedded else self.model.embed(images, recompute=self.recompute)
+        emb = images if embedded else self._embed(images)
         if objective == "sam":
             low_res, _ = self.model.predict_discrete(emb, boxes)  # (B, 1, 4g, 4g)
             logits = _at_points(low_res, points)
@@ -41,6 +43,26 @@ class StepModule(nn.Module):
             with torch.no_grad():
                 teacher = torch.sigmoid(_at_points(prompt.sam_logits(), points).float())
         return pred.coarse_logits, pred.logits, teacher
+
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's embeddings ``(B, D, g, g)`` of ``(B, 3, S, S)`` images, with
+        gradients. With ``recompute``, and where each image's embedding depends on that
+        image alone (no BatchNorm normalising with the batch's statistics), each image
+        is also recomputed on its own in the backward pass: the encoder's memory is then
+        one image's, whatever the batch size (see docs/reliability.md, issue 23)."""
+        model = self.model
+        if not self.recompute or images.shape[0] == 1 or _batch_statistics(model.image_encoder):
+            return model.embed(images, recompute=self.recompute)
+        one = partial(model.embed, recompute=True)
+        return torch.cat([checkpoint(one, images[i : i + 1], use_reentrant=False)
+                          for i in range(images.shape[0])])
+
+
+def _batch_statistics(module: nn.Module) -> bool:
+    """Whether a BatchNorm layer in ``module`` normalises with each batch's statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+               for m in module.modules())
 
 
 def _at_points(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
