@@ -38,7 +38,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="masks are integer class images, not binary masks")
 
 
-def _load(args: argparse.Namespace, subset: str | None, seed: int) -> list[Any]:
+def _load(args: argparse.Namespace, subset: str | None, seed: int,
+          max_side: int | None = None, lazy: bool = False) -> Any:
+    """``max_side``, ``lazy``: see ``data.load_folder`` (training's bound on image size;
+    evaluation reads a folder's images one at a time)."""
     from ..train import data
 
     if args.synthetic:
@@ -56,16 +59,22 @@ def _load(args: argparse.Namespace, subset: str | None, seed: int) -> list[Any]:
         raise ValueError("give --data DIR, or --images DIR and --masks DIR, or --synthetic N")
     return data.load_folder(args.data, images_dir=args.images, masks_dir=args.masks,
                             split_csv=args.split if subset else None, subset=subset,
-                            binary=not args.multiclass_labels)
+                            binary=not args.multiclass_labels, max_side=max_side, lazy=lazy)
 
 
 def _split(args: argparse.Namespace, seed: int) -> tuple[list[Any], list[Any]]:
-    """Train/val from the split CSV, else a seeded 80/20 hold-out."""
+    """Train/val from the split CSV, else a seeded 80/20 hold-out. Images larger than
+    the model sees them are shrunk as they are read (``samples.TRAIN_SIDE_FACTOR``)."""
     import numpy as np
 
+    from ..model.config import get_config
+    from ..train.samples import TRAIN_SIDE_FACTOR
+
+    size = args.input_size or get_config(args.variant).input_size
+    side = TRAIN_SIDE_FACTOR * size
     if args.split or args.synthetic:
-        return _load(args, "train", seed), _load(args, "val", seed)
-    items = _load(args, None, seed)
+        return _load(args, "train", seed, side), _load(args, "val", seed, side)
+    items = _load(args, None, seed, side)
     order = np.random.default_rng(seed).permutation(len(items))
     n_val = max(1, len(items) // 5)
     return [items[i] for i in order[n_val:]], [items[i] for i in order[:n_val]]
@@ -267,11 +276,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     classes = classes_of(model)
     if len(classes) > 1:  # class label images, read as the model's heads
         args.multiclass_labels = True
-    images = _load(args, args.subset if (args.split or args.synthetic) else None, args.seed)
+    images = _load(args, args.subset if (args.split or args.synthetic) else None, args.seed,
+                   lazy=True)
     if len(classes) > 1:
-        from ..train.data import as_class_heads
+        from ..train.data import LazyPairs, as_class_heads
 
-        images = as_class_heads(images, [c.value for c in classes])
+        values = [c.value for c in classes]
+        if isinstance(images, LazyPairs):
+            images.transform = lambda item: as_class_heads([item], values)[0]
+        else:
+            images = as_class_heads(images, values)
     with tqdm(total=None, unit="object") as bar:
         def progress(done: int, total: int) -> None:
             bar.total = total

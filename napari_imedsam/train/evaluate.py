@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..inference.cache import EmbeddingCache
 from ..inference.session import SegmentationSession
 from ..model.modeling.imedsam import IMedSAM
 from . import metrics
-from .data import LabeledImage, box_of
+from .data import LabeledImage, box_of, box_of_value
 from .samples import sample_refs, targets_for
 
 ProgressFn = Callable[[int, int], None]
@@ -33,7 +33,7 @@ ProgressFn = Callable[[int, int], None]
 @torch.no_grad()
 def evaluate_model(
     model: IMedSAM,
-    images: list[LabeledImage],
+    images: Sequence[LabeledImage],
     *,
     label_size: int,
     device: torch.device | None = None,
@@ -88,22 +88,17 @@ def evaluate_model(
     for done, ref in enumerate(refs):
         if should_stop is not None and should_stop():
             break
+        item = None  # the image before goes before the next is read (a lazy set)
         item = images[ref.index]
-        native = targets_for(item, ref, classes)
-        targets = np.stack([metrics.resize_mask(t, shape) for t in native])
+        targets, image_box = _targets_and_box(item, ref, classes, shape)
         union = targets.any(axis=0)
         if not union.any():
             continue  # the object vanished at this size (smaller than a label pixel)
         grid_box = np.asarray(box_of(union), dtype=np.float64)
         height, width = item.image.shape[:2]
-        # The prompt is the object's tight box at the image's own resolution; a
-        # box taken from the resized labels would be up to a label pixel looser.
-        image_box = np.asarray(box_of(native[0] if len(native) == 1 else native.any(axis=0)),
-                               dtype=np.float64)
-        # The object's full-size masks go before the image is embedded: with them, a
-        # 12000 x 12000 image peaked 144 MB higher (issue 23's 2 GB target).
-        del native
-        session.set_image(item.image, key=("evaluate", id(item)))
+        # Keyed by position and name, not by the object: a lazily read set makes a new
+        # object for each read, whose id may be a freed one's.
+        session.set_image(item.image, key=("evaluate", ref.index, item.name))
         if box_margin_px:
             image_box = np.clip(image_box + np.array([-1, -1, 1, 1]) * box_margin_px,
                                 0, [width, height, width, height])
@@ -155,6 +150,29 @@ def evaluate_model(
     for module, training in modes:
         module.training = training
     return rows
+
+
+def _targets_and_box(item: LabeledImage, ref: Any, classes: int, shape: tuple[int, int]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, h, w)`` targets on the label grid and the prompt: the object's tight box at
+    the image's own resolution (one from the resized labels would be up to a label
+    pixel looser). One object's are found without a full-size mask, which on a
+    12000 x 12000 image peaked 144 MB higher beside the encoder's buffers (issue 23)."""
+    if ref.object_id is not None:
+        from ..inference.regions import resample_nearest
+
+        # The same pixels as resizing the object's mask: nearest takes one source
+        # pixel per output pixel either way.
+        targets = (resample_nearest(item.labels, shape) == ref.object_id)[None]
+        if not targets.any():
+            return targets, np.zeros(4)
+        return targets, np.asarray(box_of_value(item.labels, ref.object_id), dtype=np.float64)
+    native = targets_for(item, ref, classes)
+    targets = np.stack([metrics.resize_mask(t, shape) for t in native])
+    if not targets.any():
+        return targets, np.zeros(4)
+    box = box_of(native[0] if len(native) == 1 else native.any(axis=0))
+    return targets, np.asarray(box, dtype=np.float64)
 
 
 def _made(curve: list[float]) -> int:

@@ -7,6 +7,7 @@ memory stays bounded whatever the label resolution (896 x 896 or more).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,31 @@ from .data import LabeledImage, box_of, jitter_box, object_ids
 
 #: Box jitter of the authors: up to 20 px per side at a 384 px input.
 JITTER_PX_AT_384 = 20.0
+#: A training image whose longer side is more than this many times the model's input
+#: is shrunk to that first (1024 px for LiteMedSAM's 256): the model sees it at its
+#: input size anyway, and augmenting 12000 x 12000 images in float took 24 GB for
+#: three of them at batch 4 (issue 23's memory).
+TRAIN_SIDE_FACTOR = 4
+
+
+def bounded(image: np.ndarray, target: np.ndarray, input_size: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W, 3)`` uint8 image and ``(K, H, W)`` bool targets, shrunk together (area
+    for the image, nearest for the targets) when the image's longer side is past
+    ``TRAIN_SIDE_FACTOR * input_size``. Kept as they are when a target would vanish."""
+    from ..inference.regions import resample_nearest
+    from ..model.transforms import area_resize
+
+    height, width = target.shape[1:]
+    side = TRAIN_SIDE_FACTOR * input_size
+    if max(height, width) <= side:
+        return image, target
+    factor = side / max(height, width)
+    shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+    small = np.stack([resample_nearest(t, shape) for t in target])
+    if any(s.any() < t.any() for t, s in zip(target, small)):  # an object too small
+        return image, target
+    return area_resize(image, shape).astype(image.dtype), small
 
 
 @dataclass(frozen=True)
@@ -31,20 +57,28 @@ class SampleRef:
     group: int | None = None
 
 
-def sample_refs(images: list[LabeledImage], num_classes: int) -> list[SampleRef]:
+def sample_refs(images: Sequence[LabeledImage], num_classes: int) -> list[SampleRef]:
     """One sample per object for binary models. For multi-class ones, one per connected
     group of labelled pixels (a wall with the cavity it surrounds, an organ with a
     structure inside): its box is the group's, and every class answers in it, so a
     class absent from a group learns to answer nothing there."""
-    refs = []
-    for i, item in enumerate(images):
-        if num_classes == 1:
-            refs.extend(SampleRef(i, obj) for obj in object_ids(item.labels))
-            continue
-        if item.groups is None:
-            item.groups, _ = ndimage.label(item.labels > 0)
-        refs.extend(SampleRef(i, None, int(g)) for g in np.unique(item.groups) if g > 0)
+    refs: list[SampleRef] = []
+    for i in range(len(images)):  # no item held while the next is read (a lazy set)
+        refs.extend(_refs_of(images[i], i, num_classes))
     return refs
+
+
+def _refs_of(item: LabeledImage, index: int, num_classes: int) -> list[SampleRef]:
+    if num_classes == 1:
+        return [SampleRef(index, obj) for obj in object_ids(item.labels)]
+    return [SampleRef(index, None, int(g)) for g in np.unique(_groups(item)) if g > 0]
+
+
+def _groups(item: LabeledImage) -> np.ndarray:
+    """The item's connected groups of labelled pixels, labelled once and kept on it."""
+    if item.groups is None:
+        item.groups, _ = ndimage.label(item.labels > 0)
+    return item.groups
 
 
 #: Views of an image a ``decoder``-mode run trains on, each embedded once and
@@ -70,8 +104,8 @@ def targets_for(item: LabeledImage, ref: SampleRef, num_classes: int) -> np.ndar
     if ref.object_id is not None:
         return (item.labels == ref.object_id)[None]
     targets = np.stack([item.labels == k + 1 for k in range(num_classes)])
-    if ref.group is not None and item.groups is not None:
-        targets &= (item.groups == ref.group)[None]
+    if ref.group is not None:  # labelled again where the item was read again (lazy sets)
+        targets &= (_groups(item) == ref.group)[None]
     return targets
 
 
@@ -105,7 +139,7 @@ def make_sample(
     ``preprocess``: the model's way in (``ModelConfig.preprocess``): image
     tensor and box prompt are what inference gives the same model.
     """
-    image, target = item.image, targets_for(item, ref, num_classes)
+    image, target = bounded(item.image, targets_for(item, ref, num_classes), input_size)
     if augmenter is not None:
         # Geometric augmentation moves image and labels together; the union of
         # the targets is what must stay in frame.

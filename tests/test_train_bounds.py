@@ -1,0 +1,169 @@
+"""Training never holds or augments an image larger than the model can see (issue 23:
+three 12000 x 12000 images took 24 GB in adapters mode, 3.3 GB in decoder mode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from napari_imedsam.train.augment import Augmenter
+from napari_imedsam.train.data import LabeledImage, load_folder, shrunk
+from napari_imedsam.train.samples import TRAIN_SIDE_FACTOR, bounded, make_sample, sample_refs
+
+
+def _pair(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.zeros((height, width, 3), np.uint8)
+    labels = np.zeros((height, width), np.int32)
+    labels[height // 4 : height // 2, width // 3 : 2 * width // 3] = 1
+    labels[11, 11] = 2  # one pixel, between the rows and columns a third keeps
+    image[labels == 1] = 200
+    return image, labels
+
+
+class _Spy(Augmenter):
+    def __init__(self) -> None:
+        super().__init__(seed=0)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, image, mask):  # type: ignore[override]
+        self.shapes.append(image.shape)
+        return super().__call__(image, mask)
+
+
+def test_a_large_training_image_is_shrunk_before_it_is_augmented():
+    image, labels = _pair(3000, 2000)
+    item = LabeledImage("big", image, labels)
+    spy = _Spy()
+    ref = [r for r in sample_refs([item], 1) if r.object_id == 1][0]
+    tensor, box, xy, targets = make_sample(item, ref, num_classes=1, input_size=256, points=64,
+                                           rng=np.random.default_rng(0), augmenter=spy,
+                                           preprocess="medsam_lite")
+    assert spy.shapes == [(1024, 683, 3)]  # 4 x 256 on the longer side
+    assert tensor.shape == (1, 3, 256, 256) and targets.shape == (1, 64)
+    assert 0 < targets.mean() < 1  # points inside and outside the object
+
+
+def test_bounded_keeps_an_object_that_would_vanish_and_shrinks_the_others():
+    image, labels = _pair(3000, 2000)
+    big = np.stack([labels == 1])
+    small_image, small = bounded(image, big, 256)
+    assert small_image.shape == (1024, 683, 3) and small.shape == (1, 1024, 683)
+    assert small_image.dtype == np.uint8
+    # the object's box, shrunk: rows 750..1500 of 3000 -> 256..512 of 1024
+    rows = np.flatnonzero(small[0].any(axis=1))
+    assert (rows[0], rows[-1] + 1) == (256, 512)
+    tiny = np.stack([labels == 2])
+    same_image, same = bounded(image, tiny, 256)
+    assert same_image is image and same is tiny
+    # an image within the bound is left alone
+    little = image[:1000, :800]
+    assert bounded(little, big[:, :1000, :800], 256)[0] is little
+    assert TRAIN_SIDE_FACTOR * 256 == 1024
+
+
+def test_load_folder_shrinks_pairs_past_max_side_as_it_reads_them(tmp_path):
+    image, labels = _pair(1500, 900)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", image)
+    tifffile.imwrite(tmp_path / "masks" / "a.tif", (labels == 1).astype(np.uint8) * 255)
+    whole = load_folder(tmp_path)[0]
+    small = load_folder(tmp_path, max_side=500)[0]
+    assert whole.image.shape == (1500, 900, 3)
+    assert small.image.shape == (500, 300, 3) and small.labels.shape == (500, 300)
+    expect_image, expect_labels = shrunk(whole.image, whole.labels, 500)
+    assert np.array_equal(small.image, expect_image)
+    assert np.array_equal(small.labels, expect_labels)
+    assert set(np.unique(small.labels)) == {0, 1}
+    assert small.image[small.labels == 1].min() == 200  # area means inside the object
+
+
+def test_box_of_value_is_box_of_the_values_mask():
+    rng = np.random.default_rng(3)
+    labels = np.zeros((1300, 700), np.uint8)
+    labels[rng.integers(0, 1300, 40), rng.integers(0, 700, 40)] = 2
+    labels[600:1201, 5:9] = 1
+    from napari_imedsam.train.data import box_of, box_of_value
+
+    for value in (1, 2):
+        assert box_of_value(labels, value, band_rows=97) == box_of(labels == value)
+    try:
+        box_of_value(labels, 3)
+    except ValueError as exc:
+        assert "empty" in str(exc)
+    else:
+        raise AssertionError("an absent value has no box")
+
+
+def _folder(tmp_path, count: int, multiclass: bool = False):
+    rng = np.random.default_rng(5)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(count):
+        image = rng.integers(0, 50, (120, 150, 3), dtype=np.uint8)
+        labels = np.zeros((120, 150), np.uint8)
+        labels[20 + 5 * i : 70, 30 : 90 + 4 * i] = 1
+        if multiclass:
+            labels[90:110, 10:40] = 2
+            labels[40:50, 100:140] = 2  # a second group of class 2
+        image[labels > 0] += 150
+        tifffile.imwrite(tmp_path / "images" / f"im{i}.tif", image)
+        tifffile.imwrite(tmp_path / "masks" / f"im{i}.tif",
+                         labels if multiclass else (labels > 0).astype(np.uint8) * 255)
+    return tmp_path
+
+
+def test_a_lazy_set_reads_one_pair_at_a_time_and_evaluates_as_the_list(tmp_path):
+    """Evaluation reads a folder's pairs one at a time (three 12000 x 12000 images held
+    3.05 GB before): the same rows as the set read whole, one pair held at a time."""
+    import torch
+
+    from napari_imedsam.model import build_model
+    from napari_imedsam.train import data as data_module
+    from napari_imedsam.train.data import LazyPairs
+    from napari_imedsam.train.evaluate import evaluate_model
+
+    folder = _folder(tmp_path, 3)
+    whole = load_folder(folder)
+    lazy = load_folder(folder, lazy=True)
+    assert isinstance(lazy, LazyPairs) and len(lazy) == 3
+    reads = []
+    original = data_module.read_image
+
+    def counting(path):
+        reads.append(path)
+        return original(path)
+
+    data_module.read_image = counting
+    try:
+        torch.manual_seed(0)
+        model = build_model("tiny")
+        rows_whole = evaluate_model(model, whole, label_size=32, with_distances=False)
+        rows_lazy = evaluate_model(model, lazy, label_size=32, with_distances=False)
+    finally:
+        data_module.read_image = original
+    assert [r["dice"] for r in rows_lazy] == [r["dice"] for r in rows_whole]
+    assert len(rows_lazy) == 3
+    # Each pair read once to list the objects and once to evaluate them.
+    assert len(reads) == 6
+    assert lazy[2] is lazy[2] and lazy[-1] is lazy[2]  # the last pair is kept
+
+
+def test_a_lazy_multiclass_set_keeps_each_groups_own_targets(tmp_path):
+    """Connected groups are labelled again on a pair read again: a group's targets are
+    its own pixels, not every pixel of its classes."""
+    from napari_imedsam.train.data import LazyPairs, as_class_heads
+    from napari_imedsam.train.samples import targets_for
+
+    folder = _folder(tmp_path, 2, multiclass=True)
+    lazy = load_folder(folder, binary=False, lazy=True)
+    assert isinstance(lazy, LazyPairs)
+    lazy.transform = lambda item: as_class_heads([item], [1, 2])[0]
+    whole = as_class_heads(load_folder(folder, binary=False), [1, 2])
+    refs = sample_refs(lazy, 2)
+    assert refs == sample_refs(whole, 2) and len(refs) == 6  # 3 groups an image
+    lazy[1]  # the first pair is read again below, without its groups
+    for ref in refs:
+        assert np.array_equal(targets_for(lazy[ref.index], ref, 2),
+                              targets_for(whole[ref.index], ref, 2))
+        assert targets_for(lazy[ref.index], ref, 2)[1].sum() in (0, 600, 400)
