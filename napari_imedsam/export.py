@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, io, saving
+from .inference.clicks import CLICK_RULES, DEFAULT_CLICK_RULE
 from .inference.regions import output_grid, resample_nearest
 
 FORMAT = "napari-imedsam export 1"
@@ -334,6 +335,9 @@ def read_record(path: str | Path) -> dict[str, Any]:
     scale = record["scale"]
     if not (_is_number(scale) and 0.25 <= scale <= 8):
         raise damaged(f"its scale {scale!r} is not a number from 0.25 to 8")
+    if record.get("click_rule", "replace") not in CLICK_RULES:
+        raise damaged(f"its click rule {record['click_rule']!r} is not one of "
+                      f"{', '.join(CLICK_RULES)}")
     planes = shape[0] if len(shape) == 3 else None
     for entry in record["objects"]:
         try:
@@ -632,6 +636,8 @@ def build_record(*, image: dict[str, Any], model: dict[str, Any], window: str | 
         "scale": float(scale),
         "shape": list(exported.labels.shape),
         "box_convention": BOX_CONVENTION,
+        # How the clicks joined each mask; a record without it was made by replacing.
+        "click_rule": DEFAULT_CLICK_RULE,
         "objects": listed,
         "ids_without_box": sorted(int(i) for i in unboxed),
     }

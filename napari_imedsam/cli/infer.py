@@ -238,7 +238,8 @@ def _from_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{image_path} has shape {spatial}, the export's image "
                          f"{record['image']['shape']}")
     session = SegmentationSession(load_model(name, adapter=adapter),
-                                  device=args.device, mode=spec.get("decoder", "auto"))
+                                  device=args.device, mode=spec.get("decoder", "auto"),
+                                  click_rule=record.get("click_rule", "replace"))
     labels = reproduce(record, session_decoder(session, loaded.data, record.get("window")))
     spacing = record["image"].get("spacing") or [1.0, 1.0]
     scale = float(record["scale"])

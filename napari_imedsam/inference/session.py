@@ -24,7 +24,7 @@ from ..model.transforms import Letterbox, letterbox_image
 from .accelerate import EncoderRuntime, choose_encoder
 from .adaptive import adaptive_decode, lattice_shape, start_stride
 from .cache import EmbeddingCache, content_key
-from .clicks import Clicks
+from .clicks import CLICK_RULES, DEFAULT_CLICK_RULE, Clicks
 from .fast_decoder import FastDecoder
 from .intensity import Window, to_encoder_rgb
 from .regions import Region, output_grid
@@ -38,8 +38,9 @@ BYTES_PER_OUTPUT_PIXEL = 14
 #: The largest result one predict call builds; callers merge boxes one by one beyond.
 MAX_RESULT_BYTES = 4 << 30
 #: Prompt answers kept per session (each holds one object's fused features, 8 MB
-#: for LiteMedSAM): a click re-answers its object from the answer before it.
-MEMO_ENTRIES = 8
+#: for LiteMedSAM): a click re-answers its object from the answer before it, and under
+#: the local rule the answers of its earlier clicks still answer their own regions.
+MEMO_ENTRIES = 16
 #: ``predict``'s default for ``head``: the class the session was set to (``use_class``).
 SESSION_HEAD = ...
 
@@ -49,9 +50,13 @@ class _Answer:
     """The prompt path's answer for one object (box and/or clicks)."""
 
     features: object  # PromptFeatures for the implicit decoder, or None
-    low_res: torch.Tensor  # (1, 1, 4g, 4g) the backbone's own logits
+    low_res: torch.Tensor  # (1, 1, 4g, 4g) the backbone's own logits (a click's: composed)
     iou: float
     extent: np.ndarray  # (4,) x0, y0, x1, y1: where the object may lie, in image pixels
+    #: A click's answer under the local rule: ``(4g, 4g)`` bool, the cells of the low
+    #: resolution grid where this step's own answer is taken (the connected change
+    #: that holds the click); elsewhere the steps before it answer. None: everywhere.
+    accepted: torch.Tensor | None = None
 
 
 def tiles(window: tuple[int, int, int, int], size: int = TILE
@@ -113,7 +118,13 @@ class SegmentationSession:
         seed: int = 0,
         adaptive: bool = True,
         accelerate: bool = True,
+        click_rule: str = DEFAULT_CLICK_RULE,
     ) -> None:
+        if click_rule not in CLICK_RULES:
+            raise ValueError(f"click_rule must be one of {CLICK_RULES}, got {click_rule!r}")
+        #: How each click's answer joins the mask (see ``CLICK_RULES``); fixed for the
+        #: session's life, so an answer depends on its prompts only.
+        self.click_rule = click_rule
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.use_decoder(mode)
@@ -346,6 +357,9 @@ class SegmentationSession:
         for i, box in enumerate(boxes):
             answer = self._answer(box, None if clicks is None else clicks[i], mode)
             ious[i], used[i] = answer.iou, answer.extent
+            chain = (self._chain(box, clicks[i], mode)
+                     if mode != "sam" and clicks is not None and answer.accepted is not None
+                     else [answer])
             window = window_of(answer.extent, region, out_shape, margin)
             if window is None:
                 continue
@@ -357,8 +371,10 @@ class SegmentationSession:
                                                               (r1 - r0, c1 - c0))
                     evaluated[i, r0:r1, c0:c1] = True
                     continue
-                maps = self._implicit(answer.features, points_of, (r1 - r0, c1 - c0),
+                maps = self._implicit(chain[0].features, points_of, (r1 - r0, c1 - c0),
                                       use_adaptive)
+                if len(chain) > 1:
+                    maps = self._clicked(chain[1:], points_of, maps)
                 prob[i, :, r0:r1, c0:c1] = maps[0][heads]
                 unc[i, :, r0:r1, c0:c1] = maps[1][heads]  # type: ignore[index]
                 refined[i, r0:r1, c0:c1] = maps[2]  # type: ignore[index]
@@ -380,11 +396,52 @@ class SegmentationSession:
                               dtype=torch.float32, device=self.device)
         if mode == "sam":
             return {"prob": self._sam_prob(answer.low_res, lambda r, c: pts, None)}
-        with torch.no_grad():
-            pred = self.model.decode_points(answer.features, pts, generator=self._generator(),
-                                            chunk_size=65536)
-        return {"prob": pred.prob[0].cpu().numpy(), "uncertainty": pred.uncertainty[0].cpu().numpy(),
-                "refined": pred.refined[0].cpu().numpy()}
+        chain = (self._chain(box_arr, clicks, mode) if answer.accepted is not None
+                 else [answer])
+        prob, unc, refined = self._decode_at(chain[0].features, pts)
+        for step in chain[1:]:
+            owned = self._owned(step, pts)
+            if owned.any():
+                prob[:, owned], unc[:, owned], refined[owned] = self._decode_at(
+                    step.features, pts[torch.from_numpy(owned).to(pts.device)])
+        return {"prob": prob, "uncertainty": unc, "refined": refined}
+
+    @torch.no_grad()
+    def _decode_at(self, features: object, points: torch.Tensor
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(K, P)`` probability and uncertainty and ``(P,)`` refined flags of one
+        prompt's implicit decoder at ``(P, 2)`` normalised points (dense)."""
+        pred = self.model.decode_points(features, points, generator=self._generator(),
+                                        chunk_size=65536)
+        return (pred.prob[0].cpu().numpy(), pred.uncertainty[0].cpu().numpy(),
+                pred.refined[0].cpu().numpy())
+
+    def _owned(self, step: _Answer, points: torch.Tensor) -> np.ndarray:
+        """``(P,)`` bool: which normalised points lie in the step's accepted cells."""
+        assert step.accepted is not None
+        n = step.accepted.shape[-1]
+        cells = ((points.detach().cpu().numpy() + 1.0) * (0.5 * n)).astype(np.int64)
+        cells = np.clip(cells, 0, n - 1)
+        return step.accepted.numpy()[cells[:, 1], cells[:, 0]]
+
+    def _clicked(self, steps: list[_Answer], points_of, maps: tuple[np.ndarray, ...]  # noqa: ANN001
+                 ) -> tuple[np.ndarray, ...]:
+        """A tile's maps with each click's accepted pixels answered by that click's own
+        prompt (later clicks over earlier ones), densely: the regions are small."""
+        prob, unc, refined, evaluated = (m.copy() for m in maps)
+        shape = prob.shape[-2:]
+        rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        points = points_of(rows.ravel(), cols.ravel())
+        for step in steps:
+            owned = self._owned(step, points)
+            if not owned.any():
+                continue
+            p, u, r = self._decode_at(step.features,
+                                      points[torch.from_numpy(owned).to(points.device)])
+            mask = owned.reshape(shape)
+            prob[:, mask], unc[:, mask], refined[mask] = p, u, r
+            evaluated[mask] = True
+        return prob, unc, refined, evaluated
 
     # -- internals -----------------------------------------------------------
     def _generator(self) -> torch.Generator:
@@ -417,13 +474,14 @@ class SegmentationSession:
         steps = 0 if clicks is None else len(clicks)
         first = 0 if has_box else 1  # an object without a box starts at its first click
         answer = None
+        local = self.click_rule == "local"
         for k in range(first, steps + 1):
-            # Without the mask prompt only the last step is needed.
-            if not self.click_mask_prompt and k < steps:
+            # Without the mask prompt and the local rule only the last step is needed.
+            if not self.click_mask_prompt and not local and k < steps:
                 continue
             part = None if k == 0 else Clicks(clicks.xy[:k], clicks.labels[:k])  # type: ignore[union-attr]
-            key = (self._image_key, mode, self.click_mask_prompt, box.tobytes(),
-                   None if part is None else part.key())
+            key = (self._image_key, mode, self.click_mask_prompt, self.click_rule,
+                   box.tobytes(), None if part is None else part.key())
             with self._memo_lock:
                 found = self._memo.get(key)
                 if found is not None:
@@ -432,6 +490,8 @@ class SegmentationSession:
                 mask = (answer.low_res if answer is not None and self.click_mask_prompt
                         else None)
                 found = self._compute_answer(box if has_box else None, part, mask, mode)
+                if local and answer is not None and part is not None:
+                    found = self._local(answer, found, box if has_box else None, part)
                 with self._memo_lock:
                     self._memo[key] = found
                     while len(self._memo) > MEMO_ENTRIES:
@@ -439,6 +499,40 @@ class SegmentationSession:
             answer = found
         assert answer is not None
         return answer
+
+    def _chain(self, box: np.ndarray, clicks: Clicks | None, mode: str) -> list[_Answer]:
+        """The answers that make an object's mask under the local rule, oldest first:
+        the last that answers everywhere (the box, or a click that could not be
+        joined locally), then each later click's, for its accepted cells."""
+        assert clicks is not None
+        first = 0 if bool(np.isfinite(box).all()) else 1
+        chain = [self._answer(box, Clicks(clicks.xy[:k], clicks.labels[:k]) if k else None,
+                              mode) for k in range(first, len(clicks) + 1)]
+        start = max(i for i, a in enumerate(chain) if a.accepted is None)
+        return chain[start:]
+
+    def _local(self, before: _Answer, found: _Answer, box: np.ndarray | None,
+               clicks: Clicks) -> _Answer:
+        """The click's answer joined under the local rule: of what changed between the
+        mask before it and its own answer (added on a positive click, removed on a
+        negative one), only the connected part that holds the click is taken, on the
+        backbone's low resolution grid. A click whose own cell did not change takes
+        nothing. Answers without the backbone's logits are taken whole."""
+        from scipy import ndimage
+
+        if before.low_res is None or found.low_res is None:
+            return found
+        assert self._letterbox is not None
+        old, new = before.low_res[0, 0] > 0, found.low_res[0, 0] > 0
+        change = ((new & ~old) if clicks.labels[-1] else (old & ~new)).cpu().numpy()
+        groups, _ = ndimage.label(change)
+        n = change.shape[0]
+        x, y = self._letterbox.to_input(clicks.xy[-1:])[0] * (n / self._letterbox.size)
+        group = groups[min(max(int(y), 0), n - 1), min(max(int(x), 0), n - 1)]
+        accepted = torch.from_numpy(groups == group if group else np.zeros_like(change))
+        low_res = torch.where(accepted.to(found.low_res.device), found.low_res, before.low_res)
+        return _Answer(found.features, low_res, found.iou, self._extent(box, clicks, low_res),
+                       accepted)
 
     def _compute_answer(self, box: np.ndarray | None, clicks: Clicks | None,
                         mask: torch.Tensor | None, mode: str) -> _Answer:
