@@ -1,4 +1,5 @@
-"""Would a locality rule make clicks safe? Measured, not used by the product yet.
+"""Would a locality rule make clicks safe? Measured on the output grid; the product now
+uses it on the backbone's low resolution grid (session `_local`).
 
     python training/click_locality_eval.py sam|imedsam kv|amos
 
