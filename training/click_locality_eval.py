@@ -30,7 +30,8 @@ def local(old, new, click):
 
 m = load_model("medsam_lite")
 dec = sys.argv[1]; which = sys.argv[2]
-s = SegmentationSession(m, device="cpu", mode=dec, precision="fp32", adaptive=False)
+s = SegmentationSession(m, device="cpu", mode=dec, precision="fp32", adaptive=False,
+                         click_rule="replace")  # the raw answers; "local" below
 K = "../shared/data/kvasir-sessile"
 imgs = load_folder(K, split_csv=K + "/splits/surrogate_seed4200_118tr-39val-39ts.csv", subset="test") if which == "kv" else load_ct_slices("../shared/data/ct-slices")
 shape = (384, 384); curves = {"raw": [], "local": []}
