@@ -472,9 +472,15 @@ def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
     if len(shapes) > 1:
         raise ValueError(f"{source}: slices of different sizes {sorted(shapes)} in one series; "
                          "open the slices of one size on their own")
-    arrays = [p.astype(np.float32) * float(getattr(s, "RescaleSlope", 1))
-              + float(getattr(s, "RescaleIntercept", 0)) for p, s in zip(pixels, slices)]
-    del pixels
+    # Rescaled in place: ``p.astype(float32) * slope + intercept`` made three float32
+    # copies at once (1.7 GB for one 12000 x 12000 slice, 5.6 GB in all; issue 23).
+    arrays = []
+    while pixels:
+        array = pixels.pop(0).astype(np.float32)
+        s = slices[len(arrays)]
+        array *= float(getattr(s, "RescaleSlope", 1))
+        array += float(getattr(s, "RescaleIntercept", 0))
+        arrays.append(array)
     data = np.stack(arrays) if len(arrays) > 1 else arrays[0]
     spacings = {tuple(round(float(v), 4) for v in getattr(s, "PixelSpacing", [1.0, 1.0]))
                 for s in slices}

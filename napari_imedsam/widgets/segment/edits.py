@@ -16,6 +16,7 @@ from . import journal
 from ... import journal as history
 from .. import layers as wl
 from ..common import tell
+from ...inference.clicks import CHANGED_NOTHING
 from ...session_holder import Outcome
 from .state import ImageState
 from .dock import SegmentDock
@@ -77,6 +78,10 @@ class ObjectEdits:
         # pixels it wrote (in its journal record) and replaces or clears only those.
         shared = request.class_value is not None and object_id == request.class_value
         own = _own_pixels(before, shared)
+        on_plane = (lambda: state.masks.data if request.plane is None  # noqa: E731
+                    else state.masks.data[request.plane])
+        clicked = request.clicks is not None and len(request.clicks) > 0
+        previous = (on_plane() == object_id) if clicked else None
         written, changes, pixels = wl.write_object(state.masks, outcome.mask, request.plane,
                                                    object_id, own)
         wl.set_feature(boxes, row, "object_id", object_id)
@@ -100,6 +105,9 @@ class ObjectEdits:
         note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
         if outcome.advice is not None:
             note += f". Hint: {outcome.advice}"
+        if previous is not None and previous.any() and np.array_equal(
+                previous, on_plane() == object_id):
+            note += f". {CHANGED_NOTHING[0].upper()}{CHANGED_NOTHING[1:]}"
         if outcome.mode == "sam":
             note += ". " + NO_UNCERTAINTY
             if not self._told_no_uncertainty:
