@@ -475,9 +475,9 @@ def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
     # Rescaled in place: ``p.astype(float32) * slope + intercept`` made three float32
     # copies at once (1.7 GB for one 12000 x 12000 slice, 5.6 GB in all; issue 23).
     arrays = []
-    while pixels:
-        array = pixels.pop(0).astype(np.float32)
-        s = slices[len(arrays)]
+    for i, s in enumerate(slices):
+        array = pixels[i].astype(np.float32)
+        pixels[i] = None  # each slice's stored pixels go as its HU values come
         array *= float(getattr(s, "RescaleSlope", 1))
         array += float(getattr(s, "RescaleIntercept", 0))
         arrays.append(array)

@@ -19,7 +19,7 @@ DEFAULT_CLICK_RULE = "local"
 #: What the Segment widget says when a click left its object's mask as it was (under
 #: the local rule, most clicks on the Kvasir-Sessile polyps do: the model keeps its
 #: answer where they land).
-CHANGED_NOTHING = ("the click changed nothing: only the change that holds a click joins "
+CHANGED_NOTHING = ("The click changed nothing: only the change that holds a click joins "
                    "the mask, and the model keeps its answer there; correct it with the "
                    "brush, or click where the mask should change")
 

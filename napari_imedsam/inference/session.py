@@ -399,11 +399,7 @@ class SegmentationSession:
         chain = (self._chain(box_arr, clicks, mode) if answer.accepted is not None
                  else [answer])
         prob, unc, refined = self._decode_at(chain[0].features, pts)
-        for step in chain[1:]:
-            owned = self._owned(step, pts)
-            if owned.any():
-                prob[:, owned], unc[:, owned], refined[owned] = self._decode_at(
-                    step.features, pts[torch.from_numpy(owned).to(pts.device)])
+        self._join_clicks(chain[1:], pts, prob, unc, refined)
         return {"prob": prob, "uncertainty": unc, "refined": refined}
 
     @torch.no_grad()
@@ -424,23 +420,32 @@ class SegmentationSession:
         cells = np.clip(cells, 0, n - 1)
         return step.accepted.numpy()[cells[:, 1], cells[:, 0]]
 
+    def _join_clicks(self, steps: list[_Answer], points: torch.Tensor, prob: np.ndarray,
+                     unc: np.ndarray, refined: np.ndarray) -> np.ndarray:
+        """In place: the ``(K, P)`` / ``(P,)`` maps at ``(P, 2)`` points with each click's
+        accepted points answered by that click's own prompt (later clicks over earlier
+        ones), densely: the regions are small. Returns the ``(P,)`` points so answered."""
+        joined = np.zeros(len(points), bool)
+        for step in steps:
+            owned = self._owned(step, points)
+            if owned.any():
+                prob[:, owned], unc[:, owned], refined[owned] = self._decode_at(
+                    step.features, points[torch.from_numpy(owned).to(points.device)])
+                joined |= owned
+        return joined
+
     def _clicked(self, steps: list[_Answer], points_of, maps: tuple[np.ndarray, ...]  # noqa: ANN001
                  ) -> tuple[np.ndarray, ...]:
         """A tile's maps with each click's accepted pixels answered by that click's own
-        prompt (later clicks over earlier ones), densely: the regions are small."""
+        prompt (see :meth:`_join_clicks`); those pixels count as evaluated."""
         prob, unc, refined, evaluated = (m.copy() for m in maps)
         shape = prob.shape[-2:]
         rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
         points = points_of(rows.ravel(), cols.ravel())
-        for step in steps:
-            owned = self._owned(step, points)
-            if not owned.any():
-                continue
-            p, u, r = self._decode_at(step.features,
-                                      points[torch.from_numpy(owned).to(points.device)])
-            mask = owned.reshape(shape)
-            prob[:, mask], unc[:, mask], refined[mask] = p, u, r
-            evaluated[mask] = True
+        k = prob.shape[0]
+        flat = (prob.reshape(k, -1), unc.reshape(k, -1), refined.reshape(-1))
+        joined = self._join_clicks(steps, points, *flat)
+        evaluated[joined.reshape(shape)] = True
         return prob, unc, refined, evaluated
 
     # -- internals -----------------------------------------------------------
@@ -459,9 +464,15 @@ class SegmentationSession:
         return (torch.as_tensor(xy[None], dtype=torch.float32, device=self.device),
                 torch.as_tensor(clicks.labels[None], dtype=torch.int64, device=self.device))
 
-    @torch.no_grad()
     def _answer(self, box: np.ndarray, clicks: Clicks | None, mode: str) -> _Answer:
-        """The prompt path's answer for one object, from the memo when it is there.
+        """The prompt path's answer for one object (its last step), from the memo when
+        it is there; see :meth:`_steps`."""
+        return self._steps(box, clicks, mode)[-1]
+
+    @torch.no_grad()
+    def _steps(self, box: np.ndarray, clicks: Clicks | None, mode: str) -> list[_Answer]:
+        """The prompt path's answers for one object, one per step (the box, then each
+        click), from the memo when they are there; the last is the object's answer.
 
         With clicks, each click is answered in turn from the box (or the first
         click) on, each step given the step before's logits as SAM's mask prompt
@@ -474,6 +485,7 @@ class SegmentationSession:
         steps = 0 if clicks is None else len(clicks)
         first = 0 if has_box else 1  # an object without a box starts at its first click
         answer = None
+        answers: list[_Answer] = []
         local = self.click_rule == "local"
         for k in range(first, steps + 1):
             # Without the mask prompt and the local rule only the last step is needed.
@@ -497,17 +509,15 @@ class SegmentationSession:
                     while len(self._memo) > MEMO_ENTRIES:
                         self._memo.popitem(last=False)
             answer = found
-        assert answer is not None
-        return answer
+            answers.append(found)
+        assert answers
+        return answers
 
     def _chain(self, box: np.ndarray, clicks: Clicks | None, mode: str) -> list[_Answer]:
         """The answers that make an object's mask under the local rule, oldest first:
         the last that answers everywhere (the box, or a click that could not be
         joined locally), then each later click's, for its accepted cells."""
-        assert clicks is not None
-        first = 0 if bool(np.isfinite(box).all()) else 1
-        chain = [self._answer(box, Clicks(clicks.xy[:k], clicks.labels[:k]) if k else None,
-                              mode) for k in range(first, len(clicks) + 1)]
+        chain = self._steps(box, clicks, mode)
         start = max(i for i, a in enumerate(chain) if a.accepted is None)
         return chain[start:]
 

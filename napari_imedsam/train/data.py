@@ -285,6 +285,13 @@ class LazyPairs(Sequence[LabeledImage]):
         return item
 
 
+def shrunk_grid(shape: tuple[int, ...], max_side: int) -> tuple[int, int]:
+    """The ``(h, w)`` of an ``(H, W)`` image shrunk so that its longer side is ``max_side``."""
+    from ..inference.regions import output_grid
+
+    return output_grid((shape[0], shape[1]), max_side / max(shape[0], shape[1]))
+
+
 def shrunk(image: np.ndarray, labels: np.ndarray, max_side: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """``(H, W, 3)`` uint8 image and ``(H, W)`` labels with the longer side made
@@ -292,8 +299,7 @@ def shrunk(image: np.ndarray, labels: np.ndarray, max_side: int
     from ..inference.regions import resample_nearest
     from ..model.transforms import area_resize
 
-    factor = max_side / max(labels.shape)
-    shape = (max(1, round(labels.shape[0] * factor)), max(1, round(labels.shape[1] * factor)))
+    shape = shrunk_grid(labels.shape, max_side)
     return area_resize(image, shape).astype(image.dtype), resample_nearest(labels, shape)
 
 

@@ -74,9 +74,10 @@ class TrainConfig:
     #: Mirrored views per image when embeddings are cached (frozen-encoder modes):
     #: 4 = as is, left-right, up-down, both; 1 = none (more images fit in memory).
     cached_flips: int = CACHED_FLIPS
-    #: Modes that train the encoder: recompute each encoder block in the backward pass
-    #: rather than keep its activations (see ``modeling.blocks.run_block``): 5.99 ->
-    #: see docs/reliability.md for the peak and the time it costs.
+    #: Modes that train the encoder: recompute each encoder block (and each image of a
+    #: batch) in the backward pass rather than keep its activations (see
+    #: ``modeling.blocks.run_block``, ``step.StepModule``): adapters at batch 4 peaked
+    #: at 2.10 GB where they took 5.99 GB (docs/reliability.md, issue 23).
     recompute_encoder: bool = True
 
 

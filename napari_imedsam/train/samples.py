@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from ..model.transforms import letterbox_image
 from .augment import Augmenter
-from .data import LabeledImage, box_of, jitter_box, object_ids
+from .data import LabeledImage, box_of, jitter_box, object_ids, shrunk_grid
 
 #: Box jitter of the authors: up to 20 px per side at a 384 px input.
 JITTER_PX_AT_384 = 20.0
@@ -35,12 +35,10 @@ def bounded(image: np.ndarray, target: np.ndarray, input_size: int
     from ..inference.regions import resample_nearest
     from ..model.transforms import area_resize
 
-    height, width = target.shape[1:]
     side = TRAIN_SIDE_FACTOR * input_size
-    if max(height, width) <= side:
+    if max(target.shape[1:]) <= side:
         return image, target
-    factor = side / max(height, width)
-    shape = (max(1, round(height * factor)), max(1, round(width * factor)))
+    shape = shrunk_grid(target.shape[1:], side)
     small = np.stack([resample_nearest(t, shape) for t in target])
     if any(s.any() < t.any() for t, s in zip(target, small)):  # an object too small
         return image, target

@@ -44,7 +44,6 @@ class StepModule(nn.Module):
                 teacher = torch.sigmoid(_at_points(prompt.sam_logits(), points).float())
         return pred.coarse_logits, pred.logits, teacher
 
-
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder's embeddings ``(B, D, g, g)`` of ``(B, 3, S, S)`` images, with
         gradients. With ``recompute``, and where each image's embedding depends on that

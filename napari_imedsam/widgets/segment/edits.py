@@ -107,7 +107,7 @@ class ObjectEdits:
             note += f". Hint: {outcome.advice}"
         if previous is not None and previous.any() and np.array_equal(
                 previous, on_plane() == object_id):
-            note += f". {CHANGED_NOTHING[0].upper()}{CHANGED_NOTHING[1:]}"
+            note += f". {CHANGED_NOTHING}"
         if outcome.mode == "sam":
             note += ". " + NO_UNCERTAINTY
             if not self._told_no_uncertainty:
