@@ -4,6 +4,7 @@ three 12000 x 12000 images took 24 GB in adapters mode, 3.3 GB in decoder mode).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_imedsam.train.augment import Augmenter
@@ -167,3 +168,80 @@ def test_a_lazy_multiclass_set_keeps_each_groups_own_targets(tmp_path):
         assert np.array_equal(targets_for(lazy[ref.index], ref, 2),
                               targets_for(whole[ref.index], ref, 2))
         assert targets_for(lazy[ref.index], ref, 2)[1].sum() in (0, 600, 400)
+
+
+# -- the allocator: training's memory stays bounded over epochs (issue 23) ----------------
+def _in_a_fresh_process(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env={**environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+_HUGE = ("import re, sys\n"
+         "import torch\n"
+         "x = torch.ones(64 << 20, dtype=torch.uint8)\n"
+         "rollup = open('/proc/self/smaps_rollup').read()\n"
+         "print(int(re.search(r'AnonHugePages:\\s+(\\d+)', rollup).group(1)))\n")
+
+
+def _kernel_gives_huge_pages() -> bool:
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        open("/proc/self/smaps_rollup").close()
+    except OSError:
+        return False
+    return "[never]" not in mode
+
+
+def test_the_command_line_and_the_viewer_ask_torch_for_huge_pages_unless_told_not_to():
+    """Without PyTorch's huge pages, `train --mode adapters` on 5 Kvasir images grew by
+    epoch (2.10, 2.46, 2.82 GB after 1, 2 and 6); with them 1.56, 1.77 and 1.85 GB. The
+    switch must be set before torch is imported, and a user's own setting stays."""
+    ask = ("import os\n"
+           "from napari_imedsam.model.torch_guard import prefer_huge_pages\n"
+           "print(prefer_huge_pages(), os.environ.get('THP_MEM_ALLOC_ENABLE'))\n")
+    assert _in_a_fresh_process(ask) == ["True", "1"]
+    assert _in_a_fresh_process(ask, THP_MEM_ALLOC_ENABLE="0") == ["False", "0"]
+    assert _in_a_fresh_process("import torch\n" + ask) == ["False", "None"]  # too late
+    cli = ("import os\n"
+           "from napari_imedsam.cli.app import main\n"
+           "main(['weights', 'list'])\n"
+           "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n")
+    assert _in_a_fresh_process(cli)[-1] == "1"
+    viewer = ("import os\n"
+              "from napari_imedsam.model.torch_guard import import_torch\n"
+              "import_torch()\n"
+              "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n")
+    assert _in_a_fresh_process(viewer) == ["1"]
+    if _kernel_gives_huge_pages():  # torch read it: its large blocks are huge pages
+        prefer = "from napari_imedsam.model.torch_guard import prefer_huge_pages\n"
+        assert int(_in_a_fresh_process(prefer + "prefer_huge_pages()\n" + _HUGE)[0]) > 0
+        assert int(_in_a_fresh_process(_HUGE, THP_MEM_ALLOC_ENABLE="0")[0]) == 0
+
+
+def test_trim_heap_gives_the_heaps_free_pages_back():
+    """Training trims after each step and evaluation between images: freed blocks in the
+    middle of glibc's heap stay resident otherwise (20 epochs: 2.07 -> 1.90 GB)."""
+    code = ("import numpy as np\n"
+            "from napari_imedsam.model.torch_guard import trim_heap\n"
+            "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+            "blocks = [np.ones(2500) for _ in range(20000)]\n"  # 20 KB each: the heap's
+            "keep = blocks[::50]\n"
+            "del blocks\n"
+            "before = rss(); trim_heap(); print((before - rss()) >> 20)\n")
+    try:
+        open("/proc/self/statm").close()
+    except OSError:
+        pytest.skip("no /proc here")
+    import ctypes.util
+
+    if not ctypes.util.find_library("c") or "glibc" not in " ".join(
+            __import__("platform").libc_ver()):
+        pytest.skip("trim_heap does nothing off glibc")
+    assert int(_in_a_fresh_process(code)[0]) > 200  # of the 400 MB freed

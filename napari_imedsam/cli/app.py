@@ -60,9 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    from ..model.torch_guard import hide_triton
+    from ..model.torch_guard import hide_triton, prefer_huge_pages
 
     hide_triton()  # nothing here compiles kernels; it saves memory and the GUI's crash
+    prefer_huge_pages()  # bounded training memory (see model/torch_guard.py)
     import signal
 
     def terminated(signum: int, frame: object) -> None:

@@ -24,6 +24,7 @@ from ..model.checkpoint import save_adapter
 from ..model.config import FROZEN_ENCODER_MODES
 from ..model.devices import autocast, autocast_dtype, resolve_device, resolve_precision
 from ..model.modeling.imedsam import IMedSAM
+from ..model.torch_guard import trim_heap
 from . import run_state
 from .augment import Augmenter
 from .data import LabeledImage
@@ -323,6 +324,8 @@ def _train_step(run: _Run, batch: Any, progress: float,
     scaler.step(optimizer)
     scaler.update()
     run.scheduler.step()
+    if device.type == "cpu":
+        trim_heap()  # with huge pages: 1.90 GB over 20 epochs where 2.07 without
     return float(loss.detach()), coarse_loss.item(), fine_loss.item()
 
 

@@ -23,6 +23,7 @@ import torch
 from ..inference.cache import EmbeddingCache
 from ..inference.session import SegmentationSession
 from ..model.modeling.imedsam import IMedSAM
+from ..model.torch_guard import trim_heap
 from . import metrics
 from .data import LabeledImage, box_of, box_of_value
 from .samples import sample_refs, targets_for
@@ -89,6 +90,7 @@ def evaluate_model(
         if should_stop is not None and should_stop():
             break
         item = None  # the image before goes before the next is read (a lazy set)
+        trim_heap()  # and its pages with it
         item = images[ref.index]
         targets, image_box = _targets_and_box(item, ref, classes, shape)
         union = targets.any(axis=0)
