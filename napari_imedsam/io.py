@@ -467,21 +467,30 @@ def _series_label(ds: Any) -> str:
 def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
     """One series' slices -> a volume sorted by position, with its spacing."""
     slices = sorted(slices, key=lambda s: float(getattr(s, "ImagePositionPatient", [0, 0, 0])[2]))
-    pixels = [_pixels(s) for s in slices]
-    shapes = {tuple(p.shape) for p in pixels}
-    if len(shapes) > 1:
-        raise ValueError(f"{source}: slices of different sizes {sorted(shapes)} in one series; "
-                         "open the slices of one size on their own")
-    # Rescaled in place: ``p.astype(float32) * slope + intercept`` made three float32
-    # copies at once (1.7 GB for one 12000 x 12000 slice, 5.6 GB in all; issue 23).
-    arrays = []
+    # One float32 volume filled slice by slice, each rescaled to HU in place, the
+    # dataset's pixel bytes and decoded copy let go as the slice is read:
+    # ``astype(float32) * slope + intercept`` made three float32 copies at once (5.6 GB
+    # for one deflated 12000 x 12000 slice), and stacking a list of slices two volumes.
+    data: np.ndarray | None = None
     for i, s in enumerate(slices):
-        array = pixels[i].astype(np.float32)
-        pixels[i] = None  # each slice's stored pixels go as its HU values come
-        array *= float(getattr(s, "RescaleSlope", 1))
-        array += float(getattr(s, "RescaleIntercept", 0))
-        arrays.append(array)
-    data = np.stack(arrays) if len(arrays) > 1 else arrays[0]
+        stored = _pixels(s)
+        if data is None:
+            data = np.empty((len(slices), *stored.shape), np.float32)
+        elif stored.shape != data.shape[1:]:
+            shapes = sorted({tuple(data.shape[1:]), tuple(stored.shape)})
+            raise ValueError(f"{source}: slices of different sizes {shapes} in one series; "
+                             "open the slices of one size on their own")
+        for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            if keyword in s:
+                delattr(s, keyword)  # pydicom drops its decoded copy with it
+        hu = data[i]
+        hu[...] = stored
+        del stored
+        hu *= float(getattr(s, "RescaleSlope", 1))
+        hu += float(getattr(s, "RescaleIntercept", 0))
+    assert data is not None  # a series has at least one slice
+    if len(slices) == 1:
+        data = data[0]
     spacings = {tuple(round(float(v), 4) for v in getattr(s, "PixelSpacing", [1.0, 1.0]))
                 for s in slices}
     row, col = sorted(spacings)[0]
@@ -490,7 +499,7 @@ def _dicom_volume(slices: list[Any], source: str) -> LoadedImage:
                       f"the volume uses {row} x {col} mm, so distances may be wrong",
                       stacklevel=3)
     spacing: tuple[float, ...] = (row, col)
-    if len(arrays) > 1:
+    if len(slices) > 1:
         positions = [float(s.ImagePositionPatient[2]) for s in slices
                      if hasattr(s, "ImagePositionPatient")]
         dz = float(np.median(np.diff(positions))) if len(positions) > 1 else float(
