@@ -38,8 +38,8 @@ def hide_triton() -> bool:
     return True
 
 
-#: PyTorch's switch (read once, at its first allocation): blocks of 2 MB and more are
-#: aligned to 2 MB and given to the kernel's transparent huge pages (``madvise``).
+#: PyTorch's switch (read once, at its first allocation): its blocks of 2 MB and more
+#: are given to the kernel's transparent huge pages (``madvise``).
 HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
 
 
@@ -54,8 +54,8 @@ def prefer_huge_pages() -> bool:
     memory grew with every epoch: 2.10, 2.46 and 2.82 GB after 1, 2 and 6 epochs. With
     huge pages: 1.56, 1.77 and 1.85 GB, the same losses, no slower (page faults 4.9 M
     -> 0.43 M). Fixing glibc's threshold instead (``MALLOC_MMAP_THRESHOLD_``) gave
-    1.42 GB but 75 % more time. Where the kernel gives no huge pages (``never``), the
-    switch only aligns the blocks."""
+    1.42 GB but 75 % more time. Where the kernel gives no huge pages (``never``), or off
+    Linux, the switch changes nothing."""
     if HUGE_PAGES not in os.environ and "torch" not in sys.modules:
         os.environ[HUGE_PAGES] = "1"
     return os.environ.get(HUGE_PAGES) == "1"
@@ -68,7 +68,7 @@ def trim_heap() -> None:
     """Give the heap's free pages back to the system (glibc's ``malloc_trim``; nothing
     elsewhere). Training calls it after each step: the blocks a step freed in the
     middle of the heap stay resident otherwise. With huge pages, 20 epochs of the case
-    above peaked at 1.90 GB with it and 2.07 GB without; a call takes milliseconds."""
+    above peaked at 1.90 GB with it and 2.07 GB without; a call took under 1 ms here."""
     if not _LIBC:
         try:
             libc = ctypes.CDLL("libc.so.6")
