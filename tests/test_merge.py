@@ -129,3 +129,22 @@ def test_masks_box_by_box_equal_one_predict_call(session):
     masks, unc = masks_box_by_box(session, BOXES, scale=2.0)
     assert (masks == whole.masks()).mean() > 0.98  # MC draws differ per call
     assert np.abs(unc - np.sqrt(whole.uncertainty.max(axis=(0, 1)))).mean() < 0.01
+
+
+def test_box_windows_do_not_compute_the_error_map_they_do_not_use(session, monkeypatch):
+    """Export decodes box by box for the masks and the spread only: the error map (a
+    distance transform per window) was computed for each object and thrown away."""
+    from napari_imedsam.inference.merge import box_windows
+
+    calls = []
+
+    def error_model(prob, unc, pixel):  # noqa: ANN001, ANN202
+        calls.append(prob.shape)
+        return np.zeros_like(prob)
+
+    monkeypatch.setattr(session.model, "error_model", error_model, raising=False)
+    windows = list(box_windows(session, BOXES, scale=2.0))
+    assert len(windows) == 4 and calls == []
+    result = session.predict(BOXES[:1], scale=2.0)  # a plain call still makes it
+    assert len(calls) == 1 and result.error is not None
+    assert session.predict(BOXES[:1], scale=2.0, error_map=False).error is None

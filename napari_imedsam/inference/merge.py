@@ -196,7 +196,8 @@ def box_windows(session: SegmentationSession,
         part = session.predict(box[None], region=(r0 * sy, c0 * sx, r1 * sy, c1 * sx),
                                out_shape=(r1 - r0, c1 - c0), decoder=mode,
                                head=SESSION_HEAD if heads is None else heads[i],
-                               clicks=None if clicks is None else [clicks[i]])
+                               clicks=None if clicks is None else [clicks[i]],
+                               error_map=False)  # only the masks and the spread are used
         std = (spread(part.uncertainty[0].max(axis=0))
                if mode == "imedsam" and part.uncertainty is not None else None)
         yield i, window, part.masks(threshold)[0], std

@@ -310,6 +310,7 @@ class SegmentationSession:
         out_shape: tuple[int, int] | None = None,
         adaptive: bool | None = None,
         margin: float = 0.25,
+        error_map: bool = True,
     ) -> SegmentationResult:
         """Masks for ``boxes`` on the image grid times ``scale`` (0.25 to 8), or on
         ``region`` (y0, x0, y1, x1) sampled at ``out_shape``.
@@ -319,6 +320,8 @@ class SegmentationSession:
         ``sam``) and ``head`` (a class index, or None for every class) choose for
         this call; left out, the session's defaults (:meth:`use_decoder`,
         :meth:`use_class`) answer. A shared session must be given both.
+        ``error_map``: False leaves ``error`` None (callers that use only the masks and
+        the uncertainty: it costs a distance transform per object's window).
         """
         mode = self.resolve_decoder(decoder) if decoder is not None else self.mode
         chosen_head = self.head if head is SESSION_HEAD else self.check_head(head)
@@ -349,7 +352,8 @@ class SegmentationSession:
         refined = np.zeros((len(boxes), rows, cols), bool) if mode == "imedsam" else None
         evaluated = np.zeros((len(boxes), rows, cols), bool)
         ious = np.full(len(boxes), np.nan, np.float32)
-        error_model = getattr(self.model, "error_model", None) if mode == "imedsam" else None
+        error_model = (getattr(self.model, "error_model", None)
+                       if mode == "imedsam" and error_map else None)
         error = None if error_model is None else np.zeros((len(boxes), rows, cols), np.float32)
         pixel = 0.5 * ((region[2] - region[0]) / rows + (region[3] - region[1]) / cols)
         used = boxes.copy()
