@@ -112,6 +112,21 @@ def write_pixels(labels: Any, index: tuple[np.ndarray, ...], value: int | np.nda
     return MaskChange(flat, before, after)
 
 
+def leaves_as_it_was(changes: list[MaskChange]) -> bool:
+    """Whether ``changes``, applied in order, leave every pixel they touch with the
+    value it had before them (an object cleared and written again where it was)."""
+    if not changes:
+        return True
+    flat = np.concatenate([c.flat for c in changes])
+    order = np.argsort(flat, kind="stable")  # each pixel's changes, oldest first
+    flat = flat[order]
+    first = np.r_[True, flat[1:] != flat[:-1]]
+    last = np.r_[flat[1:] != flat[:-1], True]
+    before = np.concatenate([c.before for c in changes])[order]
+    after = np.concatenate([c.after for c in changes])[order]
+    return bool(np.array_equal(before[first], after[last]))
+
+
 def apply_masks(labels: Any, changes: list[MaskChange], undo: bool) -> None:
     """Put the pixels of ``changes`` back as they were before (``undo``) or after."""
     data = labels.data

@@ -280,3 +280,25 @@ def test_an_export_without_a_click_rule_is_made_again_by_replacing(tmp_path):
                            scale=1.0, objects=[],
                            exported=ex.ExportedLabels(np.zeros((40, 60), np.int32), None))
     assert made["click_rule"] == "local"
+
+
+def test_changes_that_put_an_object_back_where_it_was_are_told_apart():
+    """The Segment widget's "The click changed nothing" comes from the click's own
+    journal changes (the object's pixels), not from two copies of the whole plane."""
+    from types import SimpleNamespace
+
+    from napari_imedsam.journal import leaves_as_it_was, write_pixels
+
+    labels = SimpleNamespace(data=np.zeros((6, 8), np.int32))
+    labels.data[1:3, 1:4] = 5
+    labels.data[4, 6] = 2  # another object, untouched
+    start = labels.data.copy()
+    same = np.nonzero(labels.data == 5)
+    # The widget clears the object, then writes its new mask.
+    cleared = write_pixels(labels, same, 0)
+    assert leaves_as_it_was([cleared, write_pixels(labels, same, 5)])
+    assert np.array_equal(labels.data, start)
+    grown = (np.r_[same[0], 3], np.r_[same[1], 1])
+    assert not leaves_as_it_was([write_pixels(labels, same, 0), write_pixels(labels, grown, 5)])
+    assert not leaves_as_it_was([write_pixels(labels, np.nonzero(labels.data == 5), 0)])
+    assert leaves_as_it_was([])

@@ -8,6 +8,7 @@ is scaled by its 0.5-99.5 percentiles (:func:`as_rgb_uint8`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -156,7 +157,8 @@ def _scale_to_uint8(arr: np.ndarray, *, grey_to_rgb: bool = False) -> np.ndarray
         if data.dtype.kind == "f":
             data[~np.isfinite(data)] = 0  # NaN/inf count as 0, as they are written
         lo, hi = (float(v) for v in np.percentile(data, [0.5, 99.5], overwrite_input=True))
-        low, high = float(data.min()), float(data.max())
+        if hi <= lo:
+            low, high = float(data.min()), float(data.max())
         del data
     if hi <= lo:
         # Sparse images (a few bright pixels on a flat background) collapse the
@@ -230,8 +232,8 @@ def banded_percentiles(arr: np.ndarray, percents: tuple[float, ...]
     return (*out, low, high)
 
 
-def _order_statistics(bands: list[slice], values: Any, ranks: list[int], low: float,
-                      high: float) -> dict[int, float]:
+def _order_statistics(bands: list[slice], values: Callable[[slice], np.ndarray],
+                      ranks: list[int], low: float, high: float) -> dict[int, float]:
     """The values of the given 0-based ranks in the sorted data, by counting."""
     found: dict[int, float] = {}
     pending = {k: (low, high, k) for k in ranks}  # rank -> (range low, high, rank in range)

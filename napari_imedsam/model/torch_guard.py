@@ -67,7 +67,7 @@ _LIBC: list[Any] = []
 _LAST_TRIM = [-math.inf]
 
 
-def trim_heap(at_most_every_s: float = 0.0) -> None:
+def trim_heap(at_most_every_s: float = 5.0) -> None:
     """Give the heap's free pages back to the system (glibc's ``malloc_trim``; nothing
     elsewhere), unless the last time was under ``at_most_every_s`` ago.
 
@@ -76,7 +76,8 @@ def trim_heap(at_most_every_s: float = 0.0) -> None:
     of the case above peaked at 1.90 GB with it and 2.07 GB without. A trim takes under
     1 ms, but the pages given back are faulted in again by the next step: trimming after
     every one of 32 short decoder-training steps took 2 s more (21.2 against 19.2 s), so
-    callers trim at most every few seconds."""
+    it trims at most every 5 s by default (adapters steps take 5-15 s here, so each is
+    followed by one)."""
     now = time.monotonic()
     if now - _LAST_TRIM[0] < at_most_every_s:
         return

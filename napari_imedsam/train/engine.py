@@ -35,11 +35,6 @@ from .samples import CACHED_FLIPS, JITTER_PX_AT_384, collate, flipped, make_samp
 from .step import StepModule, cached_embeddings
 
 
-#: Seconds between two trims of the heap (``torch_guard.trim_heap``): each step on the
-#: CPU when the encoder trains (5-15 s a step), every few when only the decoder does.
-_TRIM_EVERY_S = 5.0
-
-
 @dataclass
 class TrainConfig:
     """How to train. Learning rates and weight decay are the paper's."""
@@ -330,7 +325,7 @@ def _train_step(run: _Run, batch: Any, progress: float,
     scaler.update()
     run.scheduler.step()
     if device.type == "cpu":  # with huge pages: 1.90 GB over 20 epochs where 2.07 without
-        trim_heap(at_most_every_s=_TRIM_EVERY_S)
+        trim_heap()
     return float(loss.detach()), coarse_loss.item(), fine_loss.item()
 
 

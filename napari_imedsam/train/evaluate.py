@@ -90,7 +90,7 @@ def evaluate_model(
         if should_stop is not None and should_stop():
             break
         item = None  # the image before goes before the next is read (a lazy set)
-        trim_heap(at_most_every_s=5.0)  # and its pages with it
+        trim_heap()  # and its pages with it
         item = images[ref.index]
         targets, image_box = _targets_and_box(item, ref, classes, shape)
         union = targets.any(axis=0)

@@ -78,10 +78,6 @@ class ObjectEdits:
         # pixels it wrote (in its journal record) and replaces or clears only those.
         shared = request.class_value is not None and object_id == request.class_value
         own = _own_pixels(before, shared)
-        on_plane = (lambda: state.masks.data if request.plane is None  # noqa: E731
-                    else state.masks.data[request.plane])
-        clicked = request.clicks is not None and len(request.clicks) > 0
-        previous = (on_plane() == object_id) if clicked else None
         written, changes, pixels = wl.write_object(state.masks, outcome.mask, request.plane,
                                                    object_id, own)
         wl.set_feature(boxes, row, "object_id", object_id)
@@ -105,8 +101,8 @@ class ObjectEdits:
         note = f"object {object_id}: {written} pixels ({decoder}; encoder {outcome.encoder})"
         if outcome.advice is not None:
             note += f". Hint: {outcome.advice}"
-        if previous is not None and previous.any() and np.array_equal(
-                previous, on_plane() == object_id):
+        clicked = request.clicks is not None and len(request.clicks) > 0
+        if clicked and changes and history.leaves_as_it_was(changes):  # the object's pixels
             note += f". {CHANGED_NOTHING}"
         if outcome.mode == "sam":
             note += ". " + NO_UNCERTAINTY
