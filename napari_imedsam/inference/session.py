@@ -24,7 +24,7 @@ from ..model.transforms import Letterbox, letterbox_image
 from .accelerate import EncoderRuntime, choose_encoder
 from .adaptive import adaptive_decode, lattice_shape, start_stride
 from .cache import EmbeddingCache, content_key
-from .clicks import CLICK_RULES, DEFAULT_CLICK_RULE, Clicks
+from .clicks import CLICK_RULES, DEFAULT_CLICK_RULE, Bump, Clicks, bump_for
 from .fast_decoder import FastDecoder
 from .intensity import Window, to_encoder_rgb
 from .regions import Region, output_grid
@@ -57,6 +57,9 @@ class _Answer:
     #: resolution grid where this step's own answer is taken (the connected change
     #: that holds the click); elsewhere the steps before it answer. None: everywhere.
     accepted: torch.Tensor | None = None
+    #: Under the ``local_bump`` rule, the push that made the click's own pixel follow
+    #: the click (None: the model followed it by the margin, or another rule).
+    bump: Bump | None = None
 
 
 def tiles(window: tuple[int, int, int, int], size: int = TILE
@@ -433,8 +436,12 @@ class SegmentationSession:
         for step in steps:
             owned = self._owned(step, points)
             if owned.any():
+                mine = points[torch.from_numpy(owned).to(points.device)]
                 prob[:, owned], unc[:, owned], refined[owned] = self._decode_at(
-                    step.features, points[torch.from_numpy(owned).to(points.device)])
+                    step.features, mine)
+                if step.bump is not None:
+                    prob[:, owned] = step.bump.push_implicit(
+                        prob[:, owned], mine.detach().cpu().numpy().astype(np.float64))
                 joined |= owned
         return joined
 
@@ -490,7 +497,7 @@ class SegmentationSession:
         first = 0 if has_box else 1  # an object without a box starts at its first click
         answer = None
         answers: list[_Answer] = []
-        local = self.click_rule == "local"
+        local = self.click_rule in ("local", "local_bump")
         for k in range(first, steps + 1):
             # Without the mask prompt and the local rule only the last step is needed.
             if not self.click_mask_prompt and not local and k < steps:
@@ -530,8 +537,10 @@ class SegmentationSession:
         """The click's answer joined under the local rule: of what changed between the
         mask before it and its own answer (added on a positive click, removed on a
         negative one), only the connected part that holds the click is taken, on the
-        backbone's low resolution grid. A click whose own cell did not change takes
-        nothing. Answers without the backbone's logits are taken whole."""
+        backbone's low resolution grid. Under ``local`` a click whose own cell did not
+        change takes nothing; under ``local_bump`` the click's answer is first pushed
+        towards the click where it did not follow it (:class:`~.clicks.Bump`). Answers
+        without the backbone's logits are taken whole."""
         from scipy import ndimage
 
         if before.low_res is None or found.low_res is None:
@@ -542,11 +551,37 @@ class SegmentationSession:
         groups, _ = ndimage.label(change)
         n = change.shape[0]
         x, y = self._letterbox.to_input(clicks.xy[-1:])[0] * (n / self._letterbox.size)
-        group = groups[min(max(int(y), 0), n - 1), min(max(int(x), 0), n - 1)]
+        row, col = min(max(int(y), 0), n - 1), min(max(int(x), 0), n - 1)
+        bump = None
+        if self.click_rule == "local_bump":
+            bump = self._bump(old, found, clicks, x, y, row, col)
+            if bump is not None:
+                field = torch.from_numpy(bump.field(n).astype(np.float32))
+                pushed = found.low_res + field.to(found.low_res.device)
+                found = _Answer(found.features, pushed, found.iou, found.extent)
+                new = found.low_res[0, 0] > 0
+                change = ((new & ~old) if clicks.labels[-1] else (old & ~new)).cpu().numpy()
+                groups, _ = ndimage.label(change)
+        group = groups[row, col]
         accepted = torch.from_numpy(groups == group if group else np.zeros_like(change))
         low_res = torch.where(accepted.to(found.low_res.device), found.low_res, before.low_res)
         return _Answer(found.features, low_res, found.iou, self._extent(box, clicks, low_res),
-                       accepted)
+                       accepted, bump)
+
+    def _bump(self, old: torch.Tensor, found: _Answer, clicks: Clicks, x: float, y: float,
+              row: int, col: int) -> Bump | None:
+        """The click's bump (:func:`~.clicks.bump_for`), sized on the backbone's logit
+        and the implicit decoder's answer at the click."""
+        implicit = None
+        if found.features is not None:
+            n = old.shape[0]
+            point = torch.tensor([[2.0 * x / n - 1.0, 2.0 * y / n - 1.0]], dtype=torch.float32,
+                                 device=self.device)
+            prob = float(self._decode_at(found.features, point)[0].max(axis=0)[0])
+            prob = min(max(prob, 1e-6), 1 - 1e-6)
+            implicit = math.log(prob / (1 - prob))
+        return bump_for(old.cpu().numpy(), (x, y), bool(clicks.labels[-1]),
+                        float(found.low_res[0, 0, row, col]), implicit)
 
     def _compute_answer(self, box: np.ndarray | None, clicks: Clicks | None,
                         mask: torch.Tensor | None, mode: str) -> _Answer:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..inference.clicks import DEFAULT_CLICK_RULE
 from ..inference.cache import EmbeddingCache
 from ..inference.session import SegmentationSession
 from ..model.modeling.imedsam import IMedSAM
@@ -48,6 +49,7 @@ def evaluate_model(
     accelerate: bool = True,
     clicks: int = 0,
     error_pixels: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    click_rule: str = DEFAULT_CLICK_RULE,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
@@ -66,6 +68,8 @@ def evaluate_model(
     ``error_pixels``: when given and the model has an error map, each object's
     ``(P(wrong), wrong)`` for the pixels inside its box (after the last click) are
     appended, for :func:`napari_imedsam.model.error_map.calibration`.
+    ``click_rule``: how each click's answer joins the mask
+    (:data:`napari_imedsam.inference.clicks.CLICK_RULES`).
     """
     # Each layer's own mode comes back: a training run keeps frozen BatchNorm layers
     # in evaluation mode (``build.enter_training``), which ``model.train()`` would undo.
@@ -82,7 +86,7 @@ def evaluate_model(
     # A small cache unless one is given: the objects of one image share its embedding.
     session = SegmentationSession(model, device=device, mode=decoder, precision="fp32",
                                   cache_bytes=64 << 20, seed=seed, adaptive=False,
-                                  accelerate=accelerate)
+                                  accelerate=accelerate, click_rule=click_rule)
     if embeddings is not None:
         session.cache = embeddings
     shape = (label_size, label_size)
