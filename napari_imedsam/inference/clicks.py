@@ -19,7 +19,7 @@ import numpy as np
 #: clicks that lowered Dice from 54 % to 0.5 % on Kvasir-Sessile, but left the clicks
 #: nearly inert (0.902 -> 0.903 after 5): the model followed only 5 % of them at their
 #: own pixel (validation split). ``local_bump``: Kvasir-Sessile test 0.909 -> 0.940
-#: after 5 clicks, the AMOS slices 0.795 -> 0.893 after 3 (implicit decoder).
+#: after 5 clicks, the AMOS slices 0.795 -> 0.889 after 3 (implicit decoder).
 CLICK_RULES = ("local", "replace", "local_bump")
 DEFAULT_CLICK_RULE = "local_bump"
 #: The ``local_bump`` rule's shape, chosen on the Kvasir-Sessile validation split with
@@ -32,12 +32,15 @@ BUMP_MARGIN = 12.0
 #: The width in cells when the mask has no edge to measure from (a positive click on an
 #: empty mask): 1/32 of LiteMedSAM's 256-cell grid.
 BUMP_EDGELESS_CELLS = 8.0
+#: How far (cells) a click reaches where the backbone's mask already agreed with it but
+#: the implicit decoder's did not (session ``_local``): 1/16 of the 256-cell grid.
+AGREED_REACH = 16.0
 #: What the Segment widget says when a click left its object's mask as it was (under
 #: the ``local`` rule most clicks on the Kvasir-Sessile polyps did; under
-#: ``local_bump`` the click's own pixel always follows it).
-CHANGED_NOTHING = ("The click changed nothing: only the change that holds a click joins "
-                   "the mask, and the model keeps its answer there; correct it with the "
-                   "brush, or click where the mask should change")
+#: ``local_bump`` a click changes nothing only where the mask already says what it says).
+CHANGED_NOTHING = ("The click changed nothing: the mask already says there what the click "
+                   "says; click where the mask is wrong (Shift+N suggests where), or "
+                   "correct it with the brush")
 
 
 @dataclass(frozen=True)

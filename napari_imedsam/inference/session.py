@@ -24,7 +24,7 @@ from ..model.transforms import Letterbox, letterbox_image
 from .accelerate import EncoderRuntime, choose_encoder
 from .adaptive import adaptive_decode, lattice_shape, start_stride
 from .cache import EmbeddingCache, content_key
-from .clicks import CLICK_RULES, DEFAULT_CLICK_RULE, Bump, Clicks, bump_for
+from .clicks import AGREED_REACH, CLICK_RULES, DEFAULT_CLICK_RULE, Bump, Clicks, bump_for
 from .fast_decoder import FastDecoder
 from .intensity import Window, to_encoder_rgb
 from .regions import Region, output_grid
@@ -572,9 +572,16 @@ class SegmentationSession:
                 if bool(old[row, col]) == bool(clicks.labels[-1]):
                     # The backbone's mask already says what the click says there (the
                     # implicit decoder's, which the user sees, did not): the click's
-                    # answer is taken around it, as far as its bump reaches.
-                    said = (new if clicks.labels[-1] else ~new).cpu().numpy()
-                    change = said & (bump.field(n) * bump.sign >= bump.amplitude * math.exp(-2.0))
+                    # answer is taken around it, where the mask before and the pushed
+                    # answer both say so (never across the mask's edge), as far as its
+                    # bump reaches (2 sigma) but at most AGREED_REACH cells: such a
+                    # disagreement is a thin one, and a far reach would hand a wide
+                    # area's pixels to another prompt (a click on far background
+                    # changed 8 pixels by the object's edge).
+                    side = (new & old if clicks.labels[-1] else ~new & ~old).cpu().numpy()
+                    ys, xs = np.mgrid[0:n, 0:n] + 0.5
+                    reach = min(2.0 * bump.sigma, AGREED_REACH)
+                    change = side & ((xs - x) ** 2 + (ys - y) ** 2 <= reach ** 2)
                 groups, _ = ndimage.label(change)
         group = groups[row, col]
         accepted = torch.from_numpy(groups == group if group else np.zeros_like(change))

@@ -19,10 +19,9 @@ from napari_imedsam.train.metrics import dice  # noqa: E402
 SLICES = Path(__file__).resolve().parents[4] / "shared" / "data" / "ct-slices"
 #: A slice whose aorta the box alone answers with Dice 0.757; the challenge's first click
 #: there is positive, at (row 208, col 306), and joins the missed part (Dice 0.884,
-#: measured 2026-12-05). Under the local rule, clicks on the Kvasir-Sessile test polyps
-#: join nothing (50 clicks in the error regions of each of 7 of them, none raised Dice
-#: by 0.005): the polyp this test used before (0.655 -> 0.674) gained from a change far
-#: from its click, which the rule now leaves out.
+#: measured 2026-12-05). (Under the ``local`` rule, before the click's push, clicks on
+#: the Kvasir-Sessile polyps mostly joined nothing; a polyp this test used before gained
+#: from a change far from its click, which the local rules leave out.)
 NAME = "amos_0004_75.png"
 MASK = "amos_0004_75_aorta_000.png"
 CLICK = (208.0, 306.0)
@@ -67,10 +66,11 @@ def test_a_click_raises_dice_on_a_held_out_slice_and_undo_takes_it_back_whole(
     assert np.array_equal(widget.uncertainty.data, clicked_map)
     assert "changed nothing" not in widget.status.text()
     # A negative click on background the mask does not hold: nothing to take away, the
-    # mask stays as it was, and the status line says so.
+    # mask stays as it was, and the status line says so and where to click instead.
     widget.clicks._on_press(points, SimpleNamespace(button=2, modifiers=()))  # right-click
     points.add(np.array([[20.0, 20.0]]))
     qtbot.waitUntil(lambda: not widget.busy, timeout=180_000)
     assert np.array_equal(widget.masks.data, clicked)
-    assert "The click changed nothing" in widget.status.text(), widget.status.text()
+    assert "The click changed nothing: the mask already says there" in widget.status.text()
+    assert "Shift+N" in widget.status.text(), widget.status.text()
     assert not [n for n in notes if n[0] == "error"], notes
