@@ -241,6 +241,17 @@ def test_the_local_rule_takes_only_the_connected_change_that_holds_the_click():
     rows, cols = np.nonzero(joined.accepted.numpy())
     assert bool(joined.accepted[4, 4]) and len(rows) > 9
     assert (((rows + 0.5 - 4.5) ** 2 + (cols + 0.5 - 4.5) ** 2) <= (2 * BUMP_WIDTH * 3.0) ** 2).all()
+    # Far from the mask's edge, such a click reaches at most AGREED_REACH cells, and never
+    # across the edge (a negative click on far background leaves the object alone).
+    from napari_imedsam.inference.clicks import AGREED_REACH
+
+    wide = _Answer(None, blob(low, 2, 40, 2, 40), 0.0, np.zeros(4))
+    joined = session._local(wide, wide, box, Clicks.of([at(60, 60)], [0]))
+    rows, cols = np.nonzero(joined.accepted.numpy())
+    assert 2 * joined.bump.sigma > AGREED_REACH and bool(joined.accepted[60, 60])
+    assert (((rows + 0.5 - 60.5) ** 2 + (cols + 0.5 - 60.5) ** 2) <= AGREED_REACH ** 2).all()
+    assert not joined.accepted[2:40, 2:40].any()
+    assert torch.equal(joined.low_res[0, 0] > 0, wide.low_res[0, 0] > 0)
     # A click the model followed by the margin is taken as under the local rule.
     strong = _Answer(None, blob(blob(low, 2, 7, 2, 7), 10, 15, 10, 15) * 4, 0.0, np.zeros(4))
     joined = session._local(before, strong, box, Clicks.of([at(12, 12)], [1]))
