@@ -30,10 +30,13 @@ DEFAULT_CLICK_RULE = "local_bump"
 BUMP_WIDTH = 0.75
 BUMP_MARGIN = 12.0
 #: The width in cells when the mask has no edge to measure from (a positive click on an
-#: empty mask): 1/32 of LiteMedSAM's 256-cell grid.
+#: empty mask): 1/32 of LiteMedSAM's 256-cell grid. Not measured on its own.
 BUMP_EDGELESS_CELLS = 8.0
 #: How far (cells) a click reaches where the backbone's mask already agreed with it but
-#: the implicit decoder's did not (session ``_local``): 1/16 of the 256-cell grid.
+#: the implicit decoder's did not (session ``_local``): 1/16 of the 256-cell grid. On
+#: the Kvasir-Sessile validation split (implicit decoder, 5 clicks) the Dice after 5
+#: clicks is 0.931 with this reach and 0.932 with the bump's own 2 sigma alone, which
+#: let a click on far background move pixels by the object's edge.
 AGREED_REACH = 16.0
 #: What the Segment widget says when a click left its object's mask as it was (under
 #: the ``local`` rule most clicks on the Kvasir-Sessile polyps did; under

@@ -554,35 +554,33 @@ class SegmentationSession:
         if before.low_res is None or found.low_res is None:
             return found
         assert self._letterbox is not None
-        old, new = before.low_res[0, 0] > 0, found.low_res[0, 0] > 0
-        change = ((new & ~old) if clicks.labels[-1] else (old & ~new)).cpu().numpy()
-        groups, _ = ndimage.label(change)
-        n = change.shape[0]
+        old = before.low_res[0, 0] > 0
+        n = old.shape[0]
         x, y = self._letterbox.to_input(clicks.xy[-1:])[0] * (n / self._letterbox.size)
         row, col = min(max(int(y), 0), n - 1), min(max(int(x), 0), n - 1)
-        bump = None
-        if self.click_rule == "local_bump":
-            bump = self._bump(old, found, clicks, x, y, row, col)
-            if bump is not None:
-                field = torch.from_numpy(bump.field(n).astype(np.float32))
-                pushed = found.low_res + field.to(found.low_res.device)
-                found = _Answer(found.features, pushed, found.iou, found.extent)
-                new = found.low_res[0, 0] > 0
-                change = ((new & ~old) if clicks.labels[-1] else (old & ~new)).cpu().numpy()
-                if bool(old[row, col]) == bool(clicks.labels[-1]):
-                    # The backbone's mask already says what the click says there (the
-                    # implicit decoder's, which the user sees, did not): the click's
-                    # answer is taken around it, where the mask before and the pushed
-                    # answer both say so (never across the mask's edge), as far as its
-                    # bump reaches (2 sigma) but at most AGREED_REACH cells: such a
-                    # disagreement is a thin one, and a far reach would hand a wide
-                    # area's pixels to another prompt (a click on far background
-                    # changed 8 pixels by the object's edge).
-                    side = (new & old if clicks.labels[-1] else ~new & ~old).cpu().numpy()
-                    ys, xs = np.mgrid[0:n, 0:n] + 0.5
-                    reach = min(2.0 * bump.sigma, AGREED_REACH)
-                    change = side & ((xs - x) ** 2 + (ys - y) ** 2 <= reach ** 2)
-                groups, _ = ndimage.label(change)
+        positive = bool(clicks.labels[-1])
+        bump = self._bump(old, found, clicks, x, y, row, col) if (
+            self.click_rule == "local_bump") else None
+        if bump is not None:
+            field = torch.from_numpy(bump.field(n).astype(np.float32))
+            found = _Answer(found.features, found.low_res + field.to(found.low_res.device),
+                            found.iou, found.extent)
+        new = found.low_res[0, 0] > 0
+        if bump is not None and bool(old[row, col]) == positive:
+            # The backbone's mask already says what the click says there (the implicit
+            # decoder's, which the user sees, did not): the click's answer is taken
+            # around it, where the mask before and the pushed answer both say so (never
+            # across the mask's edge), as far as its bump reaches (2 sigma) but at most
+            # AGREED_REACH cells: such a disagreement is a thin one, and a far reach
+            # would hand a wide area's pixels to another prompt (a click on far
+            # background changed 8 pixels by the object's edge).
+            side = (new & old if positive else ~new & ~old).cpu().numpy()
+            ys, xs = np.mgrid[0:n, 0:n] + 0.5
+            reach = min(2.0 * bump.sigma, AGREED_REACH)
+            change = side & ((xs - x) ** 2 + (ys - y) ** 2 <= reach ** 2)
+        else:
+            change = ((new & ~old) if positive else (old & ~new)).cpu().numpy()
+        groups, _ = ndimage.label(change)
         group = groups[row, col]
         accepted = torch.from_numpy(groups == group if group else np.zeros_like(change))
         low_res = torch.where(accepted.to(found.low_res.device), found.low_res, before.low_res)
