@@ -54,6 +54,39 @@ def test_openvino_equals_pytorch_and_is_exported_once(lite, cache, monkeypatch):
     assert sorted(p.suffix for p in cache.iterdir()) == [".bin", ".json", ".xml"]
 
 
+def test_the_graph_has_lora_merged_and_still_equals_pytorch(lite, cache, tmp_path, monkeypatch):
+    """LoRA is folded into the qkv weights of the exported graph: no low-rank products
+    and no scatter into the rows (44 ms of 605 on a 2-core AMD EPYC), the same output,
+    also with adapters that are not the identity (a fine-tuned adapter)."""
+    import openvino as ov
+
+    from napari_imedsam.model.modeling.lora import LoRAQKV
+
+    layers = [m for m in lite.image_encoder.modules() if isinstance(m, LoRAQKV)]
+    generator = torch.Generator().manual_seed(5)
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                for b in layer.lora_B.values():
+                    b.copy_(torch.randn(b.shape, generator=generator) * 0.05)
+        monkeypatch.setenv("IMEDSAM_CACHE_DIR", str(tmp_path))
+        runtime = accelerate.openvino_encoder(lite)
+        graph = ov.Core().read_model(next((tmp_path / "openvino").glob("encoder-*.xml")))
+        kinds = {op.get_type_name() for op in graph.get_ops()}
+        assert "ScatterElementsUpdate" not in kinds and "ScatterUpdate" not in kinds
+        images = torch.rand(1, 3, 256, 256, generator=generator)
+        with torch.no_grad():
+            expected = lite.image_encoder(images)
+        # The session's model keeps its LoRA layers (it may still train).
+        assert sum(isinstance(m, LoRAQKV) for m in lite.image_encoder.modules()) == len(layers)
+        assert float((runtime.run(images) - expected).abs().max()) <= 1e-4
+    finally:
+        with torch.no_grad():
+            for layer in layers:
+                for b in layer.lora_B.values():
+                    b.zero_()
+
+
 def test_changed_encoder_weights_get_their_own_graph(lite, cache):
     key = accelerate.encoder_key(lite, "x")
     gate = lite.image_encoder.frequency.gates[0]

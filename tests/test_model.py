@@ -137,6 +137,25 @@ def test_lora_touches_only_query_and_value_slices():
     assert diff[:, 8:16].max() == 0  # keys untouched
 
 
+def test_merged_lora_is_one_linear_computing_the_same():
+    from napari_imedsam.model.modeling.lora import merge_lora_qkv, per_head_rows
+
+    base = nn.Linear(8, 2 * (2 * 2 + 4))
+    layer = LoRAQKV(base, rank=2, alpha=3.0, targets=("q", "v"), rows=per_head_rows(2, 2, 4))
+    with torch.no_grad():
+        layer.lora_B["q"].normal_()
+        layer.lora_B["v"].normal_()
+    x = torch.randn(5, 8)
+    merged = layer.merged()
+    assert type(merged) is nn.Linear and not merged.weight.requires_grad
+    assert torch.allclose(merged(x), layer(x), atol=1e-5)
+    assert not torch.allclose(merged(x), base(x), atol=1e-3)  # the update is in it
+    holder = nn.Sequential(nn.Identity(), layer)
+    assert merge_lora_qkv(holder) == 1 and type(holder[1]) is nn.Linear
+    assert torch.allclose(holder(x), layer(x), atol=1e-5)
+    assert isinstance(layer, LoRAQKV) and layer.base is base  # the original is untouched
+
+
 def test_checkpoint_at_other_size_resizes_position_tables():
     big = get_config("tiny", input_size=128)
     torch.manual_seed(1)
