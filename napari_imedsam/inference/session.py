@@ -122,7 +122,10 @@ class SegmentationSession:
         adaptive: bool = True,
         accelerate: bool = True,
         click_rule: str = DEFAULT_CLICK_RULE,
+        encoder: EncoderRuntime | None = None,
     ) -> None:
+        """``encoder``: the runtime that embeds images (else chosen at the first image,
+        see :meth:`encoder_runtime`); ``imedsam check-encoder`` gives each precision."""
         if click_rule not in CLICK_RULES:
             raise ValueError(f"click_rule must be one of {CLICK_RULES}, got {click_rule!r}")
         #: How each click's answer joins the mask (see ``CLICK_RULES``); fixed for the
@@ -133,7 +136,7 @@ class SegmentationSession:
         self.use_decoder(mode)
         self.precision = resolve_precision(precision, model.config)
         self.accelerate = accelerate
-        self._runtime: EncoderRuntime | None = None
+        self._runtime: EncoderRuntime | None = encoder
         #: Why the accelerated encoder is not used, when it is not (for the status line).
         self.encoder_note: str | None = None
         self.cache = EmbeddingCache(cache_bytes)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..inference.clicks import DEFAULT_CLICK_RULE
+from ..inference.accelerate import EncoderRuntime
 from ..inference.cache import EmbeddingCache
 from ..inference.session import SegmentationSession
 from ..model.modeling.imedsam import IMedSAM
@@ -50,6 +51,7 @@ def evaluate_model(
     clicks: int = 0,
     error_pixels: list[tuple[np.ndarray, np.ndarray]] | None = None,
     click_rule: str = DEFAULT_CLICK_RULE,
+    encoder: EncoderRuntime | None = None,
 ) -> list[dict[str, Any]]:
     """One row per object (binary) or per present class (multi-class).
 
@@ -70,6 +72,7 @@ def evaluate_model(
     appended, for :func:`napari_imedsam.model.error_map.calibration`.
     ``click_rule``: how each click's answer joins the mask
     (:data:`napari_imedsam.inference.clicks.CLICK_RULES`).
+    ``encoder``: the runtime that embeds the images (else the session chooses).
     """
     # Each layer's own mode comes back: a training run keeps frozen BatchNorm layers
     # in evaluation mode (``build.enter_training``), which ``model.train()`` would undo.
@@ -86,7 +89,8 @@ def evaluate_model(
     # A small cache unless one is given: the objects of one image share its embedding.
     session = SegmentationSession(model, device=device, mode=decoder, precision="fp32",
                                   cache_bytes=64 << 20, seed=seed, adaptive=False,
-                                  accelerate=accelerate, click_rule=click_rule)
+                                  accelerate=accelerate, click_rule=click_rule,
+                                  encoder=encoder)
     if embeddings is not None:
         session.cache = embeddings
     shape = (label_size, label_size)
