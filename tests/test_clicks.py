@@ -335,7 +335,9 @@ def test_the_shipped_default_follows_every_click_and_clicks_raise_dice():
 def test_under_the_local_rule_a_click_answers_its_region_and_the_box_the_rest(rule):
     """The implicit decoder's maps after a click: the click's own answer on its accepted
     cells (under ``local_bump`` pushed by its bump, and on the click's side wherever the
-    backbone's pushed logits are), the box's answer everywhere else;
+    backbone's pushed logits are), blended over the last cell by the bilinear share of
+    the accepted cells (adding only on a positive click, removing only on a negative
+    one), the box's answer everywhere else;
     ``replace`` (older exports) takes the click's answer everywhere. Every point is refined here, so each point's answer is
     its own whatever else is decoded (in use, the fine decoder refines the most
     uncertain eighth of the points decoded together)."""
@@ -366,18 +368,52 @@ def test_under_the_local_rule_a_click_answers_its_region_and_the_box_the_rest(ru
         theirs = replace.predict([box], clicks=[clicks], region=everywhere, out_shape=(40, 60),
                                  margin=10.0).prob[0, 0]
         step = local._chain(box, clicks, "imedsam")[-1]
-        owned = (local._owned(step, points).reshape(40, 60) if step.accepted is not None
-                 else np.ones((40, 60), bool))
+        weight = (local._owned(step, points).reshape(40, 60) if step.accepted is not None
+                  else np.ones((40, 60), np.float32))
         if step.bump is not None:  # pushed, and at least as far as the backbone's pushed mask
             theirs = step.bump.push_implicit(theirs.reshape(1, -1),
                                              points.numpy().astype(np.float64)).reshape(40, 60)
             backbone = local._sam_prob(step.low_res, lambda r, c: points, None).reshape(40, 60)
             theirs = (np.maximum if positive else np.minimum)(theirs, backbone)
             pushed += 1
-        assert np.allclose(ours, np.where(owned, theirs, alone), atol=1e-6)
-        joined_some += int(owned.any() and not owned.all())
+        if step.accepted is None:  # answered everywhere: the click's answer
+            expected = theirs
+        elif positive:  # only adds, by each point's share of the accepted cells
+            expected = alone + weight * np.maximum(theirs - alone, 0.0)
+        else:
+            expected = alone - weight * np.maximum(alone - theirs, 0.0)
+        assert np.allclose(ours, expected, atol=1e-6)
+        joined_some += int((weight > 0).any() and not (weight >= 1).all())
     assert joined_some >= 3
     assert (pushed > 0) == (rule == "local_bump")  # clicks that joined a part, not all or nothing
+
+
+def test_a_clicks_region_is_blended_across_its_last_cell_not_cut_on_the_grid():
+    """Zoomed in, a click's region drew a staircase of the 256-cell grid (whole cells
+    taken); each point now takes the accepted cells' bilinear share: 1 at an accepted
+    cell's centre, 0 at the centre of a cell beside it, 0.5 on the edge between them,
+    and a straight diagonal edge of cells gives a share that varies smoothly along it."""
+    import torch
+
+    from napari_imedsam.inference.session import SegmentationSession, _Answer
+
+    n = 8
+    accepted = torch.zeros(n, n, dtype=torch.bool)
+    accepted[2:5, 2:5] = True
+    step = _Answer(None, torch.zeros(1, 1, n, n), 0.0, np.zeros(4), accepted, None, True)
+
+    def share(x: float, y: float) -> float:  # x, y in cells
+        point = torch.tensor([[2 * x / n - 1, 2 * y / n - 1]], dtype=torch.float32)
+        return float(SegmentationSession._owned(None, step, point)[0])
+
+    assert share(3.5, 3.5) == pytest.approx(1.0)  # the middle of the region
+    assert share(2.5, 2.5) == pytest.approx(1.0)  # an accepted cell's centre
+    assert share(1.5, 3.5) == pytest.approx(0.0)  # the centre of the cell beside it
+    assert share(2.0, 3.5) == pytest.approx(0.5)  # the edge between them
+    assert share(1.75, 3.5) == pytest.approx(0.25)
+    assert share(0.0, 0.0) == 0.0 and share(8.0, 8.0) == 0.0  # the grid's own edges
+    # Along the region's left edge the share stays 0.5, not a step at each cell.
+    assert [share(2.0, y) for y in (2.5, 3.0, 3.5, 4.0, 4.5)] == pytest.approx([0.5] * 5)
 
 
 def test_an_export_without_a_click_rule_is_made_again_by_replacing(tmp_path):
