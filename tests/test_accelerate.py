@@ -183,6 +183,15 @@ def test_a_cached_graph_changed_on_disk_is_exported_again(lite, cache, monkeypat
         accelerate.choose_encoder(lite, torch.device("cpu"), "fp32").run
 
 
+def _has_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+needs_bf16 = pytest.mark.skipif(not _has_bf16(), reason="this CPU runs no bf16")
+
+
 def _record(lite, cache, **changes):  # noqa: ANN001, ANN003, ANN202
     """Store a passed bf16 check for the shared graph, with ``changes`` applied."""
     import json
@@ -196,6 +205,7 @@ def _record(lite, cache, **changes):  # noqa: ANN001, ANN003, ANN202
     return path
 
 
+@needs_bf16
 def test_bf16_is_used_only_where_its_dice_check_passed_on_this_cpu(lite, cache, monkeypatch):
     """Issue 24: an approximate encoder only after a passed check of this graph on this
     CPU; not for another CPU's record, a failed one, a changed graph, or when fp32 is
@@ -234,6 +244,7 @@ def test_bf16_is_used_only_where_its_dice_check_passed_on_this_cpu(lite, cache, 
         accelerate._COMPILED.clear()
 
 
+@needs_bf16
 def test_the_check_measures_both_runtimes_on_every_set(lite, cache):
     """``check_encoder``: each set's mean Dice with fp32 and bf16 on the same objects,
     their change, each object's range, the times, and ``passed`` by the tolerance."""
@@ -254,6 +265,23 @@ def test_the_check_measures_both_runtimes_on_every_set(lite, cache):
     assert result["encoder_ms"]["fp32"] > 0 and result["encoder_ms"]["bf16"] > 0
     with pytest.raises(FileNotFoundError, match="kvasir-sessile"):
         shared_sets(cache / "nowhere")
+
+
+def test_a_cpu_that_keeps_fp32_is_not_told_bf16(lite, cache, monkeypatch):
+    """Where OpenVINO quietly keeps fp32 for a bf16 request (a CPU without it), the check
+    refuses to run and a session with a passed record says fp32, as it runs."""
+    accelerate.openvino_encoder(lite)
+    path = _record(lite, cache)
+    monkeypatch.setattr(accelerate, "_OV_TYPES", {"bf16": "a type no CPU reports"})
+    try:
+        accelerate._COMPILED.clear()
+        runtime = accelerate.openvino_encoder(lite)
+        assert runtime.precision == "fp32" and runtime.describe == "OpenVINO (CPU, fp32)"
+        with pytest.raises(RuntimeError, match="does not run the encoder in bf16"):
+            accelerate.openvino_encoder(lite, precision="bf16")
+    finally:
+        path.unlink(missing_ok=True)
+        accelerate._COMPILED.clear()
 
 
 def test_check_encoder_command_says_what_is_missing(tmp_path, capsys):

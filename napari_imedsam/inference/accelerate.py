@@ -42,6 +42,8 @@ ENV_DISABLE = "IMEDSAM_NO_OPENVINO"
 #: passed on this CPU (``imedsam check-encoder``, issue 24). bf16 on the 2-core AMD
 #: EPYC (avx512_bf16), 2026-12-05: 349 ms against 503 ms in fp32, a 256 px image.
 APPROXIMATE = ("bf16",)
+#: How OpenVINO names each of them when a compiled model reports its precision.
+_OV_TYPES = {"bf16": "bfloat16"}
 #: The largest change of a shared set's mean Dice an approximate runtime may make.
 DICE_TOLERANCE = 0.005
 #: Set to use fp32 even where an approximate runtime passed its check.
@@ -299,6 +301,16 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None,
     if compiled is None or chosen != "fp32":
         compiled = None  # the check's buffers go before another is built (issue 23)
         compiled = compile_as("f32" if chosen == "fp32" else chosen)
+    if chosen != "fp32" and _OV_TYPES[chosen] not in str(
+            compiled.get_property("INFERENCE_PRECISION_HINT")):
+        # A CPU without it: OpenVINO quietly keeps fp32, which is not what was checked
+        # or asked for.
+        kept = compiled.get_property("INFERENCE_PRECISION_HINT")
+        if precision is not None:
+            raise RuntimeError(f"this CPU does not run the encoder in {chosen} (OpenVINO "
+                               f"keeps {kept}): there is nothing faster to check")
+        chosen, describe = "fp32", "OpenVINO (CPU, fp32)"
+        compiled = compile_as("f32")
     runtime = EncoderRuntime(describe, _runner(compiled), precision=chosen)
     with _LOCK:
         _COMPILED[name] = runtime
