@@ -479,10 +479,12 @@ class SegmentationSession:
             else:
                 after = before + w * (own - before)
             prob[:, touched] = after
-            # The maps beside follow the answer that holds most of the point.
+            # The spread blends as the probability does (switching it at half a share
+            # drew the cells' edges into the error map); the refined flags follow the
+            # answer that holds most of the point.
+            unc[:, touched] += w * (own_unc - unc[:, touched])
             taken = w >= 0.5
-            where = np.flatnonzero(touched)[taken]
-            unc[:, where], refined[where] = own_unc[:, taken], own_refined[taken]
+            refined[np.flatnonzero(touched)[taken]] = own_refined[taken]
             joined |= touched
         return joined
 
