@@ -367,9 +367,15 @@ def test_under_the_local_rule_a_click_answers_its_region_and_the_box_the_rest(ru
                              margin=10.0).prob[0, 0]
         theirs = replace.predict([box], clicks=[clicks], region=everywhere, out_shape=(40, 60),
                                  margin=10.0).prob[0, 0]
-        step = local._chain(box, clicks, "imedsam")[-1]
+        chain = local._chain(box, clicks, "imedsam")
+        step = chain[-1]
         weight = (local._owned(step, points).reshape(40, 60) if step.accepted is not None
                   else np.ones((40, 60), np.float32))
+        if step.accepted is not None:  # the share: the accepted cells, and a cell into
+            accepted, share = step.accepted.numpy(), step.share.numpy()  # the mask beside
+            side = (chain[-2].low_res[0, 0] > 0).numpy()
+            side = side if positive else ~side
+            assert (share >= accepted).all() and not (share & ~accepted & ~side).any()
         if step.bump is not None:  # pushed, and at least as far as the backbone's pushed mask
             theirs = step.bump.push_implicit(theirs.reshape(1, -1),
                                              points.numpy().astype(np.float64)).reshape(40, 60)
@@ -414,6 +420,14 @@ def test_a_clicks_region_is_blended_across_its_last_cell_not_cut_on_the_grid():
     assert share(0.0, 0.0) == 0.0 and share(8.0, 8.0) == 0.0  # the grid's own edges
     # Along the region's left edge the share stays 0.5, not a step at each cell.
     assert [share(2.0, y) for y in (2.5, 3.0, 3.5, 4.0, 4.5)] == pytest.approx([0.5] * 5)
+    # Where the region meets the mask on the click's side, the share stays whole a cell
+    # into it: no ramp there (a ramp let a crack through the joined mask).
+    inside = accepted.clone()
+    inside[2:5, 1] = True
+    step = _Answer(None, torch.zeros(1, 1, n, n), 0.0, np.zeros(4), accepted, None, True,
+                   inside)
+    assert share(2.0, 3.5) == pytest.approx(1.0) and share(1.0, 3.5) == pytest.approx(0.5)
+    assert share(5.0, 3.5) == pytest.approx(0.5)  # the outer edge is still blended
 
 
 def test_an_export_without_a_click_rule_is_made_again_by_replacing(tmp_path):

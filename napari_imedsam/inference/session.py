@@ -63,6 +63,10 @@ class _Answer:
     #: A click's answer under the local rule: the click's sign (it only adds on a
     #: positive click, only removes on a negative one).
     positive: bool | None = None
+    #: The cells whose bilinear share says how much of each point the click's answer
+    #: takes (see ``_owned``): the accepted cells and, a cell deep, the mask's cells on
+    #: the click's side beside them. None: the accepted cells.
+    share: torch.Tensor | None = None
 
 
 def tiles(window: tuple[int, int, int, int], size: int = TILE
@@ -433,7 +437,8 @@ class SegmentationSession:
         (2 image pixels a step on a 500-pixel polyp); across the last cell the click's
         own answer now decides where its edge runs."""
         assert step.accepted is not None
-        accepted = step.accepted.numpy().astype(np.float32)
+        accepted = (step.accepted if step.share is None else step.share).numpy().astype(
+            np.float32)
         n = accepted.shape[-1]
         # Cell (r, c) has its centre at (c + 0.5, r + 0.5); padded by a cell of zeros.
         xy = (points.detach().cpu().numpy().astype(np.float64) + 1.0) * (0.5 * n) - 0.5
@@ -619,8 +624,14 @@ class SegmentationSession:
         group = groups[row, col]
         accepted = torch.from_numpy(groups == group if group else np.zeros_like(change))
         low_res = torch.where(accepted.to(found.low_res.device), found.low_res, before.low_res)
+        # Where the region meets the mask on the click's side, the share stays whole a
+        # cell into the mask: a ramp there let the implicit decoder's own edge, which
+        # lies up to a cell off the backbone's, through as a crack across the joined
+        # mask. Only the region's outer edge is blended.
+        same_side = (old if positive else ~old).cpu().numpy()
+        share = accepted.numpy() | (ndimage.binary_dilation(accepted.numpy()) & same_side)
         return _Answer(found.features, low_res, found.iou, self._extent(box, clicks, low_res),
-                       accepted, bump, positive)
+                       accepted, bump, positive, torch.from_numpy(share))
 
     def _bump(self, old: torch.Tensor, found: _Answer, clicks: Clicks, x: float, y: float,
               row: int, col: int) -> Bump | None:
