@@ -154,19 +154,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _trusted(target: Path, checked: Path, key: str) -> dict | None:
-    """The equality check recorded for ``target``, when its graph and weights are
-    still the files that were checked (SHA-256 of both); else None."""
+def _hashes(target: Path) -> dict[str, str]:
+    """SHA-256 of the graph's two files, by name (empty when they are not there)."""
     try:
-        record = json.loads(checked.read_text())
-        hashes = record["sha256"]
-        if record.get("key") != key or not isinstance(hashes, dict):
+        return {path.name: _sha256(path) for path in _files(target)}
+    except OSError:
+        return {}
+
+
+def _trusted(record_path: Path, key: str, hashes: dict[str, str], **expected: object
+             ) -> dict | None:
+    """The record at ``record_path`` when it names graph ``key``, the files it was made
+    on are still these (``hashes``, from :func:`_hashes`) and each of ``expected``'s
+    fields has its value (a Dice check's precision, CPU and outcome); else None."""
+    try:
+        record = json.loads(record_path.read_text())
+        if (record.get("key") != key or not hashes or record.get("sha256") != hashes
+                or any(record.get(name) != value for name, value in expected.items())):
             return None
-        if all(hashes.get(path.name) == _sha256(path) for path in _files(target)):
-            return record
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return None
+        return record
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def approximate_record(cache: Path, key: str, precision: str) -> Path:
@@ -178,23 +186,6 @@ def cpu_name(core: object) -> str:
     """The CPU as OpenVINO names it: a check made on one CPU says nothing of another
     (a cache folder in a home shared between machines)."""
     return str(core.get_property("CPU", "FULL_DEVICE_NAME"))
-
-
-def _approved(target: Path, record_path: Path, key: str, precision: str,
-              cpu: str) -> dict | None:
-    """The passed Dice check of ``precision`` for this graph on this CPU, else None."""
-    try:
-        record = json.loads(record_path.read_text())
-        hashes = record["sha256"]
-        if (record.get("key") != key or record.get("precision") != precision
-                or record.get("cpu") != cpu or record.get("passed") is not True
-                or not isinstance(hashes, dict)):
-            return None
-        if all(hashes.get(path.name) == _sha256(path) for path in _files(target)):
-            return record
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -219,7 +210,7 @@ def store_approximate_check(model: IMedSAM, precision: str, result: dict, *,
         raise RuntimeError(f"no exported encoder at {target}: embed an image first")
     record = {**result, "key": key, "precision": precision, "cpu": cpu_name(ov.Core()),
               "openvino": ov.__version__,
-              "sha256": {path.name: _sha256(path) for path in _files(target)}}
+              "sha256": _hashes(target)}
     path = approximate_record(cache, key, precision)
     _write_json(path, record)
     with _LOCK:  # the next session compiles what the record now says
@@ -258,12 +249,14 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None,
             _COMPILED.move_to_end(name)
             return _COMPILED[name]
     with _LOCK:  # one export at a time in this process (a worker and the main thread)
-        trusted = _trusted(target, checked, key)
+        hashes = _hashes(target)
+        trusted = _trusted(checked, key, hashes)
         if trusted is None:
             # Never exported, or its files are not the ones checked (changed on disk,
             # or checked by a version that kept no hashes): exported again.
             checked.unlink(missing_ok=True)
             _export(model, target, ov)
+            hashes = _hashes(target)
         core = ov.Core()
         graph = core.read_model(target)
 
@@ -284,12 +277,12 @@ def openvino_encoder(model: IMedSAM, *, cache: Path | None = None,
         # this (a quarter of its floats scaled gave Dice 0.85 without a word before,
         # issue 23) no longer matches them and is exported again.
         _write_json(checked, {"max_abs_difference": difference, "key": key,
-                              "sha256": {path.name: _sha256(path) for path in _files(target)}})
+                              "sha256": hashes})
     chosen, describe = "fp32", "OpenVINO (CPU, fp32)"
     if precision is None and not os.environ.get(ENV_EXACT):
         for candidate in APPROXIMATE:
-            record = _approved(target, approximate_record(cache, key, candidate), key,
-                               candidate, cpu_name(core))
+            record = _trusted(approximate_record(cache, key, candidate), key, hashes,
+                              precision=candidate, cpu=cpu_name(core), passed=True)
             if record is not None:
                 chosen = candidate
                 describe = (f"OpenVINO (CPU, {candidate}; Dice within "
